@@ -1,0 +1,75 @@
+"""dskit: a Python toolkit for the DeepSeek chat API.
+
+Public names are loaded on first use, so `import dskit` stays cheap (the HTTP stack, the
+simulator and the gateway are imported only where they are used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dskit._version import __version__
+
+if TYPE_CHECKING:
+    from dskit.client import (
+        APIConnectionError,
+        APIError,
+        APIStatusError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        ChatResult,
+        ConfigError,
+        ContextOverflowError,
+        DSKitError,
+        IncompleteStreamError,
+        InsufficientBalanceError,
+        InternalServerError,
+        NotFoundError,
+        RateLimitError,
+        ServiceUnavailableError,
+        ToolCall,
+        ToolError,
+        UnprocessableEntityError,
+        Usage,
+        ValidationError,
+    )
+    from dskit.client._async import AsyncDeepSeek
+    from dskit.client._config import RetryPolicy, Timeout
+    from dskit.client._sync import DeepSeek
+
+_LAZY: dict[str, str] = {
+    "DeepSeek": "dskit.client._sync",
+    "AsyncDeepSeek": "dskit.client._async",
+    "RetryPolicy": "dskit.client._config",
+    "Timeout": "dskit.client._config",
+    "ChatSession": "dskit.session",
+    "AsyncChatSession": "dskit.session",
+    "tool": "dskit.session",
+    "SQLiteStore": "dskit.store",
+    "RedisStore": "dskit.store",
+}
+_ERRORS = (
+    "APIConnectionError APIError APIStatusError APITimeoutError AuthenticationError "
+    "BadRequestError ChatResult ConfigError ContextOverflowError DSKitError "
+    "IncompleteStreamError InsufficientBalanceError InternalServerError NotFoundError "
+    "RateLimitError ServiceUnavailableError ToolCall ToolError UnprocessableEntityError "
+    "Usage ValidationError"
+).split()
+_LAZY.update(dict.fromkeys(_ERRORS, "dskit.client"))
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dskit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

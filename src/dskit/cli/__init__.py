@@ -1,0 +1,39 @@
+"""The `dskit` command line: a thin layer over the library, one module per command group."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from dskit._version import __version__
+
+# command name -> "module:attribute"; modules are imported only when their command runs
+_COMMANDS: dict[str, str] = {
+    "sim": "dskit.cli._sim:sim",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each command's module only when that command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dskit")
+def main() -> None:
+    """dskit: chat with DeepSeek from the terminal, serve it to front ends, or simulate it.
+
+    Without DEEPSEEK_API_KEY every command runs on the built-in offline simulator.
+    """

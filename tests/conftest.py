@@ -1,0 +1,150 @@
+"""Fixtures shared by the whole suite: real servers on free loopback ports.
+
+- `sim`: one simulator per test worker (`dskit.sim.SimServer`), over real HTTP.
+- `sim_factory`: a simulator with its own configuration, stopped after the test.
+- `redis_url`: a real Redis. `REDIS_URL` when set; otherwise a `redis-server` started on a
+  free port in a temp dir (AOF on, so tests may restart it). Missing Redis skips the test,
+  except under CI=true where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s: {predicate!r}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see a developer's real key or base URL."""
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    monkeypatch.delenv("DEEPSEEK_BASE_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[Any]:
+    from dskit.sim import SimServer
+
+    with SimServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[..., Any]]:
+    from dskit.sim import SimConfig, SimServer
+
+    started: list[Any] = []
+
+    def make(**config: Any) -> Any:
+        server = SimServer(SimConfig(**config))
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+class RedisServer:
+    """A redis-server process owned by the test run, restartable with its data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, timeout=15)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def _no_redis(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"Redis is required under CI=true: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | None]:
+    """The suite's own redis-server, or None when REDIS_URL points at an external one."""
+    if os.environ.get("REDIS_URL"):
+        yield None
+        return
+    if shutil.which("redis-server") is None:
+        _no_redis("redis-server is not installed and REDIS_URL is not set")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer | None) -> str:
+    """A Redis URL for one test; each test gets its own key prefix via `redis_prefix`."""
+    url = os.environ.get("REDIS_URL") or (redis_server.url if redis_server else "")
+    if not url:
+        _no_redis("no Redis available")
+    return url
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    """A key namespace unique to this test, so tests can share one Redis in parallel."""
+    return f"t{os.getpid()}-{abs(hash(request.node.nodeid)) % 10**8}"
