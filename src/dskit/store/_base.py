@@ -1,0 +1,168 @@
+"""The one protocol every session store follows, and what the stores share.
+
+Every write names the version the writer last saw (`expected_version`) and returns the new
+one; a stale version raises `SessionConflictError` and writes nothing. That check is what
+lets two writers (two terminals, two gateway workers) share a session without losing a
+message. Each method has an async twin prefixed with `a`, so an async session never
+blocks its event loop: SQLite runs its work in a thread, Redis uses redis.asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from dskit.store._model import (
+    SessionInfo,
+    SessionRecord,
+    StoredMessage,
+    export_record,
+    import_record,
+    new_session_id,
+)
+
+DEFAULT_LIMIT = 50
+
+
+def default_store_path() -> Path:
+    """`$DSKIT_HOME/sessions.sqlite3`, else the user data dir's `dskit/sessions.sqlite3`."""
+    home = os.environ.get("DSKIT_HOME")
+    if home:
+        return Path(home).expanduser() / "sessions.sqlite3"
+    import platformdirs
+
+    return platformdirs.user_data_path("dskit") / "sessions.sqlite3"
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Where conversations live. All writes are version-checked and durable on return."""
+
+    def create(self, record: SessionRecord) -> SessionRecord: ...
+    def load(self, session_id: str) -> SessionRecord: ...
+    def append(
+        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+    ) -> int: ...
+    def replace(
+        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+    ) -> int: ...
+    def truncate(self, session_id: str, length: int, *, expected_version: int) -> int: ...
+    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
+    def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
+    def delete(self, session_id: str) -> bool: ...
+    def export_session(self, session_id: str) -> dict[str, Any]: ...
+    def import_session(self, data: Any, *, new_id: bool = False) -> SessionRecord: ...
+    def close(self) -> None: ...
+
+    async def acreate(self, record: SessionRecord) -> SessionRecord: ...
+    async def aload(self, session_id: str) -> SessionRecord: ...
+    async def aappend(
+        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+    ) -> int: ...
+    async def areplace(
+        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+    ) -> int: ...
+    async def atruncate(self, session_id: str, length: int, *, expected_version: int) -> int: ...
+    async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
+    async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
+    async def adelete(self, session_id: str) -> bool: ...
+    async def aclose(self) -> None: ...
+
+
+class ExportMixin:
+    """Export and import written once over `load` and `create`."""
+
+    def load(self, session_id: str) -> SessionRecord:
+        raise NotImplementedError
+
+    def create(self, record: SessionRecord) -> SessionRecord:
+        raise NotImplementedError
+
+    def export_session(self, session_id: str) -> dict[str, Any]:
+        """The versioned JSON-ready export of one session."""
+        return export_record(self.load(session_id))
+
+    def import_session(self, data: Any, *, new_id: bool = False) -> SessionRecord:
+        """Store an exported session; `new_id=True` imports a copy beside the original."""
+        record = import_record(data)
+        if new_id:
+            record.id = new_session_id()
+        record.version = 0
+        return self.create(record)
+
+
+class ThreadedAsyncMixin(ExportMixin):
+    """Async twins that run the blocking sync methods in a worker thread."""
+
+    def append(
+        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+    ) -> int:
+        raise NotImplementedError
+
+    def replace(
+        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+    ) -> int:
+        raise NotImplementedError
+
+    def truncate(self, session_id: str, length: int, *, expected_version: int) -> int:
+        raise NotImplementedError
+
+    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        raise NotImplementedError
+
+    def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        raise NotImplementedError
+
+    def delete(self, session_id: str) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def acreate(self, record: SessionRecord) -> SessionRecord:
+        return await asyncio.to_thread(self.create, record)
+
+    async def aload(self, session_id: str) -> SessionRecord:
+        return await asyncio.to_thread(self.load, session_id)
+
+    async def aappend(
+        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+    ) -> int:
+        return await asyncio.to_thread(
+            self.append, session_id, messages, expected_version=expected_version
+        )
+
+    async def areplace(
+        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+    ) -> int:
+        return await asyncio.to_thread(
+            self.replace, session_id, index, message, expected_version=expected_version
+        )
+
+    async def atruncate(self, session_id: str, length: int, *, expected_version: int) -> int:
+        return await asyncio.to_thread(
+            self.truncate, session_id, length, expected_version=expected_version
+        )
+
+    async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        return await asyncio.to_thread(self.list_sessions, limit)
+
+    async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        return await asyncio.to_thread(self.search, text, limit)
+
+    async def adelete(self, session_id: str) -> bool:
+        return await asyncio.to_thread(self.delete, session_id)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+
+def check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        from dskit.client._errors import ValidationError
+
+        raise ValidationError(f"limit must be a positive integer, got {limit!r}", param="limit")
+    return limit

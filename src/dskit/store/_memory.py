@@ -1,0 +1,107 @@
+"""A store that lives in this process only: what a session uses when given no store.
+
+It follows the same protocol (versions, conflicts) as the durable stores, so a session
+behaves the same whichever store it has; only durability differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Sequence
+
+from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit
+from dskit.store._model import (
+    SessionConflictError,
+    SessionInfo,
+    SessionNotFoundError,
+    SessionRecord,
+    StoredMessage,
+    StoreError,
+    matches,
+    title_from,
+)
+
+
+class MemoryStore(ThreadedAsyncMixin):
+    """Sessions in a dict; nothing survives the process."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, SessionRecord] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(sessions={len(self._sessions)})"
+
+    def create(self, record: SessionRecord) -> SessionRecord:
+        with self._lock:
+            if record.id in self._sessions:
+                raise SessionConflictError(record.id, record.version, None)
+            stored = copy.deepcopy(record)
+            stored.title = stored.title or title_from(stored.messages)
+            self._sessions[record.id] = stored
+            return copy.deepcopy(stored)
+
+    def load(self, session_id: str) -> SessionRecord:
+        with self._lock:
+            return copy.deepcopy(self._get(session_id))
+
+    def _get(self, session_id: str) -> SessionRecord:
+        record = self._sessions.get(session_id)
+        if record is None:
+            raise SessionNotFoundError(session_id)
+        return record
+
+    def _checked(self, session_id: str, expected_version: int) -> SessionRecord:
+        record = self._get(session_id)
+        if record.version != expected_version:
+            raise SessionConflictError(session_id, expected_version, record.version)
+        record.version += 1
+        record.updated = time.time()
+        return record
+
+    def append(
+        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+    ) -> int:
+        with self._lock:
+            record = self._checked(session_id, expected_version)
+            record.messages.extend(copy.deepcopy(list(messages)))
+            record.title = record.title or title_from(record.messages)
+            return record.version
+
+    def replace(
+        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+    ) -> int:
+        with self._lock:
+            record = self._get(session_id)
+            if not 0 <= index < len(record.messages):
+                raise StoreError(f"no message at index {index} in session {session_id!r}")
+            record = self._checked(session_id, expected_version)
+            record.messages[index] = copy.deepcopy(message)
+            return record.version
+
+    def truncate(self, session_id: str, length: int, *, expected_version: int) -> int:
+        with self._lock:
+            record = self._checked(session_id, expected_version)
+            del record.messages[max(length, 0) :]
+            return record.version
+
+    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        check_limit(limit)
+        with self._lock:
+            records = sorted(self._sessions.values(), key=lambda r: r.updated, reverse=True)
+            return [r.info() for r in records[:limit]]
+
+    def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        check_limit(limit)
+        with self._lock:
+            records = sorted(self._sessions.values(), key=lambda r: r.updated, reverse=True)
+            return [r.info() for r in records if matches(r, text)][:limit]
+
+    def delete(self, session_id: str) -> bool:
+        with self._lock:
+            return self._sessions.pop(session_id, None) is not None
+
+    def close(self) -> None:
+        """Nothing to release; the sessions stay readable."""

@@ -1,0 +1,320 @@
+"""The shared store: Redis through redis-py (sync) and redis.asyncio (async).
+
+Keys are namespaced and carry the session id as a hash tag, `<ns>:session:{<id>}:meta`
+and `...:messages`, so both keys of a session sit in one Redis Cluster slot and every
+write can be one Lua script: the version check and the change happen atomically. The
+listing index (`<ns>:sessions`, a sorted set by update time) lives in another slot, so it
+is updated after the write and pruned lazily: it may briefly name a deleted session, never
+hide a live one. An optional TTL expires idle sessions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dskit.store._base import DEFAULT_LIMIT, ExportMixin, check_limit
+from dskit.store._model import (
+    SessionConflictError,
+    SessionInfo,
+    SessionNotFoundError,
+    SessionRecord,
+    StoredMessage,
+    StoreError,
+    matches,
+    title_from,
+)
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+# KEYS: meta, messages. ARGV: op, expected version, now, ttl, title, then op arguments.
+# Returns the new version, or -1 (no such session), -2 (stale version), -3 (bad index).
+WRITE_SCRIPT = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return {-1, 0} end
+if tonumber(v) ~= tonumber(ARGV[2]) then return {-2, tonumber(v)} end
+local op = ARGV[1]
+if op == 'append' then
+  for i = 6, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+  if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'title') == '' then
+    redis.call('HSET', KEYS[1], 'title', ARGV[5])
+  end
+elseif op == 'replace' then
+  local index = tonumber(ARGV[6])
+  if index < 0 or index >= redis.call('LLEN', KEYS[2]) then return {-3, tonumber(v)} end
+  redis.call('LSET', KEYS[2], index, ARGV[7])
+elseif op == 'truncate' then
+  local length = tonumber(ARGV[6])
+  if length <= 0 then redis.call('DEL', KEYS[2])
+  else redis.call('LTRIM', KEYS[2], 0, length - 1) end
+end
+local new = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'updated', ARGV[3])
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ttl) end
+end
+return {new, 0}
+"""
+
+# KEYS: meta, messages. ARGV: ttl, then the header fields as pairs, '--', the messages.
+CREATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local i = 2
+while ARGV[i] ~= '--' do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for j = i + 1, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[j]) end
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ttl) end
+end
+return 1
+"""
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Keys:
+    """Key names and the encoding both shells share."""
+
+    def __init__(self, namespace: str, ttl: int | None) -> None:
+        if not namespace or any(c in namespace for c in "{} "):
+            raise StoreError(f"invalid Redis namespace {namespace!r}")
+        if ttl is not None and (not isinstance(ttl, int) or ttl < 1):
+            raise StoreError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        self.namespace = namespace
+        self.ttl = ttl or 0
+        self.index = f"{namespace}:sessions"
+
+    def session(self, session_id: str) -> list[str]:
+        if not session_id or any(c in session_id for c in "{}"):
+            raise SessionNotFoundError(session_id)
+        base = f"{self.namespace}:session:{{{session_id}}}"
+        return [f"{base}:meta", f"{base}:messages"]
+
+    def create_args(self, record: SessionRecord) -> list[Any]:
+        head = record.header()
+        head["title"] = record.title or title_from(record.messages)
+        head["params"] = _dumps(record.params)
+        head["system"] = _dumps(record.system)
+        pairs = [str(x) for item in head.items() for x in item]
+        return [self.ttl, *pairs, "--", *(_dumps(m.to_dict()) for m in record.messages)]
+
+    def write_args(
+        self, op: str, expected: int, messages: Sequence[StoredMessage], *extra: Any
+    ) -> list[Any]:
+        title = title_from(list(messages)) if op == "append" else ""
+        encoded = [_dumps(m.to_dict()) for m in messages]
+        return [op, expected, time.time(), self.ttl, title, *extra, *encoded]
+
+    def record(self, session_id: str, head: dict[Any, Any], items: list[Any]) -> SessionRecord:
+        if not head:
+            raise SessionNotFoundError(session_id)
+        h = {_text(k): _text(v) for k, v in head.items()}
+        return SessionRecord(
+            id=h["id"], title=h.get("title", ""), model=h.get("model", "deepseek-chat"),
+            system=orjson.loads(h.get("system", "null")),
+            params=orjson.loads(h.get("params", "{}")),
+            created=float(h.get("created", 0)), updated=float(h.get("updated", 0)),
+            version=int(h.get("version", 0)),
+            messages=[StoredMessage.from_dict(orjson.loads(item)) for item in items],
+        )  # fmt: skip
+
+    @staticmethod
+    def outcome(session_id: str, expected: int, reply: list[Any], args: list[Any]) -> int:
+        code, actual = int(reply[0]), int(reply[1])
+        if code == -1:
+            raise SessionNotFoundError(session_id)
+        if code == -2:
+            raise SessionConflictError(session_id, expected, actual)
+        if code == -3:
+            raise StoreError(f"no message at index {args[5]} in session {session_id!r}")
+        return code
+
+
+def _info(record: SessionRecord) -> SessionInfo:
+    return record.info()
+
+
+class RedisStore(ExportMixin):
+    """Sessions in Redis (a server or a cluster), shared by every process that uses it."""
+
+    def __init__(
+        self, url: str = "redis://localhost:6379/0", *, namespace: str = "dskit",
+        ttl: int | None = None,
+    ) -> None:  # fmt: skip
+        try:
+            import redis
+            import redis.asyncio
+        except ImportError:  # pragma: no cover - depends on the install
+            raise StoreError("RedisStore needs redis-py: pip install 'dskit[redis]'") from None
+        self.keys = _Keys(namespace, ttl)
+        self._url = url
+        self._sync: redis.Redis = redis.Redis.from_url(url)
+        self._async: redis.asyncio.Redis | None = None
+        self._write_sync = self._sync.register_script(WRITE_SCRIPT)
+        self._create_sync = self._sync.register_script(CREATE_SCRIPT)
+
+    def __repr__(self) -> str:
+        return f"RedisStore(namespace={self.keys.namespace!r})"
+
+    # ---- sync -----------------------------------------------------------------------
+
+    def create(self, record: SessionRecord) -> SessionRecord:
+        keys = self.keys.session(record.id)
+        if not self._create_sync(keys=keys, args=self.keys.create_args(record)):
+            raise SessionConflictError(record.id, record.version, None)
+        self._sync.zadd(self.keys.index, {record.id: record.updated})
+        return self.load(record.id)
+
+    def load(self, session_id: str) -> SessionRecord:
+        meta, messages = self.keys.session(session_id)
+        with self._sync.pipeline(transaction=True) as pipe:
+            pipe.hgetall(meta)
+            pipe.lrange(messages, 0, -1)
+            head, items = pipe.execute()
+        return self.keys.record(session_id, head, items)
+
+    def _write(self, session_id: str, expected: int, args: list[Any]) -> int:
+        reply = self._write_sync(keys=self.keys.session(session_id), args=args)
+        version = self.keys.outcome(session_id, expected, reply, args)
+        self._sync.zadd(self.keys.index, {session_id: time.time()})
+        return version
+
+    def append(
+        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+    ) -> int:
+        args = self.keys.write_args("append", expected_version, messages)
+        return self._write(session_id, expected_version, args)
+
+    def replace(
+        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+    ) -> int:
+        args = self.keys.write_args("replace", expected_version, [message], index)
+        return self._write(session_id, expected_version, args)
+
+    def truncate(self, session_id: str, length: int, *, expected_version: int) -> int:
+        args = self.keys.write_args("truncate", expected_version, [], length)
+        return self._write(session_id, expected_version, args)
+
+    def _records(self) -> list[SessionRecord]:
+        """Every live session, newest first; drops index entries of expired ones."""
+        records = []
+        ids: list[bytes] = self._sync.zrevrange(self.keys.index, 0, -1)  # type: ignore[assignment]
+        for raw in ids:
+            try:
+                records.append(self.load(_text(raw)))
+            except SessionNotFoundError:
+                self._sync.zrem(self.keys.index, raw)
+        return records
+
+    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        check_limit(limit)
+        return [_info(r) for r in self._records()[:limit]]
+
+    def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        """A scan of every session: fine for thousands; index elsewhere for millions."""
+        check_limit(limit)
+        return [_info(r) for r in self._records() if matches(r, text)][:limit]
+
+    def delete(self, session_id: str) -> bool:
+        removed = int(self._sync.delete(*self.keys.session(session_id)))
+        self._sync.zrem(self.keys.index, session_id)
+        return removed > 0
+
+    def close(self) -> None:
+        self._sync.close()
+
+    # ---- async ----------------------------------------------------------------------
+
+    def _aclient(self) -> redis.asyncio.Redis:
+        if self._async is None:
+            import redis.asyncio
+
+            self._async = redis.asyncio.Redis.from_url(self._url)
+        return self._async
+
+    async def acreate(self, record: SessionRecord) -> SessionRecord:
+        client = self._aclient()
+        script = client.register_script(CREATE_SCRIPT)
+        if not await script(keys=self.keys.session(record.id), args=self.keys.create_args(record)):
+            raise SessionConflictError(record.id, record.version, None)
+        await client.zadd(self.keys.index, {record.id: record.updated})
+        return await self.aload(record.id)
+
+    async def aload(self, session_id: str) -> SessionRecord:
+        meta, messages = self.keys.session(session_id)
+        async with self._aclient().pipeline(transaction=True) as pipe:
+            pipe.hgetall(meta)
+            pipe.lrange(messages, 0, -1)
+            head, items = await pipe.execute()
+        return self.keys.record(session_id, head, items)
+
+    async def _awrite(self, session_id: str, expected: int, args: list[Any]) -> int:
+        client = self._aclient()
+        script = client.register_script(WRITE_SCRIPT)
+        reply = await script(keys=self.keys.session(session_id), args=args)
+        version = self.keys.outcome(session_id, expected, reply, args)
+        await client.zadd(self.keys.index, {session_id: time.time()})
+        return version
+
+    async def aappend(
+        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+    ) -> int:
+        args = self.keys.write_args("append", expected_version, messages)
+        return await self._awrite(session_id, expected_version, args)
+
+    async def areplace(
+        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+    ) -> int:
+        args = self.keys.write_args("replace", expected_version, [message], index)
+        return await self._awrite(session_id, expected_version, args)
+
+    async def atruncate(self, session_id: str, length: int, *, expected_version: int) -> int:
+        args = self.keys.write_args("truncate", expected_version, [], length)
+        return await self._awrite(session_id, expected_version, args)
+
+    async def _arecords(self) -> list[SessionRecord]:
+        client = self._aclient()
+        records = []
+        ids: list[bytes] = await client.zrevrange(self.keys.index, 0, -1)  # type: ignore[assignment]
+        for raw in ids:
+            try:
+                records.append(await self.aload(_text(raw)))
+            except SessionNotFoundError:
+                await client.zrem(self.keys.index, raw)
+        return records
+
+    async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        check_limit(limit)
+        return [_info(r) for r in (await self._arecords())[:limit]]
+
+    async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        check_limit(limit)
+        return [_info(r) for r in await self._arecords() if matches(r, text)][:limit]
+
+    async def adelete(self, session_id: str) -> bool:
+        client = self._aclient()
+        removed = int(await client.delete(*self.keys.session(session_id)))
+        await client.zrem(self.keys.index, session_id)
+        return removed > 0
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None

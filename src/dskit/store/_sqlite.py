@@ -1,0 +1,238 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+WAL lets readers (a `dskit sessions show` in another terminal) read while a session
+writes, and `synchronous=FULL` makes each committed write durable before the call
+returns, so a finished message survives a crash or power cut. Writers take the write lock
+up front (`BEGIN IMMEDIATE`) and check the version inside that transaction, so two
+processes on one file cannot both win.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit, default_store_path
+from dskit.store._model import (
+    SessionConflictError,
+    SessionFormatError,
+    SessionInfo,
+    SessionNotFoundError,
+    SessionRecord,
+    StoredMessage,
+    StoreError,
+    title_from,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL,
+    system TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS messages (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    content TEXT NOT NULL DEFAULT '',
+    data TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated);
+"""
+INFO_SQL = (
+    "SELECT s.id, s.title, s.model, s.created, s.updated, s.version, "
+    "(SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) FROM sessions s"
+)
+
+
+def _encode(message: StoredMessage) -> tuple[str, str]:
+    return message.content, orjson.dumps(message.to_dict()).decode()
+
+
+def _decode(data: str) -> StoredMessage:
+    try:
+        return StoredMessage.from_dict(orjson.loads(data))
+    except orjson.JSONDecodeError as exc:
+        raise SessionFormatError(f"a stored message is not valid JSON: {exc}") from None
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class SQLiteStore(ThreadedAsyncMixin):
+    """Sessions in one SQLite file (default: the user data dir, or `$DSKIT_HOME`)."""
+
+    def __init__(self, path: str | Path | None = None, *, timeout: float = 10.0) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = self._connect(timeout)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open session store {str(self.path)!r}: {exc}") from None
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database's write lock from the start."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _bump(self, conn: sqlite3.Connection, session_id: str, expected: int) -> int:
+        row = conn.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        if row[0] != expected:
+            raise SessionConflictError(session_id, expected, row[0])
+        conn.execute(
+            "UPDATE sessions SET version = ?, updated = ? WHERE id = ?",
+            (expected + 1, time.time(), session_id),
+        )
+        return expected + 1
+
+    def _count(self, conn: sqlite3.Connection, session_id: str) -> int:
+        row = conn.execute("SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,))
+        count: int = row.fetchone()[0]
+        return count
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        start: int,
+        messages: Sequence[StoredMessage],
+    ) -> None:
+        rows = [(session_id, start + i, *_encode(m)) for i, m in enumerate(messages)]
+        conn.executemany(
+            "INSERT INTO messages (session_id, seq, content, data) VALUES (?, ?, ?, ?)", rows
+        )
+
+    def create(self, record: SessionRecord) -> SessionRecord:
+        title = record.title or title_from(record.messages)
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.id, title, record.model, record.system,
+                     orjson.dumps(record.params).decode(), record.created, record.updated,
+                     record.version),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise SessionConflictError(record.id, record.version, None) from None
+            self._insert(conn, record.id, 0, record.messages)
+        return self.load(record.id)
+
+    def load(self, session_id: str) -> SessionRecord:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                head = self._conn.execute(
+                    "SELECT id, title, model, system, params, created, updated, version "
+                    "FROM sessions WHERE id = ?",
+                    (session_id,),
+                ).fetchone()
+                rows = self._conn.execute(
+                    "SELECT data FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+                ).fetchall()
+            finally:
+                self._conn.execute("COMMIT")
+        if head is None:
+            raise SessionNotFoundError(session_id)
+        return SessionRecord(
+            id=head[0], title=head[1], model=head[2], system=head[3],
+            params=orjson.loads(head[4]), created=head[5], updated=head[6], version=head[7],
+            messages=[_decode(row[0]) for row in rows],
+        )  # fmt: skip
+
+    def append(
+        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+    ) -> int:
+        with self._write() as conn:
+            version = self._bump(conn, session_id, expected_version)
+            self._insert(conn, session_id, self._count(conn, session_id), messages)
+            title = title_from(list(messages))
+            if title:
+                conn.execute(
+                    "UPDATE sessions SET title = ? WHERE id = ? AND title = ''", (title, session_id)
+                )
+        return version
+
+    def replace(
+        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+    ) -> int:
+        with self._write() as conn:
+            version = self._bump(conn, session_id, expected_version)
+            cursor = conn.execute(
+                "UPDATE messages SET content = ?, data = ? WHERE session_id = ? AND seq = ?",
+                (*_encode(message), session_id, index),
+            )
+            if cursor.rowcount != 1:
+                raise StoreError(f"no message at index {index} in session {session_id!r}")
+        return version
+
+    def truncate(self, session_id: str, length: int, *, expected_version: int) -> int:
+        with self._write() as conn:
+            version = self._bump(conn, session_id, expected_version)
+            conn.execute(
+                "DELETE FROM messages WHERE session_id = ? AND seq >= ?",
+                (session_id, max(length, 0)),
+            )
+        return version
+
+    def _infos(self, where: str, args: tuple[object, ...], limit: int) -> list[SessionInfo]:
+        sql = f"{INFO_SQL} {where} ORDER BY s.updated DESC LIMIT ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (*args, check_limit(limit))).fetchall()
+        return [SessionInfo(*row) for row in rows]
+
+    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        return self._infos("", (), limit)
+
+    def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+        """Sessions whose title or any message contains `text` (case-insensitive for ASCII)."""
+        pattern = _like_pattern(text)
+        where = (
+            "WHERE s.title LIKE ?1 ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
+            "WHERE m.session_id = s.id AND m.content LIKE ?1 ESCAPE '\\')"
+        )
+        return self._infos(where.replace("?1", "?"), (pattern, pattern), limit)
+
+    def delete(self, session_id: str) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            return cursor.rowcount > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,60 @@
+"""Redis specifics: Cluster-safe keys, namespaces, TTL."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from dskit.store import RedisStore, SessionRecord, StoredMessage, StoreError
+
+pytestmark = pytest.mark.redis
+
+
+def test_both_keys_of_a_session_share_one_cluster_slot(redis_url: str, redis_prefix: str) -> None:
+    store = RedisStore(redis_url, namespace=redis_prefix)
+    record = store.create(SessionRecord())
+    client = redis.Redis.from_url(redis_url)
+    keys = [k.decode() for k in client.keys(f"{redis_prefix}:session:*")]
+    assert len(keys) == 1  # no messages yet: only the header
+    store.append(record.id, [StoredMessage({"role": "user", "content": "x"})], expected_version=0)
+    keys = sorted(k.decode() for k in client.keys(f"{redis_prefix}:session:*"))
+    assert keys == [
+        f"{redis_prefix}:session:{{{record.id}}}:messages",
+        f"{redis_prefix}:session:{{{record.id}}}:meta",
+    ]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    client.close()
+    store.close()
+
+
+def test_namespaces_are_isolated(redis_url: str, redis_prefix: str) -> None:
+    a = RedisStore(redis_url, namespace=f"{redis_prefix}a")
+    b = RedisStore(redis_url, namespace=f"{redis_prefix}b")
+    record = a.create(SessionRecord())
+    assert [i.id for i in a.list_sessions()] == [record.id]
+    assert b.list_sessions() == []
+    a.close()
+    b.close()
+
+
+def test_ttl_is_set_and_expired_sessions_leave_the_listing(
+    redis_url: str, redis_prefix: str
+) -> None:
+    store = RedisStore(redis_url, namespace=redis_prefix, ttl=60)
+    record = store.create(SessionRecord())
+    store.append(record.id, [StoredMessage({"role": "user", "content": "x"})], expected_version=0)
+    client = redis.Redis.from_url(redis_url)
+    for key in client.keys(f"{redis_prefix}:session:*"):
+        assert 0 < client.ttl(key) <= 60
+    client.delete(*client.keys(f"{redis_prefix}:session:*"))  # as if they had expired
+    assert store.list_sessions() == []
+    assert client.zcard(f"{redis_prefix}:sessions") == 0
+    client.close()
+    store.close()
+
+
+@pytest.mark.parametrize("bad", [{"namespace": "a{b}"}, {"namespace": ""}, {"ttl": 0}])
+def test_bad_configuration_is_a_clear_error(redis_url: str, bad: dict[str, object]) -> None:
+    with pytest.raises(StoreError):
+        RedisStore(redis_url, **bad)  # type: ignore[arg-type]
