@@ -138,7 +138,7 @@ class SSEDecoder:
             self._after_cr = False
             if chunk[0] == 10:
                 chunk = chunk[1:]
-        if b"\r" in chunk:
+        if 13 in chunk:  # int membership is a memchr: several times faster than b"\r" in
             self._after_cr = chunk[-1] == 13
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = chunk.split(b"\n")
@@ -190,8 +190,8 @@ class SSEDecoder:
                     self._event_type = b""
             elif self._data_size + len(raw) > limit:
                 self._fail(self._data_size + len(raw))
-            elif raw.startswith(b"data:"):  # the hot path: one data line per event
-                value = raw[6:] if raw[5:6] == b" " else raw[5:]
+            elif raw.startswith(b"data: "):  # the hot path: one data line per event
+                value = raw[6:]
                 self._data.append(value)
                 self._data_size += len(value) + 1
             elif raw[0] == 58:  # ":" starts a comment
@@ -228,8 +228,9 @@ class SSEDecoder:
             return
 
     def _dispatch(self) -> ServerSentEvent:
+        data = self._data
         event = ServerSentEvent(
-            _decode(b"\n".join(self._data)),
+            (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace"),
             _decode(self._event_type) if self._event_type else "message",
             self._last_id,
             self._retry,
