@@ -1,0 +1,235 @@
+"""Chat and FIM completions: controls, validation, planning, and the response itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from dskit._tokens import estimate_tokens
+from dskit._validate import is_reasoner
+from dskit.sim._cache import CacheResult
+from dskit.sim._faults import ControlError, Controls, parse_controls, random_fault
+from dskit.sim._plan import Reply, is_prefix_message, plan_chat, plan_fim, truncate
+from dskit.sim._request import RequestError, check_chat, check_fim, parse_json, read_body
+from dskit.sim._stream import (
+    Send,
+    Timing,
+    keep_alive,
+    shape,
+    start,
+    write_events,
+    write_whole,
+)
+from dskit.sim._wire import (
+    KEEPALIVE_JSON,
+    KEEPALIVE_SSE,
+    ChunkEncoder,
+    Envelope,
+    TextChunkEncoder,
+    chat_completion,
+    error_body,
+    text_completion,
+    usage_dict,
+)
+
+if TYPE_CHECKING:
+    from dskit.sim._app import Request, SimApp
+
+SSE = b"text/event-stream; charset=utf-8"
+Render = Callable[[Reply], bytes]
+
+
+def _controls(app: SimApp, request: Request) -> Controls:
+    try:
+        controls = parse_controls(request.headers)
+        controls = app.fault_keys.admit(request.headers, controls)
+    except ControlError as exc:
+        raise RequestError(400, str(exc)) from None
+    controls = random_fault(app.rng, app.config, controls)
+    if controls.has_fault:
+        app.stats.faults_injected += 1
+    return controls
+
+
+def _timing(app: SimApp, c: Controls) -> Timing:
+    config = app.config
+    return Timing(
+        ttft=(config.ttft_ms if c.ttft_ms is None else c.ttft_ms) / 1000,
+        token=(config.token_ms if c.token_ms is None else c.token_ms) / 1000,
+        queue=(c.queue_ms or 0) / 1000,
+        keepalive=(config.keepalive_interval_ms if c.keepalive_ms is None else c.keepalive_ms)
+        / 1000,
+        stall_after=c.stall_after_events,
+        stall=(c.stall_ms or 0) / 1000,
+    )
+
+
+async def _status_fault(app: SimApp, request: Request, send: Send, c: Controls) -> None:
+    """Answer with the status X-Sim-Status asked for, shaped as DeepSeek (or as raw text)."""
+    status = c.status or 500
+    extra = []
+    if c.retry_after is not None:
+        extra.append((b"retry-after", c.retry_after.encode("latin-1")))
+    if c.retry_after_ms is not None:
+        extra.append((b"retry-after-ms", c.retry_after_ms.encode("latin-1")))
+    data = error_body(status)
+    content_type = b"application/json"
+    if c.error_body is not None:
+        plain = c.error_body.lower() in ("", "1", "true", "yes", "text")
+        text = f"{status} error" if plain else c.error_body
+        data = text.encode("latin-1", "replace")
+        content_type = b"application/octet-stream"
+    await app.send_json(send, request, status, data, extra, content_type)
+
+
+async def _read(app: SimApp, request: Request, send: Send) -> tuple[Controls, Any]:
+    """The request's controls and JSON body; None as body when a status fault answered."""
+    controls = _controls(app, request)
+    raw = await read_body(request.receive, request.headers, app.config.max_body_bytes)
+    if controls.status is not None:
+        await _status_fault(app, request, send, controls)
+        return controls, None
+    return controls, parse_json(raw, request.headers)
+
+
+def _checked(check: Callable[[], None]) -> None:
+    """Run a check; anything unexpected in it is still the client's bad input (400)."""
+    try:
+        check()
+    except RequestError:
+        raise
+    except Exception as exc:  # never a 500 for a body we could not make sense of
+        raise RequestError(400, f"Invalid request body ({type(exc).__name__})") from None
+
+
+@contextlib.asynccontextmanager
+async def _slot(app: SimApp) -> AsyncIterator[None]:
+    cap = app.config.max_concurrency
+    if cap is not None and app.active >= cap:
+        app.stats.rejected_concurrency += 1
+        raise RequestError(429, "Rate Limit Reached: too many concurrent requests, slow down")
+    app.active += 1
+    try:
+        yield
+    finally:
+        app.active -= 1
+
+
+async def chat(app: SimApp, request: Request, send: Send, *, beta: bool) -> None:
+    controls, data = await _read(app, request, send)
+    if data is None:
+        return
+    _checked(lambda: check_chat(data, app.config, beta))
+    if is_prefix_message(data["messages"][-1]):
+        app.stats.prefix_requests += 1
+    async with _slot(app):
+        reply = plan_chat(data, app.config.seed)
+        cache = app.cache.lookup_and_store(data["model"], data["messages"])
+        env = Envelope.new(data["model"])
+        if data.get("stream"):
+            include = bool((data.get("stream_options") or {}).get("include_usage"))
+            encoder = ChunkEncoder(env, include, is_reasoner(data["model"]))
+            await _stream(app, request, send, encoder, reply, cache, controls)
+        else:
+            render = lambda r: chat_completion(env, r, usage_dict(r, cache))  # noqa: E731
+            await _whole(app, request, send, render, reply, controls)
+
+
+async def fim(app: SimApp, request: Request, send: Send) -> None:
+    controls, data = await _read(app, request, send)
+    if data is None:
+        return
+    _checked(lambda: check_fim(data, app.config))
+    async with _slot(app):
+        reply = plan_fim(data, app.config.seed)
+        prompt = estimate_tokens(data["prompt"]) + estimate_tokens(data.get("suffix") or "")
+        cache = CacheResult(prompt, 0)
+        env = Envelope.new(data["model"])
+        if data.get("stream"):
+            include = bool((data.get("stream_options") or {}).get("include_usage"))
+            encoder = TextChunkEncoder(env, include)
+            await _stream(app, request, send, encoder, reply, cache, controls)
+        else:
+            render = lambda r: text_completion(env, r, usage_dict(r, cache))  # noqa: E731
+            await _whole(app, request, send, render, reply, controls)
+
+
+def _insufficient(reply: Reply, c: Controls) -> Reply:
+    if c.insufficient_after_events is None:
+        return reply
+    return truncate(reply, c.insufficient_after_events, "insufficient_system_resource")
+
+
+async def _stream(
+    app: SimApp,
+    request: Request,
+    send: Send,
+    encoder: ChunkEncoder,
+    reply: Reply,
+    cache: CacheResult,
+    c: Controls,
+) -> None:
+    reply = _insufficient(reply, c)
+    shaped = shape(encoder, encoder.events(reply, usage_dict(reply, cache)), c)
+    timing = _timing(app, c)
+    app.stats.streams += 1
+    app.count_status(200)
+    headers = [*request.json_headers(SSE), (b"cache-control", b"no-cache")]
+    await start(send, 200, headers)
+    async with _watch_disconnect(request, send, active=not timing.idle) as out:
+        await keep_alive(out, timing, KEEPALIVE_SSE)
+        await write_events(out, shaped, timing)
+
+
+async def _whole(
+    app: SimApp, request: Request, send: Send, render: Render, reply: Reply, c: Controls
+) -> None:
+    reply = _insufficient(reply, c)
+    data = render(reply)
+    timing = _timing(app, c)
+    delay = timing.ttft + timing.token * reply.completion_tokens
+    async with _watch_disconnect(request, send, active=not timing.idle) as out:
+        if timing.queue <= 0 and c.drop_after_bytes is None:
+            await asyncio.sleep(delay)
+            await app.send_json(out, request, 200, data)
+            return
+        app.count_status(200)
+        await start(out, 200, request.json_headers())
+        await keep_alive(out, timing, KEEPALIVE_JSON)
+        await asyncio.sleep(delay)
+        await write_whole(out, data, c.drop_after_bytes)
+
+
+@contextlib.asynccontextmanager
+async def _watch_disconnect(request: Request, send: Send, *, active: bool) -> AsyncIterator[Send]:
+    """While a slow response is written, stop it as soon as the client goes away.
+
+    Yields the `send` to use: it notes when the response is complete, so a disconnect
+    seen after that (uvicorn reports one once the response is done) cancels nothing.
+    """
+    task = asyncio.current_task()
+    if not active or task is None:
+        yield send
+        return
+    finished = False
+
+    async def tracked(message: dict[str, Any]) -> None:
+        nonlocal finished
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            finished = True
+        await send(message)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        if not finished:
+            request.gone = True
+            task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield tracked
+    finally:
+        watcher.cancel()

@@ -1,0 +1,251 @@
+"""What the simulated model answers: a pure function of the request.
+
+The reply is planned in full before the first byte is sent (reasoning pieces, content
+pieces, tool calls, finish reason); streaming and non-streaming responses render the same
+plan, and Chat Prefix Completion continues exactly the reply the same request without the
+prefix message would get, which is what lets a client resume a broken stream.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from dskit._validate import is_reasoner
+from dskit.sim._schema import value_for
+from dskit.sim._text import apply_stop, cut_chars, digest, generate, is_mostly_cjk, rng_for
+from dskit.sim._text import split_pieces as pieces_of
+
+MAX_QUOTE = 4000
+
+
+@dataclass(slots=True)
+class PlannedCall:
+    """One tool call: its full arguments and the fragments they stream in."""
+
+    id: str
+    name: str
+    arguments: str
+    fragments: list[str]
+
+
+@dataclass(slots=True)
+class Reply:
+    reasoning: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    calls: list[PlannedCall] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+    @property
+    def completion_tokens(self) -> int:
+        calls = sum(1 + len(call.fragments) for call in self.calls)
+        return len(self.reasoning) + len(self.content) + calls
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content (a string, or a list of text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") if isinstance(p, Mapping) else p for p in content]
+        return "".join(p for p in parts if isinstance(p, str))
+    return ""
+
+
+def is_prefix_message(message: Mapping[str, Any]) -> bool:
+    return message.get("role") == "assistant" and bool(message.get("prefix"))
+
+
+def _stops(body: Mapping[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        return [stop]
+    return [s for s in stop or () if isinstance(s, str)]
+
+
+def plan_chat(body: Mapping[str, Any], config_seed: int) -> Reply:
+    """The reply to a validated chat request (prefix completion included)."""
+    messages: list[Mapping[str, Any]] = body["messages"]
+    prefix = messages[-1] if is_prefix_message(messages[-1]) else None
+    base = messages[:-1] if prefix is not None else messages
+    knobs = [body.get(k) for k in ("temperature", "top_p", "frequency_penalty", "presence_penalty")]
+    seed = digest(body["model"], base, knobs, config_seed)
+    chinese = is_mostly_cjk(_last_user_text(base))
+    reply = _natural(body, base, seed, chinese)
+    reply.content, _ = apply_stop(reply.content, _stops(body))
+    if prefix is not None:
+        reply = _continue(reply, prefix, seed, _stops(body), chinese)
+    return _limit(reply, body.get("max_tokens"))
+
+
+def plan_fim(body: Mapping[str, Any], config_seed: int) -> Reply:
+    """The middle for a FIM request: deterministic in prompt, suffix and sampling knobs."""
+    prompt, suffix = body["prompt"], body.get("suffix") or ""
+    seed = digest("fim", body["model"], prompt, suffix, body.get("temperature"), config_seed)
+    rng = rng_for(seed, "fim")
+    pieces = generate(rng, rng.randint(10, 60), is_mostly_cjk(prompt))
+    pieces, _ = apply_stop(pieces, _stops(body))
+    return _limit(Reply(content=pieces), body.get("max_tokens"))
+
+
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return text_of(message.get("content"))
+    return ""
+
+
+def _natural(
+    body: Mapping[str, Any], base: Sequence[Mapping[str, Any]], seed: bytes, chinese: bool
+) -> Reply:
+    reasoning: list[str] = []
+    if is_reasoner(body["model"]):
+        rng = rng_for(seed, "reasoning")
+        reasoning = generate(rng, rng.randint(30, 150), chinese)
+    if base and base[-1].get("role") == "tool":
+        return Reply(reasoning, _quote_results(base, seed, chinese))
+    calls = _plan_calls(body, base, seed)
+    if calls:
+        return Reply(reasoning, [], calls, "tool_calls")
+    fmt = body.get("response_format")
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
+        return Reply(reasoning, _json_object(seed, chinese))
+    rng = rng_for(seed, "content")
+    return Reply(reasoning, generate(rng, rng.randint(20, 120), chinese))
+
+
+def _json_object(seed: bytes, chinese: bool) -> list[str]:
+    rng = rng_for(seed, "json")
+    answer = "".join(generate(rng, rng.randint(8, 30), chinese))
+    tags = ["".join(generate(rng, 1, chinese)[:1]).strip(" .?!。？！") for _ in range(3)]
+    data = {"answer": answer, "score": rng.randint(0, 100), "tags": tags, "done": True}
+    return pieces_of(orjson.dumps(data).decode())
+
+
+def _quote_results(base: Sequence[Mapping[str, Any]], seed: bytes, chinese: bool) -> list[str]:
+    """An answer that uses the trailing tool results: it quotes each of them."""
+    names = _call_names(base)
+    results: list[Mapping[str, Any]] = []
+    for message in reversed(base):
+        if message.get("role") != "tool":
+            break
+        results.insert(0, message)
+    lines = []
+    for result in results:
+        name = names.get(str(result.get("tool_call_id")), "the tool")
+        quoted = text_of(result.get("content"))[:MAX_QUOTE]
+        lines.append(f"{name} returned: {quoted}" if not chinese else f"{name} 返回：{quoted}")
+    rng = rng_for(seed, "after-tools")
+    text = ("。" if chinese else ". ").join(lines) + ("。" if chinese else ".")
+    tail = generate(rng, 12, chinese)
+    if not chinese:
+        tail[0] = " " + tail[0]
+    return pieces_of(text) + tail
+
+
+def _call_names(messages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
+                names[str(call.get("id"))] = str(call["function"].get("name"))
+    return names
+
+
+def _plan_calls(
+    body: Mapping[str, Any], base: Sequence[Mapping[str, Any]], seed: bytes
+) -> list[PlannedCall]:
+    tools: list[Mapping[str, Any]] = body.get("tools") or []
+    choice = body.get("tool_choice") or "auto"
+    if not tools or choice == "none":
+        return []
+    if isinstance(choice, Mapping):
+        chosen = [t for t in tools if t["function"]["name"] == choice["function"]["name"]][:1]
+    else:
+        chosen = _mentioned(tools, _last_user_text(base))
+        if not chosen and choice == "required":
+            chosen = tools[:1]
+    rng = rng_for(seed, "tools")
+    return [_call(tool["function"], index, rng) for index, tool in enumerate(chosen)]
+
+
+def _mentioned(tools: list[Mapping[str, Any]], text: str) -> list[Mapping[str, Any]]:
+    """The tools whose names the text mentions, in the order it mentions them."""
+    lowered = text.lower()
+    found = []
+    for tool in tools:
+        name = str(tool["function"]["name"]).lower()
+        spaced = name.replace("_", " ")
+        positions = [p for p in (lowered.find(name), lowered.find(spaced)) if p >= 0]
+        if positions:
+            found.append((min(positions), tool))
+    return [tool for _, tool in sorted(found, key=lambda pair: pair[0])]
+
+
+def _call(function: Mapping[str, Any], index: int, rng: Any) -> PlannedCall:
+    schema = function.get("parameters") or {"type": "object", "properties": {}}
+    value = value_for(schema, rng)
+    arguments = orjson.dumps(value if isinstance(value, dict) else {}).decode()
+    fragments = []
+    position = 0
+    while position < len(arguments):
+        step = rng.randint(3, 9)
+        fragments.append(arguments[position : position + step])
+        position += step
+    call_id = f"call_{index}_{uuid.UUID(int=rng.getrandbits(128), version=4)}"
+    return PlannedCall(call_id, str(function["name"]), arguments, fragments)
+
+
+def _continue(
+    full: Reply, prefix: Mapping[str, Any], seed: bytes, stops: list[str], chinese: bool
+) -> Reply:
+    """Chat Prefix Completion: continue the prefix, exactly along `full` when it can."""
+    text = text_of(prefix.get("content"))
+    thought = prefix.get("reasoning_content")
+    if not text:
+        if not isinstance(thought, str) or not full.reasoning:
+            return full
+        if "".join(full.reasoning).startswith(thought):
+            reasoning = cut_chars(full.reasoning, len(thought))
+        else:
+            reasoning = _derived(seed, thought, [], chinese)
+        return Reply(reasoning, full.content, full.calls, full.finish_reason)
+    if not full.calls and "".join(full.content).startswith(text):
+        return Reply([], cut_chars(full.content, len(text)), [], full.finish_reason)
+    return Reply([], _derived(seed, text, stops, chinese))
+
+
+def _derived(seed: bytes, text: str, stops: list[str], chinese: bool) -> list[str]:
+    """A deterministic continuation of text the simulator would not have written."""
+    rng = rng_for(seed + digest(text), "continuation")
+    pieces = generate(rng, rng.randint(10, 60), chinese)
+    if not chinese and not text[-1:].isspace():
+        pieces[0] = " " + pieces[0]
+    return apply_stop(pieces, stops)[0]
+
+
+def _limit(reply: Reply, max_tokens: Any) -> Reply:
+    """Cut the reply at `max_tokens` pieces (reasoning first), finish_reason `length`."""
+    if not isinstance(max_tokens, int) or reply.completion_tokens <= max_tokens:
+        return reply
+    return truncate(reply, max_tokens, "length")
+
+
+def truncate(reply: Reply, budget: int, finish_reason: str) -> Reply:
+    """The first `budget` pieces of a reply (reasoning, content, call fragments)."""
+    reasoning = reply.reasoning[:budget]
+    budget -= len(reasoning)
+    content = reply.content[:budget]
+    budget -= len(content)
+    calls = []
+    for call in reply.calls:
+        if budget <= 0:
+            break
+        fragments = call.fragments[: budget - 1]
+        calls.append(PlannedCall(call.id, call.name, "".join(fragments), fragments))
+        budget -= 1 + len(fragments)
+    return Reply(reasoning, content, calls, finish_reason)
