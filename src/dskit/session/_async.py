@@ -1,0 +1,316 @@
+"""`AsyncChatSession`: the asyncio twin of `ChatSession`; `SessionCore` decides.
+
+Store work goes through the stores' async methods (SQLite in a thread, Redis through
+redis.asyncio) and sync tools run in threads, so the event loop never blocks; the tool
+calls of one reply run concurrently. The constructor does no I/O: the session is created
+in (or loaded from) the store on first use, or explicitly with `await session.open()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from dskit.client._errors import ToolError
+from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
+from dskit.session._context import ContextPolicy
+from dskit.session._core import DEFAULT_TOOL_ROUNDS, Plan, SessionCore, Throttle, new_record
+from dskit.session._sync import GROWING, SAVE_INTERVAL
+from dskit.session._tools import Tool, format_error, format_result
+from dskit.store._memory import MemoryStore
+from dskit.store._model import SessionNotFoundError, StoredMessage
+
+if TYPE_CHECKING:
+    from dskit.client._async import AsyncDeepSeek
+    from dskit.store._base import SessionStore
+
+
+class AsyncChatSession:
+    """A conversation that remembers, for asyncio code."""
+
+    def __init__(
+        self,
+        client: AsyncDeepSeek,
+        *,
+        system: str | None = None,
+        model: str = "deepseek-chat",
+        store: SessionStore | None = None,
+        session_id: str | None = None,
+        tools: Iterable[Tool | Any] = (),
+        context: ContextPolicy | None = None,
+        params: Mapping[str, Any] | None = None,
+        max_tool_rounds: int = DEFAULT_TOOL_ROUNDS,
+        save_interval: float = SAVE_INTERVAL,
+    ) -> None:
+        self.client = client
+        self.store: SessionStore = store if store is not None else MemoryStore()
+        record = new_record(session_id, model, system, params or {})
+        self._core = SessionCore(
+            record, tools=tools, policy=context, max_tool_rounds=max_tool_rounds
+        )
+        self._lookup = session_id is not None
+        self._opened = False
+        self.save_interval = save_interval
+
+    async def open(self) -> AsyncChatSession:
+        """Create the session in the store, or load it when its id is already there."""
+        if self._opened:
+            return self
+        record = self._core.record
+        try:
+            if not self._lookup:
+                raise SessionNotFoundError(record.id)
+            self._core.record = await self.store.aload(record.id)
+        except SessionNotFoundError:
+            self._core.record = await self.store.acreate(record)
+        self._opened = True
+        return self
+
+    @classmethod
+    async def load(
+        cls, client: AsyncDeepSeek, session_id: str, *, store: SessionStore, **options: Any
+    ) -> AsyncChatSession:
+        """Continue a stored session (SessionNotFoundError when there is none)."""
+        await store.aload(session_id)
+        return await cls(client, store=store, session_id=session_id, **options).open()
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncChatSession(id={self.id!r}, model={self.model!r}, messages={len(self.history)})"
+        )
+
+    # ---- views -----------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._core.record.id
+
+    @property
+    def model(self) -> str:
+        return self._core.record.model
+
+    @property
+    def title(self) -> str:
+        return self._core.record.title
+
+    @property
+    def version(self) -> int:
+        return self._core.record.version
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self._core.messages
+
+    @property
+    def history(self) -> list[StoredMessage]:
+        return list(self._core.record.messages)
+
+    @property
+    def usage_total(self) -> Usage:
+        return self._core.usage_total
+
+    # ---- talking -------------------------------------------------------------------
+
+    async def send(self, text: str, **params: Any) -> ChatResult:
+        async with await self.stream(text, **params) as stream:
+            return await stream.final()
+
+    async def stream(self, text: str, **params: Any) -> AsyncSessionStream:
+        """`async with await session.stream(text) as s: async for event in s: ...`"""
+        message = self._core.user_message(text)
+        await self.open()
+        await self._append([message])
+        return AsyncSessionStream(self, params)
+
+    async def retry(self, **params: Any) -> ChatResult:
+        await self.open()
+        await self._truncate(self._core.last_user_index() + 1)
+        async with AsyncSessionStream(self, params) as stream:
+            return await stream.final()
+
+    async def undo(self) -> list[dict[str, Any]]:
+        await self.open()
+        index = self._core.last_user_index()
+        removed = [dict(m.message) for m in self._core.record.messages[index:]]
+        await self._truncate(index)
+        return removed
+
+    async def fork(self, *, session_id: str | None = None) -> AsyncChatSession:
+        await self.open()
+        record = await self.store.aload(self.id)
+        copy = new_record(session_id, record.model, record.system, record.params)
+        copy.messages, copy.title = record.messages, record.title
+        await self.store.acreate(copy)
+        forked = AsyncChatSession(
+            self.client, store=self.store, session_id=copy.id, tools=self._core.tools.values(),
+            context=self._core.policy, max_tool_rounds=self._core.max_tool_rounds,
+            save_interval=self.save_interval,
+        )  # fmt: skip
+        return await forked.open()
+
+    async def export(self) -> dict[str, Any]:
+        await self.open()
+        return await asyncio.to_thread(self.store.export_session, self.id)
+
+    async def reload(self) -> None:
+        self._core.record = await self.store.aload(self.id)
+        self._opened = True
+
+    # ---- store writes ----------------------------------------------------------------
+
+    async def _append(self, messages: list[StoredMessage]) -> None:
+        record = self._core.record
+        version = await self.store.aappend(record.id, messages, expected_version=record.version)
+        self._core.appended(messages, version)
+
+    async def _replace(self, index: int, message: StoredMessage) -> None:
+        record = self._core.record
+        record.version = await self.store.areplace(
+            record.id, index, message, expected_version=record.version
+        )
+        record.messages[index] = message
+
+    async def _truncate(self, length: int) -> None:
+        record = self._core.record
+        record.version = await self.store.atruncate(
+            record.id, length, expected_version=record.version
+        )
+        del record.messages[length:]
+
+    # ---- the turn ------------------------------------------------------------------
+
+    async def _plan(self, params: Mapping[str, Any]) -> Plan:
+        core = self._core
+        plan = core.plan(params.get("max_tokens"))
+        if not plan.summarize:
+            return plan
+        request = core.summary_request(plan)
+        result = await self.client.chat(request, model=core.record.model)
+        await self._append([core.summary_message(plan, result)])
+        core.usage_total = core.usage_total + (result.usage or Usage())
+        return core.plan(params.get("max_tokens"), allow_summary=False)
+
+    async def _run_tools(self, calls: list[ToolCall]) -> None:
+        outputs = await asyncio.gather(*(self._run_tool(call) for call in calls))
+        messages = [self._core.tool_message(c, o) for c, o in zip(calls, outputs, strict=True)]
+        await self._append(messages)
+
+    async def _run_tool(self, call: ToolCall) -> str:
+        resolved = self._core.resolve(call)
+        if isinstance(resolved, str):
+            return resolved
+        found, kwargs = resolved
+        try:
+            if found.is_async:
+                return format_result(await found.fn(**kwargs))
+            return format_result(await asyncio.to_thread(found.fn, **kwargs))
+        except Exception as exc:  # a tool's failure is the model's to read, not a crash
+            return format_error(exc)
+
+
+class AsyncSessionStream:
+    """The async twin of `SessionStream`."""
+
+    def __init__(self, session: AsyncChatSession, params: Mapping[str, Any]) -> None:
+        self._session = session
+        self._params = dict(params)
+        self._result: ChatResult | None = None
+        self._events = self._run()
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._events.__anext__()
+
+    async def __aenter__(self) -> AsyncSessionStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+    async def final(self) -> ChatResult:
+        async for _ in self._events:
+            pass
+        if self._result is None:
+            raise RuntimeError("the stream was closed before its answer finished")
+        return self._result
+
+    async def _run(self) -> AsyncGenerator[StreamEvent, None]:
+        session, core = self._session, self._session._core
+        tool_round = 0
+        while True:
+            plan = await session._plan(self._params)
+            params = core.request_params(self._params, tool_round)
+            result = None
+            async for event in self._one_reply(plan, params):
+                if isinstance(event, ChatResult):
+                    result = event
+                else:
+                    yield event
+            assert result is not None
+            calls = core.calls_to_run(result)
+            if not calls:
+                self._result = result
+                return
+            if core.over_limit(tool_round):
+                await session._append(core.limit_messages(calls))
+                raise ToolError(f"the model kept calling tools after {tool_round} rounds")
+            await session._run_tools(calls)
+            tool_round += 1
+
+    async def _one_reply(
+        self, plan: Plan, params: dict[str, Any]
+    ) -> AsyncGenerator[StreamEvent | ChatResult, None]:
+        """The reply's events, then its ChatResult (async generators cannot return)."""
+        session, core = self._session, self._session._core
+        saver = _AsyncSaver(session, Throttle(session.save_interval))
+        async with session.client.stream(plan.messages, **params) as stream:
+            try:
+                async for event in stream:
+                    if event.type in GROWING and saver.throttle.due():
+                        await saver.save(core.reply_message(stream.snapshot(), incomplete=True))
+                    yield event
+                result = await stream.final()
+            except BaseException:
+                partial = core.reply_message(stream.snapshot(), incomplete=True)
+                await asyncio.shield(saver.save_partial(partial))
+                raise
+        core.observe(plan, result)
+        await saver.save(core.reply_message(result))
+        yield result
+
+
+class _AsyncSaver:
+    """Writes one growing answer: appended once, then replaced in place."""
+
+    def __init__(self, session: AsyncChatSession, throttle: Throttle) -> None:
+        self.session = session
+        self.throttle = throttle
+        self.index: int | None = None
+
+    async def save(self, message: StoredMessage) -> None:
+        if self.index is None:
+            await self.session._append([message])
+            self.index = len(self.session._core.record.messages) - 1
+        else:
+            await self.session._replace(self.index, message)
+
+    async def save_partial(self, message: StoredMessage) -> None:
+        arrived = message.content or message.message.get("reasoning_content")
+        if not arrived and self.index is None:
+            return
+        try:
+            await self.save(message)
+        except Exception:  # the original error matters more than a failed save
+            return

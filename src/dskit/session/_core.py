@@ -1,0 +1,330 @@
+"""The one brain of a conversation, shared by the sync and async shells; it does no I/O.
+
+It holds the record (history plus metadata), decides what to send (context fitting, the
+reasoning rule, tool definitions), turns replies into stored messages, decides the next
+step of the tool loop and keeps token counts and usage. The shells only move bytes: they
+call the client, run tools and write to the store, in the order the core says.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from dskit._tokens import MESSAGE_OVERHEAD, estimate_tokens
+from dskit._validate import is_reasoner
+from dskit.client._errors import ToolError, ValidationError
+from dskit.client._types import ChatResult, ToolCall, Usage
+from dskit.session._context import ContextPolicy, Fit, TokenCounter, fit_turns, group_turns
+from dskit.session._tools import Tool, format_error, tool_table
+from dskit.store._model import SessionRecord, StoredMessage, title_from
+
+WIRE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", "reasoning_content")
+SUMMARY_HEADER = "Summary of the earlier conversation (written by the model):\n"
+SUMMARY_PROMPT = (
+    "Summarize the conversation below for your own later use: keep names, numbers, "
+    "decisions, open questions and what the user wants. Write plain prose, at most 200 words."
+)
+SESSION_PARAMS = frozenset(
+    [
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "stop",
+        "response_format",
+        "frequency_penalty",
+        "presence_penalty",
+        "logprobs",
+        "top_logprobs",
+        "user_id",
+        "tool_choice",
+    ]
+)
+DEFAULT_TOOL_ROUNDS = 8
+
+
+@dataclass(slots=True)
+class Plan:
+    """One request to send: wire messages, where they came from, what fitting decided."""
+
+    messages: list[dict[str, Any]]
+    sources: list[StoredMessage | None]
+    fit: Fit
+    summarize: list[int] = field(default_factory=list)
+    covers: int = 0
+
+
+def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - SESSION_PARAMS
+    if unknown:
+        raise ValidationError(
+            f"unknown session parameter(s): {', '.join(sorted(unknown))}", param="params"
+        )
+    return dict(params)
+
+
+class SessionCore:
+    """State and decisions of one conversation."""
+
+    def __init__(
+        self,
+        record: SessionRecord,
+        *,
+        tools: Iterable[Tool | Any] = (),
+        policy: ContextPolicy | None = None,
+        max_tool_rounds: int = DEFAULT_TOOL_ROUNDS,
+    ) -> None:
+        if not isinstance(max_tool_rounds, int) or max_tool_rounds < 1:
+            raise ValidationError("max_tool_rounds must be a positive integer")
+        _check_params(record.params)
+        self.record = record
+        self.tools = tool_table(tools)
+        self.policy = policy or ContextPolicy()
+        self.max_tool_rounds = max_tool_rounds
+        self.counter = TokenCounter()
+        self.system_tokens: int | None = None
+        self.tools_tokens: int | None = None
+        self.usage_total = Usage()
+
+    # ---- views -----------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation as wire dicts: system first, summaries left out."""
+        head = [{"role": "system", "content": self.record.system}] if self.record.system else []
+        body = [dict(m.message) for m in self.record.messages if not m.summary]
+        return head + body
+
+    def effective(self) -> tuple[StoredMessage | None, list[int]]:
+        """The latest summary (if any) and the indices of the messages it does not cover."""
+        stored = self.record.messages
+        summaries = [i for i, m in enumerate(stored) if m.summary]
+        summary = stored[summaries[-1]] if summaries else None
+        start = summary.covers if summary else 0
+        return summary, [i for i in range(start, len(stored)) if not stored[i].summary]
+
+    # ---- building a request ------------------------------------------------------------
+
+    def _head(self, summary: StoredMessage | None) -> list[dict[str, Any]]:
+        parts = [self.record.system or ""]
+        if summary is not None:
+            parts.append(SUMMARY_HEADER + summary.content)
+        text = "\n\n".join(p for p in parts if p)
+        return [{"role": "system", "content": text}] if text else []
+
+    def _wires(self, indices: Sequence[int]) -> list[dict[str, Any] | None]:
+        stored = self.record.messages
+        users = [i for i in indices if stored[i].role == "user"]
+        last_user = users[-1] if users else -1
+        thinking = is_reasoner(self.record.model)
+        return [wire_message(stored[i], thinking and i > last_user) for i in indices]
+
+    def plan(self, max_tokens: int | None = None, *, allow_summary: bool = True) -> Plan:
+        """What to send now, fitted to the budget (may ask for a summary first)."""
+        summary, indices = self.effective()
+        pairs = [(i, w) for i, w in zip(indices, self._wires(indices), strict=True) if w]
+        wires = [w for _, w in pairs]
+        stored = [self.record.messages[i] for i, _ in pairs]
+        head = self._head(summary)
+        fixed = sum(self._head_cost(h) for h in head) + self._tools_cost()
+        costs = [self.counter.cost(s.tokens, w) for s, w in zip(stored, wires, strict=True)]
+        strategy = self.policy.strategy
+        if strategy == "summarize" and not allow_summary:
+            strategy = "window"
+        budget = self.policy.budget(self.record.model, max_tokens or self._max_tokens())
+        fit = fit_turns(
+            costs, group_turns(wires), fixed=fixed, budget=budget,
+            max_turns=self.policy.max_turns, strategy=strategy,
+        )  # fmt: skip
+        plan = Plan(head + wires[fit.start :], [None] * len(head) + stored[fit.start :], fit)
+        if strategy == "summarize" and fit.dropped_for_budget:
+            plan.summarize = [i for i, _ in pairs[: fit.start]]
+            plan.covers = pairs[fit.start][0] if fit.start < len(pairs) else len(indices)
+        return plan
+
+    def _head_cost(self, wire: Mapping[str, Any]) -> int:
+        return self.counter.cost(self.system_tokens, wire)
+
+    def _tools_wire(self) -> dict[str, Any] | None:
+        """The tool definitions as a pseudo-message: they count against the prompt too."""
+        if not self.tools:
+            return None
+        definitions = [t.definition() for t in self.tools.values()]
+        return {"role": "system", "content": orjson.dumps(definitions).decode()}
+
+    def _tools_cost(self) -> int:
+        wire = self._tools_wire()
+        return self.counter.cost(self.tools_tokens, wire) if wire else 0
+
+    def _max_tokens(self) -> int | None:
+        value = self.record.params.get("max_tokens")
+        return value if isinstance(value, int) else None
+
+    def request_params(self, params: Mapping[str, Any], tool_round: int) -> dict[str, Any]:
+        """Keyword arguments for `client.chat` / `client.stream`."""
+        merged: dict[str, Any] = {"model": self.record.model, **self.record.params, **params}
+        if self.tools:
+            merged["tools"] = [t.definition() for t in self.tools.values()]
+            if tool_round >= self.max_tool_rounds:
+                merged["tool_choice"] = "none"
+            elif tool_round > 0 and merged.get("tool_choice") not in (None, "none", "auto"):
+                merged["tool_choice"] = "auto"  # a forced call is made once, not forever
+        return merged
+
+    # ---- replies ---------------------------------------------------------------------
+
+    def appended(self, messages: Sequence[StoredMessage], version: int) -> None:
+        """Mirror a successful store append (the store titles a session the same way)."""
+        self.record.version = version
+        self.record.messages.extend(messages)
+        self.record.title = self.record.title or title_from(self.record.messages)
+
+    def user_message(self, text: Any) -> StoredMessage:
+        if not isinstance(text, str) or not text.strip():
+            raise ValidationError("a message must be a non-empty string", param="text")
+        return StoredMessage({"role": "user", "content": text})
+
+    def observe(self, plan: Plan, result: ChatResult) -> None:
+        """Learn exact token counts from the reply's usage and add it to the total."""
+        if result.usage is None:
+            return
+        self.usage_total = self.usage_total + result.usage
+        known = [s.tokens if s is not None else self.system_tokens for s in plan.sources]
+        wires = list(plan.messages)
+        tools = self._tools_wire()
+        if tools is not None:
+            known.append(self.tools_tokens)
+            wires.append(tools)
+        exact = self.counter.attribute(known, wires, result.usage.prompt_tokens)
+        if tools is not None:
+            self.tools_tokens = exact.pop()
+        for source, tokens in zip(plan.sources, exact, strict=True):
+            if source is None:
+                self.system_tokens = tokens
+            else:
+                source.tokens = tokens
+
+    def reply_message(self, result: ChatResult, *, incomplete: bool = False) -> StoredMessage:
+        usage = result.usage
+        tokens = None
+        if usage is not None and not incomplete:
+            tokens = max(1, usage.completion_tokens - usage.reasoning_tokens) + MESSAGE_OVERHEAD
+        return StoredMessage(
+            result.to_message(),
+            incomplete=incomplete,
+            usage=usage.to_dict() if usage is not None else None,
+            tokens=tokens,
+        )
+
+    def calls_to_run(self, result: ChatResult) -> list[ToolCall]:
+        return list(result.tool_calls)
+
+    def over_limit(self, tool_round: int) -> bool:
+        """Whether the model asked for tools after its last allowed round."""
+        return tool_round >= self.max_tool_rounds
+
+    def resolve(self, call: ToolCall) -> tuple[Tool, dict[str, Any]] | str:
+        """The tool and its arguments, or the error text to send back instead."""
+        found = self.tools.get(call.name)
+        if found is None:
+            known = ", ".join(sorted(self.tools)) or "none"
+            return format_error(ToolError(f"no tool named {call.name!r} (tools: {known})"))
+        try:
+            return found, found.parse(call.arguments)
+        except ToolError as exc:
+            return format_error(exc)
+
+    def tool_message(self, call: ToolCall, content: str) -> StoredMessage:
+        return StoredMessage({"role": "tool", "tool_call_id": call.id, "content": content})
+
+    def limit_messages(self, calls: Sequence[ToolCall]) -> list[StoredMessage]:
+        error = format_error(ToolError(f"tool round limit ({self.max_tool_rounds}) reached"))
+        return [self.tool_message(call, error) for call in calls]
+
+    # ---- history edits -------------------------------------------------------------
+
+    def last_user_index(self) -> int:
+        for index in range(len(self.record.messages) - 1, -1, -1):
+            if self.record.messages[index].role == "user":
+                return index
+        raise ValidationError("the conversation has no user message yet")
+
+    # ---- summaries -----------------------------------------------------------------
+
+    def summary_request(self, plan: Plan) -> list[dict[str, Any]]:
+        summary, _ = self.effective()
+        lines = [f"Earlier summary: {summary.content}"] if summary else []
+        for index in plan.summarize:
+            lines.append(transcript_line(self.record.messages[index]))
+        text = _cut_to_tokens("\n".join(lines), self.policy.budget(self.record.model) // 2)
+        return [{"role": "system", "content": SUMMARY_PROMPT}, {"role": "user", "content": text}]
+
+    def summary_message(self, plan: Plan, result: ChatResult) -> StoredMessage:
+        message = {"role": "system", "content": result.content.strip() or "(empty summary)"}
+        usage = result.usage.to_dict() if result.usage else None
+        return StoredMessage(message, summary=True, covers=plan.covers, usage=usage)
+
+
+def wire_message(stored: StoredMessage, keep_reasoning: bool) -> dict[str, Any] | None:
+    """The dict sent to the API for a stored message, or None when it must be left out.
+
+    Reasoning is shown to the user but not resent, except on thinking-mode turns of the
+    current exchange that called tools, where the API requires it. An incomplete answer
+    is resent as text only: its tool calls never got results.
+    """
+    wire = {k: v for k, v in stored.message.items() if k in WIRE_KEYS}
+    if not (keep_reasoning and wire.get("tool_calls")):
+        wire.pop("reasoning_content", None)
+    if stored.incomplete:
+        wire.pop("tool_calls", None)
+        if not wire.get("content"):
+            return None
+    return wire
+
+
+def transcript_line(stored: StoredMessage) -> str:
+    calls = stored.message.get("tool_calls") or []
+    names = ", ".join(str((c.get("function") or {}).get("name")) for c in calls)
+    text = stored.content + (f" [called {names}]" if names else "")
+    return f"{stored.role}: {text}"
+
+
+def _cut_to_tokens(text: str, tokens: int) -> str:
+    """Keep the end of `text` (the most recent part) within about `tokens` tokens."""
+    if estimate_tokens(text) <= tokens:
+        return text
+    keep = max(tokens, 1) * 3  # at least 1/3 token per character, so this is safe
+    return text[-keep:]
+
+
+def new_record(
+    session_id: str | None, model: str, system: str | None, params: Mapping[str, Any]
+) -> SessionRecord:
+    if not isinstance(model, str) or not model:
+        raise ValidationError("model must be a non-empty string", param="model")
+    if system is not None and not isinstance(system, str):
+        raise ValidationError("system must be a string", param="system")
+    record = SessionRecord(model=model, system=system or None, params=_check_params(params))
+    if session_id is not None:
+        record.id = session_id
+    record.created = record.updated = time.time()
+    return record
+
+
+class Throttle:
+    """When a growing answer is due to be saved again: first at once, then every interval."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self.last is None or now - self.last >= self.interval:
+            self.last = now
+            return True
+        return False

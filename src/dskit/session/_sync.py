@@ -1,0 +1,302 @@
+"""`ChatSession`: the synchronous shell. It moves bytes; `SessionCore` decides."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from dskit.client._errors import ToolError
+from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
+from dskit.session._context import ContextPolicy
+from dskit.session._core import DEFAULT_TOOL_ROUNDS, Plan, SessionCore, Throttle, new_record
+from dskit.session._tools import Tool, format_error, format_result
+from dskit.store._memory import MemoryStore
+from dskit.store._model import SessionNotFoundError, SessionRecord, StoredMessage
+
+if TYPE_CHECKING:
+    from dskit.client._sync import DeepSeek
+    from dskit.store._base import SessionStore
+
+SAVE_INTERVAL = 0.5
+GROWING = ("content", "reasoning", "tool_call")
+
+
+class ChatSession:
+    """A conversation that remembers: history fitted to the window, tools run, all saved.
+
+    >>> s = ChatSession(client, system="You are terse.", store=SQLiteStore())
+    >>> s.send("hello").content
+    """
+
+    def __init__(
+        self,
+        client: DeepSeek,
+        *,
+        system: str | None = None,
+        model: str = "deepseek-chat",
+        store: SessionStore | None = None,
+        session_id: str | None = None,
+        tools: Iterable[Tool | Any] = (),
+        context: ContextPolicy | None = None,
+        params: Mapping[str, Any] | None = None,
+        max_tool_rounds: int = DEFAULT_TOOL_ROUNDS,
+        save_interval: float = SAVE_INTERVAL,
+    ) -> None:
+        self.client = client
+        self.store: SessionStore = store if store is not None else MemoryStore()
+        record = new_record(session_id, model, system, params or {})
+        if session_id is not None:
+            record = self._existing(session_id) or self.store.create(record)
+        else:
+            record = self.store.create(record)
+        self._core = SessionCore(
+            record, tools=tools, policy=context, max_tool_rounds=max_tool_rounds
+        )
+        self.save_interval = save_interval
+
+    def _existing(self, session_id: str) -> SessionRecord | None:
+        try:
+            return self.store.load(session_id)
+        except SessionNotFoundError:
+            return None
+
+    @classmethod
+    def load(
+        cls, client: DeepSeek, session_id: str, *, store: SessionStore, **options: Any
+    ) -> ChatSession:
+        """Continue a stored session (SessionNotFoundError when there is none)."""
+        store.load(session_id)
+        return cls(client, store=store, session_id=session_id, **options)
+
+    def __repr__(self) -> str:
+        return f"ChatSession(id={self.id!r}, model={self.model!r}, messages={len(self.history)})"
+
+    # ---- views -----------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._core.record.id
+
+    @property
+    def model(self) -> str:
+        return self._core.record.model
+
+    @property
+    def title(self) -> str:
+        return self._core.record.title
+
+    @property
+    def version(self) -> int:
+        return self._core.record.version
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation as wire dicts (system first; reasoning kept for display)."""
+        return self._core.messages
+
+    @property
+    def history(self) -> list[StoredMessage]:
+        """Every stored message with its metadata (incomplete, summary, usage, tokens)."""
+        return list(self._core.record.messages)
+
+    @property
+    def usage_total(self) -> Usage:
+        return self._core.usage_total
+
+    # ---- talking -------------------------------------------------------------------
+
+    def send(self, text: str, **params: Any) -> ChatResult:
+        """Ask, run any tools the model calls, and return its final answer (all saved)."""
+        with self.stream(text, **params) as stream:
+            return stream.final()
+
+    def stream(self, text: str, **params: Any) -> SessionStream:
+        """Like `send`, as the client's stream events; the answer is saved as it grows."""
+        self._append([self._core.user_message(text)])
+        return SessionStream(self, params)
+
+    def retry(self, **params: Any) -> ChatResult:
+        """Drop everything after the last user message and ask again."""
+        self._truncate(self._core.last_user_index() + 1)
+        with SessionStream(self, params) as stream:
+            return stream.final()
+
+    def undo(self) -> list[dict[str, Any]]:
+        """Remove the last turn (the last user message and its answers); returns it."""
+        index = self._core.last_user_index()
+        removed = [dict(m.message) for m in self._core.record.messages[index:]]
+        self._truncate(index)
+        return removed
+
+    def fork(self, *, session_id: str | None = None) -> ChatSession:
+        """A copy of this conversation under a new id, in the same store, to go elsewhere."""
+        record = self.store.load(self.id)
+        copy = new_record(session_id, record.model, record.system, record.params)
+        copy.messages, copy.title = record.messages, record.title
+        self.store.create(copy)
+        return ChatSession(
+            self.client, store=self.store, session_id=copy.id, tools=self._core.tools.values(),
+            context=self._core.policy, max_tool_rounds=self._core.max_tool_rounds,
+            save_interval=self.save_interval,
+        )  # fmt: skip
+
+    def export(self) -> dict[str, Any]:
+        """The versioned JSON-ready export (see `SessionStore.import_session`)."""
+        return self.store.export_session(self.id)
+
+    def reload(self) -> None:
+        """Read the session again from the store (after a SessionConflictError)."""
+        self._core.record = self.store.load(self.id)
+
+    # ---- store writes ----------------------------------------------------------------
+
+    def _append(self, messages: list[StoredMessage]) -> None:
+        record = self._core.record
+        version = self.store.append(record.id, messages, expected_version=record.version)
+        self._core.appended(messages, version)
+
+    def _replace(self, index: int, message: StoredMessage) -> None:
+        record = self._core.record
+        record.version = self.store.replace(
+            record.id, index, message, expected_version=record.version
+        )
+        record.messages[index] = message
+
+    def _truncate(self, length: int) -> None:
+        record = self._core.record
+        record.version = self.store.truncate(record.id, length, expected_version=record.version)
+        del record.messages[length:]
+
+    # ---- the turn ------------------------------------------------------------------
+
+    def _plan(self, params: Mapping[str, Any]) -> Plan:
+        core = self._core
+        plan = core.plan(params.get("max_tokens"))
+        if not plan.summarize:
+            return plan
+        request = core.summary_request(plan)
+        result = self.client.chat(request, model=core.record.model)
+        self._append([core.summary_message(plan, result)])
+        core.usage_total = core.usage_total + (result.usage or Usage())
+        return core.plan(params.get("max_tokens"), allow_summary=False)
+
+    def _run_tools(self, calls: list[ToolCall]) -> None:
+        self._append([self._core.tool_message(call, self._run_tool(call)) for call in calls])
+
+    def _run_tool(self, call: ToolCall) -> str:
+        resolved = self._core.resolve(call)
+        if isinstance(resolved, str):
+            return resolved
+        found, kwargs = resolved
+        try:
+            value = found.fn(**kwargs)
+            if found.is_async:
+                value = asyncio.run(value)
+            return format_result(value)
+        except Exception as exc:  # a tool's failure is the model's to read, not a crash
+            return format_error(exc)
+
+
+class SessionStream:
+    """The events of one turn (every model round of it) with the answer saved as it grows.
+
+    An iterator and a context manager, like the client's stream; `final()` drains it and
+    returns the last reply. Leaving early keeps what arrived, marked incomplete.
+    """
+
+    def __init__(self, session: ChatSession, params: Mapping[str, Any]) -> None:
+        self._session = session
+        self._params = dict(params)
+        self._result: ChatResult | None = None
+        self._events = self._run()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        return next(self._events)
+
+    def __enter__(self) -> SessionStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._events.close()
+
+    def final(self) -> ChatResult:
+        for _ in self._events:
+            pass
+        if self._result is None:
+            raise RuntimeError("the stream was closed before its answer finished")
+        return self._result
+
+    def _run(self) -> Generator[StreamEvent, None, None]:
+        session, core = self._session, self._session._core
+        tool_round = 0
+        while True:
+            plan = session._plan(self._params)
+            params = core.request_params(self._params, tool_round)
+            result = yield from self._one_reply(plan, params)
+            calls = core.calls_to_run(result)
+            if not calls:
+                self._result = result
+                return
+            if core.over_limit(tool_round):
+                session._append(core.limit_messages(calls))
+                raise ToolError(f"the model kept calling tools after {tool_round} rounds")
+            session._run_tools(calls)
+            tool_round += 1
+
+    def _one_reply(
+        self, plan: Plan, params: dict[str, Any]
+    ) -> Generator[StreamEvent, None, ChatResult]:
+        session, core = self._session, self._session._core
+        saver = _Saver(session, Throttle(session.save_interval))
+        with session.client.stream(plan.messages, **params) as stream:
+            try:
+                for event in stream:
+                    if event.type in GROWING and saver.throttle.due():
+                        saver.save(core.reply_message(stream.snapshot(), incomplete=True))
+                    yield event
+                result = stream.final()
+            except BaseException:
+                saver.save_partial(core.reply_message(stream.snapshot(), incomplete=True))
+                raise
+        core.observe(plan, result)
+        saver.save(core.reply_message(result))
+        return result
+
+
+class _Saver:
+    """Writes one growing answer: appended once, then replaced in place."""
+
+    def __init__(self, session: ChatSession, throttle: Throttle) -> None:
+        self.session = session
+        self.throttle = throttle
+        self.index: int | None = None
+
+    def save(self, message: StoredMessage) -> None:
+        if self.index is None:
+            self.session._append([message])
+            self.index = len(self.session._core.record.messages) - 1
+        else:
+            self.session._replace(self.index, message)
+
+    def save_partial(self, message: StoredMessage) -> None:
+        """On failure: keep what arrived, if anything did; never mask the first error."""
+        arrived = message.content or message.message.get("reasoning_content")
+        if not arrived and self.index is None:
+            return
+        try:
+            self.save(message)
+        except Exception:  # the original error matters more than a failed save
+            return
