@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from dskit.client._errors import ToolError
+from dskit.client._errors import ContextOverflowError, ToolError
 from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
 from dskit.session._context import ContextPolicy
 from dskit.session._core import DEFAULT_TOOL_ROUNDS, Plan, SessionCore, Throttle, new_record
@@ -122,7 +122,7 @@ class AsyncChatSession:
         message = self._core.user_message(text)
         await self.open()
         await self._append([message])
-        return AsyncSessionStream(self, params)
+        return AsyncSessionStream(self, params, fresh=True)
 
     async def retry(self, **params: Any) -> ChatResult:
         await self.open()
@@ -187,7 +187,7 @@ class AsyncChatSession:
         if not plan.summarize:
             return plan
         request = core.summary_request(plan)
-        result = await self.client.chat(request, model=core.record.model)
+        result = await self.client.chat(request, **core.summary_params())
         await self._append([core.summary_message(plan, result)])
         core.usage_total = core.usage_total + (result.usage or Usage())
         return core.plan(params.get("max_tokens"), allow_summary=False)
@@ -213,9 +213,12 @@ class AsyncChatSession:
 class AsyncSessionStream:
     """The async twin of `SessionStream`."""
 
-    def __init__(self, session: AsyncChatSession, params: Mapping[str, Any]) -> None:
+    def __init__(
+        self, session: AsyncChatSession, params: Mapping[str, Any], *, fresh: bool = False
+    ) -> None:
         self._session = session
         self._params = dict(params)
+        self._fresh = fresh
         self._result: ChatResult | None = None
         self._events = self._run()
 
@@ -250,7 +253,9 @@ class AsyncSessionStream:
         session, core = self._session, self._session._core
         tool_round = 0
         while True:
-            plan = await session._plan(self._params)
+            plan = (
+                await self._first_plan() if tool_round == 0 else await session._plan(self._params)
+            )
             params = core.request_params(self._params, tool_round)
             result = None
             async for event in self._one_reply(plan, params):
@@ -268,6 +273,16 @@ class AsyncSessionStream:
                 raise ToolError(f"the model kept calling tools after {tool_round} rounds")
             await session._run_tools(calls)
             tool_round += 1
+
+    async def _first_plan(self) -> Plan:
+        """The first request of a turn; a new question that cannot fit is taken back."""
+        session = self._session
+        try:
+            return await session._plan(self._params)
+        except ContextOverflowError:
+            if self._fresh:
+                await session._truncate(session._core.last_user_index())
+            raise
 
     async def _one_reply(
         self, plan: Plan, params: dict[str, Any]

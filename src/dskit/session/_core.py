@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from dskit._tokens import MESSAGE_OVERHEAD, estimate_tokens
+from dskit._tokens import estimate_tokens
 from dskit._validate import is_reasoner
 from dskit.client._errors import ToolError, ValidationError
 from dskit.client._types import ChatResult, ToolCall, Usage
@@ -86,8 +86,9 @@ class SessionCore:
         self.policy = policy or ContextPolicy()
         self.max_tool_rounds = max_tool_rounds
         self.counter = TokenCounter()
-        self.system_tokens: int | None = None
-        self.tools_tokens: int | None = None
+        # Exact sizes of the system head and the tool definitions, by their text: a new
+        # summary or tool set changes the text, and the size is estimated again.
+        self.fixed_tokens: dict[str, int] = {}
         self.usage_total = Usage()
 
     # ---- views -----------------------------------------------------------------------
@@ -147,7 +148,7 @@ class SessionCore:
         return plan
 
     def _head_cost(self, wire: Mapping[str, Any]) -> int:
-        return self.counter.cost(self.system_tokens, wire)
+        return self.counter.cost(self.fixed_tokens.get(wire["content"]), wire)
 
     def _tools_wire(self) -> dict[str, Any] | None:
         """The tool definitions as a pseudo-message: they count against the prompt too."""
@@ -158,7 +159,9 @@ class SessionCore:
 
     def _tools_cost(self) -> int:
         wire = self._tools_wire()
-        return self.counter.cost(self.tools_tokens, wire) if wire else 0
+        if wire is None:
+            return 0
+        return self.counter.cost(self.fixed_tokens.get(wire["content"]), wire)
 
     def _max_tokens(self) -> int | None:
         value = self.record.params.get("max_tokens")
@@ -193,31 +196,33 @@ class SessionCore:
         if result.usage is None:
             return
         self.usage_total = self.usage_total + result.usage
-        known = [s.tokens if s is not None else self.system_tokens for s in plan.sources]
         wires = list(plan.messages)
+        sources: list[StoredMessage | None] = list(plan.sources)
         tools = self._tools_wire()
         if tools is not None:
-            known.append(self.tools_tokens)
             wires.append(tools)
+            sources.append(None)
+        known = [
+            s.tokens if s is not None else self.fixed_tokens.get(w["content"])
+            for s, w in zip(sources, wires, strict=True)
+        ]
         exact = self.counter.attribute(known, wires, result.usage.prompt_tokens)
-        if tools is not None:
-            self.tools_tokens = exact.pop()
-        for source, tokens in zip(plan.sources, exact, strict=True):
+        self.fixed_tokens = {}
+        for source, wire, tokens in zip(sources, wires, exact, strict=True):
             if source is None:
-                self.system_tokens = tokens
+                self.fixed_tokens[wire["content"]] = tokens
             else:
                 source.tokens = tokens
 
     def reply_message(self, result: ChatResult, *, incomplete: bool = False) -> StoredMessage:
+        """The stored form of a reply. Its size stays an estimate until it is sent back:
+        `completion_tokens` counts the reasoning and the generation, not the message as the
+        next prompt will count it, so the next reply's `prompt_tokens` settles it."""
         usage = result.usage
-        tokens = None
-        if usage is not None and not incomplete:
-            tokens = max(1, usage.completion_tokens - usage.reasoning_tokens) + MESSAGE_OVERHEAD
         return StoredMessage(
             result.to_message(),
             incomplete=incomplete,
             usage=usage.to_dict() if usage is not None else None,
-            tokens=tokens,
         )
 
     def calls_to_run(self, result: ChatResult) -> list[ToolCall]:
@@ -262,6 +267,11 @@ class SessionCore:
             lines.append(transcript_line(self.record.messages[index]))
         text = _cut_to_tokens("\n".join(lines), self.policy.budget(self.record.model) // 2)
         return [{"role": "system", "content": SUMMARY_PROMPT}, {"role": "user", "content": text}]
+
+    def summary_params(self) -> dict[str, Any]:
+        """A short summary: at most a quarter of the budget, so the rest still fits."""
+        budget = self.policy.budget(self.record.model, self._max_tokens())
+        return {"model": self.record.model, "max_tokens": max(64, min(budget // 4, 1024))}
 
     def summary_message(self, plan: Plan, result: ChatResult) -> StoredMessage:
         message = {"role": "system", "content": result.content.strip() or "(empty summary)"}

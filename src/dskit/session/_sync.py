@@ -7,7 +7,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from dskit.client._errors import ToolError
+from dskit.client._errors import ContextOverflowError, ToolError
 from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
 from dskit.session._context import ContextPolicy
 from dskit.session._core import DEFAULT_TOOL_ROUNDS, Plan, SessionCore, Throttle, new_record
@@ -115,7 +115,7 @@ class ChatSession:
     def stream(self, text: str, **params: Any) -> SessionStream:
         """Like `send`, as the client's stream events; the answer is saved as it grows."""
         self._append([self._core.user_message(text)])
-        return SessionStream(self, params)
+        return SessionStream(self, params, fresh=True)
 
     def retry(self, **params: Any) -> ChatResult:
         """Drop everything after the last user message and ask again."""
@@ -177,7 +177,7 @@ class ChatSession:
         if not plan.summarize:
             return plan
         request = core.summary_request(plan)
-        result = self.client.chat(request, model=core.record.model)
+        result = self.client.chat(request, **core.summary_params())
         self._append([core.summary_message(plan, result)])
         core.usage_total = core.usage_total + (result.usage or Usage())
         return core.plan(params.get("max_tokens"), allow_summary=False)
@@ -206,9 +206,12 @@ class SessionStream:
     returns the last reply. Leaving early keeps what arrived, marked incomplete.
     """
 
-    def __init__(self, session: ChatSession, params: Mapping[str, Any]) -> None:
+    def __init__(
+        self, session: ChatSession, params: Mapping[str, Any], *, fresh: bool = False
+    ) -> None:
         self._session = session
         self._params = dict(params)
+        self._fresh = fresh
         self._result: ChatResult | None = None
         self._events = self._run()
 
@@ -243,7 +246,7 @@ class SessionStream:
         session, core = self._session, self._session._core
         tool_round = 0
         while True:
-            plan = session._plan(self._params)
+            plan = self._first_plan() if tool_round == 0 else session._plan(self._params)
             params = core.request_params(self._params, tool_round)
             result = yield from self._one_reply(plan, params)
             calls = core.calls_to_run(result)
@@ -255,6 +258,16 @@ class SessionStream:
                 raise ToolError(f"the model kept calling tools after {tool_round} rounds")
             session._run_tools(calls)
             tool_round += 1
+
+    def _first_plan(self) -> Plan:
+        """The first request of a turn; a new question that cannot fit is taken back."""
+        session = self._session
+        try:
+            return session._plan(self._params)
+        except ContextOverflowError:
+            if self._fresh:
+                session._truncate(session._core.last_user_index())
+            raise
 
     def _one_reply(
         self, plan: Plan, params: dict[str, Any]
