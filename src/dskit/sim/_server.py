@@ -13,7 +13,6 @@ import contextlib
 import socket
 import threading
 from types import TracebackType
-from typing import Any
 
 import uvicorn
 
@@ -168,11 +167,3 @@ class SimServer:
         await self._stopping.wait()
         self.app.abort_all()
         await server.shutdown(sockets=[self._sock])
-
-
-def serve_forever(server: SimServer, stop: threading.Event, **_: Any) -> None:
-    """Run a started server until `stop` is set (the CLI's foreground loop)."""
-    try:
-        stop.wait()
-    finally:
-        server.stop()
