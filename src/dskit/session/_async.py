@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 from dskit.client._errors import ContextOverflowError, ToolError
 from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
 from dskit.session._context import ContextPolicy
-from dskit.session._core import DEFAULT_TOOL_ROUNDS, Plan, SessionCore, Throttle, new_record
+from dskit.session._core import (
+    DEFAULT_TOOL_ROUNDS,
+    Plan,
+    SessionCore,
+    Throttle,
+    check_save_interval,
+    new_record,
+)
 from dskit.session._sync import GROWING, SAVE_INTERVAL
 from dskit.session._tools import Tool, format_error, format_result
 from dskit.store._memory import MemoryStore
@@ -52,7 +59,7 @@ class AsyncChatSession:
         )
         self._lookup = session_id is not None
         self._opened = False
-        self.save_interval = save_interval
+        self.save_interval = check_save_interval(save_interval)
 
     async def open(self) -> AsyncChatSession:
         """Create the session in the store, or load it when its id is already there."""

@@ -325,6 +325,21 @@ def new_record(
     return record
 
 
+MAX_SAVE_INTERVAL = 1.0
+
+
+def check_save_interval(value: Any) -> float:
+    """A crash may lose at most this much of a streamed answer: at most one second."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValidationError("save_interval must be a number of seconds", param="save_interval")
+    if not 0 < value <= MAX_SAVE_INTERVAL:
+        raise ValidationError(
+            f"save_interval must be in (0, {MAX_SAVE_INTERVAL:g}] seconds, got {value!r}",
+            param="save_interval",
+        )
+    return float(value)
+
+
 class Throttle:
     """When a growing answer is due to be saved again: first at once, then every interval."""
 

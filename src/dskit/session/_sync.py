@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 from dskit.client._errors import ContextOverflowError, ToolError
 from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
 from dskit.session._context import ContextPolicy
-from dskit.session._core import DEFAULT_TOOL_ROUNDS, Plan, SessionCore, Throttle, new_record
+from dskit.session._core import (
+    DEFAULT_TOOL_ROUNDS,
+    Plan,
+    SessionCore,
+    Throttle,
+    check_save_interval,
+    new_record,
+)
 from dskit.session._tools import Tool, format_error, format_result
 from dskit.store._memory import MemoryStore
 from dskit.store._model import SessionNotFoundError, SessionRecord, StoredMessage
@@ -54,7 +61,7 @@ class ChatSession:
         self._core = SessionCore(
             record, tools=tools, policy=context, max_tool_rounds=max_tool_rounds
         )
-        self.save_interval = save_interval
+        self.save_interval = check_save_interval(save_interval)
 
     def _existing(self, session_id: str) -> SessionRecord | None:
         try:

@@ -10,6 +10,7 @@ hide a live one. An optional TTL expires idle sessions.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -167,6 +168,7 @@ class RedisStore(ExportMixin):
         self._url = url
         self._sync: redis.Redis = redis.Redis.from_url(url)
         self._async: redis.asyncio.Redis | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
         self._write_sync = self._sync.register_script(WRITE_SCRIPT)
         self._create_sync = self._sync.register_script(CREATE_SCRIPT)
 
@@ -243,10 +245,14 @@ class RedisStore(ExportMixin):
     # ---- async ----------------------------------------------------------------------
 
     def _aclient(self) -> redis.asyncio.Redis:
-        if self._async is None:
+        """The async client of the running loop: a redis.asyncio client is bound to the
+        loop that made it, and a CLI may run several loops one after another."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
             import redis.asyncio
 
             self._async = redis.asyncio.Redis.from_url(self._url)
+            self._async_loop = loop
         return self._async
 
     async def acreate(self, record: SessionRecord) -> SessionRecord:
