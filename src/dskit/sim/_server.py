@@ -61,6 +61,7 @@ class SimServer:
         self.app = SimApp(self.config)
         self._requested_port = port
         self._sock: socket.socket | None = None
+        self._port: int | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -69,10 +70,10 @@ class SimServer:
 
     @property
     def port(self) -> int:
-        if self._sock is None:
+        """The bound port (still known after stop(), for logs)."""
+        if self._port is None:
             raise RuntimeError("the simulator is not started")
-        port: int = self._sock.getsockname()[1]
-        return port
+        return self._port
 
     @property
     def base_url(self) -> str:
@@ -97,6 +98,7 @@ class SimServer:
         if self._thread is not None:
             raise RuntimeError("the simulator is already started")
         self._sock = _bind(self.host, self._requested_port)
+        self._port = int(self._sock.getsockname()[1])
         name = f"dskit-sim-{self.port}"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -118,6 +120,7 @@ class SimServer:
         self._thread = None
         if self._sock is not None:
             self._sock.close()
+            self._sock = None
 
     def __enter__(self) -> SimServer:
         return self.start()

@@ -1,0 +1,72 @@
+"""The context cache: repeated prompt prefixes hit in whole 64-token blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+
+from dskit._tokens import estimate_messages_tokens
+from tests.sim.sim_helpers import AUTH
+
+SYSTEM = {"role": "system", "content": "You are a careful assistant. " * 40}
+
+
+def usage_of(
+    http: httpx2.Client, messages: list[dict[str, Any]], model: str = "deepseek-chat"
+) -> Any:
+    response = http.post("/chat/completions", json={"model": model, "messages": messages})
+    assert response.status_code == 200, response.text
+    return response.json()["usage"], response.json()["choices"][0]["message"]
+
+
+def test_turns_of_one_conversation_hit_the_cache(sim_factory: Any) -> None:
+    sim = sim_factory()
+    with httpx2.Client(base_url=sim.base_url, headers=AUTH) as http:
+        turn1 = [SYSTEM, {"role": "user", "content": "First question about caching"}]
+        usage1, reply = usage_of(http, turn1)
+        assert usage1["prompt_tokens"] == estimate_messages_tokens(turn1)
+        assert usage1["prompt_cache_hit_tokens"] == 0
+        assert usage1["prompt_cache_miss_tokens"] == usage1["prompt_tokens"]
+
+        turn2 = [*turn1, {"role": "assistant", "content": reply["content"]}]
+        turn2.append({"role": "user", "content": "And a follow-up"})
+        usage2, _ = usage_of(http, turn2)
+        hit = usage2["prompt_cache_hit_tokens"]
+        assert hit == (usage1["prompt_tokens"] // 64) * 64 and hit > 0
+        assert hit % 64 == 0
+        assert hit + usage2["prompt_cache_miss_tokens"] == usage2["prompt_tokens"]
+        assert usage2["prompt_tokens_details"] == {"cached_tokens": hit}
+
+        again, _ = usage_of(http, turn2)
+        assert again["prompt_cache_hit_tokens"] == (again["prompt_tokens"] // 64) * 64
+
+
+def test_only_a_repeated_prefix_hits(sim_factory: Any) -> None:
+    sim = sim_factory()
+    with httpx2.Client(base_url=sim.base_url, headers=AUTH) as http:
+        usage_of(http, [SYSTEM, {"role": "user", "content": "one"}])
+        changed_start = [{"role": "system", "content": "Different. " + SYSTEM["content"]}]
+        usage, _ = usage_of(http, [*changed_start, {"role": "user", "content": "one"}])
+        assert usage["prompt_cache_hit_tokens"] == 0
+        other_model, _ = usage_of(
+            http, [SYSTEM, {"role": "user", "content": "one"}], "deepseek-reasoner"
+        )
+        assert other_model["prompt_cache_hit_tokens"] == 0
+        short, _ = usage_of(http, [{"role": "user", "content": "tiny"}])
+        short_again, _ = usage_of(http, [{"role": "user", "content": "tiny"}])
+        assert short_again["prompt_cache_hit_tokens"] == 0  # under 64 tokens: never cached
+        assert short["prompt_tokens"] < 64
+
+
+def test_cache_is_a_bounded_lru(sim_factory: Any) -> None:
+    sim = sim_factory(cache_blocks=4)
+    with httpx2.Client(base_url=sim.base_url, headers=AUTH) as http:
+        first = [SYSTEM, {"role": "user", "content": "a"}]
+        usage_of(http, first)
+        assert len(sim.app.cache) <= 4
+        for n in range(3):
+            usage_of(http, [{"role": "system", "content": f"filler {n} " * 120}])
+        usage, _ = usage_of(http, first)
+        assert usage["prompt_cache_hit_tokens"] == 0  # evicted
+        assert len(sim.app.cache) == 4
