@@ -1,0 +1,95 @@
+"""`dskit serve`: the gateway on uvicorn (chat for front ends over SSE, with resume)."""
+
+from __future__ import annotations
+
+import click
+
+EPILOG = """\b
+Examples:
+  dskit serve                                  # http://127.0.0.1:8000, simulator upstream
+  DEEPSEEK_API_KEY=sk-... dskit serve          # DeepSeek upstream
+  dskit serve --store redis://localhost:6379/0 --log-format json
+  dskit keys create --principal alice          # then clients send: Authorization: Bearer sk-gw-...
+  dskit serve --host 0.0.0.0                   # refused until keys exist (or --allow-insecure-bind)
+
+Without DEEPSEEK_API_KEY (and without --upstream) answers come from the built-in offline
+simulator; the log and the web page say so. See docs/gateway.md.
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--upstream", default=None, help="Upstream base URL (default: DeepSeek or the simulator)."
+)
+@click.option(
+    "--store", default=None, help="Session store: a path, sqlite:///path, memory, redis://..."
+)
+@click.option(
+    "--keys-db", default=None, help="SQLite file of gateway keys (default: beside the store)."
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--allow-insecure-bind", is_flag=True,
+    help="Allow a non-loopback host although no gateway API keys exist (anyone can use it).",
+)  # fmt: skip
+@click.option(
+    "--callback-host", "callback_hosts", multiple=True, help="Allowed callback host (repeatable)."
+)
+@click.option("--callback-secret", envvar="DSKIT_GATEWAY_CALLBACK_SECRET", default=None,
+              help="HMAC secret for callbacks (env DSKIT_GATEWAY_CALLBACK_SECRET).")  # fmt: skip
+@click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Requests per second per principal (bursts of 10).")  # fmt: skip
+def serve(
+    host: str, port: int, upstream: str | None, store: str | None, keys_db: str | None,
+    log_format: str, allow_insecure_bind: bool, callback_hosts: tuple[str, ...],
+    callback_secret: str | None, rate_limit: float | None,
+) -> None:  # fmt: skip
+    """Serve chat to web and mobile front ends (the gateway)."""
+    from dskit.gateway import CallbackSettings, GatewaySettings, RateLimit
+    from dskit.gateway._logging import configure_logging
+
+    settings = GatewaySettings.from_env(
+        host=host, port=port, upstream=upstream, store=store, keys_path=keys_db,
+        log_format=log_format, allow_insecure_bind=allow_insecure_bind or None,
+        rate_limit=RateLimit(rate_limit) if rate_limit else None,
+        callbacks=CallbackSettings(allow_hosts=callback_hosts, secret=callback_secret),
+    )  # fmt: skip
+    configure_logging(settings.log_format)
+    _check_bind(settings)
+    run(settings)
+
+
+def _check_bind(settings: object) -> None:
+    from dskit.gateway import GatewaySettings, KeyStore
+
+    assert isinstance(settings, GatewaySettings)
+    if settings.loopback_only or settings.allow_insecure_bind:
+        return
+    keys = KeyStore(settings.keys_path)
+    try:
+        if keys.has_keys():
+            return
+    finally:
+        keys.close()
+    raise click.UsageError(
+        f"refusing to listen on {settings.host} without authentication: create a key with "
+        "`dskit keys create --principal NAME` first, or pass --allow-insecure-bind"
+    )
+
+
+def run(settings: object) -> None:
+    """Run the gateway app on uvicorn until interrupted."""
+    import uvicorn
+
+    from dskit.gateway import GatewaySettings, create_app
+
+    assert isinstance(settings, GatewaySettings)
+    app = create_app(settings)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, access_log=False, log_config=None,
+        timeout_graceful_shutdown=5,
+    )  # fmt: skip

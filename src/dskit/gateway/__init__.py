@@ -1,0 +1,36 @@
+"""The gateway: chat for web and mobile front ends over SSE, with resume (`dskit serve`).
+
+    from dskit.gateway import create_app, GatewaySettings
+    app = create_app(GatewaySettings(store="memory"))   # any ASGI server runs it
+
+Seams for running many instances (Redis): `StreamLog` (answers' numbered events),
+`RateLimiter` (token buckets), `dskit.store.SessionStore` (sessions) and `KeyStore`.
+"""
+
+from dskit.gateway._app import create_app
+from dskit.gateway._auth import KeyInfo, KeyStore, default_keys_path
+from dskit.gateway._callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+from dskit.gateway._ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter
+from dskit.gateway._settings import CallbackSettings, GatewaySettings, RateLimit
+from dskit.gateway._streamlog import LogEntry, LogSlice, MemoryStreamLog, StreamLog
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "CallbackSettings",
+    "GatewaySettings",
+    "KeyInfo",
+    "KeyStore",
+    "LogEntry",
+    "LogSlice",
+    "MemoryRateLimiter",
+    "MemoryStreamLog",
+    "NoRateLimit",
+    "RateLimit",
+    "RateLimiter",
+    "StreamLog",
+    "create_app",
+    "default_keys_path",
+    "sign",
+    "verify",
+]

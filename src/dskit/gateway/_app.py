@@ -1,0 +1,152 @@
+"""`create_app(settings)`: the gateway as a FastAPI app (an app factory, one state per app)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from dskit._version import __version__
+from dskit.gateway._deps import COOKIE, GatewayDep
+from dskit.gateway._errors import GatewayError, from_exception
+from dskit.gateway._middleware import GatewayMiddleware
+from dskit.gateway._routes_openai import router as openai_router
+from dskit.gateway._routes_sessions import router as sessions_router
+from dskit.gateway._schemas import ErrorResponse, GatewayInfo, LoginRequest
+from dskit.gateway._settings import GatewaySettings
+from dskit.gateway._state import Gateway
+
+ERROR_STATUSES = (400, 401, 404, 409, 413, 422, 429, 502, 503, 504)
+ERROR_DOC: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": "An error"} for status in ERROR_STATUSES
+}
+STATIC = resources.files("dskit.gateway") / "static"
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """The gateway app; its resources start and stop with the app's lifespan."""
+    settings = settings or GatewaySettings()
+    gw = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(
+        title="dskit gateway", version=__version__, lifespan=lifespan, responses=ERROR_DOC,
+        description="Chat for front ends over SSE, with resume; OpenAI-compatible relay.",
+    )  # fmt: skip
+    app.state.gateway = gw
+    app.add_middleware(
+        GatewayMiddleware, metrics=gw.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    _install_handlers(app, gw)
+    app.include_router(openai_router)
+    app.include_router(sessions_router)
+    _install_operations(app)
+    _install_web(app)
+    return app
+
+
+def _error_response(error: GatewayError) -> Response:
+    return Response(
+        error.encode(), status_code=error.status, media_type="application/json",
+        headers=error.headers(),
+    )  # fmt: skip
+
+
+def _install_handlers(app: FastAPI, gw: Gateway) -> None:
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        return _error_response(from_exception(exc))
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        gw.metrics.errors.labels("validation").inc()
+        return _error_response(_validation_error(exc))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = GatewayError(exc.status_code, str(exc.detail), code="http_error")
+        return Response(
+            error.encode(), status_code=exc.status_code, media_type="application/json",
+            headers=dict(exc.headers or {}),
+        )  # fmt: skip
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(Exception, on_gateway_error)
+
+
+def _validation_error(exc: RequestValidationError) -> GatewayError:
+    """The first schema problem as one readable sentence, naming the parameter."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid request"))
+    text = f"Invalid request: {param}: {message}" if param else f"Invalid request: {message}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem(s))"
+    return GatewayError(422, text, param=param, code="invalid_request")
+
+
+def _install_operations(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorResponse}})
+    async def readyz(gw: GatewayDep) -> Response:
+        """Readiness: the upstream client is set up."""
+        if not gw.ready:
+            return _error_response(GatewayError(503, "starting", "server_error", code="starting"))
+        return JSONResponse({"status": "ready", "upstream": gw.mode})
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics(gw: GatewayDep) -> Response:
+        """Prometheus metrics (text exposition format)."""
+        from dskit.gateway._metrics import CONTENT_TYPE
+
+        return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/gateway", tags=["operations"], response_model=GatewayInfo)
+    async def info(gw: GatewayDep) -> dict[str, Any]:
+        """Which upstream answers (the web page shows a banner for the simulator)."""
+        return gw.info()
+
+
+def _install_web(app: FastAPI) -> None:
+    @app.post("/v1/login", tags=["web"], status_code=204)
+    async def login(body: LoginRequest, gw: GatewayDep) -> Response:
+        """Exchange a gateway key for an HttpOnly cookie (what the web page uses)."""
+        if gw.auth_required and gw.keys.principal_for(body.key) is None:
+            raise GatewayError(401, "invalid gateway API key", "authentication_error",
+                               code="invalid_api_key")  # fmt: skip
+        response = Response(status_code=204)
+        response.set_cookie(COOKIE, body.key, httponly=True, samesite="strict", path="/")
+        return response
+
+    @app.post("/v1/logout", tags=["web"], status_code=204)
+    async def logout() -> Response:
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

@@ -1,0 +1,82 @@
+"""What every route asks for: the gateway, the caller's principal, rate limits, owned sessions."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dskit.gateway._errors import GatewayError, not_found
+from dskit.gateway._state import Gateway
+from dskit.store import SessionRecord
+
+COOKIE = "dskit_gateway_key"
+KEY_RECHECK_SECONDS = 2.0
+bearer = HTTPBearer(auto_error=False, description="A gateway API key (`dskit keys create`)")
+SessionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A session id")]
+AnswerId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="An answer id")]
+
+
+def gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def _refresh_auth(gw: Gateway) -> None:
+    """Keys created while the gateway runs (by `dskit keys create`) switch auth on."""
+    now = time.monotonic()
+    if not gw.auth_required and now - gw.auth_checked > KEY_RECHECK_SECONDS:
+        gw.auth_checked = now
+        gw.auth_required = gw.keys.has_keys()
+
+
+async def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> str:
+    """The caller: the principal of its key (header or login cookie), or `local`."""
+    gw = gateway(request)
+    _refresh_auth(gw)
+    key = credentials.credentials if credentials else request.cookies.get(COOKIE)
+    who = gw.principal_for(key)
+    if who is None:
+        raise GatewayError(
+            401, "a valid gateway API key is required (Authorization: Bearer sk-gw-...)",
+            "authentication_error", code="invalid_api_key",
+        )  # fmt: skip
+    return who
+
+
+Principal = Annotated[str, Depends(principal)]
+GatewayDep = Annotated[Gateway, Depends(gateway)]
+
+
+async def rate_limited(gw: GatewayDep, who: Principal) -> str:
+    """The principal, after taking a token from its bucket (429 when it has none)."""
+    wait = await gw.limiter.acquire(who)
+    if wait > 0:
+        gw.metrics.errors.labels("rate_limited").inc()
+        raise GatewayError(
+            429, "rate limit reached for this key; retry later", "rate_limit_error",
+            code="rate_limited", retry_after=wait,
+        )  # fmt: skip
+    return who
+
+
+Limited = Annotated[str, Depends(rate_limited)]
+
+
+async def owned_record(gw: Gateway, who: str, session_id: str) -> SessionRecord:
+    """The session if `who` owns it; 404 otherwise (never 403: ids are not confirmed)."""
+    if gw.keys.owner(session_id) != who:
+        raise not_found()
+    return await gw.store.aload(session_id)
+
+
+def upstream_headers(request: Request, gw: Gateway) -> dict[str, str]:
+    """`X-Sim-*` headers pass through to a simulator or custom upstream, never to DeepSeek."""
+    if gw.mode == "deepseek":
+        return {}
+    return {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}

@@ -1,0 +1,113 @@
+"""One error shape for every endpoint, and the mapping from dskit's errors to statuses.
+
+Bodies follow the OpenAI/DeepSeek shape (`{"error": {"message", "type", "param",
+"code"}}`) so OpenAI-compatible clients raise their usual exceptions. Upstream failures
+keep the upstream's message (already scrubbed of keys by the client) but get a status
+that tells the caller whose problem it is: an upstream 401 is the gateway operator's key,
+so the caller sees 502, not 401.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from dskit.client._errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    ContextOverflowError,
+    DSKitError,
+    ValidationError,
+    redact,
+)
+
+
+@dataclass(slots=True)
+class GatewayError(Exception):
+    """An error answer: status, message and the OpenAI-style type/param/code."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+    retry_after: float | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": redact(self.message),
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+    @property
+    def kind(self) -> str:
+        """A short label for the errors metric."""
+        return self.code or self.type
+
+
+def not_found(what: str = "session") -> GatewayError:
+    return GatewayError(404, f"No such {what}", "not_found_error", code="not_found")
+
+
+def _upstream_status(exc: APIStatusError) -> GatewayError:
+    status = exc.status_code
+    message = f"upstream: {exc.message}"
+    if status == 401:
+        return GatewayError(502, message, "upstream_error", code="upstream_auth")
+    if status == 402:
+        return GatewayError(503, message, "upstream_error", code="upstream_balance")
+    if status == 429:
+        return GatewayError(
+            429, message, "rate_limit_error", code="upstream_rate_limit",
+            retry_after=exc.retry_after or 1.0,
+        )  # fmt: skip
+    if status in (400, 404, 422):
+        return GatewayError(status, exc.message, "invalid_request_error", code=exc.code)
+    if status == 503:
+        return GatewayError(503, message, "upstream_error", code="upstream_overloaded")
+    return GatewayError(502, message, "upstream_error", code=f"upstream_{status}")
+
+
+def from_exception(exc: BaseException) -> GatewayError:
+    """The gateway error for any exception a request can meet."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return GatewayError(400, str(exc), param=exc.param, code="invalid_parameter")
+    if isinstance(exc, ContextOverflowError):
+        return GatewayError(400, str(exc), code="context_length_exceeded")
+    if isinstance(exc, APIStatusError):
+        return _upstream_status(exc)
+    if isinstance(exc, APITimeoutError):
+        return GatewayError(504, f"upstream: {exc}", "upstream_error", code="upstream_timeout")
+    if isinstance(exc, APIConnectionError | APIError):
+        return GatewayError(502, f"upstream: {exc}", "upstream_error", code="upstream_error")
+    return _store_error(exc)
+
+
+def _store_error(exc: BaseException) -> GatewayError:
+    from dskit.store import SessionConflictError, SessionNotFoundError, StoreError
+
+    if isinstance(exc, SessionNotFoundError):
+        return not_found()
+    if isinstance(exc, SessionConflictError):
+        return GatewayError(409, str(exc), "conflict_error", code="session_conflict")
+    if isinstance(exc, StoreError | DSKitError):
+        return GatewayError(503, f"store: {exc}", "store_error", code="store_error")
+    return GatewayError(500, "internal error", "server_error", code="internal_error")

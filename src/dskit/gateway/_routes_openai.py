@@ -1,0 +1,77 @@
+"""`POST /v1/chat/completions` and `GET /v1/models`: the OpenAI-compatible surface."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from dskit.gateway._deps import GatewayDep, Limited, Principal, upstream_headers
+from dskit.gateway._errors import GatewayError, from_exception
+from dskit.gateway._relay import Relay, client_params, completion_body
+from dskit.gateway._schemas import ChatCompletionRequest, ModelList
+from dskit.gateway._state import Gateway
+
+router = APIRouter(tags=["openai-compatible"])
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The completion (JSON), or with `stream: true` an SSE stream of "
+        "`chat.completion.chunk` objects ending with `data: [DONE]`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+class JSONBytes(Response):
+    media_type = "application/json"
+
+
+@router.post("/v1/chat/completions", responses=STREAM_DOC)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, gw: GatewayDep, who: Limited
+) -> Response:
+    """Relay a chat completion through dskit's client (retries and resume included)."""
+    messages, params = client_params(body)
+    params["extra_headers"] = upstream_headers(request, gw)
+    started = time.monotonic()
+    if not body.stream:
+        return await _complete(gw, messages, params, started)
+    try:
+        relay = Relay(gw.client.stream(messages, **params), body.model, gw.metrics, started)
+        await relay.prime()
+    except Exception as exc:
+        raise _counted(gw, exc) from None
+    return StreamingResponse(relay.body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _complete(
+    gw: Gateway, messages: list[dict[str, Any]], params: dict[str, Any], started: float
+) -> Response:
+    try:
+        result = await gw.client.chat(messages, **params)
+    except Exception as exc:
+        raise _counted(gw, exc) from None
+    gw.metrics.count_usage(result.usage)
+    gw.metrics.latency.labels("chat_completions").observe(time.monotonic() - started)
+    body = completion_body(result, f"chatcmpl-{result.id or 'dskit'}", params["model"])
+    return JSONBytes(orjson.dumps(body))
+
+
+def _counted(gw: Gateway, exc: Exception) -> GatewayError:
+    error = from_exception(exc)
+    gw.metrics.errors.labels(error.kind).inc()
+    return error
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def models(gw: GatewayDep, who: Principal) -> ModelList:
+    """The upstream's models."""
+    try:
+        found = await gw.client.models()
+    except Exception as exc:
+        raise _counted(gw, exc) from None
+    return ModelList(data=[{"id": m.id, "owned_by": m.owned_by} for m in found])  # type: ignore[misc]

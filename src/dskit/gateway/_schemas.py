@@ -1,0 +1,194 @@
+"""Request and response models at the API edge (pydantic: validation and the OpenAPI schema).
+
+Only requests are parsed with these; streamed chunks are encoded by hand with orjson
+(`_relay.py`), because per-chunk model building is what makes other proxies slow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+MAX_CONTENT = 1_000_000
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer has this shape (the OpenAI/DeepSeek one)."""
+
+    error: ErrorDetail
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    reasoning_content: str | None = None
+    prefix: bool | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """An OpenAI/DeepSeek chat completion request; unknown fields pass through upstream."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    user: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = ""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class SessionParams(BaseModel):
+    """Request parameters a session sends with every turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = Field(default=None, max_length=MAX_CONTENT)
+    model: str = Field(default="deepseek-chat", min_length=1, max_length=200)
+    title: str | None = Field(default=None, max_length=200)
+    parameters: SessionParams = Field(default_factory=SessionParams)
+
+
+class MessageCreate(BaseModel):
+    """A user turn. `stream`: SSE now; `background`: 202 at once (then poll or stream);
+    `callback_url`: 202 at once and the result POSTed there when done."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(min_length=1, max_length=MAX_CONTENT)
+    stream: bool = False
+    background: bool = False
+    callback_url: HttpUrl | None = None
+
+
+class SessionSummary(BaseModel):
+    id: str
+    title: str
+    model: str
+    created: float
+    updated: float
+    message_count: int
+    active_answer: str | None = None
+
+
+class SessionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SessionSummary]
+
+
+class StoredTurn(BaseModel):
+    role: str
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    incomplete: bool = False
+    usage: dict[str, Any] | None = None
+    created: float = 0.0
+
+
+class SessionDetail(SessionSummary):
+    system: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    messages: list[StoredTurn]
+
+
+class AnswerHandle(BaseModel):
+    """Where to follow an answer that runs in the background."""
+
+    answer_id: str
+    session_id: str
+    stream_url: str
+    events_url: str
+
+
+class AnswerResult(BaseModel):
+    """A finished answer (blocking mode, callbacks)."""
+
+    answer_id: str
+    session_id: str
+    status: Literal["completed", "cancelled", "failed"]
+    message: StoredTurn | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    error: ErrorDetail | None = None
+
+
+class EventOut(BaseModel):
+    id: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    """A long-polling answer: events after the cursor, and the cursor to ask with next."""
+
+    answer_id: str
+    events: list[EventOut]
+    finished: bool
+    next_after: int
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=200)
+
+
+class GatewayInfo(BaseModel):
+    upstream: Literal["deepseek", "custom", "simulator"]
+    upstream_url: str
+    auth: bool
+    version: str

@@ -1,0 +1,106 @@
+"""The gateway's configuration: one typed, frozen object instead of loose keyword arguments.
+
+`GatewaySettings.from_env()` reads `DSKIT_GATEWAY_*` variables (the CLI flags win over
+them), so a container can be configured without a command line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+ENV_PREFIX = "DSKIT_GATEWAY_"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket per principal: `rate` requests per second, bursts of `burst`."""
+
+    rate: float
+    burst: int = 10
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("a rate limit needs rate > 0 and burst >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackSettings:
+    """Where async results may be POSTed, how they are signed, how often retried."""
+
+    allow_hosts: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything `create_app` needs.
+
+    upstream: the DeepSeek base URL (None: DEEPSEEK_BASE_URL, else the official API when a
+    key is set, else the built-in simulator started in-process).
+    api_key: the upstream key (None: DEEPSEEK_API_KEY). Never logged, never sent to clients.
+    store: None (SQLite at the default path), a file path, `sqlite:///path`, `memory`, or
+    `redis://...`.
+    keys_path: the SQLite file of gateway API keys and session ownership (None: beside the
+    default session store).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    upstream: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    store: str | None = None
+    keys_path: str | None = None
+    allow_insecure_bind: bool = False
+    log_format: Literal["text", "json"] = "text"
+    max_body_bytes: int = 1024 * 1024
+    heartbeat_seconds: float = 15.0
+    sse_retry_ms: int = 2000
+    max_wait_seconds: float = 60.0
+    answer_ttl_seconds: float = 900.0
+    upstream_max_retries: int = 3
+    upstream_max_resumes: int = 3
+    rate_limit: RateLimit | None = None
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be 'text' or 'json'")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+        if self.heartbeat_seconds <= 0 or self.max_wait_seconds <= 0:
+            raise ValueError("heartbeat_seconds and max_wait_seconds must be positive")
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    def with_overrides(self, **overrides: Any) -> GatewaySettings:
+        """A copy with the given fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> GatewaySettings:
+        """Settings from `DSKIT_GATEWAY_<FIELD>` variables, then `overrides` on top."""
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = os.environ.get(ENV_PREFIX + spec.name.upper())
+            if raw is not None and spec.name not in ("rate_limit", "callbacks", "api_key"):
+                values[spec.name] = _coerce(raw, getattr(cls(), spec.name))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _coerce(raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw

@@ -1,0 +1,147 @@
+"""The gateway's parts, wired together once per app: upstream client, stores, log, metrics.
+
+Upstream choice (said in the log at startup and shown by the web page):
+- a DeepSeek key (settings or DEEPSEEK_API_KEY): the given upstream, else the official API;
+- no key but an upstream URL: that URL with a placeholder key (a simulator or a proxy);
+- neither: the built-in simulator, started in-process on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from dskit.client._async import AsyncDeepSeek
+from dskit.client._config import RetryPolicy, Timeout
+from dskit.client._errors import ConfigError
+from dskit.gateway._answers import AnswerRunner
+from dskit.gateway._auth import LOCAL_PRINCIPAL, KeyStore
+from dskit.gateway._callbacks import CallbackSender
+from dskit.gateway._metrics import Metrics
+from dskit.gateway._ratelimit import RateLimiter, make_rate_limiter
+from dskit.gateway._settings import GatewaySettings
+from dskit.gateway._streamlog import MemoryStreamLog, StreamLog
+from dskit.store import MemoryStore, SessionStore, SQLiteStore
+
+if TYPE_CHECKING:
+    from dskit.sim import SimServer
+
+logger = logging.getLogger("dskit.gateway")
+PLACEHOLDER_KEY = "sk-dskit-gateway-no-key"
+UpstreamMode = Literal["deepseek", "custom", "simulator"]
+
+
+def open_store(spec: str | None) -> SessionStore:
+    """A session store from `--store`: a path, sqlite:///path, memory, or redis://..."""
+    if spec is None or spec == "":
+        return SQLiteStore()
+    if spec == "memory":
+        return MemoryStore()
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from dskit.store import RedisStore
+
+        return RedisStore(spec)
+    if spec.startswith("sqlite:///"):
+        spec = spec.removeprefix("sqlite:///")  # sqlite:////abs/path keeps its leading /
+    if "://" in spec:
+        raise ConfigError(
+            f"unknown store URL {spec!r}: use a path, sqlite:///path, memory or redis://..."
+        )
+    return SQLiteStore(spec)
+
+
+class Gateway:
+    """Everything the routes use; `start()`/`stop()` run in the app's lifespan."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store: SessionStore = open_store(settings.store)
+        self.keys = KeyStore(settings.keys_path)
+        self.auth_required = self.keys.has_keys()
+        self.auth_checked = 0.0
+        self.log: StreamLog = MemoryStreamLog(ttl=settings.answer_ttl_seconds)
+        self.limiter: RateLimiter = make_rate_limiter(settings.rate_limit)
+        self.runner = AnswerRunner(self)
+        self.callbacks = CallbackSender(settings.callbacks)
+        self.sim: SimServer | None = None
+        self.mode: UpstreamMode = "simulator"
+        self._client: AsyncDeepSeek | None = None
+
+    @property
+    def client(self) -> AsyncDeepSeek:
+        if self._client is None:
+            raise ConfigError("the gateway is not started")
+        return self._client
+
+    @property
+    def ready(self) -> bool:
+        return self._client is not None
+
+    def principal_for(self, key: str | None) -> str | None:
+        """The caller's principal: from a valid key, or `local` when auth is off."""
+        if not self.auth_required:
+            return LOCAL_PRINCIPAL
+        return self.keys.principal_for(key) if key else None
+
+    async def start(self) -> None:
+        key = self.settings.api_key or os.environ.get("DEEPSEEK_API_KEY") or None
+        base_url = self.settings.upstream or os.environ.get("DEEPSEEK_BASE_URL") or None
+        if key:
+            self.mode = "deepseek" if base_url is None else "custom"
+        elif base_url:
+            self.mode, key = "custom", PLACEHOLDER_KEY
+        else:
+            self.mode, key, base_url = "simulator", PLACEHOLDER_KEY, await self._start_sim()
+        self._client = AsyncDeepSeek(
+            api_key=key, base_url=base_url, max_connections=10_000,
+            retry=RetryPolicy(max_retries=self.settings.upstream_max_retries, base_delay=0.5),
+            max_resumes=self.settings.upstream_max_resumes,
+            timeout=Timeout(connect=10.0, read=660.0, idle=300.0),
+        )  # fmt: skip
+        self._announce()
+
+    async def _start_sim(self) -> str:
+        from dskit.sim import SimServer
+
+        self.sim = SimServer()
+        await asyncio.to_thread(self.sim.start)
+        return self.sim.base_url
+
+    def _announce(self) -> None:
+        if self.mode == "simulator":
+            logger.warning(
+                "no DEEPSEEK_API_KEY: answers come from the built-in OFFLINE SIMULATOR at %s "
+                "(set DEEPSEEK_API_KEY to use DeepSeek)", self.client.base_url,
+            )  # fmt: skip
+        else:
+            logger.info("upstream: %s (%s)", self.client.base_url, self.mode)
+        logger.info("auth: %s", "gateway API keys required" if self.auth_required else "off")
+
+    async def stop(self) -> None:
+        await self.runner.shutdown()
+        await self.callbacks.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        if self.sim is not None:
+            await asyncio.to_thread(self.sim.stop)
+        await self.store.aclose()
+        self.keys.close()
+
+    async def send_callback(self, url: str, answer_id: str) -> None:
+        """POST the finished answer (as the log's last event tells it) to `url`."""
+        from dskit.gateway._views import answer_result
+
+        result = await answer_result(self.log, answer_id)
+        await self.callbacks.deliver(url, orjson.dumps(result.model_dump(mode="json")))
+
+    def info(self) -> dict[str, Any]:
+        from dskit._version import __version__
+
+        url = self._client.base_url if self._client else ""
+        return {"upstream": self.mode, "upstream_url": url, "auth": self.auth_required,
+                "version": __version__}  # fmt: skip

@@ -1,0 +1,136 @@
+"""The `openai` package, unchanged, against the gateway: plain, streaming, tools, queueing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from tests.gateway.conftest import GatewayServer
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Tell me about rivers."}]
+
+
+def _openai(gateway: GatewayServer, **kwargs: Any) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{gateway.url}/v1", api_key="sk-anything", max_retries=0, **kwargs
+    )
+
+
+def _direct(sim: Any, **params: Any) -> Any:
+    body = {"model": "deepseek-chat", "messages": MESSAGES, **params}
+    response = httpx2.post(
+        f"{sim.base_url}/chat/completions", json=body,
+        headers={"Authorization": "Bearer sk-x"}, timeout=30,
+    )  # fmt: skip
+    return response.json()
+
+
+def test_plain_completion_matches_the_upstream(gateway: GatewayServer, sim: Any) -> None:
+    with _openai(gateway) as client:
+        completion = client.chat.completions.create(model="deepseek-chat", messages=MESSAGES)
+    direct = _direct(sim)
+    assert completion.choices[0].message.content == direct["choices"][0]["message"]["content"]
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+def test_streaming_gives_the_same_text(gateway: GatewayServer, sim: Any) -> None:
+    with _openai(gateway) as client:
+        stream = client.chat.completions.create(
+            model="deepseek-chat", messages=MESSAGES, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == _direct(sim)["choices"][0]["message"]["content"]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_wire_format_is_plain_data_lines(gateway: GatewayServer) -> None:
+    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": True}
+    with gateway.client() as http:
+        raw = http.post("/v1/chat/completions", json=body).text
+    assert "\r" not in raw
+    blocks = [b for b in raw.split("\n\n") if b]
+    assert all(b.startswith("data: ") and "\n" not in b for b in blocks)
+    assert blocks[-1] == "data: [DONE]"
+
+
+def test_tools_stream_and_parse(gateway: GatewayServer) -> None:
+    tools: Any = [{
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather in a city",
+                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    }]  # fmt: skip
+    ask: Any = [{"role": "user", "content": "Use get_weather for Paris."}]
+    with _openai(gateway) as client:
+        plain = client.chat.completions.create(
+            model="deepseek-chat", messages=ask, tools=tools, tool_choice="required"
+        )
+        stream = client.chat.completions.create(
+            model="deepseek-chat", messages=ask, tools=tools, tool_choice="required", stream=True
+        )
+        fragments = [c.choices[0].delta.tool_calls for c in stream if c.choices]
+    call = plain.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert plain.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    parts = [f[0] for f in fragments if f]
+    assert parts[0].id == call.id and parts[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert "".join(p.function.arguments or "" for p in parts) == call.function.arguments  # type: ignore[union-attr]
+
+
+def test_openai_stream_survives_queue_heartbeats(gateway: GatewayServer, sim: Any) -> None:
+    headers = {"X-Sim-Queue-Ms": "600", "X-Sim-Keepalive-Ms": "50"}
+    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": True}
+    with gateway.client() as http:
+        raw = http.post("/v1/chat/completions", json=body, headers=headers).text
+    assert raw.count(": keep-alive\n\n") >= 3
+    with _openai(gateway, default_headers=headers) as client:
+        chunks = list(
+            client.chat.completions.create(model="deepseek-chat", messages=MESSAGES, stream=True)
+        )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == _direct(sim)["choices"][0]["message"]["content"]
+
+
+def test_models_list(gateway: GatewayServer) -> None:
+    with _openai(gateway) as client:
+        ids = [m.id for m in client.models.list()]
+    assert "deepseek-chat" in ids
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "error_class"),
+    [
+        ({"X-Sim-Status": "429", "X-Sim-Retry-After": "0"}, 429, openai.RateLimitError),
+        ({"X-Sim-Status": "400"}, 400, openai.BadRequestError),
+        ({"X-Sim-Status": "401"}, 502, openai.InternalServerError),
+    ],
+)
+def test_upstream_errors_map_to_statuses(
+    gateway_factory: Any, headers: dict[str, str], status: int, error_class: type[Exception]
+) -> None:
+    gateway = gateway_factory(upstream_max_retries=0)
+    with _openai(gateway, default_headers=headers) as client, pytest.raises(error_class) as info:
+        client.chat.completions.create(model="deepseek-chat", messages=MESSAGES, stream=True)
+    assert getattr(info.value, "status_code", None) == status
+    assert "sk-test-upstream" not in str(info.value)
+
+
+def test_broken_upstream_stream_is_resumed_seamlessly(gateway: GatewayServer, sim: Any) -> None:
+    headers = {"X-Sim-Drop-After-Events": "5", "X-Sim-Fault-Key": "drop-once-relay"}
+    with _openai(gateway, default_headers=headers) as client:
+        chunks = list(
+            client.chat.completions.create(model="deepseek-chat", messages=MESSAGES, stream=True)
+        )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == _direct(sim)["choices"][0]["message"]["content"]
+    with gateway.client() as http:
+        metrics = http.get("/metrics").text
+    assert "dskit_gateway_upstream_resumes_total 1.0" in metrics
