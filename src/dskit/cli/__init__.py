@@ -11,6 +11,8 @@ from dskit._version import __version__
 # command name -> "module:attribute"; modules are imported only when their command runs
 _COMMANDS: dict[str, str] = {
     "sim": "dskit.cli._sim:sim",
+    "serve": "dskit.cli._serve:serve",
+    "keys": "dskit.cli._keys:keys",
 }
 
 
