@@ -11,6 +11,10 @@ from dskit._version import __version__
 # command name -> "module:attribute"; modules are imported only when their command runs
 _COMMANDS: dict[str, str] = {
     "sim": "dskit.cli._sim:sim",
+    "chat": "dskit.cli._chat:chat",
+    "ask": "dskit.cli._ask:ask",
+    "sessions": "dskit.cli._sessions:sessions",
+    "config": "dskit.cli._config_cmd:config",
     "serve": "dskit.cli._serve:serve",
     "keys": "dskit.cli._keys:keys",
 }

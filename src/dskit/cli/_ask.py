@@ -1,0 +1,157 @@
+"""`dskit ask`: one question, one answer, made for terminals and for scripts alike."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from dskit.cli._common import (
+    EXIT_CODES_HELP,
+    EXIT_INCOMPLETE,
+    Backend,
+    api_options,
+    exit_code_for,
+    fail,
+    invocation,
+    open_backend,
+    store_option,
+)
+from dskit.cli._render import (
+    INTERRUPTED,
+    JsonLinesView,
+    PlainView,
+    RichView,
+    View,
+    dumps_line,
+    make_console,
+    result_dict,
+)
+from dskit.cli._turn import CUT_REASONS, Outcome, run_turn
+from dskit.client._errors import DSKitError, IncompleteStreamError
+from dskit.config import Settings
+
+if TYPE_CHECKING:
+    from dskit.session import ChatSession
+
+EXIT_INTERRUPTED = 130
+ASK_HELP = f"""Ask one question and print the answer.
+
+Piped stdin is added to the question as context. In a terminal the answer is rendered
+as Markdown with a footer (tokens, cost estimate); piped or redirected, it is plain
+text. Each question is saved as a session (see `dskit sessions`) unless --no-save.
+
+\b
+Examples:
+  dskit ask "What is a KV cache?"
+  cat notes.md | dskit ask "summarise in 3 bullets"
+  git diff | dskit ask -m deepseek-reasoner "review this change" > review.md
+  dskit ask --json "2+2?" | jq -r .content
+  dskit ask --jsonl "tell me a story" | jq -c 'select(.type=="content")'
+
+{EXIT_CODES_HELP}
+  130 interrupted with Ctrl-C (the partial answer is saved)
+"""
+
+
+def question_from(words: tuple[str, ...]) -> str:
+    """The question, with piped stdin appended as context (usage error when empty)."""
+    question = " ".join(words).strip()
+    context = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    if context.strip():
+        question = f"{question}\n\n{context.rstrip()}" if question else context.rstrip()
+    if not question.strip():
+        raise click.UsageError("nothing to ask: give a question or pipe text on stdin")
+    return question
+
+
+@click.command("ask", help=ASK_HELP)
+@click.argument("question", nargs=-1)
+@click.option("-s", "--system", help="System prompt.")
+@api_options
+@click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object.")
+@click.option("--jsonl", is_flag=True, help="Print every stream event as a JSON line.")
+@click.option("--think/--no-think", default=None, help="Show the reasoner's thinking.")
+@click.option("--no-save", is_flag=True, help="Do not store this exchange as a session.")
+@store_option
+def ask(
+    question: tuple[str, ...], as_json: bool, jsonl: bool, no_save: bool, **shared: Any
+) -> None:
+    if as_json and jsonl:
+        raise click.UsageError("--json and --jsonl cannot be used together")
+    text = question_from(question)
+    run = invocation(shared)
+    try:
+        with open_backend(run.settings, run.backend) as backend:
+            session = _session(backend, run.settings, no_save, run.max_tokens)
+            code = _answer(session, run.settings, text, _mode(as_json, jsonl))
+    except DSKitError as exc:
+        raise fail(exc, run.settings) from None
+    raise click.exceptions.Exit(code)
+
+
+def _mode(as_json: bool, jsonl: bool) -> str:
+    if as_json:
+        return "json"
+    if jsonl:
+        return "jsonl"
+    return "rich" if sys.stdout.isatty() else "plain"
+
+
+def _view(mode: str, settings: Settings) -> View:
+    think = settings.think if settings.think is not None else mode == "rich"
+    if mode == "jsonl":
+        return JsonLinesView()
+    if mode == "rich":
+        return RichView(make_console(), model=settings.model or "deepseek-chat", think=think)
+    return PlainView(think=think)
+
+
+def _session(
+    backend: Backend, settings: Settings, no_save: bool, max_tokens: int | None
+) -> ChatSession:
+    from dskit.cli._common import open_store
+    from dskit.session import ChatSession
+
+    params: dict[str, Any] = {}
+    if settings.temperature is not None:
+        params["temperature"] = settings.temperature
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    store = None if no_save else open_store(settings.store)
+    return ChatSession(
+        backend.client, system=settings.system, model=settings.model or "deepseek-chat",
+        store=store, params=params,
+    )  # fmt: skip
+
+
+def _answer(session: ChatSession, settings: Settings, text: str, mode: str) -> int:
+    try:
+        if mode == "json":
+            return _answer_json(session, text)
+        outcome = run_turn(lambda: session.stream(text), _view(mode, settings))
+        return _code(outcome)
+    finally:
+        session.store.close()
+
+
+def _answer_json(session: ChatSession, text: str) -> int:
+    try:
+        result = session.send(text)
+    except IncompleteStreamError as exc:
+        data = {**result_dict(exc.partial), "incomplete": True, "error": exc.cause}
+        click.echo(dumps_line(data))
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        return EXIT_INTERRUPTED
+    outcome = Outcome(result, cut=CUT_REASONS.get(result.finish_reason or ""))
+    click.echo(dumps_line({**result_dict(result), "incomplete": not outcome.complete}))
+    return _code(outcome)
+
+
+def _code(outcome: Outcome) -> int:
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if outcome.complete else EXIT_INCOMPLETE

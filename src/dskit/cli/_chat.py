@@ -1,0 +1,256 @@
+"""`dskit chat`: the REPL. Input with prompt_toolkit, answers with rich, sessions saved.
+
+The session is created on the first message, so opening and closing the REPL leaves no
+empty sessions behind. Ctrl-C during an answer stops it (the session keeps what arrived,
+marked incomplete); Ctrl-C at the prompt clears the line; Ctrl-D quits.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from dskit.cli._common import (
+    Backend,
+    api_options,
+    fail,
+    invocation,
+    open_backend,
+    open_store,
+    store_option,
+)
+from dskit.cli._render import PlainView, RichView, View, make_console
+from dskit.cli._turn import data_dir, run_turn
+from dskit.client._errors import DSKitError, redact
+from dskit.config import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from dskit.session import ChatSession, SessionStream
+    from dskit.store import SessionStore
+
+PROMPT = "you › "
+HISTORY_FILE = "chat_history"
+RECAP_CHARS = 600
+DEFAULT_MODEL = "deepseek-chat"
+
+
+@dataclass(slots=True)
+class ChatState:
+    """Everything the REPL and its slash commands share."""
+
+    backend: Backend
+    store: SessionStore
+    settings: Settings
+    console: Console
+    rich: bool
+    think: bool
+    session: ChatSession | None = None
+    model: str | None = None  # a /model override, sent with each request
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system: str | None = None
+    running: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def current_model(self) -> str:
+        if self.model:
+            return self.model
+        return self.session.model if self.session else self.settings.model or DEFAULT_MODEL
+
+    def request_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if self.model:
+            params["model"] = self.model
+        if self.temperature is not None:
+            params["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            params["max_tokens"] = self.max_tokens
+        return params
+
+    def ensure_session(self) -> ChatSession:
+        """The current session, created in the store on first use."""
+        if self.session is None:
+            from dskit.session import ChatSession
+
+            self.session = ChatSession(
+                self.backend.client, system=self.system,
+                model=self.settings.model or DEFAULT_MODEL, store=self.store,
+            )  # fmt: skip
+        return self.session
+
+    def load(self, session_id: str) -> ChatSession:
+        from dskit.session import ChatSession
+
+        self.session = ChatSession.load(self.backend.client, session_id, store=self.store)
+        self.system = self.session.messages[0]["content"] if self._has_system() else None
+        return self.session
+
+    def _has_system(self) -> bool:
+        messages = self.session.messages if self.session else []
+        return bool(messages) and messages[0].get("role") == "system"
+
+    def view(self) -> View:
+        if self.rich:
+            return RichView(self.console, model=self.current_model, think=self.think)
+        return PlainView(think=self.think)
+
+    def say(self, text: str, style: str = "dim") -> None:
+        self.console.print(text, style=style, markup=False, highlight=False)
+
+    def error(self, exc: BaseException) -> None:
+        self.say(f"Error: {redact(str(exc), self.settings.api_key)}", style="bold red")
+
+    def stream_turn(self, start: Callable[[], SessionStream]) -> None:
+        """One answer, shown as it streams; errors are reported and the REPL goes on."""
+        try:
+            run_turn(start, self.view())
+        except DSKitError as exc:
+            self.error(exc)
+
+
+CHAT_HELP = """Chat in the terminal, with streamed Markdown answers and saved sessions.
+
+Enter sends; Esc then Enter (or Alt-Enter) adds a new line. Ctrl-C stops an answer and
+keeps what arrived; Ctrl-D quits. Type /help inside for the slash commands:
+/new /sessions /load /system /model /temperature /think /retry /undo /export /usage.
+
+Without DEEPSEEK_API_KEY (and no --base-url) the chat runs on the built-in offline
+simulator and says so.
+
+\b
+Examples:
+  dskit chat
+  dskit chat -m deepseek-reasoner --think
+  dskit chat --system "You are a terse Rust expert." -t 0.3
+  dskit chat --continue              # pick up the most recent session
+  dskit chat --session 3f2a          # a session by id (or a unique prefix)
+  dskit chat --base-url http://localhost:8000 --store redis://localhost:6379/0
+"""
+
+
+@click.command("chat", help=CHAT_HELP)
+@click.option("-s", "--system", help="System prompt for a new session.")
+@api_options
+@click.option("--session", "session_id", metavar="ID", help="Continue this session.")
+@click.option("-c", "--continue", "cont", is_flag=True, help="Continue the latest session.")
+@click.option("--think/--no-think", default=None, help="Show the reasoner's thinking.")
+@store_option
+def chat(session_id: str | None, cont: bool, **shared: Any) -> None:
+    if session_id and cont:
+        raise click.UsageError("--session and --continue cannot be used together")
+    run = invocation(shared)
+    try:
+        with open_backend(run.settings, run.backend) as backend:
+            state = _state(backend, run.settings)
+            state.max_tokens = run.max_tokens
+            try:
+                _pick_session(state, session_id, cont)
+                _repl(state)
+            finally:
+                state.store.close()
+    except DSKitError as exc:
+        raise fail(exc, run.settings) from None
+
+
+def _state(backend: Backend, settings: Settings) -> ChatState:
+    console = make_console()
+    return ChatState(
+        backend=backend, store=open_store(settings.store), settings=settings, console=console,
+        rich=console.is_terminal, think=True if settings.think is None else settings.think,
+        temperature=settings.temperature, system=settings.system,
+    )  # fmt: skip
+
+
+def _pick_session(state: ChatState, session_id: str | None, cont: bool) -> None:
+    from dskit.cli._sessions import resolve
+
+    if session_id:
+        state.load(resolve(state.store, session_id).id)
+    elif cont:
+        latest = state.store.list_sessions(1)
+        if not latest:
+            state.say("No session to continue yet: starting a new one.")
+            return
+        state.load(latest[0].id)
+    if state.session is not None:
+        _recap(state)
+
+
+def _recap(state: ChatState) -> None:
+    """Where the loaded conversation stood: its last question and answer."""
+    session = state.session
+    assert session is not None
+    history = session.history
+    state.say(f"Continuing session {session.id[:12]} ({len(history)} messages): {session.title}")
+    for stored in history[-2:]:
+        text = stored.content
+        if len(text) > RECAP_CHARS:
+            text = "…" + text[-RECAP_CHARS:]
+        mark = " [incomplete]" if stored.incomplete else ""
+        state.say(f"{stored.role}{mark}: {text}")
+
+
+def _banner(state: ChatState) -> None:
+    where = "the offline simulator" if state.backend.simulated else state.backend.client.base_url
+    session = f"session {state.session.id[:12]}" if state.session else "new session"
+    state.say(
+        f"dskit chat · {state.current_model} · {where} · {session} · "
+        "/help for commands, Ctrl-D to quit"
+    )
+
+
+def _reader(state: ChatState) -> Callable[[], str]:
+    """prompt_toolkit in a terminal (history, multi-line); plain input() otherwise."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return input
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.key_binding import KeyBindings
+
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _newline(event: Any) -> None:
+        event.current_buffer.insert_text("\n")
+
+    directory = data_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    prompt: PromptSession[str] = PromptSession(
+        history=FileHistory(str(directory / HISTORY_FILE)), key_bindings=bindings
+    )
+    return lambda: prompt.prompt(PROMPT)
+
+
+def _repl(state: ChatState) -> None:
+    from dskit.cli._slash import handle_slash
+
+    _banner(state)
+    read = _reader(state)
+    while state.running:
+        try:
+            line = read()
+        except KeyboardInterrupt:
+            continue
+        except EOFError:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            handle_slash(state, text)
+            continue
+        _ask(state, line)
+    state.say("Bye." + (f" Session saved: {state.session.id[:12]}" if state.session else ""))
+
+
+def _ask(state: ChatState, text: str) -> None:
+    session = state.ensure_session()
+    params = state.request_params()
+    state.stream_turn(lambda: session.stream(text, **params))

@@ -1,0 +1,253 @@
+"""What every command shares: settings, the backend (DeepSeek or the simulator), the
+store, exit codes and error output. Heavy imports stay inside the functions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import click
+
+from dskit.client._errors import (
+    APIConnectionError,
+    AuthenticationError,
+    ConfigError,
+    DSKitError,
+    IncompleteStreamError,
+    InsufficientBalanceError,
+    InternalServerError,
+    RateLimitError,
+    ValidationError,
+    redact,
+)
+from dskit.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from dskit.client._sync import DeepSeek
+    from dskit.store import SessionStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# exit codes of `dskit ask` (and of every command that talks to the API)
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_RATE_LIMIT = 4
+EXIT_NETWORK = 5
+EXIT_INCOMPLETE = 6
+EXIT_CODES_HELP = (
+    "\b\nExit codes:\n"
+    "  0  the answer is complete\n"
+    "  1  any other error\n"
+    "  2  usage error (bad option or value, bad configuration)\n"
+    "  3  authentication or balance error (HTTP 401, 402)\n"
+    "  4  rate limited (HTTP 429) after all retries\n"
+    "  5  network failure, timeout or server error (5xx) after all retries\n"
+    "  6  incomplete answer (cut off; what arrived was printed)"
+)
+SIM_NOTICE = (
+    "No DEEPSEEK_API_KEY set: using the built-in offline simulator (answers are synthetic). "
+    "Set DEEPSEEK_API_KEY to talk to DeepSeek."
+)
+SIM_TOKEN_MS = 15.0
+PLACEHOLDER_KEY = "sk-none"  # sent to a self-hosted server picked without a key
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an error."""
+    if isinstance(exc, AuthenticationError | InsufficientBalanceError):
+        return EXIT_AUTH
+    if isinstance(exc, RateLimitError):
+        return EXIT_RATE_LIMIT
+    if isinstance(exc, IncompleteStreamError):
+        return EXIT_INCOMPLETE
+    if isinstance(exc, APIConnectionError | InternalServerError):
+        return EXIT_NETWORK
+    if isinstance(exc, ConfigError | ValidationError):
+        return EXIT_USAGE
+    return EXIT_ERROR
+
+
+def fail(exc: BaseException, settings: Settings | None = None) -> click.exceptions.Exit:
+    """Print a one-line error (key scrubbed) on stderr; return the exit to raise."""
+    key = settings.api_key if settings else None
+    click.echo(f"Error: {redact(str(exc), key)}", err=True)
+    return click.exceptions.Exit(exit_code_for(exc))
+
+
+def parse_headers(values: tuple[str, ...]) -> dict[str, str]:
+    """`K:V` strings (the hidden `--header` option) into a dict; bad ones are usage errors."""
+    headers: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected NAME:VALUE, got {value!r}", param_hint="--header")
+        headers[name.strip()] = text.strip()
+    return headers
+
+
+def settings_from(flags: Mapping[str, Any]) -> Settings:
+    try:
+        return load_settings(flags)
+    except ConfigError as exc:
+        raise fail(exc) from None
+
+
+# ---- backend --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Backend:
+    """The client to talk through, and the in-process simulator behind it, if any."""
+
+    client: DeepSeek
+    simulated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    """How to reach the API, beyond the settings: test hooks and retry knobs."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    sim_token_ms: float | None = None
+    max_retries: int | None = None
+    timeout: float | None = None
+
+
+def _sim_token_ms(options: BackendOptions) -> float | None:
+    if options.sim_token_ms is not None:
+        return options.sim_token_ms
+    raw = os.environ.get("DSKIT_SIM_TOKEN_MS")
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"DSKIT_SIM_TOKEN_MS must be a number, got {raw!r}") from None
+
+
+def _key_for(settings: Settings) -> str | None:
+    if settings.api_key or settings.base_url is None:
+        return settings.api_key
+    host = urlsplit(settings.base_url).hostname or ""
+    return None if host.endswith("deepseek.com") else PLACEHOLDER_KEY
+
+
+def _make_client(
+    base_url: str | None, key: str, opts: BackendOptions, headers: dict[str, str]
+) -> DeepSeek:
+    from dskit.client._config import RetryPolicy
+    from dskit.client._sync import DeepSeek
+
+    retry = RetryPolicy() if opts.max_retries is None else RetryPolicy(max_retries=opts.max_retries)
+    return DeepSeek(
+        api_key=key, base_url=base_url, retry=retry, timeout=opts.timeout, default_headers=headers
+    )
+
+
+@contextmanager
+def open_backend(settings: Settings, options: BackendOptions) -> Iterator[Backend]:
+    """A client for the configured server, or for an in-process simulator when no key and
+    no base URL are configured (said once on stderr)."""
+    headers = dict(options.headers)
+    token_ms = _sim_token_ms(options)
+    if token_ms is not None:
+        headers.setdefault("X-Sim-Token-Ms", f"{token_ms:g}")
+    key = _key_for(settings)
+    if key is not None:
+        with _make_client(settings.base_url, key, options, headers) as client:
+            yield Backend(client, simulated=False)
+        return
+    from dskit.sim import SimConfig, SimServer
+
+    click.echo(SIM_NOTICE, err=True)
+    with (
+        SimServer(SimConfig(token_ms=SIM_TOKEN_MS)) as sim,
+        _make_client(sim.base_url, "sk-simulator", options, headers) as client,
+    ):
+        yield Backend(client, simulated=True)
+
+
+# ---- store ----------------------------------------------------------------------------
+
+
+def open_store(spec: str | None) -> SessionStore:
+    """The store named by `--store`/config: a redis:// URL, a SQLite path, or the default."""
+    from dskit.store import SQLiteStore
+
+    if spec and spec.startswith(("redis://", "rediss://", "unix://")):
+        from dskit.store import RedisStore
+
+        return RedisStore(spec)
+    return SQLiteStore(os.path.expanduser(spec) if spec else None)
+
+
+@contextmanager
+def store_from(spec: str | None) -> Iterator[SessionStore]:
+    try:
+        store = open_store(spec)
+    except DSKitError as exc:
+        raise fail(exc) from None
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# ---- shared options -------------------------------------------------------------------
+
+
+def store_option(func: F) -> F:
+    return click.option(
+        "--store",
+        metavar="PATH|URL",
+        help="Where sessions live: a SQLite file or a redis:// URL (default: user data dir).",
+    )(func)
+
+
+def api_options(func: F) -> F:
+    """Options every command that talks to the API takes (some hidden, for tests)."""
+    decorators = [
+        click.option("-m", "--model", help="Model name (default deepseek-chat)."),
+        click.option("--base-url", help="Any DeepSeek-compatible server (env DEEPSEEK_BASE_URL)."),
+        click.option(
+            "-t", "--temperature", type=click.FloatRange(0, 2), help="Sampling temperature, 0..2."
+        ),
+        click.option("--max-tokens", type=click.IntRange(min=1), help="Cap on an answer's length."),
+        click.option("--max-retries", type=click.IntRange(0, 20), help="Retries before failing."),
+        click.option("--timeout", type=click.FloatRange(min=0.1), help="Read timeout, seconds."),
+        click.option("--header", "headers", multiple=True, hidden=True, metavar="K:V"),
+        click.option("--sim-token-ms", type=click.FloatRange(min=0), hidden=True),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+SETTING_FLAGS = ("model", "base_url", "system", "temperature", "think", "store")
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What the shared options asked for: settings (flags > env > file), how to connect."""
+
+    settings: Settings
+    backend: BackendOptions
+    max_tokens: int | None = None
+
+
+def invocation(options: dict[str, Any]) -> Invocation:
+    """Take the shared options out of a command's keyword arguments."""
+    settings = settings_from({name: options.pop(name, None) for name in SETTING_FLAGS})
+    backend = BackendOptions(
+        headers=parse_headers(options.pop("headers", ())),
+        sim_token_ms=options.pop("sim_token_ms", None),
+        max_retries=options.pop("max_retries", None),
+        timeout=options.pop("timeout", None),
+    )
+    return Invocation(settings, backend, options.pop("max_tokens", None))

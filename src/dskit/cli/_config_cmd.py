@@ -1,0 +1,127 @@
+"""`dskit config`: where the settings file is, what is in effect (secrets hidden), and
+setting or clearing a value without opening an editor."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+
+import click
+
+from dskit.cli._common import fail
+from dskit.client._errors import ConfigError
+from dskit.config import ENV_VARS, Settings, config_path, load_settings, read_file, sources
+from dskit.config import write_file as write_settings
+
+KEYS = tuple(f.name for f in fields(Settings))
+
+
+@click.group("config")
+def config() -> None:
+    """Settings: flags override env vars, which override the TOML file.
+
+    \b
+    The file is config.toml in the user config dir (DSKIT_CONFIG overrides the path).
+    A file holding an api_key must be private (chmod 600) or it is refused.
+    Env vars: DEEPSEEK_API_KEY, DEEPSEEK_BASE_URL, DSKIT_MODEL, DSKIT_SYSTEM,
+    DSKIT_TEMPERATURE, DSKIT_STORE.
+
+    \b
+    Examples:
+      dskit config show
+      dskit config set model deepseek-reasoner
+      dskit config set temperature 0.3
+      dskit config unset system
+      dskit config path
+    """
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show_cmd(as_json: bool) -> None:
+    """Show the settings in effect and where each comes from (secrets are masked).
+
+    \b
+    Examples:
+      dskit config show
+      DSKIT_MODEL=deepseek-reasoner dskit config show --json
+    """
+    try:
+        shown, origin = load_settings().public(), sources()
+    except ConfigError as exc:
+        raise fail(exc) from None
+    if as_json:
+        click.echo(json.dumps({"file": str(config_path()), "settings": shown}, indent=2))
+        return
+    click.echo(f"# file: {config_path()}")
+    if not shown:
+        click.echo("# nothing set: defaults everywhere (no key: the offline simulator)")
+    for key, value in shown.items():
+        click.echo(f"{key} = {json.dumps(value)}    # from {origin.get(key, '?')}")
+
+
+@config.command("path")
+def path_cmd() -> None:
+    """Print the settings file's path (it may not exist yet).
+
+    \b
+    Example:
+      ${EDITOR:-vi} "$(dskit config path)"
+    """
+    click.echo(str(config_path()))
+
+
+def _parse(key: str, value: str) -> object:
+    if key == "temperature":
+        try:
+            return float(value)
+        except ValueError:
+            raise click.BadParameter(f"not a number: {value!r}", param_hint="VALUE") from None
+    if key == "think":
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise click.BadParameter("expected true or false", param_hint="VALUE")
+        return value.lower() in ("true", "1", "yes", "on")
+    return value
+
+
+@config.command("set")
+@click.argument("key", type=click.Choice(KEYS))
+@click.argument("value")
+def set_cmd(key: str, value: str) -> None:
+    """Store a setting in the file (written private to you, mode 600).
+
+    \b
+    Examples:
+      dskit config set model deepseek-reasoner
+      dskit config set store redis://localhost:6379/0
+    """
+    _write({key: _parse(key, value)})
+    shown = Settings(**{key: _parse(key, value)}).public()[key]  # type: ignore[arg-type]
+    click.echo(f"{key} = {json.dumps(shown)} written to {config_path()}", err=True)
+    if key in ENV_VARS and ENV_VARS[key] in os.environ:
+        click.echo(f"note: {ENV_VARS[key]} is set and overrides the file", err=True)
+
+
+@config.command("unset")
+@click.argument("key", type=click.Choice(KEYS))
+def unset_cmd(key: str) -> None:
+    """Remove a setting from the file.
+
+    \b
+    Example:
+      dskit config unset api_key
+    """
+    _write({key: None}, clear=True)
+    click.echo(f"{key} removed from {config_path()}", err=True)
+
+
+def _write(changes: dict[str, object], *, clear: bool = False) -> None:
+    try:
+        current = asdict(read_file())
+    except ConfigError as exc:
+        raise fail(exc) from None
+    current.update(changes)
+    if not clear:
+        current = {k: v for k, v in current.items() if v is not None}
+    write_settings(Settings(**current))

@@ -1,0 +1,167 @@
+"""The REPL's slash commands: one small function each, found through one table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from dskit.cli._chat import ChatState
+from dskit.cli._pricing import estimate_cost, format_cost
+from dskit.cli._sessions import resolve, to_markdown, when
+from dskit.client._errors import DSKitError, ValidationError
+from dskit.client._types import Usage
+
+Handler = Callable[[ChatState, str], None]
+
+
+def cmd_help(state: ChatState, arg: str) -> None:
+    lines = [f"  /{name:<12} {doc}" for name, (_, doc) in sorted(COMMANDS.items())]
+    lines.append("  Enter sends · Esc Enter: new line · Ctrl-C stops an answer · Ctrl-D quits")
+    state.say("\n".join(lines), style="")
+
+
+def cmd_new(state: ChatState, arg: str) -> None:
+    state.session = None
+    state.say("New session (saved when you send the first message).")
+
+
+def cmd_sessions(state: ChatState, arg: str) -> None:
+    limit = int(arg) if arg.isdigit() and int(arg) > 0 else 10
+    found = state.store.list_sessions(limit)
+    if not found:
+        state.say("No sessions yet.")
+    for info in found:
+        current = "*" if state.session and info.id == state.session.id else " "
+        title = info.title or "(untitled)"
+        count = info.message_count
+        state.say(f"{current} {info.id[:12]}  {when(info.updated)}  {count:>3}  {title}")
+
+
+def cmd_load(state: ChatState, arg: str) -> None:
+    if not arg:
+        state.say("Usage: /load ID (see /sessions)")
+        return
+    session = state.load(resolve(state.store, arg).id)
+    state.say(f"Loaded session {session.id[:12]}: {session.title} ({len(session.history)} msgs)")
+
+
+def cmd_system(state: ChatState, arg: str) -> None:
+    if not arg:
+        state.say(f"System prompt: {state.system or '(none)'}")
+        return
+    state.system = arg
+    state.session = None
+    state.say("System prompt set; it applies to a new session, started with your next message.")
+
+
+def cmd_model(state: ChatState, arg: str) -> None:
+    if arg:
+        state.model = arg
+    state.say(f"Model: {state.current_model}")
+
+
+def cmd_temperature(state: ChatState, arg: str) -> None:
+    if arg:
+        try:
+            value = float(arg)
+        except ValueError:
+            raise ValidationError(f"temperature must be a number, got {arg!r}") from None
+        if not 0 <= value <= 2:
+            raise ValidationError("temperature must be between 0 and 2")
+        state.temperature = value
+    shown = "default" if state.temperature is None else f"{state.temperature:g}"
+    state.say(f"Temperature: {shown}")
+
+
+def cmd_think(state: ChatState, arg: str) -> None:
+    state.think = not state.think
+    state.say(f"Thinking {'shown' if state.think else 'hidden'} (reasoner models).")
+
+
+def cmd_undo(state: ChatState, arg: str) -> None:
+    if state.session is None:
+        state.say("Nothing to undo.")
+        return
+    removed = state.session.undo()
+    question = next((m.get("content") for m in removed if m.get("role") == "user"), "")
+    state.say(f"Removed the last turn ({len(removed)} messages): {str(question)[:60]}")
+
+
+def cmd_retry(state: ChatState, arg: str) -> None:
+    """Ask the last question again, streamed (undo, then send the same text)."""
+    session = state.session
+    if session is None:
+        state.say("Nothing to retry.")
+        return
+    removed = session.undo()
+    question = next((m.get("content") for m in removed if m.get("role") == "user"), None)
+    if not question:
+        state.say("Nothing to retry.")
+        return
+    state.say(f"Retrying: {str(question)[:60]}")
+    state.stream_turn(lambda: session.stream(str(question), **state.request_params()))
+
+
+def cmd_export(state: ChatState, arg: str) -> None:
+    if state.session is None:
+        state.say("Nothing to export yet.")
+        return
+    path = Path(arg or f"dskit-{state.session.id[:12]}.json").expanduser()
+    if path.suffix.lower() in (".md", ".markdown"):
+        text = to_markdown(state.store.load(state.session.id))
+    else:
+        text = json.dumps(state.session.export(), ensure_ascii=False, indent=2) + "\n"
+    path.write_text(text, encoding="utf-8")
+    state.say(f"Exported to {path}")
+
+
+def cmd_usage(state: ChatState, arg: str) -> None:
+    if state.session is None:
+        state.say("No tokens used yet in this session.")
+        return
+    total, cost = Usage(), 0.0
+    for stored in state.session.history:
+        if stored.usage:
+            usage = Usage.from_dict(stored.usage)
+            total = total + usage
+            cost += estimate_cost(usage, state.current_model)
+    state.say(
+        f"Session {state.session.id[:12]}: {total.prompt_tokens} tokens in "
+        f"({total.prompt_cache_hit_tokens} cache hits), {total.completion_tokens} out, "
+        f"~{format_cost(cost)} (estimate at list prices)"
+    )
+
+
+def cmd_quit(state: ChatState, arg: str) -> None:
+    state.running = False
+
+
+COMMANDS: dict[str, tuple[Handler, str]] = {
+    "help": (cmd_help, "this list"),
+    "new": (cmd_new, "start a new session"),
+    "sessions": (cmd_sessions, "list recent sessions (/sessions N)"),
+    "load": (cmd_load, "switch to a session: /load ID"),
+    "system": (cmd_system, "show, or set for a new session: /system TEXT"),
+    "model": (cmd_model, "show or set the model: /model deepseek-reasoner"),
+    "temperature": (cmd_temperature, "show or set: /temperature 0.7"),
+    "think": (cmd_think, "show or hide the reasoner's thinking"),
+    "retry": (cmd_retry, "ask the last question again"),
+    "undo": (cmd_undo, "remove the last question and its answer"),
+    "export": (cmd_export, "write the session to FILE (.json, or .md for a transcript)"),
+    "usage": (cmd_usage, "tokens and estimated cost of this session"),
+    "quit": (cmd_quit, "leave (or Ctrl-D)"),
+}
+
+
+def handle_slash(state: ChatState, line: str) -> None:
+    """Run a slash command; its errors are shown, never fatal."""
+    name, _, arg = line[1:].partition(" ")
+    entry = COMMANDS.get(name.lower()) or (COMMANDS["quit"] if name == "exit" else None)
+    if entry is None:
+        state.say(f"Unknown command /{name}: try /help", style="yellow")
+        return
+    try:
+        entry[0](state, arg.strip())
+    except (DSKitError, OSError) as exc:
+        state.error(exc)

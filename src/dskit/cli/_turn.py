@@ -1,0 +1,72 @@
+"""One turn, shown as it streams: shared by `dskit chat` and `dskit ask`.
+
+The session saves the answer as it grows; leaving the stream early (Ctrl-C) makes it save
+what arrived, marked incomplete. This module only drives the view and reports how the
+turn ended, so the commands can pick their own exit code or carry on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dskit.cli._render import INTERRUPTED, View
+from dskit.client._errors import IncompleteStreamError
+from dskit.client._types import ChatResult
+
+if TYPE_CHECKING:
+    from dskit.session import SessionStream
+
+CUT_REASONS = {
+    "length": "[incomplete: the answer reached max_tokens]",
+    "content_filter": "[incomplete: the answer was stopped by the content filter]",
+    "insufficient_system_resource": "[incomplete: the server ran out of capacity]",
+}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a turn ended: its result (partial when cut), and whether it is complete."""
+
+    result: ChatResult | None
+    interrupted: bool = False
+    cut: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.interrupted and self.cut is None
+
+
+def run_turn(start: Callable[[], SessionStream], view: View) -> Outcome:
+    """Stream one answer into `view`. Ctrl-C ends it early and keeps what arrived;
+    an incomplete stream is shown, then re-raised for the caller's exit code."""
+    snapshot: ChatResult | None = None
+    with view:
+        try:
+            with start() as stream:
+                for event in stream:
+                    if event.type == "done":
+                        snapshot = event.result
+                    view.handle(event)
+        except KeyboardInterrupt:
+            view.finish(snapshot, note=INTERRUPTED)
+            return Outcome(snapshot, interrupted=True)
+        except IncompleteStreamError as exc:
+            view.finish(exc.partial, note=f"[incomplete: {exc.cause}]")
+            raise
+        cut = CUT_REASONS.get(snapshot.finish_reason or "") if snapshot else None
+        view.finish(snapshot, note=cut)
+    return Outcome(snapshot, cut=cut)
+
+
+def data_dir() -> Path:
+    """`$DSKIT_HOME`, else the user data dir: where the history file and sessions live."""
+    home = os.environ.get("DSKIT_HOME")
+    if home:
+        return Path(home).expanduser()
+    import platformdirs
+
+    return platformdirs.user_data_path("dskit")
