@@ -257,6 +257,9 @@ def test_bad_input_is_a_clear_error(client: DeepSeek) -> None:
         ChatSession(client, params={"temprature": 1})
     with pytest.raises(ValidationError, match="model"):
         ChatSession(client, model="")
+    for interval in (0, 5, "1"):
+        with pytest.raises(ValidationError, match="save_interval"):
+            ChatSession(client, save_interval=interval)  # type: ignore[arg-type]
     assert s.history == []
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
 from redis.crc import key_slot
@@ -58,3 +60,22 @@ def test_ttl_is_set_and_expired_sessions_leave_the_listing(
 def test_bad_configuration_is_a_clear_error(redis_url: str, bad: dict[str, object]) -> None:
     with pytest.raises(StoreError):
         RedisStore(redis_url, **bad)  # type: ignore[arg-type]
+
+
+def test_async_access_works_from_successive_event_loops(redis_url: str, redis_prefix: str) -> None:
+    """A CLI may call asyncio.run more than once with one store (closing it in each loop,
+    as with any redis.asyncio client)."""
+    store = RedisStore(redis_url, namespace=redis_prefix)
+
+    async def run(step: int) -> int:
+        try:
+            if step == 0:
+                return (await store.acreate(SessionRecord(id="loops"))).version
+            message = StoredMessage({"role": "user", "content": "x"})
+            return await store.aappend("loops", [message], expected_version=step - 1)
+        finally:
+            await store.aclose()
+
+    assert [asyncio.run(run(step)) for step in range(3)] == [0, 1, 2]
+    assert len(store.load("loops").messages) == 2
+    store.close()
