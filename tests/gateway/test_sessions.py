@@ -1,0 +1,224 @@
+"""Sessions over real HTTP: streaming, exact resume with Last-Event-ID, long polling, cancel."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import orjson
+
+from tests.conftest import wait_until
+from tests.gateway.conftest import GatewayServer, parse_sse
+
+SLOW = {"X-Sim-Token-Ms": "3"}
+
+
+def _session(http: httpx2.Client, **body: Any) -> str:
+    response = http.post("/v1/sessions", json={"system": "You are terse.", **body})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _events(response: httpx2.Response) -> Iterator[dict[str, str]]:
+    """SSE events as they arrive (comments included, as `comment`)."""
+    block: list[str] = []
+    for line in response.iter_lines():
+        if line:
+            block.append(line)
+            continue
+        if block:
+            yield parse_sse("\n".join(block) + "\n\n")[0]
+            block = []
+
+
+def _text(events: list[dict[str, str]]) -> str:
+    return "".join(orjson.loads(e["data"])["text"] for e in events if e.get("event") == "content")
+
+
+def _full(http: httpx2.Client, session_id: str, answer_id: str) -> list[dict[str, str]]:
+    raw = http.get(f"/v1/sessions/{session_id}/answers/{answer_id}/stream").text
+    return [e for e in parse_sse(raw) if "id" in e]
+
+
+def test_stream_has_ids_types_retry_and_ends_with_done(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        sid = _session(http)
+        raw = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True})
+        events = parse_sse(raw.text)
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        assert events[0] == {"retry": "2000"}
+        data = [e for e in events if "data" in e]
+        answer_id = raw.headers["x-answer-id"]
+        assert [e["id"] for e in data] == [f"{answer_id}:{n}" for n in range(1, len(data) + 1)]
+        assert {e["event"] for e in data} == {"content", "usage", "done"}
+        done = orjson.loads(data[-1]["data"])
+        assert data[-1]["event"] == "done" and done["finish_reason"] == "stop"
+        assert done["message"]["content"] == _text(data)
+        stored = http.get(f"/v1/sessions/{sid}").json()
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
+    assert stored["messages"][1]["content"] == _text(data)
+    assert stored["title"] == "hi" and stored["active_answer"] is None
+
+
+def test_resume_with_last_event_id_at_random_points_is_exact(gateway: GatewayServer) -> None:
+    rng = random.Random(6)
+    with gateway.client() as http:
+        sid = _session(http)
+        for turn in range(3):
+            got: list[dict[str, str]] = []
+            body = {"content": f"Explain topic {turn} in detail.", "stream": True}
+            with http.stream("POST", f"/v1/sessions/{sid}/messages", json=body, headers=SLOW) as r:
+                answer_id = r.headers["x-answer-id"]
+                cut = rng.randint(1, 12)
+                for event in _events(r):
+                    if "id" in event:
+                        got.append(event)
+                    if len(got) >= cut:
+                        break
+            while not got or got[-1]["event"] != "done":
+                headers = {"Last-Event-ID": got[-1]["id"]}
+                with http.stream("GET", f"/v1/sessions/{sid}/stream", headers=headers) as r:
+                    cut = rng.randint(1, 15)
+                    for n, event in enumerate(e for e in _events(r) if "id" in e):
+                        got.append(event)
+                        if n + 1 >= cut:
+                            break
+            assert got == _full(http, sid, answer_id)
+            assert _text(got) == orjson.loads(got[-1]["data"])["message"]["content"]
+
+
+def test_generation_runs_on_when_the_client_leaves(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        sid = _session(http)
+        body = {"content": "long story please", "stream": True}
+        with http.stream("POST", f"/v1/sessions/{sid}/messages", json=body, headers=SLOW) as r:
+            answer_id = r.headers["x-answer-id"]
+            next(e for e in _events(r) if e.get("event") == "content")
+        page = http.get(
+            f"/v1/sessions/{sid}/answers/{answer_id}/events", params={"after": 0, "wait": 0}
+        ).json()
+        assert not page["finished"]
+
+        def finished() -> bool:
+            return http.get(f"/v1/sessions/{sid}").json()["message_count"] == 2
+
+        wait_until(finished, timeout=20)
+        answer = http.get(f"/v1/sessions/{sid}/answers/{answer_id}").json()
+    assert answer["status"] == "completed" and answer["message"]["content"]
+
+
+def test_long_polling_returns_events_after_the_cursor(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        sid = _session(http)
+        handle = http.post(
+            f"/v1/sessions/{sid}/messages", json={"content": "hello", "background": True},
+            headers=SLOW,
+        )  # fmt: skip
+        assert handle.status_code == 202
+        events_url = handle.json()["events_url"]
+        after, seen, finished = 0, [], False
+        while not finished:
+            page = http.get(events_url, params={"after": after, "wait": 5}).json()
+            assert page["events"] or page["finished"]
+            assert [e["seq"] for e in page["events"]] == list(
+                range(after + 1, after + 1 + len(page["events"]))
+            )
+            seen += page["events"]
+            after, finished = page["next_after"], page["finished"]
+        stored = http.get(f"/v1/sessions/{sid}").json()["messages"][-1]["content"]
+    assert "".join(e["data"]["text"] for e in seen if e["type"] == "content") == stored
+    assert seen[-1]["type"] == "done"
+
+
+def test_long_poll_waits_then_answers_empty(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        sid = _session(http)
+        handle = http.post(
+            f"/v1/sessions/{sid}/messages", json={"content": "x", "background": True},
+            headers={"X-Sim-TTFT-Ms": "3000"},
+        ).json()  # fmt: skip
+        page = http.get(handle["events_url"], params={"after": 0, "wait": 0.3})
+        assert page.status_code == 200
+        assert page.json() == {
+            "answer_id": handle["answer_id"], "events": [], "finished": False, "next_after": 0,
+        }  # fmt: skip
+        http.post(f"/v1/sessions/{sid}/cancel")
+
+
+def test_blocking_mode_returns_the_whole_answer(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        sid = _session(http, parameters={"temperature": 0.2, "max_tokens": 4000})
+        result = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}).json()
+        second = http.post(f"/v1/sessions/{sid}/messages", json={"content": "more"}).json()
+        stored = http.get(f"/v1/sessions/{sid}").json()
+    assert result["status"] == "completed" and result["finish_reason"] == "stop"
+    assert [m["content"] for m in stored["messages"]] == [
+        "hi", result["message"]["content"], "more", second["message"]["content"],
+    ]  # fmt: skip
+    assert stored["parameters"] == {"temperature": 0.2, "max_tokens": 4000}
+
+
+def test_cancel_stops_the_generation_and_the_upstream_request(
+    gateway_factory: Any, sim_factory: Any
+) -> None:
+    sim = sim_factory(token_ms=40)
+    gateway = gateway_factory(upstream=sim.base_url)
+    with gateway.client() as http:
+        sid = _session(http)
+        handle = http.post(
+            f"/v1/sessions/{sid}/messages", json={"content": "a long one", "background": True}
+        ).json()
+        page = http.get(handle["events_url"], params={"after": 0, "wait": 10}).json()
+        assert page["events"][0]["type"] == "content"
+        assert sim.app._tasks, "the upstream request should be running"
+        assert http.post(f"/v1/sessions/{sid}/cancel").json() == {
+            "answer_id": handle["answer_id"], "cancelled": True,
+        }  # fmt: skip
+        wait_until(lambda: not sim.app._tasks, timeout=10)
+        events = http.get(handle["events_url"]).json()
+        assert events["finished"] and events["events"][-1]["type"] == "error"
+        assert events["events"][-1]["data"]["type"] == "cancelled"
+        stored = http.get(f"/v1/sessions/{sid}").json()["messages"]
+        assert stored[-1]["incomplete"] is True and stored[-1]["role"] == "assistant"
+        result = http.get(f"/v1/sessions/{sid}/answers/{handle['answer_id']}").json()
+        assert result["status"] == "cancelled"
+
+
+def test_a_second_message_while_answering_is_409(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        sid = _session(http)
+        http.post(
+            f"/v1/sessions/{sid}/messages", json={"content": "x", "background": True},
+            headers={"X-Sim-TTFT-Ms": "2000"},
+        )  # fmt: skip
+        again = http.post(f"/v1/sessions/{sid}/messages", json={"content": "y"})
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "answer_in_progress"
+        assert http.delete(f"/v1/sessions/{sid}").status_code == 204
+        assert http.get(f"/v1/sessions/{sid}").status_code == 404
+
+
+def test_upstream_failure_becomes_an_error_event_and_status(gateway_factory: Any) -> None:
+    gateway = gateway_factory(upstream_max_retries=0)
+    with gateway.client() as http:
+        sid = _session(http)
+        bad = {"X-Sim-Status": "503"}
+        blocking = http.post(f"/v1/sessions/{sid}/messages", json={"content": "x"}, headers=bad)
+        assert blocking.status_code == 503
+        assert blocking.json()["error"]["code"] == "upstream_overloaded"
+        raw = http.post(
+            f"/v1/sessions/{sid}/messages", json={"content": "x", "stream": True}, headers=bad
+        )
+        events = [e for e in parse_sse(raw.text) if "data" in e]
+        assert events[-1]["event"] == "error"
+        assert orjson.loads(events[-1]["data"])["status"] == 503
+
+
+def test_session_list_and_detail(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        ids = [_session(http, title=f"t{n}") for n in range(3)]
+        listed = http.get("/v1/sessions", params={"limit": 2}).json()["data"]
+        assert len(listed) == 2 and {s["id"] for s in listed} <= set(ids)
+        assert http.get(f"/v1/sessions/{ids[0]}").json()["system"] == "You are terse."
