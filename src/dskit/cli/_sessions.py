@@ -11,7 +11,12 @@ import click
 
 from dskit.cli._common import EXIT_USAGE, fail, store_from, store_option
 from dskit.client._errors import DSKitError
-from dskit.store._model import SessionNotFoundError, SessionRecord
+from dskit.store._model import (
+    SessionConflictError,
+    SessionNotFoundError,
+    SessionRecord,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from dskit.store import SessionStore
@@ -208,6 +213,9 @@ def import_cmd(source: Any, new_id: bool, store: str | None) -> None:
     with store_from(store) as backend:
         try:
             record = backend.import_session(data, new_id=new_id)
+        except SessionConflictError as exc:
+            message = f"a session with id {exc.session_id} already exists; use --new-id for a copy"
+            raise fail(StoreError(message)) from None
         except DSKitError as exc:
             raise fail(exc) from None
     click.echo(record.id)

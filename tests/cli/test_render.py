@@ -1,0 +1,146 @@
+"""The terminal views, fed real stream events from the simulator into a real rich console."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from dskit import DeepSeek
+from dskit.cli._pricing import estimate_cost, footer
+from dskit.cli._render import INTERRUPTED, PlainView, RichView, make_console, stable_length
+from dskit.client._types import ChatResult, ContentDelta, Done, KeepAlive, Retrying, Usage
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def rich_console(width: int = 80):
+    out = io.StringIO()
+    console = make_console(out, force_terminal=True)
+    console.width = width
+    return console, out
+
+
+@pytest.mark.parametrize(
+    ("text", "stable"),
+    [
+        ("one paragraph, still growing", ""),
+        ("done para\n\nnext", "done para\n\n"),
+        ("a\n\nb\n\nc", "a\n\nb\n\n"),
+        ("intro\n\n```py\nx = 1\n\ny = 2", "intro\n\n"),  # blank line inside a fence
+        ("```py\nx = 1\n```\nafter", "```py\nx = 1\n```\n"),
+        ("```\ncode\n```", ""),  # the closing fence line is not finished yet
+        ("~~~\na\n\n~~~\n\nz", "~~~\na\n\n~~~\n\n"),
+    ],
+)
+def test_stable_length_never_cuts_inside_a_block(text, stable):
+    assert text[: stable_length(text)] == stable
+
+
+def test_rich_view_renders_markdown_and_footer(sim):
+    console, out = rich_console()
+    usage = Usage(prompt_tokens=1000, completion_tokens=500, prompt_cache_hit_tokens=640,
+                  prompt_cache_miss_tokens=360)  # fmt: skip
+    result = ChatResult(content="x", usage=usage, model="deepseek-chat")
+    pieces = ["# Title\n\n", "Some **bold** text.\n\n", "```python\n", "print(1)\n", "```\n"]
+    with RichView(console, model="deepseek-chat") as view:
+        view.handle(KeepAlive())
+        assert "queueing" in view.status
+        for piece in pieces:
+            view.handle(ContentDelta(piece))
+        view.handle(Done(result))
+        view.finish(result)
+    text = ANSI.sub("", out.getvalue())
+    assert "Title" in text and "bold" in text and "**bold**" not in text  # rendered, not raw
+    assert "print(1)" in text and "```" not in text
+    assert "tokens 1000 in (640 cached) / 500 out" in text and "(estimate)" in text
+
+
+def test_rich_view_status_for_retries_and_resumes():
+    console, _ = rich_console()
+    view = RichView(console, model="deepseek-chat")
+    view.handle(Retrying(attempt=1, delay=2.0, reason="429: Rate Limit Reached"))
+    assert view.status == "retrying in 2s (429: Rate Limit Reached)"
+    view.handle(ContentDelta("partial"))
+    assert view.status == "" and view.started
+    from dskit.client._types import Resumed
+
+    view.handle(Resumed(attempt=1, reason="dropped"))
+    assert view.status.startswith("resuming the answer")
+
+
+def test_reasoning_is_dim_above_the_answer_and_can_be_hidden(sim):
+    with DeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
+        events = list(client.stream("why?", model="deepseek-reasoner"))
+    result = events[-1].result
+    for think in (True, False):
+        console, out = rich_console(width=200)
+        with RichView(console, model="deepseek-reasoner", think=think) as view:
+            for event in events:
+                view.handle(event)
+            view.finish(result)
+        raw = out.getvalue()
+        first_thought = result.reasoning_content.split()[0]
+        first_word = result.content.split()[0]
+        text = ANSI.sub("", raw)
+        assert (first_thought in text) is think
+        if think:
+            assert text.index(first_thought) < text.index(first_word)
+            assert "\x1b[2;3m" in raw or "\x1b[2m" in raw  # dim
+
+
+def colours_in_render() -> list[str]:
+    console, out = rich_console()
+    with RichView(console, model="deepseek-chat") as view:
+        view.handle(ContentDelta("Some **bold** and `code`.\n\n```python\nx = 1\n```\n"))
+        view.finish(ChatResult(usage=Usage(prompt_tokens=1, completion_tokens=1)))
+    codes = [c for sgr in re.findall(r"\x1b\[([0-9;]*)m", out.getvalue()) for c in sgr.split(";")]
+    return [c for c in codes if c.isdigit() and (30 <= int(c) <= 49 or 90 <= int(c) <= 107)]
+
+
+def test_no_color_is_respected(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert colours_in_render() != []
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert colours_in_render() == []
+
+
+def test_interrupted_note_and_plain_view(capsys):
+    console, out = rich_console()
+    with RichView(console, model="deepseek-chat") as view:
+        view.handle(ContentDelta("half an ans"))
+        view.finish(None, note=INTERRUPTED)
+    text = ANSI.sub("", out.getvalue())
+    assert "half an ans" in text and "interrupted" in text
+    plain = io.StringIO()
+    with PlainView(out=plain) as view:
+        view.handle(ContentDelta("no newline"))
+        view.finish(None, note=INTERRUPTED)
+    assert plain.getvalue() == "no newline\n"
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_long_answer_render_cost_stays_flat():
+    """Finished blocks leave the live area: it never holds more than the growing block."""
+    console, _ = rich_console()
+    paragraph = "word " * 40 + "\n\n"
+    with RichView(console, model="deepseek-chat") as view:
+        biggest = 0
+        for _ in range(300):
+            view.handle(ContentDelta(paragraph))
+            view._refresh(force=True)
+            biggest = max(biggest, len(view.content))
+        view.finish(None)
+    assert biggest <= len(paragraph)
+
+
+def test_cost_estimate_uses_the_price_table():
+    usage = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000,
+                  prompt_cache_hit_tokens=500_000, prompt_cache_miss_tokens=500_000)  # fmt: skip
+    assert estimate_cost(usage, "deepseek-chat") == pytest.approx(0.014 + 0.14 + 0.42)
+    unsplit = Usage(prompt_tokens=1_000_000)
+    assert estimate_cost(unsplit, "some-new-model") == pytest.approx(0.28)
+    assert footer(Usage(prompt_tokens=10, completion_tokens=5), "deepseek-chat").startswith(
+        "tokens 10 in / 5 out"
+    )
