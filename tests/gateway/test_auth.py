@@ -1,0 +1,101 @@
+"""Gateway keys (CLI, hashed storage), principals isolated, loopback-only without keys."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from dskit.cli import main
+from dskit.gateway import KeyStore
+from tests.gateway.conftest import GatewayServer
+
+
+def _create_key(keys_db: Path, principal: str) -> str:
+    result = CliRunner().invoke(
+        main, ["keys", "create", "--principal", principal, "--keys-db", str(keys_db)]
+    )
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip()
+    assert key.startswith("sk-gw-") and len(key) > 40
+    return key
+
+
+def test_keys_cli_create_list_revoke_and_only_hashes_stored(tmp_path: Path) -> None:
+    db = tmp_path / "gateway.sqlite3"
+    key = _create_key(db, "alice")
+    listed = CliRunner().invoke(main, ["keys", "list", "--keys-db", str(db)])
+    assert "alice" in listed.output and "active" in listed.output and key not in listed.output
+    with sqlite3.connect(db) as conn:
+        dump = "\n".join(conn.iterdump())
+    assert key not in dump and key[6:] not in dump
+    key_id = listed.output.split()[0]
+    revoked = CliRunner().invoke(main, ["keys", "revoke", key_id, "--keys-db", str(db)])
+    assert revoked.exit_code == 0 and "revoked" in revoked.output
+    again = CliRunner().invoke(main, ["keys", "revoke", key_id, "--keys-db", str(db)])
+    assert again.exit_code != 0 and "no active key" in again.output
+    bad = CliRunner().invoke(main, ["keys", "create", "--principal", "a b", "--keys-db", str(db)])
+    assert bad.exit_code == 2 and "principal" in bad.output
+
+
+def test_principals_are_isolated(gateway_factory: Any, tmp_path: Path) -> None:
+    db = tmp_path / "gateway.sqlite3"
+    alice, bob = _create_key(db, "alice"), _create_key(db, "bob")
+    gateway: GatewayServer = gateway_factory(keys_path=str(db))
+    with gateway.client(alice) as a, gateway.client(bob) as b, gateway.client() as anon:
+        sid = a.post("/v1/sessions", json={}).json()["id"]
+        answer = a.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}).json()
+        assert answer["status"] == "completed"
+        for method, path in [
+            ("GET", f"/v1/sessions/{sid}"),
+            ("DELETE", f"/v1/sessions/{sid}"),
+            ("POST", f"/v1/sessions/{sid}/cancel"),
+            ("GET", f"/v1/sessions/{sid}/answers/{answer['answer_id']}/events"),
+            ("GET", f"/v1/sessions/{sid}/answers/{answer['answer_id']}/stream"),
+        ]:
+            response = b.request(method, path)
+            assert response.status_code == 404, (method, path, response.text)
+        posted = b.post(f"/v1/sessions/{sid}/messages", json={"content": "steal"})
+        assert posted.status_code == 404
+        assert b.get("/v1/sessions").json()["data"] == []
+        assert [s["id"] for s in a.get("/v1/sessions").json()["data"]] == [sid]
+        unauthenticated = anon.get("/v1/sessions")
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.json()["error"]["type"] == "authentication_error"
+    with gateway.client("sk-gw-not-a-real-key") as wrong:
+        assert wrong.post("/v1/chat/completions", json={}).status_code == 401
+
+
+def test_revoked_key_is_refused_and_login_cookie_works(
+    gateway_factory: Any, tmp_path: Path
+) -> None:
+    db = tmp_path / "gateway.sqlite3"
+    key = _create_key(db, "carol")
+    gateway: GatewayServer = gateway_factory(keys_path=str(db))
+    with gateway.client() as http:
+        assert http.post("/v1/login", json={"key": "sk-gw-wrong"}).status_code == 401
+        login = http.post("/v1/login", json={"key": key})
+        assert login.status_code == 204
+        assert "httponly" in login.headers["set-cookie"].lower()
+        assert http.get("/v1/sessions").status_code == 200
+    store = KeyStore(db)
+    store.revoke(store.list_keys()[0].key_id)
+    store.close()
+    with gateway.client(key) as http:
+        assert http.get("/v1/sessions").status_code == 401
+
+
+def test_without_keys_everything_is_one_local_principal(gateway: GatewayServer) -> None:
+    with gateway.client("sk-whatever") as one, gateway.client() as two:
+        sid = one.post("/v1/sessions", json={}).json()["id"]
+        assert two.get(f"/v1/sessions/{sid}").status_code == 200
+
+
+def test_serve_refuses_a_public_bind_without_keys(tmp_path: Path) -> None:
+    db = tmp_path / "gateway.sqlite3"
+    args = ["serve", "--host", "0.0.0.0", "--keys-db", str(db), "--store", "memory"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "refusing to listen on 0.0.0.0 without authentication" in result.output
