@@ -136,3 +136,13 @@ async def test_async_conflict_is_reported(aclient: AsyncDeepSeek, tmp_path: Path
     await b.reload()
     await b.send("fresh")
     assert [m.content for m in b.history if m.role == "user"] == ["first", "second", "fresh"]
+
+
+async def test_async_refused_question_is_taken_back(aclient: AsyncDeepSeek) -> None:
+    from dskit import ValidationError
+
+    s = AsyncChatSession(aclient)
+    with pytest.raises(ValidationError, match="temperature"):
+        await s.send("hi", temperature=9)
+    assert s.history == []
+    assert (await s.send("hi")).content

@@ -261,6 +261,9 @@ def test_bad_input_is_a_clear_error(client: DeepSeek) -> None:
         with pytest.raises(ValidationError, match="save_interval"):
             ChatSession(client, save_interval=interval)  # type: ignore[arg-type]
     assert s.history == []
+    with pytest.raises(ValidationError, match="temperature"):
+        s.send("hi", temperature=9)
+    assert s.history == [] and s.store.load(s.id).messages == []  # the question was taken back
 
 
 def test_key_never_in_repr(client: DeepSeek) -> None:

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from dskit.client._errors import ContextOverflowError, ToolError
+from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
 from dskit.session._context import ContextPolicy
 from dskit.session._core import (
@@ -265,11 +265,15 @@ class AsyncSessionStream:
             )
             params = core.request_params(self._params, tool_round)
             result = None
-            async for event in self._one_reply(plan, params):
-                if isinstance(event, ChatResult):
-                    result = event
-                else:
-                    yield event
+            try:
+                async for event in self._one_reply(plan, params):
+                    if isinstance(event, ChatResult):
+                        result = event
+                    else:
+                        yield event
+            except ValidationError:  # refused before sending: nothing was asked
+                await self._take_back(tool_round)
+                raise
             assert result is not None
             calls = core.calls_to_run(result)
             if not calls:
@@ -283,13 +287,16 @@ class AsyncSessionStream:
 
     async def _first_plan(self) -> Plan:
         """The first request of a turn; a new question that cannot fit is taken back."""
-        session = self._session
         try:
-            return await session._plan(self._params)
+            return await self._session._plan(self._params)
         except ContextOverflowError:
-            if self._fresh:
-                await session._truncate(session._core.last_user_index())
+            await self._take_back(0)
             raise
+
+    async def _take_back(self, tool_round: int) -> None:
+        """Remove a new question that could not be sent, so it is not left dangling."""
+        if self._fresh and tool_round == 0:
+            await self._session._truncate(self._session._core.last_user_index())
 
     async def _one_reply(
         self, plan: Plan, params: dict[str, Any]

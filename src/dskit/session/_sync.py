@@ -7,7 +7,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from dskit.client._errors import ContextOverflowError, ToolError
+from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
 from dskit.session._context import ContextPolicy
 from dskit.session._core import (
@@ -255,7 +255,11 @@ class SessionStream:
         while True:
             plan = self._first_plan() if tool_round == 0 else session._plan(self._params)
             params = core.request_params(self._params, tool_round)
-            result = yield from self._one_reply(plan, params)
+            try:
+                result = yield from self._one_reply(plan, params)
+            except ValidationError:  # refused before sending: nothing was asked
+                self._take_back(tool_round)
+                raise
             calls = core.calls_to_run(result)
             if not calls:
                 self._result = result
@@ -268,13 +272,16 @@ class SessionStream:
 
     def _first_plan(self) -> Plan:
         """The first request of a turn; a new question that cannot fit is taken back."""
-        session = self._session
         try:
-            return session._plan(self._params)
+            return self._session._plan(self._params)
         except ContextOverflowError:
-            if self._fresh:
-                session._truncate(session._core.last_user_index())
+            self._take_back(0)
             raise
+
+    def _take_back(self, tool_round: int) -> None:
+        """Remove a new question that could not be sent, so it is not left dangling."""
+        if self._fresh and tool_round == 0:
+            self._session._truncate(self._session._core.last_user_index())
 
     def _one_reply(
         self, plan: Plan, params: dict[str, Any]
