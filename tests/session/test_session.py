@@ -297,3 +297,18 @@ def test_tool_round_limit_forces_an_answer(client: DeepSeek) -> None:
     assert [m["role"] for m in s.messages] == ["user", "assistant", "tool", "assistant"]
     assert s._core.request_params({}, 1)["tool_choice"] == "none"
     assert s._core.request_params({}, 0)["tool_choice"] == "required"
+
+
+def test_a_broken_stream_keeps_the_partial_answer_and_raises(
+    client: DeepSeek, any_store: SessionStore
+) -> None:
+    from dskit import IncompleteStreamError
+
+    s = ChatSession(client, store=any_store)
+    with pytest.raises(IncompleteStreamError) as info:
+        s.send("tell me", extra_headers={"X-Sim-Drop-After-Events": "5"}, max_resumes=0)
+    stored = any_store.load(s.id).messages
+    assert [(m.role, m.incomplete) for m in stored] == [("user", False), ("assistant", True)]
+    assert stored[1].content == info.value.partial.content != ""
+    assert s.retry().content.startswith(stored[1].content)
+    assert not any_store.load(s.id).messages[1].incomplete
