@@ -44,7 +44,7 @@ def _wanted_stamp() -> str:
 def ensure_venv() -> None:
     if STAMP.exists() and STAMP.read_text() == _wanted_stamp() and PY.exists():
         return
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 is
         sys.exit("dskit needs Python 3.11 or newer")
     _say("setting up .venv (first run or pyproject.toml changed)...")
     venv.EnvBuilder(with_pip=True, clear=VENV.exists()).create(VENV)
@@ -68,9 +68,11 @@ def ensure_system_packages() -> None:
 
 def run_tests(args: list[str]) -> int:
     ensure_system_packages()
-    for step in (["ruff", "check", "src", "tests", "bench", "dev.py"],
-                 ["ruff", "format", "--check", "src", "tests", "bench", "dev.py"],
-                 ["mypy"]):
+    for step in (
+        ["ruff", "check", "src", "tests", "bench", "dev.py"],
+        ["ruff", "format", "--check", "src", "tests", "bench", "dev.py"],
+        ["mypy"],
+    ):
         _say(" ".join(step))
         if _run(BIN / step[0], *step[1:], check=False) != 0:
             return 1

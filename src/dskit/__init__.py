@@ -51,15 +51,63 @@ _LAZY: dict[str, str] = {
     "RedisStore": "dskit.store",
 }
 _ERRORS = (
-    "APIConnectionError APIError APIStatusError APITimeoutError AuthenticationError "
-    "BadRequestError ChatResult ConfigError ContextOverflowError DSKitError "
-    "IncompleteStreamError InsufficientBalanceError InternalServerError NotFoundError "
-    "RateLimitError ServiceUnavailableError ToolCall ToolError UnprocessableEntityError "
-    "Usage ValidationError"
-).split()
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatResult",
+    "ConfigError",
+    "ContextOverflowError",
+    "DSKitError",
+    "IncompleteStreamError",
+    "InsufficientBalanceError",
+    "InternalServerError",
+    "NotFoundError",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "ToolCall",
+    "ToolError",
+    "UnprocessableEntityError",
+    "Usage",
+    "ValidationError",
+)
 _LAZY.update(dict.fromkeys(_ERRORS, "dskit.client"))
 
-__all__ = ["__version__", *sorted(_LAZY)]
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncChatSession",
+    "AsyncDeepSeek",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatResult",
+    "ChatSession",
+    "ConfigError",
+    "ContextOverflowError",
+    "DSKitError",
+    "DeepSeek",
+    "IncompleteStreamError",
+    "InsufficientBalanceError",
+    "InternalServerError",
+    "NotFoundError",
+    "RateLimitError",
+    "RedisStore",
+    "RetryPolicy",
+    "SQLiteStore",
+    "ServiceUnavailableError",
+    "Timeout",
+    "ToolCall",
+    "ToolError",
+    "UnprocessableEntityError",
+    "Usage",
+    "ValidationError",
+    "__version__",
+    "tool",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -96,7 +96,9 @@ def _check_message(index: int, message: Any, is_last: bool) -> Problem | None:
     if content is not None and not isinstance(content, str | list):
         return Problem(f"{where}.content", f"Invalid content at message index {index}")
     if role in ("system", "user") and not content:
-        return Problem(f"{where}.content", f"Missing content in the {role} message at index {index}")
+        return Problem(
+            f"{where}.content", f"Missing content in the {role} message at index {index}"
+        )
     if role == "tool" and not message.get("tool_call_id"):
         return Problem(
             f"{where}.tool_call_id", f"Missing tool_call_id in the tool message at index {index}"
@@ -104,7 +106,8 @@ def _check_message(index: int, message: Any, is_last: bool) -> Problem | None:
     if message.get("prefix") and (role != "assistant" or not is_last):
         return Problem(
             f"{where}.prefix",
-            "The prefix flag is only allowed on the last message, which must be an assistant message",
+            "The prefix flag is only allowed on the last message, "
+            "which must be an assistant message",
         )
     return None
 
@@ -181,7 +184,9 @@ def _check_tool_choice(body: Mapping[str, Any], tools: list[Any]) -> Problem | N
         if choice.get("type") == "function" and name in names:
             return None
         return Problem("tool_choice", f"Invalid tool_choice: no tool named {name!r} is offered")
-    return Problem("tool_choice", "Invalid tool_choice: expected none, auto, required or a function")
+    return Problem(
+        "tool_choice", "Invalid tool_choice: expected none, auto, required or a function"
+    )
 
 
 def _check_misc(body: Mapping[str, Any]) -> Problem | None:
@@ -192,7 +197,9 @@ def _check_misc(body: Mapping[str, Any]) -> Problem | None:
     if fmt is not None and (
         not isinstance(fmt, Mapping) or fmt.get("type") not in ("text", "json_object")
     ):
-        return Problem("response_format", "Invalid response_format type: expected text or json_object")
+        return Problem(
+            "response_format", "Invalid response_format type: expected text or json_object"
+        )
     user_id = body.get("user_id")
     if user_id is not None and (not isinstance(user_id, str) or not USER_ID.match(user_id)):
         return Problem("user_id", "Invalid user_id: [a-zA-Z0-9_-], at most 512 characters")
@@ -223,7 +230,8 @@ def _check_reasoning_round_trip(messages: Sequence[Mapping[str, Any]]) -> Proble
         ):
             return Problem(
                 f"messages[{index}].reasoning_content",
-                f"Missing `reasoning_content` field in the assistant message at message index {index}",
+                "Missing `reasoning_content` field in the assistant message "
+                f"at message index {index}",
             )
     return None
 

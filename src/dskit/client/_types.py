@@ -196,3 +196,70 @@ StreamEvent: TypeAlias = (
     | Resumed
     | Done
 )
+
+
+# ---- other endpoints -----------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class ModelInfo:
+    id: str
+    owned_by: str = ""
+
+    @classmethod
+    def list_from(cls, data: Any) -> list[ModelInfo]:
+        items = data.get("data") if isinstance(data, dict) else None
+        return [cls(str(m.get("id", "")), str(m.get("owned_by", ""))) for m in items or ()]
+
+
+@dataclass(slots=True, frozen=True)
+class BalanceInfo:
+    currency: str
+    total_balance: str
+    granted_balance: str
+    topped_up_balance: str
+
+
+@dataclass(slots=True, frozen=True)
+class Balance:
+    is_available: bool
+    balance_infos: list[BalanceInfo]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Balance:
+        infos = data.get("balance_infos") if isinstance(data, dict) else None
+        return cls(
+            is_available=bool(data.get("is_available")) if isinstance(data, dict) else False,
+            balance_infos=[
+                BalanceInfo(
+                    str(i.get("currency", "")),
+                    str(i.get("total_balance", "")),
+                    str(i.get("granted_balance", "")),
+                    str(i.get("topped_up_balance", "")),
+                )
+                for i in infos or ()
+            ],
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class FimResult:
+    """A fill-in-the-middle completion."""
+
+    text: str
+    finish_reason: str | None
+    usage: Usage | None
+    id: str = ""
+    model: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FimResult:
+        choices = (data.get("choices") if isinstance(data, dict) else None) or [{}]
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return cls(
+            text=str(choices[0].get("text") or ""),
+            finish_reason=choices[0].get("finish_reason"),
+            usage=Usage.from_dict(usage) if usage else None,
+            id=str(data.get("id", "")) if isinstance(data, dict) else "",
+            model=str(data.get("model", "")) if isinstance(data, dict) else "",
+        )

@@ -1,0 +1,195 @@
+"""The asynchronous client: the same drivers as `DeepSeek`, with async I/O."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Unpack
+
+from dskit.client._config import Clock, Pace, RetryPolicy, Timeout
+from dskit.client._core import (
+    ChatParams,
+    ClientCore,
+    HTTPRequest,
+    Messages,
+    chat_body,
+    fim_request,
+    get_request,
+)
+from dskit.client._driver import CallDriver, StreamDriver
+from dskit.client._sync import _timeout
+from dskit.client._types import Balance, ChatResult, FimResult, ModelInfo, StreamEvent
+
+if TYPE_CHECKING:
+    import httpx2
+
+
+class AsyncDeepSeek:
+    """The async DeepSeek client; one connection pool per client.
+
+    >>> async with AsyncDeepSeek() as client:
+    ...     result = await client.chat("Hello")
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: Timeout | float | None = None,
+        retry: RetryPolicy | None = None,
+        max_resumes: int = 3,
+        pace: Pace | None = None,
+        http2: bool = False,
+        max_connections: int = 100,
+        default_headers: Mapping[str, str] | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._core = ClientCore.create(
+            api_key, base_url, timeout, retry, max_resumes, pace, default_headers, clock
+        )
+        import httpx2
+
+        self._http = httpx2.AsyncClient(
+            http2=http2,
+            transport=transport,
+            limits=httpx2.Limits(max_connections=max_connections),
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return self._core.describe(type(self).__name__)
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    async def chat(self, messages: Messages, **params: Unpack[ChatParams]) -> ChatResult:
+        """Send a conversation and return the whole answer (streamed underneath)."""
+        async with self.stream(messages, **params) as stream:
+            return await stream.final()
+
+    def stream(self, messages: Messages, **params: Unpack[ChatParams]) -> AsyncStream:
+        """Stream an answer as typed events. Parameters are checked before any I/O."""
+        body = chat_body(messages, params)
+        return AsyncStream(self._http, StreamDriver(self._core, body, self._core.options(params)))
+
+    async def models(self) -> list[ModelInfo]:
+        return ModelInfo.list_from(await self._call(get_request(self._core, "/models")))
+
+    async def balance(self) -> Balance:
+        return Balance.from_dict(await self._call(get_request(self._core, "/user/balance")))
+
+    async def fim(self, prompt: str, suffix: str | None = None, **params: Any) -> FimResult:
+        """Fill in the middle between `prompt` and `suffix` (beta endpoint)."""
+        request = fim_request(self._core, prompt, suffix, params)
+        return FimResult.from_dict(await self._call(request))
+
+    async def _call(self, request: HTTPRequest) -> Any:
+        driver = CallDriver(self._core, request, self._core.options({}))
+        while True:
+            try:
+                response = await self._http.request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    content=request.content,
+                    timeout=_timeout(driver.http_timeouts()),
+                )
+                return driver.handle(response.status_code, response.headers, response.content)
+            except Exception as exc:  # every failure goes through one retry decision
+                await self._core.clock.asleep(driver.recover(exc))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncDeepSeek:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncStream:
+    """A streamed answer: an async iterator of events and an async context manager that
+    always closes its connection. `await final()` drains the rest."""
+
+    def __init__(self, http: httpx2.AsyncClient, driver: StreamDriver) -> None:
+        self._http = http
+        self._driver = driver
+        self._events = self._run()
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._events.__anext__()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the stream and release its connection (safe to call twice)."""
+        await self._events.aclose()
+
+    async def final(self) -> ChatResult:
+        async for _ in self._events:
+            pass
+        return self._driver.result()
+
+    def snapshot(self) -> ChatResult:
+        """What has arrived so far (a partial result while the stream runs)."""
+        return self._driver.result()
+
+    async def text(self) -> AsyncIterator[str]:
+        """Only the answer's text, piece by piece."""
+        async for event in self:
+            if event.type == "content":
+                yield event.text
+
+    async def _run(self) -> AsyncGenerator[StreamEvent, None]:
+        driver = self._driver
+        clock = driver.core.clock
+        while not driver.done:
+            try:
+                async for event in self._attempt():
+                    yield event
+            except Exception as exc:  # every failure goes through one retry/resume decision
+                delay = driver.recover(exc)
+                for event in driver.take_pending():
+                    yield event
+                await clock.asleep(delay)
+
+    async def _attempt(self) -> AsyncIterator[StreamEvent]:
+        driver = self._driver
+        request = driver.request()
+        async with self._http.stream(
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=request.content,
+            timeout=_timeout(driver.http_timeouts()),
+        ) as response:
+            if not driver.start(response.status_code, response.headers):
+                driver.fail(response.status_code, response.headers, await response.aread())
+            async for data in response.aiter_bytes():
+                for event in driver.feed(data):
+                    if driver.paced:
+                        await driver.core.clock.asleep(driver.pace_delay(event))
+                    yield event
+        for event in driver.finish():
+            yield event

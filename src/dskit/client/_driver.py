@@ -1,0 +1,318 @@
+"""Sans-I/O drivers: every decision of a call, none of its I/O.
+
+A shell asks a driver for the next request, hands it status, headers and body bytes, and
+on any failure asks `recover()` how long to wait before the next attempt (or gets the
+final exception raised). So retry timing, resume planning, deadlines, decoding and
+accumulation exist once, for both the sync and the async client.
+
+Before any output a failed attempt is *retried* (same request, backoff with jitter).
+After partial output a broken stream is *resumed*: the next request asks the beta Chat
+Prefix Completion endpoint to continue the text received so far, so the caller's
+iteration goes on after a `Resumed` event and never sees a token twice or loses one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from dskit._validate import is_reasoner
+from dskit.client._accumulate import Accumulator
+from dskit.client._config import Pace
+from dskit.client._core import CallOptions, ClientCore, HTTPRequest, encode, error_from_status
+from dskit.client._core import transport_error as to_api_error
+from dskit.client._errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    IncompleteStreamError,
+)
+from dskit.client._sse import SSEComment, SSEDecoder, SSEError
+from dskit.client._types import ChatResult, Done, KeepAlive, Resumed, Retrying, StreamEvent
+
+logger = logging.getLogger("dskit.client")
+KEEP_ALIVE = KeepAlive()
+
+
+class StreamBroken(APIConnectionError):
+    """The stream ended or was cut before its answer was complete."""
+
+
+class Attempts:
+    """Retry bookkeeping shared by both drivers: counts, backoff, the overall deadline."""
+
+    def __init__(self, core: ClientCore, options: CallOptions) -> None:
+        self.core = core
+        self.options = options
+        self.retries = 0
+        self.started = core.clock.now()
+
+    def remaining(self) -> float | None:
+        total = self.options.timeout.total
+        return None if total is None else total - (self.core.clock.now() - self.started)
+
+    def retryable(self, error: APIError) -> bool:
+        if isinstance(error, APIStatusError):
+            return self.options.retry.retries_status(error.status_code)
+        return isinstance(error, APIConnectionError)
+
+    def backoff(self, error: APIError, number: int) -> float:
+        """The delay before attempt `number` + 1; raises when it would pass the deadline."""
+        retry_after = error.retry_after if isinstance(error, APIStatusError) else None
+        delay = self.options.retry.delay(number, retry_after)
+        left = self.remaining()
+        if left is not None and delay >= left:
+            raise APITimeoutError(
+                f"Total timeout of {self.options.timeout.total}s would pass before the next "
+                f"attempt (last error: {error})"
+            ) from error
+        return delay
+
+    def next_retry(self, error: APIError) -> float:
+        """Delay before retrying a call that produced no output, or raise `error`."""
+        if not self.retryable(error) or self.retries >= self.options.retry.max_retries:
+            raise error
+        delay = self.backoff(error, self.retries)
+        self.retries += 1
+        logger.warning("retry %d in %.2fs after: %s", self.retries, delay, error)
+        return delay
+
+    def http_timeouts(self, *, idle: float | None = None) -> tuple[float | None, float | None]:
+        """(connect, read) for the next request, bounded by what is left of the deadline."""
+        timeout = self.options.timeout
+        read = _least(timeout.read, idle)
+        left = self.remaining()
+        if left is not None:
+            left = max(left, 0.001)
+            return _least(timeout.connect, left), _least(read, left)
+        return timeout.connect, read
+
+
+def _least(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+class _Pacer:
+    """A token bucket over delivered characters."""
+
+    def __init__(self, pace: Pace, now: float) -> None:
+        self.rate = pace.chars_per_second
+        self.capacity = float(pace.burst)
+        self.tokens = self.capacity
+        self.stamp = now
+
+    def delay(self, chars: int, now: float) -> float:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= chars
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class StreamDriver:
+    """One streamed chat answer across all its attempts."""
+
+    def __init__(self, core: ClientCore, body: dict[str, Any], options: CallOptions) -> None:
+        self.core = core
+        self.body = body
+        self.options = options
+        self.attempts = Attempts(core, options)
+        self.acc = Accumulator()
+        self.resumes = 0
+        self.done = False
+        self.request_id: str | None = None
+        self._decoder = SSEDecoder()
+        self._saw_done = False
+        self._last_data = self.attempts.started
+        self._pending: list[StreamEvent] = []
+        self._pacer = _Pacer(options.pace, self._last_data) if options.pace else None
+
+    # ---- requests ------------------------------------------------------------------
+
+    def request(self) -> HTTPRequest:
+        """The next request: the original one, or a prefix-completion resume."""
+        self._decoder = SSEDecoder()
+        self._saw_done = False
+        self._last_data = self.core.clock.now()
+        headers = self.core.headers(self.options.headers, stream=True)
+        if not self.acc.has_output:
+            return HTTPRequest(
+                "POST", self.core.url("/chat/completions"), headers, encode(self.body)
+            )
+        body = self._resume_body()
+        return HTTPRequest("POST", self.core.beta_url("/chat/completions"), headers, encode(body))
+
+    def _resume_body(self) -> dict[str, Any]:
+        prefix: dict[str, Any] = {"role": "assistant", "content": self.acc.content, "prefix": True}
+        reasoning = self.acc.reasoning
+        if is_reasoner(self.body["model"]) and reasoning is not None and not self.acc.content:
+            prefix["reasoning_content"] = reasoning
+        body = {**self.body, "messages": [*self.body["messages"], prefix]}
+        if "max_tokens" in body:
+            body["max_tokens"] = max(1, body["max_tokens"] - self.acc.pieces)
+        return body
+
+    def http_timeouts(self) -> tuple[float | None, float | None]:
+        return self.attempts.http_timeouts(idle=self.options.timeout.idle)
+
+    # ---- responses -----------------------------------------------------------------
+
+    def start(self, status: int, headers: Mapping[str, str]) -> bool:
+        """Record a response's head; False when the shell must read the error body."""
+        self.request_id = headers.get("x-ds-trace-id") or self.request_id
+        return status < 400
+
+    def fail(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        raise error_from_status(status, headers, body)
+
+    def feed(self, data: bytes) -> Iterator[StreamEvent]:
+        """Decode bytes of the body into events (the hot path).
+
+        Lazy: each chunk is digested only when the consumer asks for its events, so
+        `result()` always matches what the caller has been handed, never more.
+        """
+        try:
+            items = self._decoder.feed(data)
+        except SSEError as exc:
+            raise APIResponseError(f"Invalid event stream: {exc}") from exc
+        now = self.core.clock.now()
+        for item in items:
+            if isinstance(item, SSEComment):
+                if not self.acc.has_output:
+                    yield KEEP_ALIVE
+                continue
+            self._last_data = now
+            if item.data == "[DONE]":
+                self._saw_done = True
+            else:
+                yield from self.acc.add(self._parse(item.data))
+        self._check_clocks(now)
+
+    def _parse(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamBroken(f"Malformed chunk in the stream: {data[:200]!r}") from exc
+        if not isinstance(chunk, dict):
+            raise StreamBroken(f"Unexpected chunk in the stream: {data[:200]!r}")
+        if "error" in chunk:
+            raise APIResponseError(f"Error in the stream: {chunk['error']}")
+        return chunk
+
+    def _check_clocks(self, now: float) -> None:
+        idle = self.options.timeout.idle
+        if idle is not None and now - self._last_data > idle:
+            raise APITimeoutError(f"No data for {idle}s (idle timeout; keep-alives do not count)")
+        left = self.attempts.remaining()
+        if left is not None and left <= 0:
+            raise APITimeoutError(f"Total timeout of {self.options.timeout.total}s exceeded")
+
+    def finish(self) -> list[StreamEvent]:
+        """The body ended cleanly: complete, or broken (raises `StreamBroken`)."""
+        self._decoder.close()
+        finish = self.acc.finish_reason
+        if finish == "insufficient_system_resource":
+            raise StreamBroken("The server cut the answer for lack of capacity")
+        if finish is None and not self._saw_done:
+            raise StreamBroken("The stream ended without a finish_reason or [DONE]")
+        self.done = True
+        result = self.result()
+        logger.info(
+            "chat done id=%s request=%s finish=%s retries=%d resumes=%d",
+            result.id,
+            self.request_id,
+            finish,
+            self.attempts.retries,
+            self.resumes,
+        )
+        return [Done(result)]
+
+    @property
+    def paced(self) -> bool:
+        return self._pacer is not None
+
+    def pace_delay(self, event: StreamEvent) -> float:
+        if self._pacer is None:
+            return 0.0
+        text = getattr(event, "text", None)
+        return self._pacer.delay(len(text), self.core.clock.now()) if text else 0.0
+
+    def result(self) -> ChatResult:
+        return self.acc.result(self.resumes)
+
+    # ---- failures ------------------------------------------------------------------
+
+    def recover(self, exc: BaseException) -> float:
+        """Plan the attempt after a failure: the delay before it, or raise the final error."""
+        error = to_api_error(exc, self.core)
+        if not self.acc.has_output:
+            delay = self.attempts.next_retry(error)
+            self._pending.append(Retrying(self.attempts.retries, delay, str(error)))
+            return delay
+        return self._plan_resume(error)
+
+    def _plan_resume(self, error: APIError) -> float:
+        if self.acc.has_tool_calls:
+            raise self._incomplete("the stream broke inside a tool call", error)
+        if not self.attempts.retryable(error):
+            raise self._incomplete("the failure cannot be resumed", error)
+        if self.resumes >= self.options.max_resumes:
+            raise self._incomplete(f"gave up after {self.resumes} resumes", error)
+        delay = 0.0 if isinstance(error, StreamBroken) else self._resume_backoff(error)
+        self.resumes += 1
+        self.acc.finish_reason = None
+        self._pending.append(Resumed(self.resumes, str(error)))
+        logger.warning("resume %d after: %s", self.resumes, error)
+        return delay
+
+    def _resume_backoff(self, error: APIError) -> float:
+        try:
+            return self.attempts.backoff(error, self.resumes)
+        except APITimeoutError as timeout:
+            raise self._incomplete("the total timeout would pass", timeout) from error
+
+    def _incomplete(self, why: str, error: APIError) -> IncompleteStreamError:
+        partial = self.result()
+        return IncompleteStreamError(
+            f"Incomplete answer: {why} ({error}); {len(partial.content)} characters arrived",
+            partial=partial,
+            cause=str(error),
+        )
+
+    def take_pending(self) -> list[StreamEvent]:
+        pending, self._pending = self._pending, []
+        return pending
+
+
+class CallDriver:
+    """A plain JSON request (models, balance, FIM) with retries."""
+
+    def __init__(self, core: ClientCore, request: HTTPRequest, options: CallOptions) -> None:
+        self.core = core
+        self._request = request
+        self.attempts = Attempts(core, options)
+
+    def request(self) -> HTTPRequest:
+        return self._request
+
+    def http_timeouts(self) -> tuple[float | None, float | None]:
+        return self.attempts.http_timeouts()
+
+    def handle(self, status: int, headers: Mapping[str, str], body: bytes) -> Any:
+        """The parsed JSON of a response, or the typed error for it."""
+        if status >= 400:
+            raise error_from_status(status, headers, body)
+        try:
+            # the server may send blank lines while it queues a non-streamed request
+            return orjson.loads(body.strip() or b"null")
+        except orjson.JSONDecodeError as exc:
+            raise APIResponseError(f"The server sent invalid JSON: {body[:200]!r}") from exc
+
+    def recover(self, exc: BaseException) -> float:
+        return self.attempts.next_retry(to_api_error(exc, self.core))

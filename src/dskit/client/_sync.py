@@ -1,0 +1,205 @@
+"""The synchronous client: a thin I/O shell over the shared drivers."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Unpack
+
+from dskit.client._config import Clock, Pace, RetryPolicy, Timeout
+from dskit.client._core import (
+    ChatParams,
+    ClientCore,
+    HTTPRequest,
+    Messages,
+    chat_body,
+    fim_request,
+    get_request,
+)
+from dskit.client._driver import CallDriver, StreamDriver
+from dskit.client._types import Balance, ChatResult, FimResult, ModelInfo, StreamEvent
+
+if TYPE_CHECKING:
+    import httpx2
+
+
+class DeepSeek:
+    """A DeepSeek client. Thread-safe; one connection pool per client.
+
+    >>> client = DeepSeek()                      # key from DEEPSEEK_API_KEY
+    >>> client.chat("Hello").content
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: Timeout | float | None = None,
+        retry: RetryPolicy | None = None,
+        max_resumes: int = 3,
+        pace: Pace | None = None,
+        http2: bool = False,
+        max_connections: int = 100,
+        default_headers: Mapping[str, str] | None = None,
+        transport: httpx2.BaseTransport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._core = ClientCore.create(
+            api_key, base_url, timeout, retry, max_resumes, pace, default_headers, clock
+        )
+        import httpx2
+
+        self._http = httpx2.Client(
+            http2=http2,
+            transport=transport,
+            limits=httpx2.Limits(max_connections=max_connections),
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return self._core.describe(type(self).__name__)
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    # ---- chat ------------------------------------------------------------------------
+
+    def chat(self, messages: Messages, **params: Unpack[ChatParams]) -> ChatResult:
+        """Send a conversation and return the whole answer (streamed underneath, so a
+        broken connection is resumed rather than lost)."""
+        with self.stream(messages, **params) as stream:
+            return stream.final()
+
+    def stream(self, messages: Messages, **params: Unpack[ChatParams]) -> Stream:
+        """Stream an answer as typed events. Parameters are checked before any I/O."""
+        body = chat_body(messages, params)
+        return Stream(self._http, StreamDriver(self._core, body, self._core.options(params)))
+
+    # ---- other endpoints -----------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        return ModelInfo.list_from(self._call(get_request(self._core, "/models")))
+
+    def balance(self) -> Balance:
+        return Balance.from_dict(self._call(get_request(self._core, "/user/balance")))
+
+    def fim(self, prompt: str, suffix: str | None = None, **params: Any) -> FimResult:
+        """Fill in the middle between `prompt` and `suffix` (beta endpoint)."""
+        request = fim_request(self._core, prompt, suffix, params)
+        return FimResult.from_dict(self._call(request))
+
+    def _call(self, request: HTTPRequest) -> Any:
+        driver = CallDriver(self._core, request, self._core.options({}))
+        while True:
+            try:
+                response = self._http.request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    content=request.content,
+                    timeout=_timeout(driver.http_timeouts()),
+                )
+                return driver.handle(response.status_code, response.headers, response.content)
+            except Exception as exc:  # every failure goes through one retry decision
+                self._core.clock.sleep(driver.recover(exc))
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DeepSeek:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _timeout(pair: tuple[float | None, float | None]) -> Any:
+    import httpx2
+
+    connect, read = pair
+    return httpx2.Timeout(connect=connect, read=read, write=connect, pool=connect)
+
+
+class Stream:
+    """A streamed answer: an iterator of events and a context manager that always closes
+    its connection. `final()` drains the rest and returns the whole `ChatResult`."""
+
+    def __init__(self, http: httpx2.Client, driver: StreamDriver) -> None:
+        self._http = http
+        self._driver = driver
+        self._events = self._run()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        return next(self._events)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the stream and release its connection (safe to call twice)."""
+        self._events.close()
+
+    def final(self) -> ChatResult:
+        for _ in self._events:
+            pass
+        return self._driver.result()
+
+    def snapshot(self) -> ChatResult:
+        """What has arrived so far (a partial result while the stream runs)."""
+        return self._driver.result()
+
+    def text(self) -> Iterator[str]:
+        """Only the answer's text, piece by piece."""
+        for event in self:
+            if event.type == "content":
+                yield event.text
+
+    def _run(self) -> Generator[StreamEvent, None, None]:
+        driver = self._driver
+        clock = driver.core.clock
+        while not driver.done:
+            try:
+                yield from self._attempt()
+            except Exception as exc:  # every failure goes through one retry/resume decision
+                delay = driver.recover(exc)
+                yield from driver.take_pending()
+                clock.sleep(delay)
+
+    def _attempt(self) -> Iterator[StreamEvent]:
+        driver = self._driver
+        request = driver.request()
+        with self._http.stream(
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=request.content,
+            timeout=_timeout(driver.http_timeouts()),
+        ) as response:
+            if not driver.start(response.status_code, response.headers):
+                driver.fail(response.status_code, response.headers, response.read())
+            for data in response.iter_bytes():
+                for event in driver.feed(data):
+                    if driver.paced:
+                        driver.core.clock.sleep(driver.pace_delay(event))
+                    yield event
+        yield from driver.finish()
