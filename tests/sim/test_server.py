@@ -80,6 +80,12 @@ def test_stats_and_reset(sim_factory: Any) -> None:
     assert server.stats.requests == 0 and server.stats.by_path == {}
 
 
+def test_keys_stay_out_of_reprs() -> None:
+    config = SimConfig(api_keys=("sk-secret-key-5678",))
+    assert "sk-secret" not in repr(config)
+    assert "sk-secret" not in repr(SimServer(config))
+
+
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         SimConfig(faults=("explode",))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dskit._validate import is_reasoner
 
@@ -37,7 +37,7 @@ class SimConfig:
     sees the same faults in the same order every run.
     """
 
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # keys never show in reprs
     models: tuple[str, ...] = DEFAULT_MODELS
     ttft_ms: float = 0
     token_ms: float = 0

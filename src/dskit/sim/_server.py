@@ -160,6 +160,7 @@ class SimServer:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
+            timeout_keep_alive=75,  # pooled client connections outlive short test pauses
             server_header=False,
         )
         server = uvicorn.Server(config)
