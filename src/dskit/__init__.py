@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from dskit.client import (
         APIConnectionError,
         APIError,
+        APIResponseError,
         APIStatusError,
         APITimeoutError,
         AuthenticationError,
@@ -36,13 +37,15 @@ if TYPE_CHECKING:
         ValidationError,
     )
     from dskit.client._async import AsyncDeepSeek
-    from dskit.client._config import RetryPolicy, Timeout
+    from dskit.client._config import Limits, Pace, RetryPolicy, Timeout
     from dskit.client._sync import DeepSeek
 
 _LAZY: dict[str, str] = {
     "DeepSeek": "dskit.client._sync",
     "AsyncDeepSeek": "dskit.client._async",
     "RetryPolicy": "dskit.client._config",
+    "Limits": "dskit.client._config",
+    "Pace": "dskit.client._config",
     "Timeout": "dskit.client._config",
     "ChatSession": "dskit.session",
     "AsyncChatSession": "dskit.session",
@@ -53,6 +56,7 @@ _LAZY: dict[str, str] = {
 _ERRORS = (
     "APIConnectionError",
     "APIError",
+    "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
@@ -78,6 +82,7 @@ _LAZY.update(dict.fromkeys(_ERRORS, "dskit.client"))
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
     "AsyncChatSession",
@@ -93,7 +98,9 @@ __all__ = [
     "IncompleteStreamError",
     "InsufficientBalanceError",
     "InternalServerError",
+    "Limits",
     "NotFoundError",
+    "Pace",
     "RateLimitError",
     "RedisStore",
     "RetryPolicy",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import pytest
 
-from dskit import DeepSeek
+from dskit import APIResponseError, DeepSeek, Limits
 from dskit.client import ContentDelta
 from dskit.client._config import Pace
 
@@ -70,3 +75,64 @@ def test_logs_carry_request_ids_and_never_the_key(
     assert "resume 1" in caplog.text
     assert "chat done" in caplog.text and "request=" in caplog.text
     assert secret not in caplog.text
+
+
+class _ReplayHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with one recorded body, gzip-compressed or not."""
+
+    body = b""
+    gzip = True
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        payload = gzip.compress(self.body) if self.gzip else self.body
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        if self.gzip:
+            self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def replay_server() -> Iterator[type[_ReplayHandler]]:
+    handler = type("Handler", (_ReplayHandler,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    handler.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    yield handler
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def _recorded_stream(sim: Any) -> bytes:
+    body = {
+        "model": "deepseek-chat",
+        "messages": [{"role": "user", "content": "gz"}],
+        "stream": True,
+    }
+    headers = {"Authorization": "Bearer sk-test-000000"}
+    return httpx2.post(f"{sim.base_url}/chat/completions", json=body, headers=headers).content
+
+
+def test_compressed_streams_are_accepted(sim: Any, replay_server: Any) -> None:
+    replay_server.body = _recorded_stream(sim)
+    with DeepSeek("sk-test-000000", base_url=sim.base_url) as direct:
+        expected = direct.chat("gz").content
+    with DeepSeek("sk-test-000000", base_url=replay_server.url) as client:
+        assert client.chat("gz").content == expected
+
+
+def test_an_oversized_event_ends_with_a_clear_error(sim: Any, replay_server: Any) -> None:
+    replay_server.gzip = False
+    replay_server.body = b"data: " + b"x" * 5000 + b"\n\n"
+    limits = Limits(max_event_bytes=1024)
+    with DeepSeek("sk-test-000000", base_url=replay_server.url, limits=limits) as client:
+        with pytest.raises(APIResponseError, match="1024"):
+            client.chat("big")

@@ -61,6 +61,19 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits: pooled connections, and the largest SSE event accepted.
+
+    An event larger than `max_event_bytes` ends the stream with a clear error instead of
+    buffering without bound.
+    """
+
+    max_connections: int = 100
+    max_keepalive_connections: int = 20
+    max_event_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Pace:
     """Token-bucket pacing of delivered text: at most `chars_per_second`, bursts of `burst`."""
 

@@ -16,7 +16,15 @@ import orjson
 
 from dskit._validate import check_chat_request
 from dskit._version import __version__
-from dskit.client._config import DEFAULT_BASE_URL, Clock, Pace, RetryPolicy, SystemClock, Timeout
+from dskit.client._config import (
+    DEFAULT_BASE_URL,
+    Clock,
+    Limits,
+    Pace,
+    RetryPolicy,
+    SystemClock,
+    Timeout,
+)
 from dskit.client._errors import (
     APIConnectionError,
     APIError,
@@ -107,6 +115,7 @@ class ClientCore:
     pace: Pace | None
     default_headers: dict[str, str]
     clock: Clock
+    limits: Limits
 
     @classmethod
     def create(
@@ -119,6 +128,7 @@ class ClientCore:
         pace: Pace | None,
         default_headers: Mapping[str, str] | None,
         clock: Clock | None,
+        limits: Limits | None = None,
     ) -> ClientCore:
         key = api_key if api_key is not None else os.environ.get("DEEPSEEK_API_KEY", "")
         if not key.strip():
@@ -138,6 +148,7 @@ class ClientCore:
             pace=pace,
             default_headers=dict(default_headers or {}),
             clock=clock or SystemClock(),
+            limits=limits or Limits(),
         )
 
     def describe(self, class_name: str) -> str:

@@ -127,7 +127,8 @@ class StreamDriver:
         self.resumes = 0
         self.done = False
         self.request_id: str | None = None
-        self._decoder = SSEDecoder()
+        self.status = 0
+        self._decoder = self._new_decoder()
         self._saw_done = False
         self._last_data = self.attempts.started
         self._pending: list[StreamEvent] = []
@@ -137,7 +138,7 @@ class StreamDriver:
 
     def request(self) -> HTTPRequest:
         """The next request: the original one, or a prefix-completion resume."""
-        self._decoder = SSEDecoder()
+        self._decoder = self._new_decoder()
         self._saw_done = False
         self._last_data = self.core.clock.now()
         headers = self.core.headers(self.options.headers, stream=True)
@@ -147,6 +148,9 @@ class StreamDriver:
             )
         body = self._resume_body()
         return HTTPRequest("POST", self.core.beta_url("/chat/completions"), headers, encode(body))
+
+    def _new_decoder(self) -> SSEDecoder:
+        return SSEDecoder(max_event_size=self.core.limits.max_event_bytes)
 
     def _resume_body(self) -> dict[str, Any]:
         prefix: dict[str, Any] = {"role": "assistant", "content": self.acc.content, "prefix": True}
@@ -166,6 +170,8 @@ class StreamDriver:
     def start(self, status: int, headers: Mapping[str, str]) -> bool:
         """Record a response's head; False when the shell must read the error body."""
         self.request_id = headers.get("x-ds-trace-id") or self.request_id
+        self.status = status
+        logger.debug("POST status=%d request=%s", status, self.request_id)
         return status < 400
 
     def fail(self, status: int, headers: Mapping[str, str], body: bytes) -> None:

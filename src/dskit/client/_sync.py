@@ -6,7 +6,7 @@ from collections.abc import Generator, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
-from dskit.client._config import Clock, Pace, RetryPolicy, Timeout
+from dskit.client._config import Clock, Limits, Pace, RetryPolicy, Timeout
 from dskit.client._core import (
     ChatParams,
     ClientCore,
@@ -40,20 +40,23 @@ class DeepSeek:
         max_resumes: int = 3,
         pace: Pace | None = None,
         http2: bool = False,
-        max_connections: int = 100,
+        limits: Limits | None = None,
         default_headers: Mapping[str, str] | None = None,
         transport: httpx2.BaseTransport | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._core = ClientCore.create(
-            api_key, base_url, timeout, retry, max_resumes, pace, default_headers, clock
+            api_key, base_url, timeout, retry, max_resumes, pace, default_headers, clock, limits
         )
         import httpx2
 
         self._http = httpx2.Client(
             http2=http2,
             transport=transport,
-            limits=httpx2.Limits(max_connections=max_connections),
+            limits=httpx2.Limits(
+                max_connections=self._core.limits.max_connections,
+                max_keepalive_connections=self._core.limits.max_keepalive_connections,
+            ),
             follow_redirects=False,
         )
 
