@@ -1,0 +1,104 @@
+"""A tiny expect: run a command in a real pseudo-terminal and wait for its output.
+
+The child becomes a session leader with the pty as its controlling terminal, so a
+written Ctrl-C (\\x03) reaches it as SIGINT exactly as it would from a keyboard.
+Reads wait on `select` with a deadline; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Mapping, Sequence
+
+# Make the pty the controlling terminal, then run the dskit CLI in this process.
+BOOT = (
+    "import fcntl, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "sys.argv = ['dskit', *sys.argv[1:]]; from dskit.cli import main; main()"
+)
+ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: titles, links
+    r"|\x1b[()][0-9A-Za-z]|\x1b[=>78]"
+)
+
+
+def plain(raw: str) -> str:
+    """Terminal output without escape sequences and carriage returns."""
+    return ANSI.sub("", raw).replace("\r", "")
+
+
+def squash(text: str) -> str:
+    """Whitespace collapsed, so text wrapped by the terminal compares equal."""
+    return " ".join(text.split())
+
+
+class Terminal:
+    def __init__(
+        self, args: Sequence[str], env: Mapping[str, str], *, cols: int = 120, rows: int = 40
+    ) -> None:
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", BOOT, *args], stdin=slave, stdout=slave, stderr=slave,
+            env=dict(env), start_new_session=True, close_fds=True,
+        )  # fmt: skip
+        os.close(slave)
+        self.fd = master
+        self.raw = ""
+        self.seen = 0  # `expect` searches the plain text after this offset
+
+    @property
+    def text(self) -> str:
+        return plain(self.raw)
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            return False
+        if not data:
+            return False
+        self.raw += data.decode("utf-8", "replace")
+        return True
+
+    def expect(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """Wait until `pattern` (a regex) appears in new plain output; return the match."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            found = regex.search(self.text, self.seen)
+            if found:
+                self.seen = found.end()
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(min(left, 0.2)):
+                tail = self.text[-2000:]
+                raise AssertionError(f"{pattern!r} not seen within {timeout}s; output:\n{tail}")
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """Drain output until the child exits; its exit status."""
+        deadline = time.monotonic() + timeout
+        while self._read(min(0.2, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                break
+        return self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        os.close(self.fd)

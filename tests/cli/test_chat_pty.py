@@ -1,0 +1,109 @@
+"""The REPL driven in a real terminal (a pty) against the built-in simulator.
+
+One conversation goes through everything a user does: a streamed answer, Ctrl-C in the
+middle of the next one (the partial answer is kept, marked incomplete), /retry, /undo,
+Ctrl-D, then `dskit chat --continue` picking the conversation up in a new process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dskit.store import SessionRecord, SQLiteStore
+from tests.cli._pty import Terminal, squash
+from tests.conftest import wait_until
+
+PROMPT = "you ›"
+FOOTER = r"tokens \d+ in( \(\d+ cached\))? / \d+ out · ~\S+ \(estimate\)"
+
+
+@pytest.fixture
+def env(home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPSEEK_", "NO_COLOR"))}
+    env.update(
+        DSKIT_HOME=str(home.root), DSKIT_CONFIG=str(home.config), TERM="xterm-256color",
+        PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="120", LINES="40",
+    )  # fmt: skip
+    return env
+
+
+def latest(home) -> SessionRecord:
+    store = SQLiteStore(home.store)
+    try:
+        return store.load(store.list_sessions(1)[0].id)
+    finally:
+        store.close()
+
+
+def answer_growing(home, question: str) -> bool:
+    if not home.store.exists():
+        return False
+    messages = latest(home).messages
+    return (
+        len(messages) >= 2 and messages[-2].content == question
+        and messages[-1].role == "assistant" and bool(messages[-1].content)
+    )  # fmt: skip
+
+
+def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
+    term = Terminal(["chat", "--sim-token-ms", "30"], env)
+    try:
+        term.expect("No DEEPSEEK_API_KEY set: using the built-in offline simulator")
+        term.expect(PROMPT)
+        term.send("hello there\r")
+        term.expect(FOOTER)
+        term.expect(PROMPT)
+        first = latest(home).messages[1]
+        assert not first.incomplete and squash(first.content) in squash(term.text)
+
+        term.send("tell me more\r")
+        wait_until(lambda: answer_growing(home, "tell me more"), timeout=15)
+        term.send("\x03")  # Ctrl-C in the middle of the answer
+        term.expect(r"\[interrupted: the answer stopped here; the partial answer is kept\]")
+        term.expect(PROMPT)
+        partial = latest(home).messages[-1]
+        assert partial.incomplete and partial.content
+        assert squash(partial.content) in squash(term.text)
+
+        term.send("/retry\r")
+        term.expect("Retrying: tell me more")
+        term.expect(FOOTER)
+        term.expect(PROMPT)
+        messages = latest(home).messages
+        assert [m.content for m in messages[:3]] == ["hello there", first.content, "tell me more"]
+        retried = messages[3]
+        assert len(messages) == 4 and not retried.incomplete
+        # the simulator is deterministic: the full answer continues what was cut off
+        assert retried.content.startswith(partial.content) and retried.content != partial.content
+
+        term.send("/undo\r")
+        term.expect(r"Removed the last turn \(2 messages\): tell me more")
+        term.expect(PROMPT)
+        assert [m.content for m in latest(home).messages] == ["hello there", first.content]
+
+        term.send("\x04")  # Ctrl-D quits
+        term.expect("Bye. Session saved")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    session_id = latest(home).id
+    assert "hello there" in (home.root / "chat_history").read_text()
+
+    term = Terminal(["chat", "--continue", "--sim-token-ms", "0"], env)
+    try:
+        term.expect(f"Continuing session {session_id[:12]} \\(2 messages\\): hello there")
+        term.expect(PROMPT)
+        assert squash(first.content[-200:]) in squash(term.text)  # the previous answer
+        term.send("and then?\r")
+        term.expect(FOOTER)
+        term.expect(PROMPT)
+        term.send("\x04")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    record = latest(home)
+    assert record.id == session_id
+    assert [m.content for m in record.messages[:3]] == ["hello there", first.content, "and then?"]
+    assert record.messages[3].role == "assistant" and not record.messages[3].incomplete
