@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -27,6 +28,7 @@ ERROR_STATUSES = (400, 401, 404, 409, 413, 422, 429, 502, 503, 504)
 ERROR_DOC: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": "An error"} for status in ERROR_STATUSES
 }
+logger = logging.getLogger("dskit.gateway")
 STATIC = resources.files("dskit.gateway") / "static"
 
 
@@ -68,7 +70,10 @@ def _error_response(error: GatewayError) -> Response:
 
 def _install_handlers(app: FastAPI, gw: Gateway) -> None:
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        return _error_response(from_exception(exc))
+        error = from_exception(exc)
+        if error.status >= 500 and not isinstance(exc, GatewayError):
+            logger.error("unexpected error on %s", request.url.path, exc_info=exc)
+        return _error_response(error)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

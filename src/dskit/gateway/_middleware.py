@@ -51,22 +51,29 @@ class GatewayMiddleware:
         header = request_id.encode()
 
         async def send_wrapper(message: Message) -> None:
+            if state.get("too_large"):  # the app saw a broken body: answer 413 instead
+                if message["type"] == "http.response.start":
+                    await self._too_large(send_wrapper_raw)
+                return
+            await send_wrapper_raw(message)
+
+        async def send_wrapper_raw(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"], state["started"] = message["status"], True
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", header)]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", header)]
             await send(message)
 
         if _declared_length(scope) > self.max_body:
-            await self._too_large(send_wrapper)
+            await self._too_large(send_wrapper_raw)
             return
         try:
-            await self.app(scope, self._limited(receive), send_wrapper)
+            await self.app(scope, self._limited(receive, state), send_wrapper)
         except BodyTooLarge:
             if not state["started"]:
-                await self._too_large(send_wrapper)
+                await self._too_large(send_wrapper_raw)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, state: dict[str, Any]) -> Receive:
+        """Count body bytes as they arrive (a chunked body declares no length)."""
         seen = 0
 
         async def limited() -> Message:
@@ -75,6 +82,7 @@ class GatewayMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
+                    state["too_large"] = True
                     raise BodyTooLarge
             return message
 

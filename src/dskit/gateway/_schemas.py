@@ -184,7 +184,7 @@ class EventPage(BaseModel):
 class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    key: str = Field(min_length=1, max_length=200)
+    key: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
 
 
 class GatewayInfo(BaseModel):

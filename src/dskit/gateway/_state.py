@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from dskit.client._async import AsyncDeepSeek
-from dskit.client._config import RetryPolicy, Timeout
+from dskit.client._config import Limits, RetryPolicy, Timeout
 from dskit.client._errors import ConfigError
 from dskit.gateway._answers import AnswerRunner
 from dskit.gateway._auth import LOCAL_PRINCIPAL, KeyStore
@@ -98,7 +98,8 @@ class Gateway:
         else:
             self.mode, key, base_url = "simulator", PLACEHOLDER_KEY, await self._start_sim()
         self._client = AsyncDeepSeek(
-            api_key=key, base_url=base_url, max_connections=10_000,
+            api_key=key, base_url=base_url,
+            limits=Limits(max_connections=10_000, max_keepalive_connections=1_000),
             retry=RetryPolicy(max_retries=self.settings.upstream_max_retries, base_delay=0.5),
             max_resumes=self.settings.upstream_max_resumes,
             timeout=Timeout(connect=10.0, read=660.0, idle=300.0),

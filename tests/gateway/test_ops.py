@@ -1,0 +1,135 @@
+"""Operations: metrics, health, logs (JSON, request ids, keys redacted), `dskit serve` itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+
+from dskit.gateway._logging import JsonFormatter, RequestIdFilter
+from tests.conftest import free_port, wait_until
+from tests.gateway.conftest import GatewayServer
+
+CHAT = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{line_start} not in metrics")
+
+
+def test_metrics_count_requests_tokens_latency_and_errors(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        for _ in range(2):
+            http.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        http.post("/v1/chat/completions", json={"model": "x"})
+        text = http.get("/metrics").text
+    assert (
+        _metric(
+            text,
+            'dskit_gateway_requests_total{method="POST",route="/v1/chat/completions",status="200"}',
+        )
+        == 2
+    )
+    assert (
+        _metric(
+            text,
+            'dskit_gateway_requests_total{method="POST",route="/v1/chat/completions",status="422"}',
+        )
+        == 1
+    )
+    assert _metric(text, 'dskit_gateway_tokens_total{kind="completion"}') > 0
+    assert (
+        _metric(
+            text, 'dskit_gateway_time_to_first_token_seconds_count{endpoint="chat_completions"}'
+        )
+        == 2
+    )
+    assert (
+        _metric(text, 'dskit_gateway_answer_duration_seconds_count{endpoint="chat_completions"}')
+        == 2
+    )
+    assert _metric(text, 'dskit_gateway_errors_total{kind="validation"}') == 1
+    assert _metric(text, "dskit_gateway_active_streams") == 0
+
+
+def test_health_and_readiness(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["upstream"] == "custom"
+        assert ready.headers["x-request-id"]
+        echoed = http.get("/healthz", headers={"X-Request-ID": "req-123"})
+        assert echoed.headers["x-request-id"] == "req-123"
+
+
+def test_json_logs_carry_request_ids_and_never_keys(
+    gateway: GatewayServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = logging.Handler()
+    records: list[str] = []
+    handler.emit = lambda record: records.append(handler.format(record))  # type: ignore[method-assign]
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    logger = logging.getLogger("dskit")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with gateway.client() as http:
+            http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "trace-42"})
+            http.post(
+                "/v1/chat/completions", json=CHAT,
+                headers={"X-Sim-Status": "401", "X-Request-ID": "trace-43"},
+            )  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [orjson.loads(r) for r in records]
+    access = [x for x in lines if x["logger"] == "dskit.gateway.access"]
+    assert {x["request_id"] for x in access} >= {"trace-42", "trace-43"}
+    assert all({"time", "level", "logger", "message"} <= set(x) for x in lines)
+    assert not any("sk-test-upstream-0123456789" in r for r in records)
+
+
+def test_dskit_serve_runs_the_simulator_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "DSKIT_HOME": str(tmp_path)}
+    env.pop("DEEPSEEK_API_KEY", None)
+    env.pop("DEEPSEEK_BASE_URL", None)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dskit"), "serve", "--port", str(port),
+             "--log-format", "json"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> Any:
+            try:
+                return httpx2.get(f"{url}/readyz", timeout=1).status_code == 200
+            except httpx2.HTTPError:
+                return False
+
+        wait_until(ready, timeout=30, interval=0.1)
+        info = httpx2.get(f"{url}/v1/gateway").json()
+        reply = httpx2.post(f"{url}/v1/chat/completions", json=CHAT, timeout=30)
+        page = httpx2.get(url).text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert info["upstream"] == "simulator" and reply.status_code == 200
+    assert "simulator-banner" in page
+    lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any("OFFLINE SIMULATOR" in x["message"] and x["level"] == "warning" for x in lines)
