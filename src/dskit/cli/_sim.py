@@ -8,7 +8,7 @@ from types import FrameType
 
 import click
 
-from dskit.sim import FAULT_KINDS, SimConfig, SimServer
+from dskit.sim._config import FAULT_KINDS, SimConfig
 
 EPILOG = """\b
 Examples:
@@ -62,6 +62,8 @@ def sim(
     completion, FIM, models, balance) with deterministic replies and no network access.
     The first line printed is the base URL.
     """
+    from dskit.sim import SimServer  # the HTTP stack loads only when the command runs
+
     config = SimConfig(
         api_keys=api_keys,
         ttft_ms=ttft_ms,
