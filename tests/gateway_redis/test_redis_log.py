@@ -1,0 +1,196 @@
+"""RedisStreamLog against a real Redis: numbering, waiting readers, leases and takeover."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from dskit.gateway._redis_log import LeaseLostError, RedisLogSettings, RedisStreamLog, connect
+from dskit.gateway._streamlog import StreamLog, UnknownAnswerError
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], within: float = 5.0) -> Any:
+    """Poll an async condition until it holds or the deadline passes."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def text(value: str) -> bytes:
+    return orjson.dumps({"text": value})
+
+
+async def started(log: RedisStreamLog, worker: str = "w1", session: str = "s1") -> str:
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, session, job=b'{"x": 1}')
+    assert await log.lease(answer_id, worker, 30.0)
+    return answer_id
+
+
+def test_satisfies_the_protocol(log: RedisStreamLog) -> None:
+    assert isinstance(log, StreamLog)
+    assert "redis://" not in repr(log)
+
+
+async def test_numbered_events_readable_from_another_instance(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    answer_id = await started(log)
+    seqs = [await log.append(answer_id, "content", text(c)) for c in "abcde"]
+    assert seqs == [1, 2, 3, 4, 5]
+    whole = await other_log.read(answer_id)
+    assert [e.seq for e in whole.entries] == seqs and not whole.finished
+    after = await other_log.read(answer_id, after=3)
+    assert [orjson.loads(e.data)["text"] for e in after.entries] == ["d", "e"]
+    assert after.entries[0].kind == "content"
+    assert await other_log.active("s1") == answer_id
+    info = await other_log.info(answer_id)
+    assert info is not None and info.session_id == "s1" and not info.finished
+    assert await other_log.job(answer_id) == b'{"x": 1}'
+
+
+async def test_waiting_reader_wakes_on_append_and_on_finish(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    answer_id = await started(log)
+    reader = asyncio.create_task(other_log.read(answer_id, after=0, wait=10.0))
+    await asyncio.sleep(0.05)
+    began = time.monotonic()
+    await log.append(answer_id, "content", text("hi"))
+    piece = await asyncio.wait_for(reader, 5)
+    assert [e.seq for e in piece.entries] == [1]
+    assert time.monotonic() - began < 2.0
+    reader = asyncio.create_task(other_log.read(answer_id, after=1, wait=10.0))
+    await asyncio.sleep(0.05)
+    await log.finish(answer_id)
+    piece = await asyncio.wait_for(reader, 5)
+    assert piece.entries == [] and piece.finished
+    assert await other_log.active("s1") is None
+    info = await other_log.info(answer_id)
+    assert info is not None and info.finished
+
+
+async def test_finished_answer_expires_after_its_ttl(log: RedisStreamLog) -> None:
+    answer_id = await started(log)
+    await log.append(answer_id, "done", b"{}")
+    await log.finish(answer_id)
+    meta = f"{log.settings.namespace}:answer:{{{answer_id}}}:meta"
+    ttl = await log.redis.ttl(meta)
+    assert 0 < ttl <= log.settings.answer_ttl
+    with pytest.raises(LeaseLostError):
+        await log.append(answer_id, "content", text("late"))
+
+
+async def test_unknown_and_malformed_answers(log: RedisStreamLog) -> None:
+    with pytest.raises(UnknownAnswerError):
+        await log.read("nope")
+    assert await log.info("nope") is None
+    assert await log.info("bad{id}") is None
+    assert await log.active("bad}") is None
+    with pytest.raises(UnknownAnswerError):
+        await log.lease("nope", "w", 1.0)
+    with pytest.raises(ValueError, match="namespace"):
+        RedisLogSettings(namespace="a{b}")
+
+
+async def test_append_needs_the_lease(log: RedisStreamLog, other_log: RedisStreamLog) -> None:
+    answer_id = await started(log)
+    assert not await other_log.lease(answer_id, "w2", 30.0)
+    with pytest.raises(LeaseLostError):
+        await other_log.append(answer_id, "content", text("intruder"))
+    assert [e.seq for e in (await log.read(answer_id)).entries] == []
+
+
+async def test_lease_is_renewed_while_the_instance_lives(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    answer_id = await started(log)
+    await asyncio.sleep(log.settings.lease_ttl * 2.5)  # several lease periods, on purpose
+    assert await other_log.orphans() == []
+    assert not await other_log.lease(answer_id, "w2", 30.0)
+    await log.append(answer_id, "content", text("still mine"))
+
+
+async def test_dead_instance_answer_is_taken_over_and_zombie_fenced(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    answer_id = await started(log)
+    for piece in ("Hel", "lo, "):
+        await log.append(answer_id, "content", text(piece))
+    await log.append(answer_id, "reasoning", text("think"))
+    log._renewers[answer_id].cancel()  # the instance freezes: its lease lapses
+    orphans = await eventually(other_log.orphans)
+    assert orphans == [answer_id]
+    assert await other_log.lease(answer_id, "w2", 30.0)
+    assert await other_log.orphans() == []
+    partial = await other_log.partial(answer_id)
+    assert (partial.seq, partial.content, partial.reasoning) == (3, "Hello, ", "think")
+    assert not partial.has_tool_calls and not partial.finished
+    with pytest.raises(LeaseLostError):  # the frozen instance wakes up: fenced off
+        await log.append(answer_id, "content", text("zombie"))
+    assert await other_log.append(answer_id, "content", text("world")) == 4
+    await other_log.finish(answer_id)
+    assert await other_log.orphans() == []
+
+
+async def test_released_unfinished_answer_is_an_orphan(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    answer_id = await started(log)
+    await log.release(answer_id, "w1")
+    assert await other_log.orphans() == [answer_id]
+    assert not log.holds(answer_id)
+
+
+async def test_concurrent_takeover_has_one_winner(redis_url: str, redis_prefix: str) -> None:
+    settings = RedisLogSettings(namespace=redis_prefix, lease_ttl=5.0)
+    logs = [RedisStreamLog(connect(redis_url), settings) for _ in range(5)]
+    try:
+        answer_id = uuid.uuid4().hex
+        await logs[0].create(answer_id, "s")
+        wins = await asyncio.gather(*(lg.lease(answer_id, f"w{i}", 5) for i, lg in enumerate(logs)))
+        assert sum(wins) == 1
+    finally:
+        for lg in logs:
+            await lg.aclose()
+
+
+async def test_nothing_acknowledged_is_lost_across_a_redis_crash(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    log = RedisStreamLog(connect(server.url), RedisLogSettings(namespace="crash", lease_ttl=30))
+    try:
+        answer_id = await started(log)
+        acknowledged = [await log.append(answer_id, "content", text(str(i))) for i in range(50)]
+        server.kill()  # SIGKILL: only the AOF (fsync always) survives
+        with pytest.raises(Exception, match=r"(?i)connect|closed|refused"):
+            await log.append(answer_id, "content", text("while down"))
+        server.start()
+        piece = await eventually(lambda: _read_or_none(log, answer_id), within=10)
+        assert [e.seq for e in piece.entries] == acknowledged
+        assert await log.append(answer_id, "content", text("after")) == 51
+    finally:
+        await log.aclose()
+        server.stop()
+
+
+async def _read_or_none(log: RedisStreamLog, answer_id: str) -> Any:
+    try:
+        return await log.read(answer_id)
+    except Exception:
+        return None
