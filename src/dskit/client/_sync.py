@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Mapping
-from types import TracebackType
+from collections.abc import Generator, Iterator
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
-from dskit.client._config import Clock, Limits, Pace, RetryPolicy, Timeout
+from dskit.client._base import ClientBase
 from dskit.client._core import (
     ChatParams,
-    ClientCore,
     HTTPRequest,
     Messages,
     chat_body,
@@ -23,49 +22,16 @@ if TYPE_CHECKING:
     import httpx2
 
 
-class DeepSeek:
+class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
     """A DeepSeek client. Thread-safe; one connection pool per client.
 
     >>> client = DeepSeek()                      # key from DEEPSEEK_API_KEY
     >>> client.chat("Hello").content
     """
 
-    def __init__(
-        self,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        *,
-        timeout: Timeout | float | None = None,
-        retry: RetryPolicy | None = None,
-        max_resumes: int = 3,
-        pace: Pace | None = None,
-        http2: bool = False,
-        limits: Limits | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        transport: httpx2.BaseTransport | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        self._core = ClientCore.create(
-            api_key, base_url, timeout, retry, max_resumes, pace, default_headers, clock, limits
-        )
-        import httpx2
-
-        self._http = httpx2.Client(
-            http2=http2,
-            transport=transport,
-            limits=httpx2.Limits(
-                max_connections=self._core.limits.max_connections,
-                max_keepalive_connections=self._core.limits.max_keepalive_connections,
-            ),
-            follow_redirects=False,
-        )
-
-    def __repr__(self) -> str:
-        return self._core.describe(type(self).__name__)
-
-    @property
-    def base_url(self) -> str:
-        return self._core.base_url
+    def _http_client(self, module: ModuleType, **options: Any) -> httpx2.Client:
+        client: httpx2.Client = module.Client(**options)
+        return client
 
     # ---- chat ------------------------------------------------------------------------
 

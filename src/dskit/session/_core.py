@@ -17,6 +17,7 @@ import orjson
 
 from dskit._tokens import estimate_tokens
 from dskit._validate import is_reasoner
+from dskit.client._core import API_PARAMS
 from dskit.client._errors import ToolError, ValidationError
 from dskit.client._types import ChatResult, ToolCall, Usage
 from dskit.session._context import ContextPolicy, Fit, TokenCounter, fit_turns, group_turns
@@ -29,21 +30,8 @@ SUMMARY_PROMPT = (
     "Summarize the conversation below for your own later use: keep names, numbers, "
     "decisions, open questions and what the user wants. Write plain prose, at most 200 words."
 )
-SESSION_PARAMS = frozenset(
-    [
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "stop",
-        "response_format",
-        "frequency_penalty",
-        "presence_penalty",
-        "logprobs",
-        "top_logprobs",
-        "user_id",
-        "tool_choice",
-    ]
-)
+# every API parameter but `tools`, which the session builds from its own tool table
+SESSION_PARAMS = frozenset(API_PARAMS) - {"tools"}
 DEFAULT_TOOL_ROUNDS = 8
 
 
