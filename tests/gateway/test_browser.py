@@ -43,7 +43,7 @@ def _answer_text(gateway: GatewayServer, session_id: str, answer_id: str) -> str
 
 
 def test_reload_mid_answer_completes_without_gap_or_repeat(
-    browser: Any, gateway_factory: Any, sim_factory: Any
+    sim_factory: Any, gateway_factory: Any, browser: Any
 ) -> None:
     sim = sim_factory(token_ms=25)
     gateway: GatewayServer = gateway_factory(upstream=sim.base_url)
@@ -61,7 +61,7 @@ def test_reload_mid_answer_completes_without_gap_or_repeat(
     page.reload()
     page.wait_for_function(
         f"() => {{ const el = {LAST}; "
-        "return el && el.dataset.answerId && el.dataset.state === 'done'; }}",
+        "return el && el.dataset.answerId && el.dataset.state === 'done'; }",
         timeout=20_000,
     )
     raw = page.evaluate(f"() => {LAST}.dataset.raw")
@@ -84,7 +84,7 @@ def test_reload_mid_answer_completes_without_gap_or_repeat(
     page.close()
 
 
-def test_simulator_banner_and_safe_markdown(browser: Any, gateway_factory: Any) -> None:
+def test_simulator_banner_and_safe_markdown(gateway_factory: Any, browser: Any) -> None:
     gateway: GatewayServer = gateway_factory(upstream=None, api_key=None)
     page = browser.new_page()
     page.goto(gateway.url)
