@@ -8,6 +8,7 @@ Ctrl-D, then `dskit chat --continue` picking the conversation up in a new proces
 from __future__ import annotations
 
 import os
+import termios
 
 import pytest
 
@@ -60,6 +61,8 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
 
         term.send("tell me more\r")
         wait_until(lambda: answer_growing(home, "tell me more"), timeout=15)
+        # keys are not echoed while an answer streams (a `^C` would garble the live area)
+        assert not termios.tcgetattr(term.fd)[3] & termios.ECHO
         term.send("\x03")  # Ctrl-C in the middle of the answer
         term.expect(r"\[interrupted: the answer stopped here; the partial answer is kept\]")
         term.expect(PROMPT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,10 @@ def ask(
             session = _session(backend, run.settings, no_save, run.max_tokens)
             code = _answer(session, run.settings, text, _mode(as_json, jsonl))
     except DSKitError as exc:
+        raise fail(exc, run.settings) from None
+    except OSError as exc:  # stdout on a full disk; a closed pipe is click's to handle
+        if exc.errno == errno.EPIPE:
+            raise
         raise fail(exc, run.settings) from None
     raise click.exceptions.Exit(code)
 

@@ -223,6 +223,7 @@ class RichView:
         """Print finished blocks for good, so the live area stays small."""
         if self.reasoning and self.content:
             self._print_reasoning(self.reasoning)
+            self.console.print()
             self.reasoning = ""
         elif self.reasoning:
             cut = self.reasoning.rfind("\n") + 1
@@ -265,6 +266,8 @@ class RichView:
         self._stop()
         if self.reasoning:
             self._print_reasoning(self.reasoning)
+            if self.content.strip():
+                self.console.print()
         if self.content.strip():
             self.console.print(_markdown(self.content))
         self.reasoning = self.content = ""

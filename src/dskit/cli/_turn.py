@@ -8,7 +8,9 @@ turn ended, so the commands can pick their own exit code or carry on.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,11 +42,34 @@ class Outcome:
         return not self.interrupted and self.cut is None
 
 
+@contextmanager
+def quiet_keyboard() -> Iterator[None]:
+    """Stop the terminal echoing keys (Ctrl-C's `^C` too) while an answer streams: an echo
+    would shift the live area and leave a duplicate of it on screen."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd) if sys.stdin.isatty() else None
+    except (ImportError, OSError, ValueError):  # no termios (Windows), or no real stdin
+        saved = None
+    if saved is None:
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 def run_turn(start: Callable[[], SessionStream], view: View) -> Outcome:
     """Stream one answer into `view`. Ctrl-C ends it early and keeps what arrived;
     an incomplete stream is shown, then re-raised for the caller's exit code."""
     snapshot: ChatResult | None = None
-    with view:
+    with quiet_keyboard(), view:
         try:
             with start() as stream:
                 for event in stream:
