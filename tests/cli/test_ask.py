@@ -160,3 +160,14 @@ def test_help_documents_exit_codes_and_examples(cli):
     for needle in ("Exit codes", "3  authentication", "4  rate limited", "6  incomplete"):
         assert needle in text
     assert "cat notes.md | dskit ask" in text
+
+
+def test_base_url_without_a_key_talks_to_that_server(cli, sim):
+    result = cli("ask", "--base-url", sim.base_url, "--no-save", "hi")
+    assert result.exit_code == 0 and result.stdout.strip()
+    assert "simulator" not in result.stderr  # no in-process simulator was started
+
+
+def test_deepseek_without_a_key_is_a_config_error(cli):
+    result = cli("ask", "--base-url", "https://api.deepseek.com", "hi")
+    assert result.exit_code == 2 and "Error:" in result.stderr

@@ -110,3 +110,22 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
     assert record.id == session_id
     assert [m.content for m in record.messages[:3]] == ["hello there", first.content, "and then?"]
     assert record.messages[3].role == "assistant" and not record.messages[3].incomplete
+
+
+def test_ask_in_a_terminal_renders_and_ctrl_c_exits_130(home, env):
+    term = Terminal(["ask", "--sim-token-ms", "0", "quick one"], env)
+    try:
+        term.expect(FOOTER)  # a terminal gets the rich view, footer included
+        assert term.wait() == 0
+    finally:
+        term.close()
+    term = Terminal(["ask", "--sim-token-ms", "30", "a slow one"], env)
+    try:
+        wait_until(lambda: answer_growing(home, "a slow one"), timeout=15)
+        term.send("\x03")
+        term.expect(r"\[interrupted")
+        assert term.wait() == 130
+    finally:
+        term.close()
+    answer = latest(home).messages[-1]
+    assert answer.incomplete and answer.content

@@ -159,6 +159,8 @@ def open_backend(settings: Settings, options: BackendOptions) -> Iterator[Backen
     if token_ms is not None:
         headers.setdefault("X-Sim-Token-Ms", f"{token_ms:g}")
     key = _key_for(settings)
+    if key is None and settings.base_url is not None:
+        raise ConfigError(f"{settings.base_url} needs an API key: set DEEPSEEK_API_KEY")
     if key is not None:
         with _make_client(settings.base_url, key, options, headers) as client:
             yield Backend(client, simulated=False)
