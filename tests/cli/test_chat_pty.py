@@ -99,7 +99,7 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         term.expect(f"Continuing session {session_id[:12]} \\(2 messages\\): hello there")
         term.expect(PROMPT)
         assert squash(first.content[-200:]) in squash(term.text)  # the previous answer
-        term.send("and then?\r")
+        term.send("and then?\x1b\rsecond line\r")  # Esc Enter: a new line, not a send
         term.expect(FOOTER)
         term.expect(PROMPT)
         term.send("\x04")
@@ -108,7 +108,8 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         term.close()
     record = latest(home)
     assert record.id == session_id
-    assert [m.content for m in record.messages[:3]] == ["hello there", first.content, "and then?"]
+    expected = ["hello there", first.content, "and then?\nsecond line"]
+    assert [m.content for m in record.messages[:3]] == expected
     assert record.messages[3].role == "assistant" and not record.messages[3].incomplete
 
 
