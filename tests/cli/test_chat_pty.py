@@ -130,3 +130,34 @@ def test_ask_in_a_terminal_renders_and_ctrl_c_exits_130(home, env):
         term.close()
     answer = latest(home).messages[-1]
     assert answer.incomplete and answer.content
+
+
+def test_a_session_changed_by_another_writer_is_reloaded(home, env):
+    from dskit.store import StoredMessage
+
+    term = Terminal(["chat", "--sim-token-ms", "0"], env)
+    try:
+        term.expect(PROMPT)
+        term.send("from terminal one\r")
+        term.expect(FOOTER)
+        term.expect(PROMPT)
+        record = latest(home)
+        store = SQLiteStore(home.store)  # another writer adds a turn behind the REPL's back
+        try:
+            other = [StoredMessage({"role": "user", "content": "from elsewhere"}),
+                     StoredMessage({"role": "assistant", "content": "noted"})]  # fmt: skip
+            store.append(record.id, other, expected_version=record.version)
+        finally:
+            store.close()
+        term.send("from terminal one again\r")
+        term.expect(r"changed elsewhere .* reloaded with 4 messages")
+        term.expect(PROMPT)
+        term.send("from terminal one again\r")
+        term.expect(FOOTER)
+        term.expect(PROMPT)
+        term.send("\x04")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    contents = [m.content for m in latest(home).messages[::2]]
+    assert contents == ["from terminal one", "from elsewhere", "from terminal one again"]

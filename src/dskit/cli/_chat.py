@@ -27,6 +27,7 @@ from dskit.cli._render import PlainView, RichView, View, make_console
 from dskit.cli._turn import data_dir, run_turn
 from dskit.client._errors import DSKitError, redact
 from dskit.config import Settings
+from dskit.store._model import SessionConflictError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -111,6 +112,14 @@ class ChatState:
         """One answer, shown as it streams; errors are reported and the REPL goes on."""
         try:
             run_turn(start, self.view())
+        except SessionConflictError:
+            assert self.session is not None
+            self.session.reload()  # another terminal wrote to it: take its messages in
+            self.say(
+                "This session was changed elsewhere (another terminal?); it is reloaded "
+                f"with {len(self.session.history)} messages. Send your message again.",
+                style="yellow",
+            )
         except DSKitError as exc:
             self.error(exc)
 
