@@ -134,6 +134,12 @@ class PartialAnswer:
     reasoning: str
     has_tool_calls: bool
     finished: bool
+    last_kind: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        """The writer logged its last event (done or error) but may not have finished."""
+        return self.finished or self.last_kind in ("done", "error")
 
 
 def connect(url: str) -> redis.asyncio.Redis:
@@ -362,11 +368,11 @@ class RedisStreamLog:
         """The text logged so far (content and reasoning), to continue it after a takeover."""
         content: list[str] = []
         reasoning: list[str] = []
-        seq, tools, finished = 0, False, False
+        seq, tools, finished, last = 0, False, False, None
         while True:
             piece = await self._read_now(answer_id, seq)
             for entry in piece.entries:
-                seq = entry.seq
+                seq, last = entry.seq, entry.kind
                 if entry.kind in ("content", "reasoning"):
                     text = orjson.loads(entry.data)["text"]
                     (content if entry.kind == "content" else reasoning).append(text)
@@ -374,7 +380,7 @@ class RedisStreamLog:
             finished = finished or piece.finished
             if len(piece.entries) < self.settings.read_batch:
                 break
-        return PartialAnswer(seq, "".join(content), "".join(reasoning), tools, finished)
+        return PartialAnswer(seq, "".join(content), "".join(reasoning), tools, finished, last)
 
     async def aclose(self) -> None:
         for answer_id in list(self._renewers):
