@@ -135,7 +135,8 @@ def _key_for(settings: Settings) -> str | None:
     if settings.api_key or settings.base_url is None:
         return settings.api_key
     host = urlsplit(settings.base_url).hostname or ""
-    return None if host.endswith("deepseek.com") else PLACEHOLDER_KEY
+    official = host == "deepseek.com" or host.endswith(".deepseek.com")
+    return None if official else PLACEHOLDER_KEY
 
 
 def _make_client(
