@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -173,7 +174,8 @@ async def test_concurrent_takeover_has_one_winner(redis_url: str, redis_prefix: 
 async def test_nothing_acknowledged_is_lost_across_a_redis_crash(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
-    log = RedisStreamLog(connect(server.url), RedisLogSettings(namespace="crash", lease_ttl=30))
+    settings = RedisLogSettings(namespace="crash", lease_ttl=30, write_patience=0.3)
+    log = RedisStreamLog(connect(server.url), settings)
     try:
         answer_id = await started(log)
         acknowledged = [await log.append(answer_id, "content", text(str(i))) for i in range(50)]
@@ -194,3 +196,25 @@ async def _read_or_none(log: RedisStreamLog, answer_id: str) -> Any:
         return await log.read(answer_id)
     except Exception:
         return None
+
+
+async def test_writer_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    log = RedisStreamLog(connect(server.url), RedisLogSettings(namespace="blip", lease_ttl=30))
+    try:
+        answer_id = await started(log)
+        assert await log.append(answer_id, "content", text("before")) == 1
+        server.kill()
+        restart = threading.Timer(0.5, server.start)
+        restart.start()
+        began = time.monotonic()
+        assert await log.append(answer_id, "content", text("during")) == 2
+        assert time.monotonic() - began >= 0.4, "it waited for Redis to come back"
+        restart.join()
+        await log.finish(answer_id)
+        piece = await log.read(answer_id)
+        assert [e.seq for e in piece.entries] == [1, 2] and piece.finished
+    finally:
+        await log.aclose()
+        server.stop()

@@ -26,8 +26,10 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -39,17 +41,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dskit.gateway")
 END = "__end"
 DEFAULT_NAMESPACE = "dskit:gw"
+T = TypeVar("T")
 
-# KEYS: log, meta, lease. ARGV: worker, lease ms, kind, data.
+# KEYS: log, meta, lease. ARGV: worker, lease ms, kind, data, op id.
 # Returns the new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
+# The op id makes a retried append (its reply lost to a dropped connection) a no-op.
 APPEND_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('HGET', KEYS[2], 'lastop') == ARGV[5] then
+  return tonumber(redis.call('HGET', KEYS[2], 'seq'))
+end
 if redis.call('HGET', KEYS[2], 'finished') == '1' then return -3 end
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[1] then return -2 end
 if not holder then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('XADD', KEYS[1], seq .. '-0', 'k', ARGV[3], 'd', ARGV[4])
+redis.call('HSET', KEYS[2], 'lastop', ARGV[5])
 return seq
 """
 
@@ -110,6 +118,8 @@ class RedisLogSettings:
     takeover speed is a deployment choice, not a per-call one.
     answer_ttl: how long a finished answer stays readable for resume.
     unfinished_ttl: a safety net, so an answer nobody finishes is dropped eventually.
+    write_patience: how long the writer's calls (append, finish, release) retry through a
+    Redis outage before giving up; readers never wait: they fail at once (a clear 503).
     """
 
     namespace: str = DEFAULT_NAMESPACE
@@ -117,6 +127,7 @@ class RedisLogSettings:
     answer_ttl: float = 900.0
     unfinished_ttl: float = 86_400.0
     read_batch: int = 1000
+    write_patience: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.namespace or any(c in self.namespace for c in "{} "):
@@ -221,8 +232,9 @@ class RedisStreamLog:
         worker = self._held.get(answer_id)
         if worker is None:
             raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
-        args: list[str | int | bytes] = [worker, self._lease_ms, kind, data]
-        seq = int(await self._scripts["append"](keys=self._keys(answer_id), args=args))
+        args: list[str | int | bytes] = [worker, self._lease_ms, kind, data, uuid.uuid4().hex]
+        keys = self._keys(answer_id)
+        seq = int(await self._patiently(lambda: self._scripts["append"](keys=keys, args=args)))
         if seq == -1:
             raise UnknownAnswerError(answer_id)
         if seq == -2:
@@ -261,14 +273,17 @@ class RedisStreamLog:
     async def finish(self, answer_id: str) -> None:
         log, meta, lease = self._keys(answer_id)
         args = [int(self.settings.answer_ttl)]
-        session = await self.redis.hget(meta, "session")
-        if int(await self._scripts["finish"](keys=[log, meta, lease], args=args)) == -1:
+        session = await self._patiently(lambda: self.redis.hget(meta, "session"))
+        done = await self._patiently(
+            lambda: self._scripts["finish"](keys=[log, meta, lease], args=args)
+        )
+        if int(done) == -1:
             raise UnknownAnswerError(answer_id)
         self._forget(answer_id)
-        await self.redis.zrem(self._running, answer_id)
+        await self._patiently(lambda: self.redis.zrem(self._running, answer_id))
         if session is not None:
             active = self._active_key(_text(session))
-            await self._scripts["cad"](keys=[active], args=[answer_id])
+            await self._patiently(lambda: self._scripts["cad"](keys=[active], args=[answer_id]))
 
     async def info(self, answer_id: str) -> AnswerInfo | None:
         try:
@@ -304,7 +319,24 @@ class RedisStreamLog:
     async def release(self, answer_id: str, worker: str) -> None:
         self._forget(answer_id)
         with contextlib.suppress(UnknownAnswerError):
-            await self._scripts["cad"](keys=[self._keys(answer_id)[2]], args=[worker])
+            lease = self._keys(answer_id)[2]
+            await self._patiently(lambda: self._scripts["cad"](keys=[lease], args=[worker]))
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry a writer's call through a Redis outage (restart, failover), up to the
+        configured patience; safe because every write here is idempotent."""
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        deadline = time.monotonic() + self.settings.write_patience
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except (ConnectionError, TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # ---- leases and takeover ----------------------------------------------------------
 
