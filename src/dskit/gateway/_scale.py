@@ -1,0 +1,246 @@
+"""What many instances share, wired for the gateway: Redis parts, upstream pool, cache front.
+
+- `RedisParts`: the stream log, rate limiter and cache on one Redis (`--redis URL`).
+- `UpstreamPool`: a client per upstream URL, a breaker per upstream, fallbacks in order;
+  `open()` returns a stream that has produced its first event, so failing over never
+  repeats output.
+- `CacheFront`: the answer cache with its policy (who may use it, max-age) and metrics.
+- `redis_down()`: Redis connection failures as a clear 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Gauge
+
+from dskit.client._async import AsyncDeepSeek, AsyncStream
+from dskit.client._types import ChatResult, StreamEvent
+from dskit.gateway._breaker import (
+    AllUpstreamsDownError,
+    CircuitBreaker,
+    Upstream,
+    UpstreamChooser,
+    is_upstream_failure,
+)
+from dskit.gateway._cache import (
+    AnswerCache,
+    CacheLookup,
+    MemoryCache,
+    RedisCache,
+    cache_wanted,
+    request_key,
+)
+from dskit.gateway._errors import GatewayError
+from dskit.gateway._metrics import Metrics
+from dskit.gateway._ratelimit import RateLimiter
+from dskit.gateway._redis_limit import RedisRateLimiter
+from dskit.gateway._redis_log import RedisLogSettings, RedisStreamLog, connect
+from dskit.gateway._settings import RateLimit
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+logger = logging.getLogger("dskit.gateway")
+CACHE_HEADER = "X-Dskit-Cache"
+REDIS_RETRY_AFTER = 2.0
+
+
+# ---- Redis ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RedisParts:
+    """The shared parts of a fleet, all on one Redis connection pool."""
+
+    client: redis.asyncio.Redis
+    log: RedisStreamLog
+    limiter: RateLimiter | None
+    cache: RedisCache
+
+    @classmethod
+    def build(
+        cls, url: str, *, namespace: str, lease_seconds: float, answer_ttl: float,
+        rate_limit: RateLimit | None, tokens_limit: RateLimit | None,
+    ) -> RedisParts:  # fmt: skip
+        client = connect(url)
+        log_settings = RedisLogSettings(
+            namespace=namespace, lease_ttl=lease_seconds, answer_ttl=answer_ttl
+        )
+        limiter = None
+        if rate_limit is not None:
+            limiter = RedisRateLimiter(client, rate_limit, tokens=tokens_limit, namespace=namespace)
+        log = RedisStreamLog(client, log_settings)
+        return cls(client, log, limiter, RedisCache(client, namespace))
+
+    async def aclose(self) -> None:
+        await self.log.aclose()
+
+
+def redis_down(exc: BaseException) -> GatewayError | None:
+    """A 503 for a Redis that cannot be reached (None: not a Redis connection problem)."""
+    try:
+        from redis.exceptions import ConnectionError, TimeoutError
+    except ImportError:  # pragma: no cover - redis is an optional extra
+        return None
+    if not isinstance(exc, ConnectionError | TimeoutError):
+        return None
+    return GatewayError(
+        503, "the shared store (Redis) is unavailable; retry shortly", "server_error",
+        code="store_unavailable", retry_after=REDIS_RETRY_AFTER,
+    )  # fmt: skip
+
+
+# ---- upstreams -----------------------------------------------------------------------------
+
+
+def parse_upstreams(primary: str | None, fallbacks: Sequence[str]) -> list[Upstream]:
+    """`--fallback` values in order: `http(s)://URL`, `model:NAME`, or `URL#model:NAME`."""
+    upstreams = [Upstream("primary", primary)]
+    for index, spec in enumerate(fallbacks, 1):
+        url, _, model = spec.partition("#") if "://" in spec else ("", "", spec)
+        model = model.removeprefix("model:") if model else ""
+        if url and not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError(f"invalid fallback URL {url!r}")
+        if not url and not model:
+            raise ValueError(f"a fallback needs a URL or model:NAME, got {spec!r}")
+        upstreams.append(Upstream(f"fallback{index}", url or primary, model or None))
+    return upstreams
+
+
+class UpstreamPool:
+    """Clients by base URL and the chooser that picks, in order, an upstream that is up."""
+
+    def __init__(self, chooser: UpstreamChooser, clients: Mapping[str | None, AsyncDeepSeek]):
+        self.chooser = chooser
+        self.clients = dict(clients)
+
+    def client_for(self, upstream: Upstream) -> AsyncDeepSeek:
+        return self.clients[upstream.base_url]
+
+    async def open(
+        self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+    ) -> tuple[Upstream, AsyncStream, StreamEvent | None]:
+        """A stream that has produced its first event, from the first upstream that works.
+
+        A failure before any output moves on to the next upstream (its breaker told);
+        `AllUpstreamsDownError` when every breaker is open or every upstream failed.
+        """
+        tried: list[str] = []
+        while True:
+            try:
+                upstream = self.chooser.next(tried)
+            except AllUpstreamsDownError:
+                if not tried:
+                    raise
+                raise AllUpstreamsDownError(self.chooser.retry_after()) from None
+            tried.append(upstream.name)
+            call = dict(params)
+            if upstream.model:
+                call["model"] = upstream.model
+            stream = self.client_for(upstream).stream(list(messages), **call)
+            try:
+                return upstream, stream, await _first_event(stream)
+            except Exception as exc:
+                await stream.aclose()
+                self.chooser.report(upstream, exc)
+                if not is_upstream_failure(exc) or len(tried) >= len(self.chooser.upstreams):
+                    raise
+                logger.warning("upstream %s failed (%s); trying the next", upstream.name, exc)
+
+    def report(self, upstream: Upstream, exc: BaseException | None) -> None:
+        self.chooser.report(upstream, exc)
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+
+
+async def _first_event(stream: AsyncStream) -> StreamEvent | None:
+    event = await anext(stream, None)
+    while event is not None and event.type == "retrying":
+        event = await anext(stream, None)
+    return event
+
+
+# ---- cache ---------------------------------------------------------------------------------
+
+
+def _max_age(headers: Mapping[str, str]) -> float | None:
+    match = re.search(r"max-age=(\d+)", headers.get("cache-control", ""))
+    return float(match.group(1)) if match else None
+
+
+def _opt_in(headers: Mapping[str, str]) -> bool | None:
+    value = headers.get(CACHE_HEADER.lower(), "").strip().lower()
+    if value in ("on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no") or "no-store" in headers.get("cache-control", ""):
+        return False
+    return None
+
+
+class CacheFront:
+    """The cache as the routes use it: policy from headers, lookups counted in metrics."""
+
+    def __init__(self, cache: AnswerCache | None, ttl: float, metrics: Metrics) -> None:
+        self.cache = cache if ttl > 0 else None
+        self.ttl = ttl
+        self.lookups = Counter(
+            "dskit_gateway_cache", "Answer cache lookups by result (hit, miss, stale)",
+            ["result"], registry=metrics.registry,
+        )  # fmt: skip
+        for result in ("hit", "miss", "stale"):
+            self.lookups.labels(result)
+
+    def key_for(
+        self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
+        headers: Mapping[str, str],
+    ) -> str | None:  # fmt: skip
+        """The request's cache key, or None when this request does not use the cache."""
+        if self.cache is None or not cache_wanted(params, _opt_in(headers)):
+            return None
+        return request_key(messages, params)
+
+    async def lookup(self, key: str, headers: Mapping[str, str]) -> CacheLookup:
+        assert self.cache is not None
+        found = await self.cache.get(key, _max_age(headers))
+        self.lookups.labels(found.status).inc()
+        return found
+
+    async def fallback(self, messages: Any, params: Mapping[str, Any]) -> ChatResult | None:
+        """Degraded mode: any stored answer for this request, whatever the policy said."""
+        if self.cache is None:
+            return None
+        found = await self.cache.get(request_key(messages, params))
+        return found.answer.result if found.answer is not None else None
+
+    async def store(self, key: str | None, result: ChatResult) -> None:
+        if key is None or self.cache is None or result.finish_reason not in ("stop", "length"):
+            return
+        try:
+            await self.cache.put(key, result, self.ttl)
+        except Exception as exc:  # a cache that cannot store is not an error for the caller
+            logger.warning("cache store failed: %s", exc)
+
+
+def make_cache(parts: RedisParts | None) -> AnswerCache:
+    return parts.cache if parts is not None else MemoryCache()
+
+
+def breaker_gauge(metrics: Metrics, pool: UpstreamPool) -> None:
+    """`dskit_gateway_upstream_open{upstream}`: 1 while that upstream's breaker is open."""
+    gauge = Gauge(
+        "dskit_gateway_upstream_open", "1 while the upstream's circuit breaker is open",
+        ["upstream"], registry=metrics.registry,
+    )  # fmt: skip
+    for name, breaker in pool.chooser.breakers.items():
+        gauge.labels(name).set_function(_is_open(breaker))
+
+
+def _is_open(breaker: CircuitBreaker) -> Callable[[], float]:
+    return lambda: float(breaker.state == "open")

@@ -1,0 +1,74 @@
+"""Upstream pool: fallbacks in order over real HTTP (a dead port, then the simulator)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from dskit.client._async import AsyncDeepSeek
+from dskit.client._config import RetryPolicy
+from dskit.gateway._breaker import AllUpstreamsDownError, BreakerSettings, Upstream, UpstreamChooser
+from dskit.gateway._scale import UpstreamPool, parse_upstreams
+from tests.conftest import free_port
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+def test_fallback_specs() -> None:
+    upstreams = parse_upstreams(
+        "http://main", ["http://b:1", "model:deepseek-chat", "http://c#model:x"]
+    )
+    assert upstreams == [
+        Upstream("primary", "http://main"), Upstream("fallback1", "http://b:1"),
+        Upstream("fallback2", "http://main", "deepseek-chat"),
+        Upstream("fallback3", "http://c", "x"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="URL or model"):
+        parse_upstreams(None, [""])
+    with pytest.raises(ValueError, match="invalid fallback URL"):
+        parse_upstreams(None, ["ftp://x#model:y"])
+
+
+async def test_dead_upstream_falls_over_then_its_breaker_skips_it(sim: Any) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    clients = {
+        url: AsyncDeepSeek(api_key="sk-test", base_url=url, retry=RetryPolicy(max_retries=0))
+        for url in (dead, sim.base_url)
+    }
+    chooser = UpstreamChooser(
+        [Upstream("primary", dead), Upstream("backup", sim.base_url)],
+        BreakerSettings(failure_threshold=2, cooldown=30),
+    )
+    pool = UpstreamPool(chooser, clients)
+    try:
+        for _ in range(3):
+            upstream, stream, first = await pool.open(MESSAGES, {"model": "deepseek-chat"})
+            async with stream:
+                assert upstream.name == "backup" and first is not None
+                result = await stream.final()
+            pool.report(upstream, None)
+            assert result.content
+        assert chooser.states() == {"primary": "open", "backup": "closed"}
+        chooser.breakers["backup"].failure()
+        chooser.breakers["backup"].failure()
+        began = time.monotonic()
+        with pytest.raises(AllUpstreamsDownError) as caught:
+            await pool.open(MESSAGES, {"model": "deepseek-chat"})
+        assert time.monotonic() - began < 0.1, "an open breaker answers at once"
+        assert 25 < caught.value.retry_after <= 30
+    finally:
+        await pool.aclose()
+
+
+async def test_request_errors_do_not_fail_over(sim: Any) -> None:
+    client = AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url)
+    chooser = UpstreamChooser([Upstream("a", sim.base_url), Upstream("b", sim.base_url)])
+    pool = UpstreamPool(chooser, {sim.base_url: client})
+    try:
+        with pytest.raises(Exception, match=r"(?i)model"):
+            await pool.open(MESSAGES, {"model": "no-such-model"})
+        assert chooser.states() == {"a": "closed", "b": "closed"}
+    finally:
+        await pool.aclose()
