@@ -182,3 +182,22 @@ def test_semantic_cache_with_the_shipped_model() -> None:
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     assert cache.get(conversation("what's the capital city of France?"), PARAMS).status == "hit"
     assert cache.get(conversation("How do I bake bread?"), PARAMS).status == "miss"
+
+
+def test_cached_answer_replays_as_marked_sse_and_json() -> None:
+    import orjson
+
+    from dskit.gateway._scale import cached_body, cached_chunks
+
+    chunks = list(cached_chunks(RESULT, "deepseek-reasoner"))
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    parsed = [orjson.loads(c[6:]) for c in chunks[:-1]]
+    assert all(p["cached"] is True and p["object"] == "chat.completion.chunk" for p in parsed)
+    deltas = [p["choices"][0]["delta"] for p in parsed]
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == RESULT.reasoning_content
+    assert "".join(d.get("content") or "" for d in deltas) == RESULT.content
+    assert parsed[-1]["usage"]["completion_tokens"] == 7
+    assert parsed[-1]["choices"][0]["finish_reason"] == "stop"
+    body = cached_body(RESULT, "deepseek-reasoner")
+    assert body["cached"] is True and body["choices"][0]["message"]["content"] == RESULT.content
+    assert body["usage"]["total_tokens"] == 19

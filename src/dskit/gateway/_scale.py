@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from dskit.gateway._cache import (
     MemoryCache,
     RedisCache,
     cache_wanted,
+    replay_events,
     request_key,
 )
 from dskit.gateway._errors import GatewayError
@@ -244,3 +245,33 @@ def breaker_gauge(metrics: Metrics, pool: UpstreamPool) -> None:
 
 def _is_open(breaker: CircuitBreaker) -> Callable[[], float]:
     return lambda: float(breaker.state == "open")
+
+
+# ---- cached answers on the OpenAI-compatible surface -----------------------------------------
+
+
+def _mark(chunk: bytes) -> bytes:
+    """`data: {...}` -> `data: {"cached":true,...}`: every chunk of a replay says so."""
+    return b'data: {"cached":true,' + chunk[7:] if chunk.startswith(b"data: {") else chunk
+
+
+def cached_chunks(result: ChatResult, model: str) -> Iterator[bytes]:
+    """A cached answer as the SSE a live one would have been (reasoning, content, usage)."""
+    from dskit.gateway._relay import DONE, ChunkEncoder, encode_event
+
+    encoder = ChunkEncoder(result.model or model)
+    for event in replay_events(result):
+        if event.type == "done":
+            yield _mark(encoder.finish(result.finish_reason, result.usage))
+            yield DONE
+            return
+        data = encode_event(encoder, event)
+        if data is not None:
+            yield _mark(data)
+
+
+def cached_body(result: ChatResult, model: str) -> dict[str, Any]:
+    """A cached answer as a `chat.completion` object, marked `"cached": true`."""
+    from dskit.gateway._relay import completion_body
+
+    return {**completion_body(result, f"chatcmpl-{result.id or 'cache'}", model), "cached": True}
