@@ -30,61 +30,67 @@ def env(home):
     return env
 
 
-def latest(home) -> SessionRecord:
+def latest(home) -> SessionRecord | None:
     store = SQLiteStore(home.store)
     try:
-        return store.load(store.list_sessions(1)[0].id)
+        found = store.list_sessions(1)
+        return store.load(found[0].id) if found else None
     finally:
         store.close()
 
 
 def answer_growing(home, question: str) -> bool:
-    if not home.store.exists():
+    record = latest(home) if home.store.exists() else None
+    if record is None:
         return False
-    messages = latest(home).messages
+    messages = record.messages
     return (
         len(messages) >= 2 and messages[-2].content == question
         and messages[-1].role == "assistant" and bool(messages[-1].content)
     )  # fmt: skip
 
 
+# The first request (only) stalls after a few events, so Ctrl-C lands mid-answer every time.
+STALL_ONCE = [
+    "--header", "X-Sim-Stall-After-Events:6", "--header", "X-Sim-Stall-Ms:30000",
+    "--header", "X-Sim-Fault-Key:stall", "--header", "X-Sim-Fault-Times:1",
+]  # fmt: skip
+
+
 def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
-    term = Terminal(["chat", "--sim-token-ms", "30"], env)
+    term = Terminal(["chat", "--sim-token-ms", "20", *STALL_ONCE], env)
     try:
         term.expect("No DEEPSEEK_API_KEY set: using the built-in offline simulator")
         term.expect(PROMPT)
-        term.send("hello there\r")
-        term.expect(FOOTER)
-        term.expect(PROMPT)
-        first = latest(home).messages[1]
-        assert not first.incomplete and squash(first.content) in squash(term.text)
-
-        term.send("tell me more\r")
-        wait_until(lambda: answer_growing(home, "tell me more"), timeout=15)
+        term.send("tell me a story\r")
+        wait_until(lambda: answer_growing(home, "tell me a story"), timeout=15)
         # keys are not echoed while an answer streams (a `^C` would garble the live area)
         assert not termios.tcgetattr(term.fd)[3] & termios.ECHO
         term.send("\x03")  # Ctrl-C in the middle of the answer
         term.expect(r"\[interrupted: the answer stopped here; the partial answer is kept\]")
         term.expect(PROMPT)
-        partial = latest(home).messages[-1]
+        [_, partial] = latest(home).messages
         assert partial.incomplete and partial.content
         assert squash(partial.content) in squash(term.text)
 
         term.send("/retry\r")
-        term.expect("Retrying: tell me more")
+        term.expect("Retrying: tell me a story")
         term.expect(FOOTER)
         term.expect(PROMPT)
-        messages = latest(home).messages
-        assert [m.content for m in messages[:3]] == ["hello there", first.content, "tell me more"]
-        retried = messages[3]
-        assert len(messages) == 4 and not retried.incomplete
+        [question, first] = latest(home).messages
+        assert question.content == "tell me a story" and not first.incomplete
         # the simulator is deterministic: the full answer continues what was cut off
-        assert retried.content.startswith(partial.content) and retried.content != partial.content
+        assert first.content.startswith(partial.content) and first.content != partial.content
+        assert squash(first.content) in squash(term.text)
 
-        term.send("/undo\r")
-        term.expect(r"Removed the last turn \(2 messages\): tell me more")
+        term.send("hello there\r")
+        term.expect(FOOTER)
         term.expect(PROMPT)
-        assert [m.content for m in latest(home).messages] == ["hello there", first.content]
+        assert len(latest(home).messages) == 4
+        term.send("/undo\r")
+        term.expect(r"Removed the last turn \(2 messages\): hello there")
+        term.expect(PROMPT)
+        assert [m.content for m in latest(home).messages] == ["tell me a story", first.content]
 
         term.send("\x04")  # Ctrl-D quits
         term.expect("Bye. Session saved")
@@ -96,7 +102,7 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
 
     term = Terminal(["chat", "--continue", "--sim-token-ms", "0"], env)
     try:
-        term.expect(f"Continuing session {session_id[:12]} \\(2 messages\\): hello there")
+        term.expect(f"Continuing session {session_id[:12]} \\(2 messages\\): tell me a story")
         term.expect(PROMPT)
         assert squash(first.content[-200:]) in squash(term.text)  # the previous answer
         term.send("and then?\x1b\rsecond line\r")  # Esc Enter: a new line, not a send
@@ -108,7 +114,7 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         term.close()
     record = latest(home)
     assert record.id == session_id
-    expected = ["hello there", first.content, "and then?\nsecond line"]
+    expected = ["tell me a story", first.content, "and then?\nsecond line"]
     assert [m.content for m in record.messages[:3]] == expected
     assert record.messages[3].role == "assistant" and not record.messages[3].incomplete
 
@@ -120,7 +126,7 @@ def test_ask_in_a_terminal_renders_and_ctrl_c_exits_130(home, env):
         assert term.wait() == 0
     finally:
         term.close()
-    term = Terminal(["ask", "--sim-token-ms", "30", "a slow one"], env)
+    term = Terminal(["ask", "--sim-token-ms", "20", *STALL_ONCE, "a slow one"], env)
     try:
         wait_until(lambda: answer_growing(home, "a slow one"), timeout=15)
         term.send("\x03")
