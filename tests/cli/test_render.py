@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 import pytest
 
@@ -144,3 +145,17 @@ def test_cost_estimate_uses_the_price_table():
     assert footer(Usage(prompt_tokens=10, completion_tokens=5), "deepseek-chat").startswith(
         "tokens 10 in / 5 out"
     )
+
+
+def test_rerendering_is_throttled_for_long_answers():
+    """6000 tokens in one paragraph (the worst case: nothing can be printed for good).
+    Re-parsing the Markdown per token would be quadratic, about 4 s here; throttled to
+    REFRESH_HZ it takes a few hundredths of a second."""
+    console, out = rich_console()
+    started = time.perf_counter()
+    with RichView(console, model="deepseek-chat") as view:
+        for _ in range(6000):
+            view.handle(ContentDelta("word "))
+        view.finish(None)
+    assert time.perf_counter() - started < 1.5
+    assert ANSI.sub("", out.getvalue()).count("word") >= 6000  # all of it, in the end
