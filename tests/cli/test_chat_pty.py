@@ -144,6 +144,10 @@ def test_a_session_changed_by_another_writer_is_reloaded(home, env):
     term = Terminal(["chat", "--sim-token-ms", "0"], env)
     try:
         term.expect(PROMPT)
+        term.send("never sent")
+        term.expect("never sent")
+        term.send("\x03")  # Ctrl-C at the prompt drops the line, the REPL goes on
+        term.expect(PROMPT)
         term.send("from terminal one\r")
         term.expect(FOOTER)
         term.expect(PROMPT)
