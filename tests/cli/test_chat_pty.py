@@ -171,3 +171,24 @@ def test_a_session_changed_by_another_writer_is_reloaded(home, env):
         term.close()
     contents = [m.content for m in latest(home).messages[::2]]
     assert contents == ["from terminal one", "from elsewhere", "from terminal one again"]
+
+
+@pytest.mark.parametrize(
+    ("faults", "status"),
+    [
+        (["X-Sim-Queue-Ms:600"], r"queueing: the server is busy, waiting for capacity"),
+        (
+            ["X-Sim-Status:503", "X-Sim-Retry-After:1", "X-Sim-Fault-Key:k", "X-Sim-Fault-Times:1"],
+            r"retrying in 1s \(503: Server Overloaded",
+        ),
+    ],
+)
+def test_spinner_says_queueing_and_retrying(home, env, faults, status):
+    headers = [arg for fault in faults for arg in ("--header", fault)]
+    term = Terminal(["ask", "--sim-token-ms", "0", *headers, "status please"], env)
+    try:
+        term.expect(status)
+        term.expect(FOOTER)  # and then the answer came
+        assert term.wait() == 0
+    finally:
+        term.close()

@@ -217,7 +217,7 @@ class RichView:
             return
         self._last = now
         self._flush_stable()
-        self._live.update(self._renderable())
+        self._live.update(self._renderable(), refresh=force)
 
     def _flush_stable(self) -> None:
         """Print finished blocks for good, so the live area stays small."""
