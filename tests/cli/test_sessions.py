@@ -131,3 +131,11 @@ def test_every_command_has_help_with_examples(cli):
         result = cli(*args, "--help")
         assert result.exit_code == 0
         assert "Example" in result.stdout, args
+
+
+def test_show_marks_an_incomplete_answer(cli, on_sim):
+    args = ["--header", "X-Sim-End-After-Events:4", "--header", "X-Sim-Retry-After:0"]
+    assert cli("ask", *on_sim, *args, "cut me off").exit_code == 6
+    [info] = json.loads(cli("sessions", "list", "--json").stdout)
+    text = cli("sessions", "show", info["id"]).stdout
+    assert "## assistant (incomplete: interrupted or cut off)" in text
