@@ -94,3 +94,14 @@ def test_api_errors_are_shown_and_the_repl_goes_on(cli, home, on_sim):
     result = cli("chat", *on_sim, "--header", "X-Sim-Status:401", input="hi\n/sessions\n")
     assert result.exit_code == 0
     assert "Error: 401" in result.stdout and "sk-test-0123456789abcdef" not in result.stdout
+
+
+def test_think_toggles_the_reasoners_thinking(cli, home, on_sim):
+    shown = cli("chat", *on_sim, "-m", "deepseek-reasoner", input="why?\n")
+    [record] = sessions(home)
+    thinking = record.messages[1].message["reasoning_content"]
+    assert thinking and thinking in shown.stderr  # plain output: thinking on stderr
+    hidden = cli("chat", *on_sim, "-m", "deepseek-reasoner", input="/think\nwhy not?\n")
+    assert "Thinking hidden" in hidden.stdout and hidden.stderr == ""
+    off = cli("chat", *on_sim, "-m", "deepseek-reasoner", "--no-think", input="and?\n")
+    assert off.stderr == ""
