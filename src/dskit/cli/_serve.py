@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 EPILOG = """\b
@@ -33,6 +35,10 @@ simulator; the log and the web page say so. See docs/gateway.md.
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+    show_default=True, help="warning drops the per-request access log.",
+)  # fmt: skip
+@click.option(
     "--allow-insecure-bind", is_flag=True,
     help="Allow a non-loopback host although no gateway API keys exist (anyone can use it).",
 )  # fmt: skip
@@ -45,7 +51,7 @@ simulator; the log and the web page say so. See docs/gateway.md.
               help="Requests per second per principal (bursts of 10).")  # fmt: skip
 def serve(
     host: str, port: int, upstream: str | None, store: str | None, keys_db: str | None,
-    log_format: str, allow_insecure_bind: bool, callback_hosts: tuple[str, ...],
+    log_format: str, log_level: str, allow_insecure_bind: bool, callback_hosts: tuple[str, ...],
     callback_secret: str | None, rate_limit: float | None,
 ) -> None:  # fmt: skip
     """Serve chat to web and mobile front ends (the gateway)."""
@@ -58,7 +64,7 @@ def serve(
         rate_limit=RateLimit(rate_limit) if rate_limit else None,
         callbacks=CallbackSettings(allow_hosts=callback_hosts, secret=callback_secret),
     )  # fmt: skip
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, getattr(logging, log_level.upper()))
     _check_bind(settings)
     run(settings)
 

@@ -7,16 +7,16 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from dskit.gateway._deps import GatewayDep, Limited, Principal, upstream_headers
 from dskit.gateway._errors import GatewayError, from_exception
 from dskit.gateway._relay import Relay, client_params, completion_body
+from dskit.gateway._response import EventStreamResponse
 from dskit.gateway._schemas import ChatCompletionRequest, ModelList
 from dskit.gateway._state import Gateway
 
 router = APIRouter(tags=["openai-compatible"])
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The completion (JSON), or with `stream: true` an SSE stream of "
@@ -45,7 +45,7 @@ async def chat_completions(
         await relay.prime()
     except Exception as exc:
         raise _counted(gw, exc) from None
-    return StreamingResponse(relay.body(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStreamResponse(relay.body())
 
 
 async def _complete(

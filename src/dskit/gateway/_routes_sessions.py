@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from dskit.gateway._callbacks import check_callback_url
 from dskit.gateway._deps import (
@@ -26,6 +26,7 @@ from dskit.gateway._deps import (
     upstream_headers,
 )
 from dskit.gateway._errors import GatewayError, not_found
+from dskit.gateway._response import EventStreamResponse
 from dskit.gateway._schemas import (
     AnswerHandle,
     AnswerResult,
@@ -47,7 +48,6 @@ from dskit.gateway._views import (
 from dskit.store import SessionRecord, StoredMessage
 
 router = APIRouter(tags=["sessions"])
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DOC: dict[int | str, Any] = {
     200: {
         "description": "SSE: events reasoning, content, tool_call, usage, done, error; "
@@ -154,11 +154,10 @@ async def _wait_result(gw: Gateway, answer_id: str) -> AnswerResult:
     return result
 
 
-def _sse(gw: Gateway, answer_id: str, after: int) -> StreamingResponse:
+def _sse(gw: Gateway, answer_id: str, after: int) -> EventStreamResponse:
     s = gw.settings
     body = sse_stream(gw.log, answer_id, after, s.heartbeat_seconds, s.sse_retry_ms, gw.metrics)
-    headers = {**SSE_HEADERS, "X-Answer-Id": answer_id}
-    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+    return EventStreamResponse(body, {"X-Answer-Id": answer_id})
 
 
 async def _answer_of(gw: Gateway, who: str, session_id: str, answer_id: str) -> None:
@@ -186,7 +185,7 @@ async def stream_answer(
     session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: Principal,
     last_event_id: LastEventId = None,
     after: Annotated[int | None, Query(ge=0, le=10**9)] = None,
-) -> StreamingResponse:  # fmt: skip
+) -> EventStreamResponse:  # fmt: skip
     """An answer as SSE from the start, from `after`, or after `Last-Event-ID`."""
     await _answer_of(gw, who, session_id, answer_id)
     return _sse(gw, answer_id, _cursor(gw, answer_id, last_event_id, after))
@@ -195,7 +194,7 @@ async def stream_answer(
 @router.get("/v1/sessions/{session_id}/stream", responses=SSE_DOC)
 async def stream_session(
     session_id: SessionId, gw: GatewayDep, who: Principal, last_event_id: LastEventId = None
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """The session's current answer, or (with `Last-Event-ID`) the rest of the one it names."""
     if gw.keys.owner(session_id) != who:
         raise not_found()

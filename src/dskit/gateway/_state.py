@@ -9,8 +9,10 @@ Upstream choice (said in the log at startup and shown by the web page):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dskit.gateway")
 PLACEHOLDER_KEY = "sk-dskit-gateway-no-key"
+CLIENT_SHARDS = 16
 UpstreamMode = Literal["deepseek", "custom", "simulator"]
 
 
@@ -71,12 +74,19 @@ class Gateway:
         self.sim: SimServer | None = None
         self.mode: UpstreamMode = "simulator"
         self._client: AsyncDeepSeek | None = None
+        self._shards: list[AsyncDeepSeek] = []
+        self._next_shard: Callable[[], AsyncDeepSeek] = lambda: self.client
 
     @property
     def client(self) -> AsyncDeepSeek:
+        """An upstream client; successive calls rotate over a few connection pools.
+
+        httpcore's pool scans every pooled connection on each request and release, so
+        one pool of N connections costs O(N) per request; shards keep each pool small.
+        """
         if self._client is None:
             raise ConfigError("the gateway is not started")
-        return self._client
+        return self._next_shard()
 
     @property
     def ready(self) -> bool:
@@ -97,14 +107,20 @@ class Gateway:
             self.mode, key = "custom", PLACEHOLDER_KEY
         else:
             self.mode, key, base_url = "simulator", PLACEHOLDER_KEY, await self._start_sim()
-        self._client = AsyncDeepSeek(
+        self._shards = [self._new_client(key, base_url) for _ in range(CLIENT_SHARDS)]
+        self._next_shard = itertools.cycle(self._shards).__next__
+        self._client = self._shards[0]
+        self._announce()
+
+    def _new_client(self, key: str, base_url: str | None) -> AsyncDeepSeek:
+        per_shard = 10_000 // CLIENT_SHARDS
+        return AsyncDeepSeek(
             api_key=key, base_url=base_url,
-            limits=Limits(max_connections=10_000, max_keepalive_connections=1_000),
+            limits=Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
             retry=RetryPolicy(max_retries=self.settings.upstream_max_retries, base_delay=0.5),
             max_resumes=self.settings.upstream_max_resumes,
             timeout=Timeout(connect=10.0, read=660.0, idle=300.0),
         )  # fmt: skip
-        self._announce()
 
     async def _start_sim(self) -> str:
         from dskit.sim import SimServer
@@ -126,8 +142,8 @@ class Gateway:
     async def stop(self) -> None:
         await self.runner.shutdown()
         await self.callbacks.aclose()
-        if self._client is not None:
-            await self._client.aclose()
+        for client in self._shards:
+            await client.aclose()
         if self.sim is not None:
             await asyncio.to_thread(self.sim.stop)
         await self.store.aclose()

@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""What a proxy adds to a stream: direct to the simulator vs dskit's gateway vs LiteLLM.
+
+    .venv/bin/python bench/gateway_overhead.py            # both regimes, prints two tables
+    .venv/bin/python bench/gateway_overhead.py --quick    # fewer rounds, for a smoke run
+
+Every server runs in its own process on loopback: the simulator (`dskit sim`), the gateway
+(`dskit serve --upstream <sim> --store memory`) and LiteLLM's proxy (`litellm[proxy]==1.90.0`
+installed on first run into bench/.venv-litellm, one worker) in front of the same simulator.
+The load generator is a minimal asyncio HTTP/1.1 client (one connection per stream, raw
+chunked decoding) so that it costs the same on every path.
+
+(a) realistic upstream: 100 ms to first token, 50 tokens 10 ms apart. At 1, 64, 256 and
+    1,000 concurrent streams: time to first token (first non-empty content) and total time,
+    p50 and p99, and what each proxy adds to the direct figures.
+(b) saturation: a zero-latency simulator, 64 clients in a closed loop for a fixed time:
+    streams and chunks relayed per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
+LITELLM_SPEC = "litellm[proxy]==1.90.0"
+DSKIT = Path(sys.executable).parent / "dskit"
+TOKENS = 50
+LEVELS = (1, 64, 256, 1000)
+
+
+# ---- processes ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_litellm() -> Path:
+    """LiteLLM's proxy in its own virtual environment (created once, git-ignored)."""
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if binary.exists():
+        return binary
+    print(f"installing {LITELLM_SPEC} into {LITELLM_VENV} (first run only)...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    pip = LITELLM_VENV / "bin" / "pip"
+    subprocess.run([str(pip), "install", "-q", LITELLM_SPEC], check=True)
+    return binary
+
+
+def wait_http(port: int, path: str, timeout: float = 90.0, expect: bytes = b"HTTP/1.1 200") -> None:
+    """Poll until `GET path` answers `expect` (or fail after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(request)
+            if s.recv(64).startswith(expect):
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port}{path} within {timeout}s")
+
+
+@dataclass
+class Services:
+    """The three targets of one regime; stopped together."""
+
+    workdir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self.workdir / f"{name}.log").open("wb")
+        self.procs.append(
+            subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        )
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def services(ttft_ms: int, token_ms: int, litellm: Path | None) -> Iterator[Services]:
+    workdir = Path(tempfile.mkdtemp(prefix="dskit-bench-"))
+    env = {**os.environ, "DSKIT_HOME": str(workdir)}
+    env.pop("DEEPSEEK_API_KEY", None)
+    env.pop("DEEPSEEK_BASE_URL", None)
+    svc = Services(workdir)
+    try:
+        sim, gw = free_port(), free_port()
+        svc.ports.update(direct=sim, gateway=gw)
+        svc.spawn("sim", [str(DSKIT), "sim", "--port", str(sim), "--ttft-ms", str(ttft_ms),
+                          "--token-ms", str(token_ms)], env)  # fmt: skip
+        wait_http(sim, "/models", expect=b"HTTP/1.1 ")
+        svc.spawn("gateway", [str(DSKIT), "serve", "--port", str(gw), "--upstream",
+                              f"http://127.0.0.1:{sim}", "--store", "memory",
+                              "--log-level", "warning"], env)  # fmt: skip
+        wait_http(gw, "/readyz")
+        if litellm is not None:
+            svc.ports["litellm"] = start_litellm(svc, litellm, sim)
+        yield svc
+    finally:
+        svc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start_litellm(svc: Services, binary: Path, sim_port: int) -> int:
+    port = free_port()
+    config = svc.workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: deepseek-chat\n    litellm_params:\n"
+        "      model: openai/deepseek-chat\n"
+        f"      api_base: http://127.0.0.1:{sim_port}\n      api_key: sk-bench\n"
+    )
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "LITELLM_TELEMETRY": "False"}  # fmt: skip
+    args = [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+            "--num_workers", "1"]  # fmt: skip
+    svc.spawn("litellm", args, env)
+    wait_http(port, "/health/liveliness", timeout=180)
+    return port
+
+
+# ---- the load generator ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Sample:
+    ttft: float
+    total: float
+    chunks: int
+
+
+def request_bytes(port: int, prompt: str) -> bytes:
+    body = orjson.dumps({
+        "model": "deepseek-chat", "stream": True, "max_tokens": TOKENS,
+        "messages": [{"role": "user", "content": prompt}],
+    })  # fmt: skip
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Authorization: Bearer sk-bench\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def read_parts(reader: asyncio.StreamReader, chunked: bool) -> bytes | None:
+    """The next piece of the body (None at its end)."""
+    if not chunked:
+        data = await reader.read(65536)
+        return data or None
+    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+    if size == 0:
+        return None
+    data = await reader.readexactly(size + 2)
+    return data[:-2]
+
+
+def content_events(buffer: bytearray) -> Iterator[bytes]:
+    """Complete `data:` payloads in the buffer (consumed), CRLF or LF framed."""
+    while True:
+        end = buffer.find(b"\n\n")
+        if end < 0:
+            return
+        event = bytes(buffer[:end]).strip()
+        del buffer[: end + 2]
+        if event.startswith(b"data:"):
+            yield event[5:].strip()
+
+
+def has_content(payload: bytes) -> bool:
+    if payload == b"[DONE]" or b'"content"' not in payload:
+        return False
+    choices = orjson.loads(payload).get("choices") or [{}]
+    return bool((choices[0].get("delta") or {}).get("content"))
+
+
+async def one_stream(port: int, request: bytes) -> Sample:
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head[:200].decode(errors="replace"))
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        buffer, ttft, chunks = bytearray(), 0.0, 0
+        while (data := await read_parts(reader, chunked)) is not None:
+            buffer += data.replace(b"\r\n", b"\n")
+            for payload in content_events(buffer):
+                if payload == b"[DONE]":
+                    return Sample(ttft, time.perf_counter() - started, chunks)
+                if has_content(payload):
+                    chunks += 1
+                    ttft = ttft or time.perf_counter() - started
+        raise RuntimeError("stream ended without [DONE]")
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def level(port: int, request: bytes, concurrency: int, rounds: int) -> list[Sample]:
+    samples: list[Sample] = []
+    for _ in range(rounds):
+        batch = await asyncio.gather(*(one_stream(port, request) for _ in range(concurrency)))
+        samples += batch
+    return samples
+
+
+async def saturate(port: int, request: bytes, clients: int, seconds: float) -> tuple[int, int]:
+    """Closed loop: (streams completed, content chunks received) within `seconds`."""
+    deadline = time.perf_counter() + seconds
+    done = [0, 0]
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            sample = await one_stream(port, request)
+            done[0] += 1
+            done[1] += sample.chunks
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done[0], done[1]
+
+
+# ---- reporting ------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+def find_prompt(port: int) -> str:
+    """A prompt the simulator answers with at least TOKENS pieces (so every stream is 50)."""
+    for n in range(200):
+        prompt = f"Write a long paragraph about rivers, take {n}."
+        sample = asyncio.run(one_stream(port, request_bytes(port, prompt)))
+        if sample.chunks >= TOKENS:
+            return prompt
+    raise RuntimeError("no prompt gave a long enough answer")
+
+
+def realistic(svc: Services, quick: bool) -> None:
+    prompt = find_prompt(svc.ports["direct"])
+    print("\n(a) realistic upstream: TTFT 100 ms, 50 tokens x 10 ms; times in ms")
+    print("| streams | target | TTFT p50 | TTFT p99 | total p50 | total p99 | added TTFT p50 / p99"
+          " | added total p50 / p99 | failed |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for concurrency in LEVELS:
+        rounds = 1 if quick else {1: 40, 64: 4, 256: 2, 1000: 1}[concurrency]
+        base: dict[str, float] = {}
+        for name, port in svc.ports.items():
+            request = request_bytes(port, prompt)
+            asyncio.run(level(port, request, min(concurrency, 16), 1))  # warm up
+            row = asyncio.run(_measured(port, request, concurrency, rounds))
+            print(_row(concurrency, name, row, base))
+
+
+async def _measured(port: int, request: bytes, concurrency: int, rounds: int) -> dict[str, float]:
+    samples: list[Sample] = []
+    failed = 0
+    for _ in range(rounds):
+        results = await asyncio.gather(
+            *(one_stream(port, request) for _ in range(concurrency)), return_exceptions=True
+        )
+        samples += [r for r in results if isinstance(r, Sample)]
+        failed += sum(1 for r in results if not isinstance(r, Sample))
+    ttft = [s.ttft for s in samples] or [float("nan")]
+    total = [s.total for s in samples] or [float("nan")]
+    return {"ttft50": pct(ttft, 0.5), "ttft99": pct(ttft, 0.99), "total50": pct(total, 0.5),
+            "total99": pct(total, 0.99), "failed": failed, "n": len(samples)}  # fmt: skip
+
+
+def _row(concurrency: int, name: str, row: dict[str, float], base: dict[str, float]) -> str:
+    if name == "direct":
+        base.update(row)
+        added = "| - | -"
+    else:
+        added = (
+            f"| {row['ttft50'] - base['ttft50']:+.1f} / {row['ttft99'] - base['ttft99']:+.1f} "
+            f"| {row['total50'] - base['total50']:+.1f} / {row['total99'] - base['total99']:+.1f}"
+        )
+    return (
+        f"| {concurrency} | {name} | {row['ttft50']:.1f} | {row['ttft99']:.1f} "
+        f"| {row['total50']:.1f} | {row['total99']:.1f} {added} | {int(row['failed'])} |"
+    )
+
+
+def saturation(svc: Services, seconds: float) -> None:
+    prompt = find_prompt(svc.ports["direct"])
+    print(f"\n(b) saturation: zero-latency simulator, 64 clients, closed loop, {seconds:g} s")
+    print("| target | streams/s | chunks/s | vs LiteLLM |")
+    print("|---|---|---|---|")
+    rates: dict[str, tuple[float, float]] = {}
+    for name, port in svc.ports.items():
+        request = request_bytes(port, prompt)
+        asyncio.run(level(port, request, 16, 1))
+        started = time.perf_counter()
+        streams, chunks = asyncio.run(saturate(port, request, 64, seconds))
+        elapsed = time.perf_counter() - started
+        rates[name] = (streams / elapsed, chunks / elapsed)
+    litellm = rates.get("litellm", (0.0, 0.0))[0]
+    for name, (streams, chunks) in rates.items():
+        ratio = f"{streams / litellm:.1f}x" if litellm else "-"
+        print(f"| {name} | {streams:.1f} | {chunks:.0f} | {ratio} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
+    parser.add_argument("--seconds", type=float, default=8.0, help="saturation run length")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    litellm = None if args.no_litellm else ensure_litellm()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d')}")
+    with services(100, 10, litellm) as svc:
+        realistic(svc, args.quick)
+    with services(0, 0, litellm) as svc:
+        saturation(svc, 2.0 if args.quick else args.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
