@@ -25,6 +25,7 @@ CHAT = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}
         ({**CHAT, "messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0.role"),
         ({**CHAT, "messages": [{"role": "user", "content": ""}]}, 400, "messages[0].content"),
         ({**CHAT, "stop": ["x"] * 17}, 400, "stop"),
+        ({**CHAT, "seed": 2**70}, 400, None),
         ({**CHAT, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400,
          "tool_choice"),
     ],

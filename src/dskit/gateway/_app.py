@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException
 
 from dskit._version import __version__
 from dskit.gateway._deps import COOKIE, GatewayDep
-from dskit.gateway._errors import GatewayError, from_exception
+from dskit.gateway._errors import GatewayError, error_response, from_exception, validation_error
 from dskit.gateway._middleware import GatewayMiddleware
+from dskit.gateway._routes_openai import fast_chat_route
 from dskit.gateway._routes_openai import router as openai_router
 from dskit.gateway._routes_sessions import router as sessions_router
 from dskit.gateway._schemas import ErrorResponse, GatewayInfo, LoginRequest
@@ -55,17 +56,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     _install_handlers(app, gw)
     app.include_router(openai_router)
+    app.router.routes.insert(0, fast_chat_route(gw))
     app.include_router(sessions_router)
     _install_operations(app)
     _install_web(app)
     return app
-
-
-def _error_response(error: GatewayError) -> Response:
-    return Response(
-        error.encode(), status_code=error.status, media_type="application/json",
-        headers=error.headers(),
-    )  # fmt: skip
 
 
 def _install_handlers(app: FastAPI, gw: Gateway) -> None:
@@ -73,12 +68,12 @@ def _install_handlers(app: FastAPI, gw: Gateway) -> None:
         error = from_exception(exc)
         if error.status >= 500 and not isinstance(exc, GatewayError):
             logger.error("unexpected error on %s", request.url.path, exc_info=exc)
-        return _error_response(error)
+        return error_response(error)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         gw.metrics.errors.labels("validation").inc()
-        return _error_response(_validation_error(exc))
+        return error_response(validation_error(exc.errors()))
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -94,19 +89,6 @@ def _install_handlers(app: FastAPI, gw: Gateway) -> None:
     app.add_exception_handler(Exception, on_gateway_error)
 
 
-def _validation_error(exc: RequestValidationError) -> GatewayError:
-    """The first schema problem as one readable sentence, naming the parameter."""
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-    param = ".".join(loc) or None
-    message = str(first.get("msg", "invalid request"))
-    text = f"Invalid request: {param}: {message}" if param else f"Invalid request: {message}"
-    if len(errors) > 1:
-        text += f" (and {len(errors) - 1} more problem(s))"
-    return GatewayError(422, text, param=param, code="invalid_request")
-
-
 def _install_operations(app: FastAPI) -> None:
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -117,7 +99,7 @@ def _install_operations(app: FastAPI) -> None:
     async def readyz(gw: GatewayDep) -> Response:
         """Readiness: the upstream client is set up."""
         if not gw.ready:
-            return _error_response(GatewayError(503, "starting", "server_error", code="starting"))
+            return error_response(GatewayError(503, "starting", "server_error", code="starting"))
         return JSONResponse({"status": "ready", "upstream": gw.mode})
 
     @app.get("/metrics", tags=["operations"], response_class=Response)

@@ -32,15 +32,13 @@ def _refresh_auth(gw: Gateway) -> None:
         gw.auth_required = gw.keys.has_keys()
 
 
-async def principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-) -> str:
-    """The caller: the principal of its key (header or login cookie), or `local`."""
-    gw = gateway(request)
+def authenticate(gw: Gateway, request: Request) -> str:
+    """The caller: the principal of its key (bearer header or login cookie), or `local`."""
     _refresh_auth(gw)
-    key = credentials.credentials if credentials else request.cookies.get(COOKIE)
-    who = gw.principal_for(key)
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        key = request.cookies.get(COOKIE, "")
+    who = gw.principal_for(key.strip() or None)
     if who is None:
         raise GatewayError(
             401, "a valid gateway API key is required (Authorization: Bearer sk-gw-...)",
@@ -49,12 +47,8 @@ async def principal(
     return who
 
 
-Principal = Annotated[str, Depends(principal)]
-GatewayDep = Annotated[Gateway, Depends(gateway)]
-
-
-async def rate_limited(gw: GatewayDep, who: Principal) -> str:
-    """The principal, after taking a token from its bucket (429 when it has none)."""
+async def take_token(gw: Gateway, who: str) -> None:
+    """Take a token from the principal's bucket (429 with Retry-After when it has none)."""
     wait = await gw.limiter.acquire(who)
     if wait > 0:
         gw.metrics.errors.labels("rate_limited").inc()
@@ -62,6 +56,23 @@ async def rate_limited(gw: GatewayDep, who: Principal) -> str:
             429, "rate limit reached for this key; retry later", "rate_limit_error",
             code="rate_limited", retry_after=wait,
         )  # fmt: skip
+
+
+async def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> str:
+    """The caller (the security scheme parameter documents bearer auth in OpenAPI)."""
+    return authenticate(gateway(request), request)
+
+
+Principal = Annotated[str, Depends(principal)]
+GatewayDep = Annotated[Gateway, Depends(gateway)]
+
+
+async def rate_limited(gw: GatewayDep, who: Principal) -> str:
+    """The principal, after taking a token from its bucket."""
+    await take_token(gw, who)
     return who
 
 

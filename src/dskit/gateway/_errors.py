@@ -9,10 +9,12 @@ so the caller sees 502, not 401.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 
 from dskit.client._errors import (
     APIConnectionError,
@@ -59,6 +61,25 @@ class GatewayError(Exception):
     def kind(self) -> str:
         """A short label for the errors metric."""
         return self.code or self.type
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(
+        error.encode(), status_code=error.status, media_type="application/json",
+        headers=error.headers(),
+    )  # fmt: skip
+
+
+def validation_error(errors: Sequence[Any]) -> GatewayError:
+    """The first schema problem as one readable sentence, naming the parameter."""
+    first = errors[0] if errors else {}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid request"))
+    text = f"Invalid request: {param}: {message}" if param else f"Invalid request: {message}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem(s))"
+    return GatewayError(422, text, param=param, code="invalid_request")
 
 
 def not_found(what: str = "session") -> GatewayError:

@@ -22,7 +22,7 @@ from dskit._validate import USER_ID
 from dskit.client._async import AsyncStream
 from dskit.client._core import API_PARAMS
 from dskit.client._types import ChatResult, StreamEvent, Usage
-from dskit.gateway._errors import from_exception
+from dskit.gateway._errors import GatewayError, from_exception
 from dskit.gateway._metrics import Metrics
 from dskit.gateway._schemas import ChatCompletionRequest
 
@@ -43,7 +43,16 @@ def client_params(request: ChatCompletionRequest) -> tuple[list[dict[str, Any]],
         params["user_id"] = request.user
     if data:
         params["extra_body"] = data
+    check_encodable(messages, params)
     return messages, params
+
+
+def check_encodable(messages: list[dict[str, Any]], params: dict[str, Any]) -> None:
+    """JSON the upstream can take: orjson refuses integers beyond 64 bits (a clear 400)."""
+    try:
+        orjson.dumps([messages, params])
+    except TypeError as exc:
+        raise GatewayError(400, f"Invalid request body: {exc}", code="invalid_json") from None
 
 
 def completion_body(result: ChatResult, completion_id: str, model: str) -> dict[str, Any]:

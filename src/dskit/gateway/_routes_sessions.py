@@ -26,6 +26,7 @@ from dskit.gateway._deps import (
     upstream_headers,
 )
 from dskit.gateway._errors import GatewayError, not_found
+from dskit.gateway._relay import check_encodable
 from dskit.gateway._response import EventStreamResponse
 from dskit.gateway._schemas import (
     AnswerHandle,
@@ -62,6 +63,7 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=200
 async def create_session(body: SessionCreate, gw: GatewayDep, who: Limited) -> SessionDetail:
     """Start a conversation owned by the caller."""
     params = body.parameters.model_dump(exclude_none=True)
+    check_encodable([], params)
     record = SessionRecord(
         title=body.title or "", model=body.model, system=body.system, params=params
     )
