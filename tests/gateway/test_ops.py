@@ -133,3 +133,21 @@ def test_dskit_serve_runs_the_simulator_and_says_so(tmp_path: Path) -> None:
     assert "simulator-banner" in page
     lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any("OFFLINE SIMULATOR" in x["message"] and x["level"] == "warning" for x in lines)
+
+
+def test_alert_rules_parse_and_use_exported_metrics(gateway: GatewayServer) -> None:
+    import re
+
+    import yaml
+
+    rules = yaml.safe_load((Path(__file__).parents[2] / "deploy" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert {"DskitGatewayErrorRatioHigh", "DskitGatewayTimeToFirstTokenP99High"} <= set(alerts)
+    assert "> 0.05" in alerts["DskitGatewayErrorRatioHigh"]["expr"]
+    assert alerts["DskitGatewayErrorRatioHigh"]["for"] == "5m"
+    assert "0.99" in alerts["DskitGatewayTimeToFirstTokenP99High"]["expr"]
+    with gateway.client() as http:
+        http.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        exported = http.get("/metrics").text
+    used = {m for r in alerts.values() for m in re.findall(r"dskit_gateway_\w+", r["expr"])}
+    assert used and all(f"\n{name}" in exported for name in used), used
