@@ -134,3 +134,20 @@ def test_broken_upstream_stream_is_resumed_seamlessly(gateway: GatewayServer, si
     with gateway.client() as http:
         metrics = http.get("/metrics").text
     assert "dskit_gateway_upstream_resumes_total 1.0" in metrics
+
+
+def test_client_leaving_a_relay_closes_the_upstream_request(
+    gateway_factory: Any, sim_factory: Any
+) -> None:
+    from tests.conftest import wait_until
+
+    sim = sim_factory(token_ms=30)
+    gateway = gateway_factory(upstream=sim.base_url)
+    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": True}
+    with gateway.client() as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            assert sim.app._tasks, "the upstream request should be open"
+        wait_until(lambda: not sim.app._tasks, timeout=10)
+        wait_until(lambda: "dskit_gateway_active_streams 0.0" in http.get("/metrics").text)

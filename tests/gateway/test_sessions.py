@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx2
 import orjson
+import pytest
 
 from tests.conftest import wait_until
 from tests.gateway.conftest import GatewayServer, parse_sse
@@ -222,3 +223,14 @@ def test_session_list_and_detail(gateway: GatewayServer) -> None:
         listed = http.get("/v1/sessions", params={"limit": 2}).json()["data"]
         assert len(listed) == 2 and {s["id"] for s in listed} <= set(ids)
         assert http.get(f"/v1/sessions/{ids[0]}").json()["system"] == "You are terse."
+
+
+@pytest.mark.redis
+def test_sessions_in_redis(gateway_factory: Any, redis_url: str) -> None:
+    gateway = gateway_factory(store=redis_url)
+    with gateway.client() as http:
+        sid = _session(http)
+        answer = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}).json()
+        stored = http.get(f"/v1/sessions/{sid}").json()
+    assert answer["status"] == "completed"
+    assert [m["content"] for m in stored["messages"]] == ["hi", answer["message"]["content"]]
