@@ -5,15 +5,20 @@ one; a stale version raises `SessionConflictError` and writes nothing. That chec
 lets two writers (two terminals, two gateway workers) share a session without losing a
 message. Each method has an async twin prefixed with `a`, so an async session never
 blocks its event loop: SQLite runs its work in a thread, Redis uses redis.asyncio.
+
+`update` changes the header (model, system prompt, request params, title) under the same
+version check, so a `/model` typed in one terminal cannot silently undo another's write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+import orjson
 
 from dskit.store._model import (
     SessionInfo,
@@ -50,6 +55,16 @@ class SessionStore(Protocol):
         self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
     ) -> int: ...
     def truncate(self, session_id: str, length: int, *, expected_version: int) -> int: ...
+    def update(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int: ...
     def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
     def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
     def delete(self, session_id: str) -> bool: ...
@@ -66,6 +81,16 @@ class SessionStore(Protocol):
         self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
     ) -> int: ...
     async def atruncate(self, session_id: str, length: int, *, expected_version: int) -> int: ...
+    async def aupdate(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int: ...
     async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
     async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
     async def adelete(self, session_id: str) -> bool: ...
@@ -110,6 +135,18 @@ class ThreadedAsyncMixin(ExportMixin):
     def truncate(self, session_id: str, length: int, *, expected_version: int) -> int:
         raise NotImplementedError
 
+    def update(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int:
+        raise NotImplementedError
+
     def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         raise NotImplementedError
 
@@ -147,6 +184,21 @@ class ThreadedAsyncMixin(ExportMixin):
             self.truncate, session_id, length, expected_version=expected_version
         )
 
+    async def aupdate(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int:
+        return await asyncio.to_thread(
+            self.update, session_id, model=model, system=system, params=params, title=title,
+            expected_version=expected_version,
+        )  # fmt: skip
+
     async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         return await asyncio.to_thread(self.list_sessions, limit)
 
@@ -166,3 +218,40 @@ def check_limit(limit: int) -> int:
 
         raise ValidationError(f"limit must be a positive integer, got {limit!r}", param="limit")
     return limit
+
+
+def header_changes(
+    model: str | None,
+    system: str | None,
+    params: Mapping[str, Any] | None,
+    title: str | None,
+) -> dict[str, Any]:
+    """The header fields an `update` sets, checked before anything is written.
+
+    `None` leaves a field as it is; `system=""` removes the system prompt; `params`
+    replaces the stored params as a whole (the session merges before it calls this).
+    """
+    from dskit.client._errors import ValidationError
+
+    changes: dict[str, Any] = {}
+    if model is not None:
+        if not isinstance(model, str) or not model.strip():
+            raise ValidationError("model must be a non-empty string", param="model")
+        changes["model"] = model
+    if system is not None:
+        if not isinstance(system, str):
+            raise ValidationError("system must be a string", param="system")
+        changes["system"] = system or None
+    if params is not None:
+        if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
+            raise ValidationError("params must be a mapping of names to values", param="params")
+        try:
+            orjson.dumps(dict(params))
+        except TypeError as exc:
+            raise ValidationError(f"params must be JSON values: {exc}", param="params") from None
+        changes["params"] = dict(params)
+    if title is not None:
+        if not isinstance(title, str):
+            raise ValidationError("title must be a string", param="title")
+        changes["title"] = title
+    return changes

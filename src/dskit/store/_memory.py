@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit
+from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit, header_changes
 from dskit.store._model import (
     SessionConflictError,
     SessionInfo,
@@ -85,6 +86,23 @@ class MemoryStore(ThreadedAsyncMixin):
         with self._lock:
             record = self._checked(session_id, expected_version)
             del record.messages[max(length, 0) :]
+            return record.version
+
+    def update(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int:
+        changes = header_changes(model, system, params, title)
+        with self._lock:
+            record = self._checked(session_id, expected_version)
+            for name, value in copy.deepcopy(changes).items():
+                setattr(record, name, value)
             return record.version
 
     def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dskit.store._base import DEFAULT_LIMIT, ExportMixin, check_limit
+from dskit.store._base import DEFAULT_LIMIT, ExportMixin, check_limit, header_changes
 from dskit.store._model import (
     SessionConflictError,
     SessionInfo,
@@ -49,6 +49,8 @@ elseif op == 'replace' then
   local index = tonumber(ARGV[6])
   if index < 0 or index >= redis.call('LLEN', KEYS[2]) then return {-3, tonumber(v)} end
   redis.call('LSET', KEYS[2], index, ARGV[7])
+elseif op == 'update' then
+  for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 elseif op == 'truncate' then
   local length = tonumber(ARGV[6])
   if length <= 0 then redis.call('DEL', KEYS[2])
@@ -122,6 +124,12 @@ class _Keys:
         title = title_from(list(messages)) if op == "append" else ""
         encoded = [_dumps(m.to_dict()) for m in messages]
         return [op, expected, time.time(), self.ttl, title, *extra, *encoded]
+
+    def update_args(self, expected: int, changes: dict[str, Any]) -> list[Any]:
+        """An `update` write: the changed header fields as pairs, encoded like `create`."""
+        encoded = {k: _dumps(v) if k in ("system", "params") else v for k, v in changes.items()}
+        pairs = [x for item in encoded.items() for x in item]
+        return ["update", expected, time.time(), self.ttl, "", *pairs]
 
     def record(self, session_id: str, head: dict[Any, Any], items: list[Any]) -> SessionRecord:
         if not head:
@@ -214,6 +222,20 @@ class RedisStore(ExportMixin):
         args = self.keys.write_args("truncate", expected_version, [], length)
         return self._write(session_id, expected_version, args)
 
+    def update(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int:
+        changes = header_changes(model, system, params, title)
+        args = self.keys.update_args(expected_version, changes)
+        return self._write(session_id, expected_version, args)
+
     def _records(self) -> list[SessionRecord]:
         """Every live session, newest first; drops index entries of expired ones."""
         records = []
@@ -293,6 +315,20 @@ class RedisStore(ExportMixin):
 
     async def atruncate(self, session_id: str, length: int, *, expected_version: int) -> int:
         args = self.keys.write_args("truncate", expected_version, [], length)
+        return await self._awrite(session_id, expected_version, args)
+
+    async def aupdate(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int:
+        changes = header_changes(model, system, params, title)
+        args = self.keys.update_args(expected_version, changes)
         return await self._awrite(session_id, expected_version, args)
 
     async def _arecords(self) -> list[SessionRecord]:

@@ -12,13 +12,20 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit, default_store_path
+from dskit.store._base import (
+    DEFAULT_LIMIT,
+    ThreadedAsyncMixin,
+    check_limit,
+    default_store_path,
+    header_changes,
+)
 from dskit.store._model import (
     SessionConflictError,
     SessionFormatError,
@@ -208,6 +215,25 @@ class SQLiteStore(ThreadedAsyncMixin):
                 "DELETE FROM messages WHERE session_id = ? AND seq >= ?",
                 (session_id, max(length, 0)),
             )
+        return version
+
+    def update(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int:
+        changes = header_changes(model, system, params, title)
+        if "params" in changes:
+            changes["params"] = orjson.dumps(changes["params"]).decode()
+        with self._write() as conn:
+            version = self._bump(conn, session_id, expected_version)
+            for column, value in changes.items():  # column names come from header_changes
+                conn.execute(f"UPDATE sessions SET {column} = ? WHERE id = ?", (value, session_id))
         return version
 
     def _infos(self, where: str, args: tuple[object, ...], limit: int) -> list[SessionInfo]:
