@@ -99,3 +99,15 @@ def test_serve_refuses_a_public_bind_without_keys(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "refusing to listen on 0.0.0.0 without authentication" in result.output
+
+
+def test_rate_limit_per_principal_answers_429_with_retry_after(gateway_factory: Any) -> None:
+    from dskit.gateway import RateLimit
+
+    gateway: GatewayServer = gateway_factory(rate_limit=RateLimit(rate=0.2, burst=2))
+    with gateway.client() as http:
+        statuses = [http.post("/v1/sessions", json={}).status_code for _ in range(3)]
+        limited = http.post("/v1/chat/completions", json={})
+    assert statuses == [201, 201, 429]
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["code"] == "rate_limited"
