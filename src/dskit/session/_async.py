@@ -30,7 +30,7 @@ from dskit.store._memory import MemoryStore
 from dskit.store._model import SessionNotFoundError, StoredMessage
 
 if TYPE_CHECKING:
-    from dskit.client._async import AsyncDeepSeek
+    from dskit.client._async import AsyncDeepSeek, AsyncStream
     from dskit.store._base import SessionStore
 
 
@@ -99,6 +99,14 @@ class AsyncChatSession:
         return self._core.record.model
 
     @property
+    def system(self) -> str | None:
+        return self._core.record.system
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._core.record.params)
+
+    @property
     def title(self) -> str:
         return self._core.record.title
 
@@ -132,10 +140,29 @@ class AsyncChatSession:
         return AsyncSessionStream(self, params, fresh=True)
 
     async def retry(self, **params: Any) -> ChatResult:
-        await self.open()
-        await self._truncate(self._core.last_user_index() + 1)
-        async with AsyncSessionStream(self, params) as stream:
+        async with await self.retry_stream(**params) as stream:
             return await stream.final()
+
+    async def retry_stream(self, **params: Any) -> AsyncSessionStream:
+        """`async with await session.retry_stream() as s: ...` (see `ChatSession.retry`)."""
+        await self.open()
+        await self._truncate(self._core.retry_length())
+        return AsyncSessionStream(self, params)
+
+    async def configure(
+        self,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Change the model, system prompt or params for good (see `ChatSession.configure`)."""
+        core = self._core
+        changes = core.header_update(model, system, params)
+        await self.open()
+        record = core.record
+        version = await self.store.aupdate(record.id, expected_version=record.version, **changes)
+        core.configured(changes, version)
 
     async def undo(self) -> list[dict[str, Any]]:
         await self.open()
@@ -227,7 +254,15 @@ class AsyncSessionStream:
         self._params = dict(params)
         self._fresh = fresh
         self._result: ChatResult | None = None
+        self._live: AsyncStream | None = None
+        self._last: ChatResult | None = None
         self._events = self._run()
+
+    def snapshot(self) -> ChatResult | None:
+        """The reply streaming now, as far as it got, or the last finished reply."""
+        if self._live is not None:
+            return self._live.snapshot()
+        return self._last
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self
@@ -305,6 +340,7 @@ class AsyncSessionStream:
         session, core = self._session, self._session._core
         saver = _AsyncSaver(session, Throttle(session.save_interval))
         async with session.client.stream(plan.messages, **params) as stream:
+            self._live = stream
             try:
                 async for event in stream:
                     if event.type in GROWING and saver.throttle.due():
@@ -315,6 +351,7 @@ class AsyncSessionStream:
                 partial = core.reply_message(stream.snapshot(), incomplete=True)
                 await asyncio.shield(saver.save_partial(partial))
                 raise
+        self._live, self._last = None, result
         core.observe(plan, result)
         await saver.save(core.reply_message(result))
         yield result

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from dskit._tokens import estimate_tokens
-from dskit._validate import is_reasoner
+from dskit._validate import check_chat_request, is_reasoner
 from dskit.client._core import API_PARAMS
 from dskit.client._errors import ToolError, ValidationError
 from dskit.client._types import ChatResult, ToolCall, Usage
@@ -166,6 +166,62 @@ class SessionCore:
                 merged["tool_choice"] = "auto"  # a forced call is made once, not forever
         return merged
 
+    # ---- settings ------------------------------------------------------------------
+
+    def header_update(
+        self, model: str | None, system: str | None, params: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """The store `update` a `configure` makes, checked before anything is written.
+
+        `None` keeps a setting; `system=""` removes the system prompt; `params` are merged
+        into the stored ones, and a `None` value drops that name (back to the default).
+        """
+        changes: dict[str, Any] = {}
+        if model is not None:
+            changes["model"] = _check_model(model)
+        if system is not None:
+            if not isinstance(system, str):
+                raise ValidationError("system must be a string", param="system")
+            changes["system"] = system
+        if params is not None:
+            changes["params"] = self._merged_params(params, changes.get("model"))
+        return changes
+
+    def _merged_params(self, params: Mapping[str, Any], model: str | None) -> dict[str, Any]:
+        if not isinstance(params, Mapping):
+            raise ValidationError("params must be a mapping of names to values", param="params")
+        merged = dict(self.record.params)
+        for name, value in _check_params(params).items():
+            if value is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+        self._check_values(merged, model or self.record.model)
+        return merged
+
+    def _check_values(self, params: Mapping[str, Any], model: str) -> None:
+        """The client's own request rules, applied now: a bad value stored would make
+        every later turn of the session fail."""
+        probe: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": " "}]}
+        probe.update(params)
+        if self.tools:
+            probe["tools"] = [t.definition() for t in self.tools.values()]
+        problem = check_chat_request(probe)
+        if problem is not None:
+            raise ValidationError(problem.message, param=problem.param)
+
+    def configured(self, changes: Mapping[str, Any], version: int) -> None:
+        """Mirror a successful store `update`."""
+        self.record.version = version
+        for name, value in changes.items():
+            setattr(self.record, name, (value or None) if name == "system" else value)
+
+    # ---- retrying ------------------------------------------------------------------
+
+    def retry_length(self) -> int:
+        """How much history a retry keeps: everything up to the last user message."""
+        return self.last_user_index() + 1
+
     # ---- replies ---------------------------------------------------------------------
 
     def appended(self, messages: Sequence[StoredMessage], version: int) -> None:
@@ -302,8 +358,7 @@ def _cut_to_tokens(text: str, tokens: int) -> str:
 def new_record(
     session_id: str | None, model: str, system: str | None, params: Mapping[str, Any]
 ) -> SessionRecord:
-    if not isinstance(model, str) or not model:
-        raise ValidationError("model must be a non-empty string", param="model")
+    _check_model(model)
     if system is not None and not isinstance(system, str):
         raise ValidationError("system must be a string", param="system")
     record = SessionRecord(model=model, system=system or None, params=_check_params(params))
@@ -311,6 +366,12 @@ def new_record(
         record.id = session_id
     record.created = record.updated = time.time()
     return record
+
+
+def _check_model(model: Any) -> str:
+    if not isinstance(model, str) or not model.strip():
+        raise ValidationError("model must be a non-empty string", param="model")
+    return model
 
 
 MAX_SAVE_INTERVAL = 1.0

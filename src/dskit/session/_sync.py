@@ -23,7 +23,7 @@ from dskit.store._memory import MemoryStore
 from dskit.store._model import SessionNotFoundError, SessionRecord, StoredMessage
 
 if TYPE_CHECKING:
-    from dskit.client._sync import DeepSeek
+    from dskit.client._sync import DeepSeek, Stream
     from dskit.store._base import SessionStore
 
 SAVE_INTERVAL = 0.5
@@ -91,6 +91,15 @@ class ChatSession:
         return self._core.record.model
 
     @property
+    def system(self) -> str | None:
+        return self._core.record.system
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The stored request parameters every turn sends (see `configure`)."""
+        return dict(self._core.record.params)
+
+    @property
     def title(self) -> str:
         return self._core.record.title
 
@@ -126,9 +135,33 @@ class ChatSession:
 
     def retry(self, **params: Any) -> ChatResult:
         """Drop everything after the last user message and ask again."""
-        self._truncate(self._core.last_user_index() + 1)
-        with SessionStream(self, params) as stream:
+        with self.retry_stream(**params) as stream:
             return stream.final()
+
+    def retry_stream(self, **params: Any) -> SessionStream:
+        """Like `retry`, as a stream: the old answer is dropped now, the question kept."""
+        self._truncate(self._core.retry_length())
+        return SessionStream(self, params)
+
+    def configure(
+        self,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Change the model, system prompt or request params of this session, for good.
+
+        Saved in the store (so a reloaded session keeps them). `None` keeps a setting,
+        `system=""` removes the prompt, and `params` merge into the stored ones (a `None`
+        value drops a name). Checked first: a bad value raises ValidationError and
+        nothing is written; another writer's change raises SessionConflictError.
+        """
+        core = self._core
+        changes = core.header_update(model, system, params)
+        record = core.record
+        version = self.store.update(record.id, expected_version=record.version, **changes)
+        core.configured(changes, version)
 
     def undo(self) -> list[dict[str, Any]]:
         """Remove the last turn (the last user message and its answers); returns it."""
@@ -220,7 +253,16 @@ class SessionStream:
         self._params = dict(params)
         self._fresh = fresh
         self._result: ChatResult | None = None
+        self._live: Stream | None = None
+        self._last: ChatResult | None = None
         self._events = self._run()
+
+    def snapshot(self) -> ChatResult | None:
+        """The reply streaming now, as far as it got (partial, usually without usage), or
+        the last finished reply of this turn; None before anything was asked."""
+        if self._live is not None:
+            return self._live.snapshot()
+        return self._last
 
     def __iter__(self) -> Iterator[StreamEvent]:
         return self
@@ -289,6 +331,7 @@ class SessionStream:
         session, core = self._session, self._session._core
         saver = _Saver(session, Throttle(session.save_interval))
         with session.client.stream(plan.messages, **params) as stream:
+            self._live = stream
             try:
                 for event in stream:
                     if event.type in GROWING and saver.throttle.due():
@@ -298,6 +341,7 @@ class SessionStream:
             except BaseException:
                 saver.save_partial(core.reply_message(stream.snapshot(), incomplete=True))
                 raise
+        self._live, self._last = None, result
         core.observe(plan, result)
         saver.save(core.reply_message(result))
         return result
