@@ -22,9 +22,9 @@ from dskit.gateway import GatewaySettings, create_app
 class GatewayServer:
     """A running gateway: `url`, `app`, `gw` (its state), and `client()` for HTTP calls."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, **parts: Any) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, **parts)
         self.gw = self.app.state.gateway
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -234,3 +234,23 @@ def test_sessions_in_redis(gateway_factory: Any, redis_url: str) -> None:
         stored = http.get(f"/v1/sessions/{sid}").json()
     assert answer["status"] == "completed"
     assert [m["content"] for m in stored["messages"]] == ["hi", answer["message"]["content"]]
+
+
+def test_create_app_takes_its_stream_log_and_store(sim: Any, tmp_path: Any) -> None:
+    from dskit.gateway import GatewaySettings, MemoryStreamLog
+    from dskit.store import MemoryStore
+
+    log, store = MemoryStreamLog(), MemoryStore()
+    settings = GatewaySettings(
+        upstream=sim.base_url, api_key="sk-upstream-000000",
+        keys_path=str(tmp_path / "keys.sqlite3"), store="memory",
+    )  # fmt: skip
+    server = GatewayServer(settings, log=log, store=store).start()
+    try:
+        with server.client() as http:
+            sid = _session(http)
+            http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"})
+    finally:
+        server.stop()
+    assert len(log) == 1
+    assert [m.role for m in store.load(sid).messages] == ["user", "assistant"]

@@ -18,12 +18,15 @@ from dskit._version import __version__
 from dskit.gateway._deps import COOKIE, GatewayDep
 from dskit.gateway._errors import GatewayError, error_response, from_exception, validation_error
 from dskit.gateway._middleware import GatewayMiddleware
+from dskit.gateway._ratelimit import RateLimiter
 from dskit.gateway._routes_openai import fast_chat_route
 from dskit.gateway._routes_openai import router as openai_router
 from dskit.gateway._routes_sessions import router as sessions_router
 from dskit.gateway._schemas import ErrorResponse, GatewayInfo, LoginRequest
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._state import Gateway
+from dskit.gateway._streamlog import StreamLog
+from dskit.store import SessionStore
 
 ERROR_STATUSES = (400, 401, 404, 409, 413, 422, 429, 502, 503, 504)
 ERROR_DOC: dict[int | str, dict[str, Any]] = {
@@ -33,10 +36,24 @@ logger = logging.getLogger("dskit.gateway")
 STATIC = resources.files("dskit.gateway") / "static"
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    """The gateway app; its resources start and stop with the app's lifespan."""
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    log: StreamLog | None = None,
+    limiter: RateLimiter | None = None,
+    store: SessionStore | None = None,
+) -> FastAPI:
+    """The gateway app; its resources start and stop with the app's lifespan.
+
+    `log`, `limiter` and `store` replace the embedded defaults (in-memory stream log and
+    rate limiter, the store named by `settings.store`): the seams for shared backends.
+    """
     settings = settings or GatewaySettings()
-    gw = Gateway(settings)
+    gw = Gateway(settings, store=store)
+    if log is not None:
+        gw.log = log
+    if limiter is not None:
+        gw.limiter = limiter
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -60,10 +60,10 @@ def open_store(spec: str | None) -> SessionStore:
 class Gateway:
     """Everything the routes use; `start()`/`stop()` run in the app's lifespan."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, *, store: SessionStore | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store: SessionStore = open_store(settings.store)
+        self.store: SessionStore = store if store is not None else open_store(settings.store)
         self.keys = KeyStore(settings.keys_path)
         self.auth_required = self.keys.has_keys()
         self.auth_checked = 0.0
