@@ -24,7 +24,7 @@ from dskit.gateway._errors import GatewayError, error_response, from_exception, 
 from dskit.gateway._middleware import BodyTooLarge
 from dskit.gateway._relay import Relay, client_params, completion_body
 from dskit.gateway._response import EventStreamResponse
-from dskit.gateway._schemas import ChatCompletionRequest, ModelList
+from dskit.gateway._schemas import ChatCompletionRequest, ModelCard, ModelList
 from dskit.gateway._state import Gateway
 
 router = APIRouter(tags=["openai-compatible"])
@@ -128,4 +128,4 @@ async def models(gw: GatewayDep, who: Principal) -> ModelList:
         found = await gw.client.models()
     except Exception as exc:
         raise _counted(gw, exc) from None
-    return ModelList(data=[{"id": m.id, "owned_by": m.owned_by} for m in found])  # type: ignore[misc]
+    return ModelList(data=[ModelCard(id=m.id, owned_by=m.owned_by) for m in found])
