@@ -113,15 +113,23 @@ def parse_upstreams(primary: str | None, fallbacks: Sequence[str]) -> list[Upstr
     return upstreams
 
 
-class UpstreamPool:
-    """Clients by base URL and the chooser that picks, in order, an upstream that is up."""
+ClientSource = AsyncDeepSeek | Callable[[], AsyncDeepSeek]
 
-    def __init__(self, chooser: UpstreamChooser, clients: Mapping[str | None, AsyncDeepSeek]):
+
+class UpstreamPool:
+    """Clients by base URL and the chooser that picks, in order, an upstream that is up.
+
+    A client source is a client or a callable returning one (the gateway rotates over
+    a few connection pools for its main upstream).
+    """
+
+    def __init__(self, chooser: UpstreamChooser, clients: Mapping[str | None, ClientSource]):
         self.chooser = chooser
         self.clients = dict(clients)
 
     def client_for(self, upstream: Upstream) -> AsyncDeepSeek:
-        return self.clients[upstream.base_url]
+        source = self.clients[upstream.base_url]
+        return source if isinstance(source, AsyncDeepSeek) else source()
 
     async def open(
         self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
@@ -157,8 +165,10 @@ class UpstreamPool:
         self.chooser.report(upstream, exc)
 
     async def aclose(self) -> None:
-        for client in self.clients.values():
-            await client.aclose()
+        """Close the clients the pool was given as clients (not those behind callables)."""
+        for source in self.clients.values():
+            if isinstance(source, AsyncDeepSeek):
+                await source.aclose()
 
 
 async def _first_event(stream: AsyncStream) -> StreamEvent | None:
