@@ -12,12 +12,14 @@ import termios
 
 import pytest
 
+from dskit._tokens import estimate_tokens
 from dskit.store import SessionRecord, SQLiteStore
 from tests.cli._pty import Terminal, squash
 from tests.conftest import wait_until
 
 PROMPT = "you ›"
-FOOTER = r"tokens \d+ in( \(\d+ cached\))? / \d+ out · ~\S+ \(estimate\)"
+FOOTER = r"tokens \d+ in( \(\d+ cached\))? / \d+ out(, \d+ thinking)? · ~\S+ \(estimate\)"
+ESTIMATED_FOOTER = r"tokens ~(\d+) out \(estimated: the usage did not arrive\)"
 
 
 @pytest.fixture
@@ -68,9 +70,11 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         assert not termios.tcgetattr(term.fd)[3] & termios.ECHO
         term.send("\x03")  # Ctrl-C in the middle of the answer
         term.expect(r"\[interrupted: the answer stopped here; the partial answer is kept\]")
+        estimated = int(term.expect(ESTIMATED_FOOTER).group(1))  # from the stream's snapshot
         term.expect(PROMPT)
         [_, partial] = latest(home).messages
         assert partial.incomplete and partial.content
+        assert estimated == estimate_tokens(partial.content)
         assert squash(partial.content) in squash(term.text)
 
         term.send("/retry\r")
@@ -92,6 +96,9 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         term.expect(PROMPT)
         assert [m.content for m in latest(home).messages] == ["tell me a story", first.content]
 
+        term.send("/model deepseek-reasoner\r")
+        term.expect(r"Model: deepseek-reasoner \(saved with session")
+        term.expect(PROMPT)
         term.send("\x04")  # Ctrl-D quits
         term.expect("Bye. Session saved")
         assert term.wait() == 0
@@ -103,6 +110,8 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
     term = Terminal(["chat", "--continue", "--sim-token-ms", "0"], env)
     try:
         term.expect(f"Continuing session {session_id[:12]} \\(2 messages\\): tell me a story")
+        term.expect("Settings: model deepseek-reasoner")  # /model survived the restart
+        term.expect("dskit chat · deepseek-reasoner")
         term.expect(PROMPT)
         assert squash(first.content[-200:]) in squash(term.text)  # the previous answer
         term.send("and then?\x1b\rsecond line\r")  # Esc Enter: a new line, not a send
@@ -117,6 +126,7 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
     expected = ["tell me a story", first.content, "and then?\nsecond line"]
     assert [m.content for m in record.messages[:3]] == expected
     assert record.messages[3].role == "assistant" and not record.messages[3].incomplete
+    assert record.model == "deepseek-reasoner" and record.messages[3].message["reasoning_content"]
 
 
 def test_ask_in_a_terminal_renders_and_ctrl_c_exits_130(home, env):

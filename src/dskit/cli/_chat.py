@@ -1,8 +1,10 @@
 """`dskit chat`: the REPL. Input with prompt_toolkit, answers with rich, sessions saved.
 
 The session is created on the first message, so opening and closing the REPL leaves no
-empty sessions behind. Ctrl-C during an answer stops it (the session keeps what arrived,
-marked incomplete); Ctrl-C at the prompt clears the line; Ctrl-D quits.
+empty sessions behind. Its model, system prompt and temperature are saved with it
+(`/model`, `/system`, `/temperature` change them for good), so `--continue` picks up
+where it stood. Ctrl-C during an answer stops it (the session keeps what arrived, marked
+incomplete); Ctrl-C at the prompt clears the line; Ctrl-D quits.
 """
 
 from __future__ import annotations
@@ -52,37 +54,44 @@ class ChatState:
     rich: bool
     think: bool
     session: ChatSession | None = None
-    model: str | None = None  # a /model override, sent with each request
+    # the settings of the next new session; a current session keeps its own, in the store
+    model: str | None = None
     temperature: float | None = None
-    max_tokens: int | None = None
     system: str | None = None
+    max_tokens: int | None = None  # this run's cap, sent with each request
     running: bool = True
     notes: list[str] = field(default_factory=list)
 
     @property
     def current_model(self) -> str:
-        if self.model:
-            return self.model
-        return self.session.model if self.session else self.settings.model or DEFAULT_MODEL
+        if self.session is not None:
+            return self.session.model
+        return self.model or self.settings.model or DEFAULT_MODEL
+
+    @property
+    def current_temperature(self) -> float | None:
+        if self.session is not None:
+            value = self.session.params.get("temperature")
+            return float(value) if isinstance(value, int | float) else None
+        return self.temperature
+
+    @property
+    def current_system(self) -> str | None:
+        return self.session.system if self.session is not None else self.system
 
     def request_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        if self.model:
-            params["model"] = self.model
-        if self.temperature is not None:
-            params["temperature"] = self.temperature
-        if self.max_tokens is not None:
-            params["max_tokens"] = self.max_tokens
-        return params
+        """What this run adds to each request (the rest is saved with the session)."""
+        return {} if self.max_tokens is None else {"max_tokens": self.max_tokens}
 
     def ensure_session(self) -> ChatSession:
         """The current session, created in the store on first use."""
         if self.session is None:
             from dskit.session import ChatSession
 
+            params = {} if self.temperature is None else {"temperature": self.temperature}
             self.session = ChatSession(
-                self.backend.client, system=self.system,
-                model=self.settings.model or DEFAULT_MODEL, store=self.store,
+                self.backend.client, system=self.system, model=self.current_model,
+                store=self.store, params=params,
             )  # fmt: skip
         return self.session
 
@@ -90,12 +99,15 @@ class ChatState:
         from dskit.session import ChatSession
 
         self.session = ChatSession.load(self.backend.client, session_id, store=self.store)
-        self.system = self.session.messages[0]["content"] if self._has_system() else None
         return self.session
 
-    def _has_system(self) -> bool:
-        messages = self.session.messages if self.session else []
-        return bool(messages) and messages[0].get("role") == "system"
+    def new_session(self) -> None:
+        """Leave the current session; the next one starts with its settings."""
+        if self.session is not None:
+            self.model = self.session.model
+            self.system = self.session.system
+            self.temperature = self.current_temperature
+        self.session = None
 
     def view(self) -> View:
         if self.rich:
@@ -129,6 +141,8 @@ CHAT_HELP = """Chat in the terminal, with streamed Markdown answers and saved se
 Enter sends; Esc then Enter (or Alt-Enter) adds a new line. Ctrl-C stops an answer and
 keeps what arrived; Ctrl-D quits. Type /help inside for the slash commands:
 /new /sessions /load /system /model /temperature /think /retry /undo /export /usage.
+The model, system prompt and temperature are saved with each session; with --continue
+or --session, -m, -t and -s change the continued session.
 
 Without DEEPSEEK_API_KEY (and no --base-url) the chat runs on the built-in offline
 simulator and says so.
@@ -145,7 +159,7 @@ Examples:
 
 
 @click.command("chat", help=CHAT_HELP)
-@click.option("-s", "--system", help="System prompt for a new session.")
+@click.option("-s", "--system", help="System prompt (with --continue: replaces the session's).")
 @api_options
 @click.option("--session", "session_id", metavar="ID", help="Continue this session.")
 @click.option("-c", "--continue", "cont", is_flag=True, help="Continue the latest session.")
@@ -154,6 +168,7 @@ Examples:
 def chat(session_id: str | None, cont: bool, **shared: Any) -> None:
     if session_id and cont:
         raise click.UsageError("--session and --continue cannot be used together")
+    flags = {name: shared.get(name) for name in ("model", "temperature", "system")}
     run = invocation(shared)
     try:
         with open_backend(run.settings, run.backend) as backend:
@@ -161,6 +176,7 @@ def chat(session_id: str | None, cont: bool, **shared: Any) -> None:
             state.max_tokens = run.max_tokens
             try:
                 _pick_session(state, session_id, cont)
+                _apply_flags(state, flags)
                 _repl(state)
             finally:
                 state.store.close()
@@ -192,12 +208,32 @@ def _pick_session(state: ChatState, session_id: str | None, cont: bool) -> None:
         _recap(state)
 
 
+def _apply_flags(state: ChatState, flags: dict[str, Any]) -> None:
+    """`-m`, `-t`, `-s` given with --continue/--session change that session, for good
+    (settings from the environment or the config file only shape new sessions)."""
+    session = state.session
+    model, temperature, system = flags["model"], flags["temperature"], flags["system"]
+    if session is None or (model, temperature, system) == (None, None, None):
+        return
+    params = None if temperature is None else {"temperature": temperature}
+    session.configure(model=model, system=system, params=params)
+    state.say(f"Session settings changed: {_settings_line(state)}")
+
+
+def _settings_line(state: ChatState) -> str:
+    temperature = state.current_temperature
+    shown = "default" if temperature is None else f"{temperature:g}"
+    system = "set" if state.current_system else "none"
+    return f"model {state.current_model}, temperature {shown}, system prompt {system}"
+
+
 def _recap(state: ChatState) -> None:
     """Where the loaded conversation stood: its last question and answer."""
     session = state.session
     assert session is not None
     history = session.history
     state.say(f"Continuing session {session.id[:12]} ({len(history)} messages): {session.title}")
+    state.say(f"Settings: {_settings_line(state)}")
     for stored in history[-2:]:
         text = stored.content
         if len(text) > RECAP_CHARS:

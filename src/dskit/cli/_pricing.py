@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dskit.client._types import Usage
+from dskit._tokens import estimate_tokens
+from dskit.client._types import ChatResult, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +64,12 @@ def footer(usage: Usage, model: str) -> str:
         f"tokens {usage.prompt_tokens} in{cached} / {usage.completion_tokens} out{thinking}"
         f" · ~{cost} (estimate)"
     )
+
+
+def estimated_footer(result: ChatResult) -> str | None:
+    """The footer of an answer whose usage never arrived (stopped early): its output
+    tokens, estimated from its text and marked so; None when nothing arrived."""
+    tokens = estimate_tokens(result.content) + estimate_tokens(result.reasoning_content or "")
+    if not tokens:
+        return None
+    return f"tokens ~{tokens} out (estimated: the usage did not arrive)"

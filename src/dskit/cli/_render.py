@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from dskit.cli._pricing import footer
+from dskit.cli._pricing import estimated_footer, footer
 from dskit.client._types import (
     ChatResult,
     ContentDelta,
@@ -273,9 +273,17 @@ class RichView:
         self.reasoning = self.content = ""
         if note:
             self.console.print(note, style="bold yellow", markup=False, highlight=False)
-        if result is not None and result.usage is not None:
-            text = footer(result.usage, result.model or self.model)
+        text = self._footer(result)
+        if text:
             self.console.print(text, style="dim", markup=False, highlight=False)
+
+    def _footer(self, result: ChatResult | None) -> str | None:
+        """Tokens and cost from the usage, or tokens estimated when it never came."""
+        if result is None:
+            return None
+        if result.usage is None:
+            return estimated_footer(result)
+        return footer(result.usage, result.model or self.model)
 
 
 def _markdown(text: str) -> RenderableType:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dskit.cli._chat import ChatState
 from dskit.cli._pricing import estimate_cost, format_cost
@@ -12,18 +13,24 @@ from dskit.cli._sessions import resolve, to_markdown, when
 from dskit.client._errors import DSKitError, ValidationError
 from dskit.client._types import Usage
 
+if TYPE_CHECKING:
+    from dskit.session import ChatSession
+
 Handler = Callable[[ChatState, str], None]
 
 
 def cmd_help(state: ChatState, arg: str) -> None:
     lines = [f"  /{name:<12} {doc}" for name, (_, doc) in sorted(COMMANDS.items())]
+    lines.append(
+        "  /model, /system and /temperature are saved with the session: --continue keeps them"
+    )
     lines.append("  Enter sends · Esc Enter: new line · Ctrl-C stops an answer · Ctrl-D quits")
     state.say("\n".join(lines), style="")
 
 
 def cmd_new(state: ChatState, arg: str) -> None:
-    state.session = None
-    state.say("New session (saved when you send the first message).")
+    state.new_session()
+    state.say("New session (saved when you send the first message), with the same settings.")
 
 
 def cmd_sessions(state: ChatState, arg: str) -> None:
@@ -46,32 +53,60 @@ def cmd_load(state: ChatState, arg: str) -> None:
     state.say(f"Loaded session {session.id[:12]}: {session.title} ({len(session.history)} msgs)")
 
 
+def _saved_where(state: ChatState) -> str:
+    if state.session is None:
+        return "for the new session, started with your next message"
+    return f"saved with session {state.session.id[:12]}"
+
+
 def cmd_system(state: ChatState, arg: str) -> None:
+    """Show, set or (with `-`) remove the system prompt of the current session."""
     if not arg:
-        state.say(f"System prompt: {state.system or '(none)'}")
+        state.say(f"System prompt: {state.current_system or '(none)'}")
         return
-    state.system = arg
-    state.session = None
-    state.say("System prompt set; it applies to a new session, started with your next message.")
+    text = "" if arg == "-" else arg
+    if state.session is not None:
+        state.session.configure(system=text)
+    else:
+        state.system = text or None
+    done = "removed" if not text else "set"
+    state.say(f"System prompt {done} ({_saved_where(state)}).")
 
 
 def cmd_model(state: ChatState, arg: str) -> None:
-    if arg:
+    if not arg:
+        state.say(f"Model: {state.current_model}")
+        return
+    if state.session is not None:
+        state.session.configure(model=arg)
+    else:
         state.model = arg
-    state.say(f"Model: {state.current_model}")
+    state.say(f"Model: {state.current_model} ({_saved_where(state)})")
+
+
+def _temperature(arg: str) -> float | None:
+    if arg == "default":
+        return None
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ValidationError(f"temperature must be a number, got {arg!r}") from None
+    if not 0 <= value <= 2:
+        raise ValidationError("temperature must be between 0 and 2")
+    return value
 
 
 def cmd_temperature(state: ChatState, arg: str) -> None:
     if arg:
-        try:
-            value = float(arg)
-        except ValueError:
-            raise ValidationError(f"temperature must be a number, got {arg!r}") from None
-        if not 0 <= value <= 2:
-            raise ValidationError("temperature must be between 0 and 2")
-        state.temperature = value
-    shown = "default" if state.temperature is None else f"{state.temperature:g}"
-    state.say(f"Temperature: {shown}")
+        value = _temperature(arg)
+        if state.session is not None:
+            state.session.configure(params={"temperature": value})
+        else:
+            state.temperature = value
+    current = state.current_temperature
+    shown = "default" if current is None else f"{current:g}"
+    where = f" ({_saved_where(state)})" if arg else ""
+    state.say(f"Temperature: {shown}{where}")
 
 
 def cmd_think(state: ChatState, arg: str) -> None:
@@ -89,18 +124,19 @@ def cmd_undo(state: ChatState, arg: str) -> None:
 
 
 def cmd_retry(state: ChatState, arg: str) -> None:
-    """Ask the last question again, streamed (undo, then send the same text)."""
+    """Ask the last question again, streamed: the old answer is replaced."""
     session = state.session
-    if session is None:
+    question = _last_question(session) if session is not None else None
+    if session is None or question is None:
         state.say("Nothing to retry.")
         return
-    removed = session.undo()
-    question = next((m.get("content") for m in removed if m.get("role") == "user"), None)
-    if not question:
-        state.say("Nothing to retry.")
-        return
-    state.say(f"Retrying: {str(question)[:60]}")
-    state.stream_turn(lambda: session.stream(str(question), **state.request_params()))
+    state.say(f"Retrying: {question[:60]}")
+    state.stream_turn(lambda: session.retry_stream(**state.request_params()))
+
+
+def _last_question(session: ChatSession) -> str | None:
+    users = [m.content for m in session.history if m.role == "user"]
+    return users[-1] if users else None
 
 
 def cmd_export(state: ChatState, arg: str) -> None:
@@ -142,11 +178,11 @@ COMMANDS: dict[str, tuple[Handler, str]] = {
     "new": (cmd_new, "start a new session"),
     "sessions": (cmd_sessions, "list recent sessions (/sessions N)"),
     "load": (cmd_load, "switch to a session: /load ID"),
-    "system": (cmd_system, "show, or set for a new session: /system TEXT"),
-    "model": (cmd_model, "show or set the model: /model deepseek-reasoner"),
-    "temperature": (cmd_temperature, "show or set: /temperature 0.7"),
+    "system": (cmd_system, "show, set (/system TEXT) or remove (/system -); saved"),
+    "model": (cmd_model, "show or set the model, saved: /model deepseek-reasoner"),
+    "temperature": (cmd_temperature, "show or set, saved: /temperature 0.7 (or default)"),
     "think": (cmd_think, "show or hide the reasoner's thinking"),
-    "retry": (cmd_retry, "ask the last question again"),
+    "retry": (cmd_retry, "ask the last question again (replaces the answer)"),
     "undo": (cmd_undo, "remove the last question and its answer"),
     "export": (cmd_export, "write the session to FILE (.json, or .md for a transcript)"),
     "usage": (cmd_usage, "tokens and estimated cost of this session"),

@@ -66,25 +66,27 @@ def quiet_keyboard() -> Iterator[None]:
 
 
 def run_turn(start: Callable[[], SessionStream], view: View) -> Outcome:
-    """Stream one answer into `view`. Ctrl-C ends it early and keeps what arrived;
-    an incomplete stream is shown, then re-raised for the caller's exit code."""
-    snapshot: ChatResult | None = None
+    """Stream one answer into `view`. Ctrl-C ends it early and keeps what arrived (shown
+    with its footer, from the stream's snapshot); an incomplete stream is shown, then
+    re-raised for the caller's exit code."""
+    stream: SessionStream | None = None
     with quiet_keyboard(), view:
         try:
-            with start() as stream:
+            stream = start()
+            with stream:
                 for event in stream:
-                    if event.type == "done":
-                        snapshot = event.result
                     view.handle(event)
         except KeyboardInterrupt:
-            view.finish(snapshot, note=INTERRUPTED)
-            return Outcome(snapshot, interrupted=True)
+            partial = stream.snapshot() if stream is not None else None
+            view.finish(partial, note=INTERRUPTED)
+            return Outcome(partial, interrupted=True)
         except IncompleteStreamError as exc:
             view.finish(exc.partial, note=f"[incomplete: {exc.cause}]")
             raise
-        cut = CUT_REASONS.get(snapshot.finish_reason or "") if snapshot else None
-        view.finish(snapshot, note=cut)
-    return Outcome(snapshot, cut=cut)
+        result = stream.snapshot()
+        cut = CUT_REASONS.get(result.finish_reason or "") if result else None
+        view.finish(result, note=cut)
+    return Outcome(result, cut=cut)
 
 
 def data_dir() -> Path:

@@ -1,0 +1,86 @@
+"""/model, /temperature and /system change the current session for good (saved in the
+store), /retry streams a new answer to the same question, and --continue keeps it all."""
+
+from __future__ import annotations
+
+from tests.cli.test_chat_commands import sessions
+
+
+def test_model_survives_continue(cli, home, on_sim):
+    first = cli("chat", *on_sim, input="hello\n/model deepseek-reasoner\n")
+    assert first.exit_code == 0, first.stderr
+    [record] = sessions(home)
+    assert f"Model: deepseek-reasoner (saved with session {record.id[:12]})" in first.stdout
+    assert record.model == "deepseek-reasoner"
+    assert not record.messages[1].message.get("reasoning_content")  # asked before /model
+    again = cli("chat", *on_sim, "--continue", input="/model\nwhy?\n")
+    assert "Settings: model deepseek-reasoner, temperature default" in again.stdout
+    assert "Model: deepseek-reasoner\n" in again.stdout
+    [record] = sessions(home)
+    assert [m.role for m in record.messages] == ["user", "assistant"] * 2
+    assert record.messages[3].message.get("reasoning_content")  # the reasoner answered
+
+
+def test_temperature_and_system_change_the_current_session(cli, home, on_sim):
+    script = "hi\n/temperature 0.3\n/system be terse\nmore\n/system\n"
+    result = cli("chat", *on_sim, input=script)
+    [record] = sessions(home)  # /system no longer starts a new session
+    assert f"Temperature: 0.3 (saved with session {record.id[:12]})" in result.stdout
+    assert "System prompt set (saved with session" in result.stdout
+    assert "System prompt: be terse" in result.stdout
+    assert (record.params, record.system) == ({"temperature": 0.3}, "be terse")
+    assert [m.content for m in record.messages[::2]] == ["hi", "more"]
+    script = "/temperature\n/temperature default\n/system -\n"
+    again = cli("chat", *on_sim, "--continue", input=script)
+    assert "Settings: model deepseek-chat, temperature 0.3, system prompt set" in again.stdout
+    assert "Temperature: 0.3\n" in again.stdout and "System prompt removed" in again.stdout
+    [record] = sessions(home)
+    assert (record.params, record.system) == ({}, None)
+
+
+def test_settings_before_the_first_message_shape_the_new_session(cli, home, on_sim):
+    script = "/model deepseek-reasoner\n/temperature 1.5\n/system sys\nhi\n/new\nagain\n"
+    result = cli("chat", *on_sim, input=script)
+    assert "Model: deepseek-reasoner (for the new session, started with your next message)" in (
+        result.stdout
+    )
+    records = sessions(home)
+    assert len(records) == 2  # /new carries the settings over
+    for record in records:
+        assert (record.model, record.params, record.system) == (
+            "deepseek-reasoner", {"temperature": 1.5}, "sys",
+        )  # fmt: skip
+
+
+def test_bad_settings_are_refused_and_nothing_changes(cli, home, on_sim):
+    cli("chat", *on_sim, input="hi\n")
+    [before] = sessions(home)
+    result = cli("chat", *on_sim, "-c", input="/temperature 9\n/temperature warm\n/model\n")
+    assert "temperature must be between 0 and 2" in result.stdout
+    assert "temperature must be a number, got 'warm'" in result.stdout
+    [record] = sessions(home)
+    assert record.params == {} and record.version == before.version
+
+
+def test_flags_with_continue_change_the_continued_session(cli, home, on_sim):
+    cli("chat", *on_sim, input="hello\n")
+    result = cli("chat", *on_sim, "-c", "-m", "deepseek-reasoner", "-t", "0.5", input="")
+    assert "Session settings changed: model deepseek-reasoner, temperature 0.5" in result.stdout
+    [record] = sessions(home)
+    assert (record.model, record.params) == ("deepseek-reasoner", {"temperature": 0.5})
+    # settings from the environment shape new sessions only
+    env = {"DSKIT_MODEL": "deepseek-chat"}
+    cli("chat", *on_sim, "-c", input="", env=env)
+    assert sessions(home)[0].model == "deepseek-reasoner"
+
+
+def test_retry_keeps_the_question_and_replaces_the_answer(cli, home, on_sim):
+    cli("chat", *on_sim, input="one\n")
+    [before] = sessions(home)
+    result = cli("chat", *on_sim, "-c", input="/retry\n")
+    assert "Retrying: one" in result.stdout
+    [after] = sessions(home)
+    assert after.messages[0].to_dict() == before.messages[0].to_dict()  # not re-added
+    assert after.messages[1].content == before.messages[1].content in result.stdout
+    assert after.messages[1].created > before.messages[1].created
+    assert "Nothing to retry." in cli("chat", *on_sim, input="/retry\n").stdout
