@@ -293,3 +293,12 @@ def test_models_balance_and_fim(client: DeepSeek) -> None:
     fim = client.fim("def add(a, b):\n", suffix="\n    return c\n", max_tokens=20)
     assert fim.text and fim.finish_reason in ("stop", "length")
     assert fim.text == client.fim("def add(a, b):\n", suffix="\n    return c\n", max_tokens=20).text
+
+
+def test_values_json_cannot_carry_fail_before_the_network(client: DeepSeek, sim: Any) -> None:
+    before = sim.stats["requests"]
+    with pytest.raises(ValidationError, match="JSON"):
+        client.chat("hi", extra_body={"seed": 2**70})
+    with pytest.raises(ValidationError, match="JSON"):
+        client.fim("x", max_tokens=2**70)
+    assert sim.stats["requests"] == before

@@ -227,7 +227,11 @@ def chat_body(messages: Messages, params: ChatParams, *, stream: bool = True) ->
 
 
 def encode(body: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(body)
+    """The JSON of a request body; what JSON cannot carry is a ValidationError, not I/O."""
+    try:
+        return orjson.dumps(body)
+    except TypeError as exc:  # orjson.JSONEncodeError: huge ints, non-JSON values
+        raise ValidationError(f"The request cannot be encoded as JSON: {exc}") from exc
 
 
 # ---- errors -------------------------------------------------------------------------

@@ -121,6 +121,7 @@ class StreamDriver:
     def __init__(self, core: ClientCore, body: dict[str, Any], options: CallOptions) -> None:
         self.core = core
         self.body = body
+        self._encoded = encode(body)  # once, and before any I/O: bad values fail here
         self.options = options
         self.attempts = Attempts(core, options)
         self.acc = Accumulator()
@@ -143,9 +144,7 @@ class StreamDriver:
         self._last_data = self.core.clock.now()
         headers = self.core.headers(self.options.headers, stream=True)
         if not self.acc.has_output:
-            return HTTPRequest(
-                "POST", self.core.url("/chat/completions"), headers, encode(self.body)
-            )
+            return HTTPRequest("POST", self.core.url("/chat/completions"), headers, self._encoded)
         body = self._resume_body()
         return HTTPRequest("POST", self.core.beta_url("/chat/completions"), headers, encode(body))
 
