@@ -3,6 +3,8 @@ store), /retry streams a new answer to the same question, and --continue keeps i
 
 from __future__ import annotations
 
+import io
+
 from tests.cli.test_chat_commands import sessions
 
 
@@ -84,3 +86,30 @@ def test_retry_keeps_the_question_and_replaces_the_answer(cli, home, on_sim):
     assert after.messages[1].content == before.messages[1].content in result.stdout
     assert after.messages[1].created > before.messages[1].created
     assert "Nothing to retry." in cli("chat", *on_sim, input="/retry\n").stdout
+
+
+def test_a_setting_after_another_writer_reloads_the_session(home, sim, tmp_path):
+    from dskit import ChatSession, DeepSeek
+    from dskit.cli._chat import ChatState
+    from dskit.cli._common import Backend
+    from dskit.cli._render import make_console
+    from dskit.cli._slash import handle_slash
+    from dskit.config import Settings
+    from dskit.store import SQLiteStore
+
+    out = io.StringIO()
+    store = SQLiteStore(tmp_path / "s.db")
+    with DeepSeek(api_key="sk-test-0123456789abcdef", base_url=sim.base_url) as client:
+        state = ChatState(
+            backend=Backend(client, simulated=False), store=store, settings=Settings(),
+            console=make_console(out), rich=False, think=False,
+        )  # fmt: skip
+        session = state.ensure_session()
+        ChatSession.load(client, session.id, store=store).send("from the other terminal")
+        handle_slash(state, "/model deepseek-reasoner")
+        said = " ".join(out.getvalue().split())
+        assert "changed elsewhere" in said and "reloaded with 2 messages. Try again." in said
+        assert store.load(session.id).model == "deepseek-chat"  # nothing written
+        handle_slash(state, "/model deepseek-reasoner")
+    assert store.load(session.id).model == "deepseek-reasoner"
+    store.close()

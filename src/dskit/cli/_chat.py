@@ -125,15 +125,19 @@ class ChatState:
         try:
             run_turn(start, self.view())
         except SessionConflictError:
-            assert self.session is not None
-            self.session.reload()  # another terminal wrote to it: take its messages in
-            self.say(
-                "This session was changed elsewhere (another terminal?); it is reloaded "
-                f"with {len(self.session.history)} messages. Send your message again.",
-                style="yellow",
-            )
+            self.reloaded("Send your message again.")
         except DSKitError as exc:
             self.error(exc)
+
+    def reloaded(self, then: str = "Try again.") -> None:
+        """Another terminal wrote to the session: take its changes in, and say so."""
+        assert self.session is not None
+        self.session.reload()
+        self.say(
+            "This session was changed elsewhere (another terminal?); it is reloaded "
+            f"with {len(self.session.history)} messages. {then}",
+            style="yellow",
+        )
 
 
 CHAT_HELP = """Chat in the terminal, with streamed Markdown answers and saved sessions.

@@ -12,6 +12,7 @@ from dskit.cli._pricing import estimate_cost, format_cost
 from dskit.cli._sessions import resolve, to_markdown, when
 from dskit.client._errors import DSKitError, ValidationError
 from dskit.client._types import Usage
+from dskit.store._model import SessionConflictError
 
 if TYPE_CHECKING:
     from dskit.session import ChatSession
@@ -199,5 +200,7 @@ def handle_slash(state: ChatState, line: str) -> None:
         return
     try:
         entry[0](state, arg.strip())
+    except SessionConflictError:
+        state.reloaded()
     except (DSKitError, OSError) as exc:
         state.error(exc)
