@@ -159,3 +159,16 @@ def test_rerendering_is_throttled_for_long_answers():
         view.finish(None)
     assert time.perf_counter() - started < 1.5
     assert ANSI.sub("", out.getvalue()).count("word") >= 6000  # all of it, in the end
+
+
+def test_a_reply_without_usage_gets_an_estimated_footer():
+    console = make_console(io.StringIO(), force_terminal=False)
+    with RichView(console, model="deepseek-chat") as view:
+        view.handle(ContentDelta("hello " * 10))
+        view.finish(ChatResult(content="hello " * 10, reasoning_content="hmm"), note=INTERRUPTED)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert out.index("[interrupted") < out.index("tokens ~19 out (estimated: the usage did not")
+    empty = make_console(io.StringIO(), force_terminal=False)
+    with RichView(empty, model="deepseek-chat") as view:
+        view.finish(ChatResult(content=""), note=INTERRUPTED)
+    assert "tokens" not in empty.file.getvalue()  # type: ignore[attr-defined]
