@@ -49,6 +49,9 @@ def test_configure_none_drops_a_param_and_empty_system_removes_the_prompt(
     assert s.messages == []
     s.configure(model="deepseek-chat")  # keeps everything else
     assert s.system is None and s.params == {"top_p": 0.9}
+    version = s.version
+    s.configure()  # nothing to change: nothing written
+    assert s.version == version == s.store.load(s.id).version
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,8 @@ class AsyncChatSession:
         """Change the model, system prompt or params for good (see `ChatSession.configure`)."""
         core = self._core
         changes = core.header_update(model, system, params)
+        if not changes:
+            return
         await self.open()
         record = core.record
         version = await self.store.aupdate(record.id, expected_version=record.version, **changes)

@@ -159,6 +159,8 @@ class ChatSession:
         """
         core = self._core
         changes = core.header_update(model, system, params)
+        if not changes:
+            return
         record = core.record
         version = self.store.update(record.id, expected_version=record.version, **changes)
         core.configured(changes, version)
