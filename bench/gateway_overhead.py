@@ -7,12 +7,20 @@
 Every server runs in its own process on loopback: the simulator (`dskit sim`), the gateway
 (`dskit serve --upstream <sim> --store memory`) and LiteLLM's proxy (`litellm[proxy]==1.90.0`
 installed on first run into bench/.venv-litellm, one worker) in front of the same simulator.
-The load generator is a minimal asyncio HTTP/1.1 client (one connection per stream, raw
-chunked decoding) so that it costs the same on every path.
+The load generator is a minimal asyncio HTTP/1.1 client on uvloop (one connection per
+stream, raw chunked decoding; after the first content chunk the rest of the body is read
+as raw bytes up to its end) so that it costs the same, and little, on every path.
 
 (a) realistic upstream: 100 ms to first token, 50 tokens 10 ms apart. At 1, 64, 256 and
     1,000 concurrent streams: time to first token (first non-empty content) and total time,
-    p50 and p99, and what each proxy adds to the direct figures.
+    p50 and p99, and what each proxy adds to the direct figures. Two tables:
+    - steady state (the primary one): a closed loop of N workers, each starting a new
+      stream when its previous one ends, so N streams stay in flight. Workers start
+      spread over one stream lifetime; after a warm-up (every worker has finished a
+      stream, and at least one more lifetime has passed) the streams started within a
+      fixed window are measured. A run that never warms up within its time budget (the
+      target cannot keep N streams moving) is reported as such.
+    - burst: all N streams started at the same instant (the worst case).
 (b) saturation: a zero-latency simulator, 64 clients in a closed loop for a fixed time:
     streams and chunks relayed per second.
 """
@@ -198,7 +206,9 @@ def has_content(payload: bytes) -> bool:
     return bool((choices[0].get("delta") or {}).get("content"))
 
 
-async def one_stream(port: int, request: bytes) -> Sample:
+async def one_stream(port: int, request: bytes, count: bool = True) -> Sample:
+    """One stream. With `count=False` only the first content chunk is parsed; the rest is
+    read as raw bytes until the end of the body, so the load generator stays cheap."""
     started = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     try:
@@ -216,11 +226,29 @@ async def one_stream(port: int, request: bytes) -> Sample:
                 if has_content(payload):
                     chunks += 1
                     ttft = ttft or time.perf_counter() - started
+            if ttft and not count:
+                await drain(reader, chunked, bytes(buffer))
+                return Sample(ttft, time.perf_counter() - started, -1)
         raise RuntimeError("stream ended without [DONE]")
     finally:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+async def drain(reader: asyncio.StreamReader, chunked: bool, seen: bytes) -> None:
+    """Read to the end of the body: the last chunk (`0` CRLF CRLF) or EOF; it must carry
+    `[DONE]`. (A content chunk ends with `}` and a blank line, never with `0`.)"""
+    tail = seen[-64:]
+    while True:
+        if chunked and tail.endswith(b"\r\n0\r\n\r\n"):
+            break
+        data = await reader.read(65536)
+        if not data:
+            break
+        tail = tail[-64:] + data[-64:] if len(data) < 64 else data[-64:]
+    if b"[DONE]" not in tail:
+        raise RuntimeError("stream ended without [DONE]")
 
 
 async def level(port: int, request: bytes, concurrency: int, rounds: int) -> list[Sample]:
@@ -264,41 +292,127 @@ def find_prompt(port: int) -> str:
     raise RuntimeError("no prompt gave a long enough answer")
 
 
-def realistic(svc: Services, quick: bool) -> None:
+def realistic(svc: Services, quick: bool, window: float) -> None:
     prompt = find_prompt(svc.ports["direct"])
+    requests = {name: request_bytes(port, prompt) for name, port in svc.ports.items()}
+    for name, port in svc.ports.items():
+        asyncio.run(level(port, requests[name], 16, 1))  # warm up every target once
     print("\n(a) realistic upstream: TTFT 100 ms, 50 tokens x 10 ms; times in ms")
-    print("| streams | target | TTFT p50 | TTFT p99 | total p50 | total p99 | added TTFT p50 / p99"
-          " | added total p50 / p99 | failed |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\nsteady state: N streams kept in flight (closed loop), {window:g} s window")
+    _header()
     for concurrency in LEVELS:
-        rounds = 1 if quick else {1: 40, 64: 4, 256: 2, 1000: 1}[concurrency]
         base: dict[str, float] = {}
         for name, port in svc.ports.items():
-            request = request_bytes(port, prompt)
-            asyncio.run(level(port, request, min(concurrency, 16), 1))  # warm up
-            row = asyncio.run(_measured(port, request, concurrency, rounds))
-            print(_row(concurrency, name, row, base))
+            loop = ClosedLoop(port, requests[name], concurrency, window)
+            print(_row(concurrency, name, asyncio.run(loop.run()), base), flush=True)
+    print("\nburst: all N started at once (worst case)")
+    _header()
+    for concurrency in LEVELS:
+        rounds = 1 if quick else {1: 10, 64: 3, 256: 2, 1000: 1}[concurrency]
+        base = {}
+        for name, port in svc.ports.items():
+            row = asyncio.run(_burst(port, requests[name], concurrency, rounds))
+            print(_row(concurrency, name, row, base), flush=True)
 
 
-async def _measured(port: int, request: bytes, concurrency: int, rounds: int) -> dict[str, float]:
-    samples: list[Sample] = []
-    failed = 0
-    for _ in range(rounds):
-        results = await asyncio.gather(
-            *(one_stream(port, request) for _ in range(concurrency)), return_exceptions=True
-        )
-        samples += [r for r in results if isinstance(r, Sample)]
-        failed += sum(1 for r in results if not isinstance(r, Sample))
+def _header() -> None:
+    print("| streams | target | TTFT p50 | TTFT p99 | total p50 | total p99 | added TTFT p50 / p99"
+          " | added total p50 / p99 | measured | failed |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+
+LIFETIME = 0.61  # one direct stream: 100 ms + 50 x 10 ms
+BUDGET = 45.0  # seconds one closed-loop run may take before it is cut off
+
+
+@dataclass
+class ClosedLoop:
+    """N workers, each starting a new stream when its previous one ends.
+
+    Workers start spread over one lifetime (no thundering herd); the window opens once
+    every worker has finished a stream and at least two lifetimes have passed; streams
+    started inside the window are measured. Nothing runs past BUDGET seconds: streams
+    measured but unfinished by then count as failed."""
+
+    port: int
+    request: bytes
+    concurrency: int
+    window: float
+    samples: list[Sample] = field(default_factory=list)
+    failed: int = 0
+    warmed: int = 0
+
+    async def run(self) -> dict[str, float]:
+        self.all_warm, self.opened = asyncio.Event(), asyncio.Event()
+        self.start = self.end = float("inf")
+        workers = [asyncio.create_task(self.worker(i)) for i in range(self.concurrency)]
+        opener = asyncio.create_task(self.open_window())
+        _, pending = await asyncio.wait(workers, timeout=BUDGET)
+        for task in (*pending, opener):
+            task.cancel()
+        await asyncio.gather(*pending, opener, return_exceptions=True)
+        if not self.opened.is_set():
+            return {"warm": False}
+        return summary(self.samples, self.failed)
+
+    async def open_window(self) -> None:
+        await asyncio.sleep(2 * LIFETIME)
+        await self.all_warm.wait()
+        self.start = time.perf_counter()
+        self.end = self.start + self.window
+        self.opened.set()
+
+    async def worker(self, index: int) -> None:
+        await asyncio.sleep(LIFETIME * index / self.concurrency)
+        first = True
+        while (now := time.perf_counter()) < self.end:
+            measured = now >= self.start
+            try:
+                sample = await one_stream(self.port, self.request, count=False)
+            except asyncio.CancelledError:
+                self.failed += measured
+                raise
+            except Exception:
+                self.failed += measured
+            else:
+                if measured:
+                    self.samples.append(sample)
+            if first:
+                first = False
+                self.warmed += 1
+                if self.warmed == self.concurrency:
+                    self.all_warm.set()
+
+
+def summary(samples: list[Sample], failed: int) -> dict[str, float]:
     ttft = [s.ttft for s in samples] or [float("nan")]
     total = [s.total for s in samples] or [float("nan")]
     return {"ttft50": pct(ttft, 0.5), "ttft99": pct(ttft, 0.99), "total50": pct(total, 0.5),
             "total99": pct(total, 0.99), "failed": failed, "n": len(samples)}  # fmt: skip
 
 
+async def _burst(port: int, request: bytes, concurrency: int, rounds: int) -> dict[str, float]:
+    samples: list[Sample] = []
+    failed = 0
+    for _ in range(rounds):
+        results = await asyncio.gather(
+            *(one_stream(port, request, count=False) for _ in range(concurrency)),
+            return_exceptions=True,
+        )
+        samples += [r for r in results if isinstance(r, Sample)]
+        failed += sum(1 for r in results if not isinstance(r, Sample))
+    return summary(samples, failed)
+
+
 def _row(concurrency: int, name: str, row: dict[str, float], base: dict[str, float]) -> str:
+    if not row.get("warm", True):
+        return (f"| {concurrency} | {name} | no steady state within {BUDGET:g} s"
+                " (cannot keep N streams moving) | | | | | | - | - |")  # fmt: skip
     if name == "direct":
         base.update(row)
         added = "| - | -"
+    elif not base:
+        added = "| ? | ?"
     else:
         added = (
             f"| {row['ttft50'] - base['ttft50']:+.1f} / {row['ttft99'] - base['ttft99']:+.1f} "
@@ -306,7 +420,8 @@ def _row(concurrency: int, name: str, row: dict[str, float], base: dict[str, flo
         )
     return (
         f"| {concurrency} | {name} | {row['ttft50']:.1f} | {row['ttft99']:.1f} "
-        f"| {row['total50']:.1f} | {row['total99']:.1f} {added} | {int(row['failed'])} |"
+        f"| {row['total50']:.1f} | {row['total99']:.1f} {added} | {int(row['n'])} "
+        f"| {int(row['failed'])} |"
     )
 
 
@@ -334,15 +449,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
     parser.add_argument("--seconds", type=float, default=8.0, help="saturation run length")
+    parser.add_argument("--window", type=float, default=2.0, help="steady-state window (s)")
+    parser.add_argument("--only", choices=("a", "b"), help="run one regime")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     litellm = None if args.no_litellm else ensure_litellm()
+    with contextlib.suppress(ImportError):  # the load generator on uvloop: cheaper per read
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d')}")
-    with services(100, 10, litellm) as svc:
-        realistic(svc, args.quick)
-    with services(0, 0, litellm) as svc:
-        saturation(svc, 2.0 if args.quick else args.seconds)
+    if args.only != "b":
+        with services(100, 10, litellm) as svc:
+            realistic(svc, args.quick, 1.0 if args.quick else args.window)
+    if args.only != "a":
+        with services(0, 0, litellm) as svc:
+            saturation(svc, 2.0 if args.quick else args.seconds)
     return 0
 
 
