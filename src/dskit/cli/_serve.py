@@ -11,6 +11,7 @@ Examples:
   dskit serve                                  # http://127.0.0.1:8000, simulator upstream
   DEEPSEEK_API_KEY=sk-... dskit serve          # DeepSeek upstream
   dskit serve --store redis://localhost:6379/0 --log-format json
+  dskit serve --redis redis://localhost:6379/0 --port 8001   # one of many instances
   dskit keys create --principal alice          # then clients send: Authorization: Bearer sk-gw-...
   dskit serve --host 0.0.0.0                   # refused until keys exist (or --allow-insecure-bind)
 
@@ -49,10 +50,17 @@ simulator; the log and the web page say so. See docs/gateway.md.
               help="HMAC secret for callbacks (env DSKIT_GATEWAY_CALLBACK_SECRET).")  # fmt: skip
 @click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Requests per second per principal (bursts of 10).")  # fmt: skip
+@click.option("--redis", "redis_url", default=None, envvar="DSKIT_GATEWAY_REDIS",
+              help="Redis shared by many instances (log, limits, cache, sessions).")  # fmt: skip
+@click.option("--fallback", "fallbacks", multiple=True,
+              help="Fallback upstream: URL, model:NAME, URL#model:NAME (repeatable).")  # fmt: skip
+@click.option("--cache-ttl", type=click.FloatRange(min=0), default=None,
+              help="Seconds answers stay cached (0: no cache). Default 3600.")  # fmt: skip
 def serve(
     host: str, port: int, upstream: str | None, store: str | None, keys_db: str | None,
     log_format: str, log_level: str, allow_insecure_bind: bool, callback_hosts: tuple[str, ...],
-    callback_secret: str | None, rate_limit: float | None,
+    callback_secret: str | None, rate_limit: float | None, redis_url: str | None,
+    fallbacks: tuple[str, ...], cache_ttl: float | None,
 ) -> None:  # fmt: skip
     """Serve chat to web and mobile front ends (the gateway)."""
     from dskit.gateway import CallbackSettings, GatewaySettings, RateLimit
@@ -63,6 +71,7 @@ def serve(
         log_format=log_format, allow_insecure_bind=allow_insecure_bind or None,
         rate_limit=RateLimit(rate_limit) if rate_limit else None,
         callbacks=CallbackSettings(allow_hosts=callback_hosts, secret=callback_secret),
+        redis=redis_url, fallbacks=fallbacks or None, cache_ttl_seconds=cache_ttl,
     )  # fmt: skip
     configure_logging(settings.log_format, getattr(logging, log_level.upper()))
     _check_bind(settings)

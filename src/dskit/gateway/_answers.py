@@ -15,22 +15,24 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dskit.client._async import AsyncStream
 from dskit.client._types import ChatResult, StreamEvent
+from dskit.gateway._breaker import AllUpstreamsDownError
 from dskit.gateway._errors import from_exception
+from dskit.gateway._redis_log import LeaseLostError, RedisStreamLog
+from dskit.gateway._scale import AnswerSource, ReplaySource, UpstreamSource
+from dskit.gateway._takeover import PrefixContinuation, TakeoverJob, job_headers
 from dskit.store import SessionConflictError, SessionRecord, StoredMessage
 
 if TYPE_CHECKING:
     from dskit.gateway._state import Gateway
 
 logger = logging.getLogger("dskit.gateway")
-LEASE_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,17 @@ def _usage(result: ChatResult) -> dict[str, Any] | None:
     return result.usage.to_dict() if result.usage else None
 
 
+def _snapshot(source: AnswerSource | None) -> ChatResult:
+    return source.snapshot() if source is not None else ChatResult()
+
+
+def _takeover_job(record: SessionRecord, headers: Mapping[str, str], callback: str | None) -> bytes:
+    return TakeoverJob(
+        record.id, record.model, upstream_messages(record), dict(record.params),
+        job_headers(headers), callback,
+    ).encode()  # fmt: skip
+
+
 class AnswerRunner:
     """Starts, tracks and cancels the background tasks of one gateway instance."""
 
@@ -87,17 +100,30 @@ class AnswerRunner:
         self.gw = gateway
         self.worker = uuid.uuid4().hex
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._handing_over = False
+        self._cache_key: dict[str, str | None] = {}
 
     async def start(
         self, record: SessionRecord, headers: Mapping[str, str], callback_url: str | None
     ) -> str:
         answer_id = uuid.uuid4().hex
-        await self.gw.log.create(answer_id, record.id)
+        log = self.gw.log
+        if isinstance(log, RedisStreamLog):  # what another instance needs to take it over
+            await log.create(answer_id, record.id, job=_takeover_job(record, headers, callback_url))
+        else:
+            await log.create(answer_id, record.id)
         job = AnswerJob(answer_id, record, headers, callback_url, time.monotonic())
-        task = asyncio.create_task(self._run(job), name=f"answer-{answer_id}")
+        self._track(answer_id, self._run(job))
+        return answer_id
+
+    def _track(self, answer_id: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"answer-{answer_id}")
         self._tasks[answer_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(answer_id, None))
-        return answer_id
+
+    async def adopt(self, answer_id: str) -> None:
+        """Continue an answer whose instance died (this instance now holds its lease)."""
+        self._track(answer_id, self._continue(answer_id))
 
     async def cancel(self, answer_id: str) -> bool:
         """Stop a generation (and its upstream request); False when it is not running here."""
@@ -110,51 +136,130 @@ class AnswerRunner:
         return True
 
     async def shutdown(self) -> None:
+        """Stop every generation. With a shared log they are handed over, not ended:
+        their leases are released and another instance continues them."""
+        self._handing_over = isinstance(self.gw.log, RedisStreamLog)
         for answer_id in list(self._tasks):
             await self.cancel(answer_id)
 
     async def _run(self, job: AnswerJob) -> None:
-        gw, log = self.gw, self.gw.log
-        await log.lease(job.answer_id, self.worker, LEASE_SECONDS)
-        gw.metrics.active_generations.inc()
-        status, stream = "completed", None
+        lease = self.gw.settings.lease_seconds
+        await self.gw.log.lease(job.answer_id, self.worker, lease)
+        await self._produce(job, lambda: self._open(job))
+
+    async def _continue(self, answer_id: str) -> None:
+        """The takeover: the text logged so far, continued through prefix completion."""
+        log = self.gw.log
+        assert isinstance(log, RedisStreamLog)
         try:
-            stream = gw.client.stream(
-                upstream_messages(job.record), model=job.record.model,
-                extra_headers=dict(job.extra_headers), **job.record.params,
-            )  # fmt: skip
-            await self._generate(job, stream)
-        except (Exception, asyncio.CancelledError) as exc:  # every failure ends in an event
-            status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
-            await self._fail(job, exc, stream.snapshot() if stream else ChatResult())
+            partial = await log.partial(answer_id)
+            taken = TakeoverJob.decode(await log.job(answer_id))
+            record = await self.gw.store.aload(taken.session_id)
+        except Exception as exc:
+            logger.warning("cannot take over answer %s: %s", answer_id, exc)
+            await log.release(answer_id, self.worker)
+            return
+        job = AnswerJob(answer_id, record, taken.headers, taken.callback_url, time.monotonic())
+        if partial.ended:  # its instance died between its last event and finishing
+            await self._close(job, "completed")
+            return
+        logger.warning("answer %s: taking over after event %d", answer_id, partial.seq)
+        await self._produce(job, lambda: self._continuation(taken, partial))
+
+    async def _continuation(self, taken: TakeoverJob, partial: Any) -> AnswerSource:
+        if partial.has_tool_calls:
+            raise RuntimeError("the instance died inside a tool call; it cannot be continued")
+        assert self.gw.beta is not None
+        resumes = self.gw.settings.upstream_max_resumes
+        return PrefixContinuation(self.gw.beta, taken, partial, resumes)
+
+    async def _produce(self, job: AnswerJob, opener: Callable[[], Awaitable[AnswerSource]]) -> None:
+        gw = self.gw
+        gw.metrics.active_generations.inc()
+        status, source = "completed", None
+        try:
+            source = await opener()
+            await self._generate(job, source)
+        except asyncio.CancelledError:
+            if self._handing_over:  # shutting down: another instance continues it
+                await self._hand_over(job, source)
+                raise
+            status = "cancelled"
+            await self._fail(job, asyncio.CancelledError(), _snapshot(source))
+        except LeaseLostError as exc:  # another instance writes this answer now: stop
+            logger.warning("answer %s: %s", job.answer_id, exc)
+            status = "lost"
+        except Exception as exc:  # every failure ends in an event
+            status = "failed"
+            await self._fail(job, exc, _snapshot(source))
         finally:
             gw.metrics.active_generations.dec()
-            await log.finish(job.answer_id)
-            await log.release(job.answer_id, self.worker)
+            self._cache_key.pop(job.answer_id, None)
+            if source is not None:
+                await source.aclose()
+        if status != "lost":
+            await self._close(job, status)
+
+    async def _close(self, job: AnswerJob, status: str) -> None:
+        log = self.gw.log
+        await log.finish(job.answer_id)
+        await log.release(job.answer_id, self.worker)
         logger.info("answer %s %s", job.answer_id, status)
         if job.callback_url:
-            await gw.send_callback(job.callback_url, job.answer_id)
+            await self.gw.send_callback(job.callback_url, job.answer_id)
 
-    async def _generate(self, job: AnswerJob, stream: AsyncStream) -> None:
+    async def _hand_over(self, job: AnswerJob, source: AnswerSource | None) -> None:
+        with contextlib.suppress(Exception):
+            if source is not None:
+                await source.aclose()
+            await self.gw.log.release(job.answer_id, self.worker)
+        logger.info("answer %s handed over to another instance", job.answer_id)
+
+    async def _open(self, job: AnswerJob) -> AnswerSource:
+        """Cache, then the upstreams in order; degraded (all down): cache or a 503."""
+        gw = self.gw
+        messages = upstream_messages(job.record)
+        params = {"model": job.record.model, **job.record.params}
+        key = gw.cache.key_for(messages, params, {})
+        if key is not None:
+            found = await gw.cache.lookup(key, {})
+            if found.status == "hit" and found.answer is not None:
+                return ReplaySource(found.answer.result)
+        assert gw.pool is not None
+        try:
+            call = {**params, "extra_headers": dict(job.extra_headers)}
+            upstream, stream, first = await gw.pool.open(messages, call)
+        except AllUpstreamsDownError:
+            cached = await gw.cache.fallback(messages, params)
+            if cached is None:
+                raise
+            return ReplaySource(cached)
+        self._cache_key[job.answer_id] = key
+        return UpstreamSource(gw.pool, upstream, stream, first)
+
+    async def _generate(self, job: AnswerJob, source: AnswerSource) -> None:
         gw, append, answer_id = self.gw, self.gw.log.append, job.answer_id
         first = True
-        async with stream:
-            async for event in stream:
-                entry = event_payload(event)
-                if entry is not None:
-                    if first and entry[0] != "usage":
-                        first = False
-                        gw.metrics.ttft.labels("sessions").observe(time.monotonic() - job.started)
-                    await append(answer_id, *entry)
-                elif event.type == "resumed":
-                    gw.metrics.resumes.inc()
-                elif event.type == "retrying":
-                    gw.metrics.retries.inc()
-            result = await stream.final()
+        async for event in source.events():
+            entry = event_payload(event)
+            if entry is not None:
+                if first and entry[0] != "usage":
+                    first = False
+                    gw.metrics.ttft.labels("sessions").observe(time.monotonic() - job.started)
+                await append(answer_id, *entry)
+            elif event.type == "resumed":
+                gw.metrics.resumes.inc()
+            elif event.type == "retrying":
+                gw.metrics.retries.inc()
+        result = await source.final()
         await self._save(job, result, incomplete=False)
+        await gw.cache.store(self._cache_key.pop(answer_id, None), result)
         gw.metrics.count_usage(result.usage)
         gw.metrics.latency.labels("sessions").observe(time.monotonic() - job.started)
-        await append(answer_id, "done", orjson.dumps(self._done_payload(result)))
+        done = self._done_payload(result)
+        if source.cached:
+            done["cached"] = True
+        await append(answer_id, "done", orjson.dumps(done))
 
     @staticmethod
     def _done_payload(result: ChatResult) -> dict[str, Any]:

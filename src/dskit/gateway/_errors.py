@@ -119,7 +119,21 @@ def from_exception(exc: BaseException) -> GatewayError:
         return GatewayError(504, f"upstream: {exc}", "upstream_error", code="upstream_timeout")
     if isinstance(exc, APIConnectionError | APIError):
         return GatewayError(502, f"upstream: {exc}", "upstream_error", code="upstream_error")
-    return _store_error(exc)
+    return _unavailable(exc) or _store_error(exc)
+
+
+def _unavailable(exc: BaseException) -> GatewayError | None:
+    """Every upstream's breaker open, or Redis unreachable: a 503 with Retry-After."""
+    from dskit.gateway._breaker import AllUpstreamsDownError
+    from dskit.gateway._scale import redis_down
+
+    if isinstance(exc, AllUpstreamsDownError):
+        return GatewayError(
+            503, "all upstreams are unavailable (circuit open) and no cached answer exists; "
+            "retry later", "upstream_error", code="upstream_unavailable",
+            retry_after=exc.retry_after,
+        )  # fmt: skip
+    return redis_down(exc)
 
 
 def _store_error(exc: BaseException) -> GatewayError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import orjson
@@ -12,6 +13,9 @@ from fastapi.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from dskit.client._async import AsyncStream
+from dskit.client._types import ChatResult
+from dskit.gateway._breaker import AllUpstreamsDownError, Upstream
 from dskit.gateway._deps import (
     GatewayDep,
     Limited,
@@ -24,6 +28,7 @@ from dskit.gateway._errors import GatewayError, error_response, from_exception, 
 from dskit.gateway._middleware import BodyTooLarge
 from dskit.gateway._relay import Relay, client_params, completion_body
 from dskit.gateway._response import EventStreamResponse
+from dskit.gateway._scale import CACHE_HEADER, cached_body, cached_chunks
 from dskit.gateway._schemas import ChatCompletionRequest, ModelCard, ModelList
 from dskit.gateway._state import Gateway
 
@@ -56,14 +61,55 @@ async def relay_response(gw: Gateway, body: ChatCompletionRequest, request: Requ
     messages, params = client_params(body)
     params["extra_headers"] = upstream_headers(request, gw)
     started = time.monotonic()
-    if not body.stream:
-        return await _complete(gw, messages, params, started)
+    asked = {k: v for k, v in params.items() if k != "extra_headers"}
+    key = gw.cache.key_for(messages, asked, request.headers)
+    marks: dict[str, str] = {}
+    if key is not None:
+        found = await gw.cache.lookup(key, request.headers)
+        if found.status == "hit" and found.answer is not None:
+            return _cached(found.answer.result, body)
+        marks[CACHE_HEADER] = found.status
+    assert gw.pool is not None
     try:
-        relay = Relay(gw.client.stream(messages, **params), body.model, gw.metrics, started)
-        await relay.prime()
+        upstream, stream, first = await gw.pool.open(messages, params)
+    except AllUpstreamsDownError as exc:  # degraded: a stored answer, else a clear 503
+        cached = await gw.cache.fallback(messages, asked)
+        if cached is None:
+            raise _counted(gw, exc) from None
+        return _cached(cached, body)
     except Exception as exc:
         raise _counted(gw, exc) from None
-    return EventStreamResponse(relay.body())
+    if not body.stream:
+        return await _complete(gw, stream, key, params["model"], started, marks)
+    relay = Relay(stream, body.model, gw.metrics, started)
+    relay.first = first
+    return EventStreamResponse(_then_store(gw, relay, key, upstream), marks)
+
+
+def _cached(result: ChatResult, body: ChatCompletionRequest) -> Response:
+    """A cached answer, marked by header and field, as a stream or JSON as asked."""
+    headers = {CACHE_HEADER: "hit"}
+    if body.stream:
+        return EventStreamResponse(_aiter(cached_chunks(result, body.model)), headers)
+    return JSONBytes(orjson.dumps(cached_body(result, body.model)), headers=headers)
+
+
+async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def _then_store(
+    gw: Gateway, relay: Relay, key: str | None, upstream: Upstream
+) -> AsyncIterator[bytes]:
+    """The relayed stream; once it ended well, its answer goes to the cache."""
+    async for chunk in relay.body():
+        yield chunk
+    result = relay.stream.snapshot()
+    if result.finish_reason is not None:
+        assert gw.pool is not None
+        gw.pool.report(upstream, None)
+        await gw.cache.store(key, result)
 
 
 class FastChatCompletions:
@@ -103,16 +149,19 @@ def fast_chat_route(gw: Gateway) -> Route:
 
 
 async def _complete(
-    gw: Gateway, messages: list[dict[str, Any]], params: dict[str, Any], started: float
-) -> Response:
+    gw: Gateway, stream: AsyncStream, key: str | None, model: str, started: float,
+    headers: dict[str, str],
+) -> Response:  # fmt: skip
     try:
-        result = await gw.client.chat(messages, **params)
+        async with stream:
+            result = await stream.final()
     except Exception as exc:
         raise _counted(gw, exc) from None
+    await gw.cache.store(key, result)
     gw.metrics.count_usage(result.usage)
     gw.metrics.latency.labels("chat_completions").observe(time.monotonic() - started)
-    body = completion_body(result, f"chatcmpl-{result.id or 'dskit'}", params["model"])
-    return JSONBytes(orjson.dumps(body))
+    body = completion_body(result, f"chatcmpl-{result.id or 'dskit'}", model)
+    return JSONBytes(orjson.dumps(body), headers=headers)
 
 
 def _counted(gw: Gateway, exc: Exception) -> GatewayError:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter, Gauge
 
@@ -285,3 +285,72 @@ def cached_body(result: ChatResult, model: str) -> dict[str, Any]:
     from dskit.gateway._relay import completion_body
 
     return {**completion_body(result, f"chatcmpl-{result.id or 'cache'}", model), "cached": True}
+
+
+# ---- where an answer's events come from ------------------------------------------------------
+
+
+class AnswerSource(Protocol):
+    """The events of one answer and its final result: upstream, cache or a continuation."""
+
+    cached: bool
+
+    def events(self) -> AsyncIterator[StreamEvent]: ...
+    async def final(self) -> ChatResult: ...
+    def snapshot(self) -> ChatResult: ...
+    async def aclose(self) -> None: ...
+
+
+class UpstreamSource:
+    """A live upstream stream (its first event already read by `UpstreamPool.open`);
+    tells the upstream's breaker how the stream ended."""
+
+    cached = False
+
+    def __init__(
+        self, pool: UpstreamPool, upstream: Upstream, stream: AsyncStream, first: StreamEvent | None
+    ) -> None:
+        self.pool, self.upstream, self.stream, self.first = pool, upstream, stream, first
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        try:
+            if self.first is not None:
+                yield self.first
+            async for event in self.stream:
+                yield event
+        except Exception as exc:
+            self.pool.report(self.upstream, exc)
+            raise
+        self.pool.report(self.upstream, None)
+
+    async def final(self) -> ChatResult:
+        return await self.stream.final()
+
+    def snapshot(self) -> ChatResult:
+        return self.stream.snapshot()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class ReplaySource:
+    """A cached answer replayed as events."""
+
+    cached = True
+
+    def __init__(self, result: ChatResult) -> None:
+        self.result = result
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        for event in replay_events(self.result):
+            if event.type != "done":
+                yield event
+
+    async def final(self) -> ChatResult:
+        return self.result
+
+    def snapshot(self) -> ChatResult:
+        return self.result
+
+    async def aclose(self) -> None:
+        return None

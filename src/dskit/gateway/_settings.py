@@ -10,8 +10,11 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from dskit.gateway._breaker import BreakerSettings
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 ENV_PREFIX = "DSKIT_GATEWAY_"
+NOT_FROM_ENV = ("rate_limit", "callbacks", "api_key", "tokens_limit", "fallbacks", "breaker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,16 @@ class GatewaySettings:
     upstream_max_resumes: int = 3
     rate_limit: RateLimit | None = None
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    # Many instances (docs/scaling.md): `redis` moves the stream log, rate limits, cache and
+    # (unless `store` says otherwise) sessions into one Redis shared by every instance.
+    redis: str | None = None
+    redis_namespace: str = "dskit:gw"
+    lease_seconds: float = 10.0
+    takeover_interval: float = 1.0
+    tokens_limit: RateLimit | None = None
+    fallbacks: tuple[str, ...] = ()
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    cache_ttl_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):
@@ -75,6 +88,8 @@ class GatewaySettings:
             raise ValueError("max_body_bytes must be at least 1024")
         if self.heartbeat_seconds <= 0 or self.max_wait_seconds <= 0:
             raise ValueError("heartbeat_seconds and max_wait_seconds must be positive")
+        if self.lease_seconds < 0.1 or self.takeover_interval <= 0:
+            raise ValueError("lease_seconds must be >= 0.1 and takeover_interval positive")
 
     @property
     def loopback_only(self) -> bool:
@@ -90,7 +105,7 @@ class GatewaySettings:
         values: dict[str, Any] = {}
         for spec in fields(cls):
             raw = os.environ.get(ENV_PREFIX + spec.name.upper())
-            if raw is not None and spec.name not in ("rate_limit", "callbacks", "api_key"):
+            if raw is not None and spec.name not in NOT_FROM_ENV:
                 values[spec.name] = _coerce(raw, getattr(cls(), spec.name))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

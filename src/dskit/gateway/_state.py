@@ -22,11 +22,23 @@ from dskit.client._config import Limits, RetryPolicy, Timeout
 from dskit.client._errors import ConfigError
 from dskit.gateway._answers import AnswerRunner
 from dskit.gateway._auth import LOCAL_PRINCIPAL, KeyStore
+from dskit.gateway._breaker import UpstreamChooser
 from dskit.gateway._callbacks import CallbackSender
 from dskit.gateway._metrics import Metrics
 from dskit.gateway._ratelimit import RateLimiter, make_rate_limiter
+from dskit.gateway._redis_log import RedisStreamLog
+from dskit.gateway._scale import (
+    CacheFront,
+    ClientSource,
+    RedisParts,
+    UpstreamPool,
+    breaker_gauge,
+    make_cache,
+    parse_upstreams,
+)
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._streamlog import MemoryStreamLog, StreamLog
+from dskit.gateway._takeover import TakeoverLoop, beta_client_url
 from dskit.store import MemoryStore, SessionStore, SQLiteStore
 
 if TYPE_CHECKING:
@@ -57,18 +69,40 @@ def open_store(spec: str | None) -> SessionStore:
     return SQLiteStore(spec)
 
 
+def _redis_parts(settings: GatewaySettings) -> RedisParts | None:
+    if not settings.redis:
+        return None
+    return RedisParts.build(
+        settings.redis, namespace=settings.redis_namespace, lease_seconds=settings.lease_seconds,
+        answer_ttl=settings.answer_ttl_seconds, rate_limit=settings.rate_limit,
+        tokens_limit=settings.tokens_limit,
+    )  # fmt: skip
+
+
 class Gateway:
     """Everything the routes use; `start()`/`stop()` run in the app's lifespan."""
 
     def __init__(self, settings: GatewaySettings, *, store: SessionStore | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store: SessionStore = store if store is not None else open_store(settings.store)
+        self.redis = _redis_parts(settings)
+        spec = settings.store or settings.redis
+        self.store: SessionStore = store if store is not None else open_store(spec)
         self.keys = KeyStore(settings.keys_path)
         self.auth_required = self.keys.has_keys()
         self.auth_checked = 0.0
-        self.log: StreamLog = MemoryStreamLog(ttl=settings.answer_ttl_seconds)
-        self.limiter: RateLimiter = make_rate_limiter(settings.rate_limit)
+        self.log: StreamLog = (
+            self.redis.log if self.redis else MemoryStreamLog(ttl=settings.answer_ttl_seconds)
+        )
+        self.limiter: RateLimiter = (
+            self.redis.limiter
+            if self.redis and self.redis.limiter
+            else make_rate_limiter(settings.rate_limit)
+        )
+        self.cache = CacheFront(make_cache(self.redis), settings.cache_ttl_seconds, self.metrics)
+        self.pool: UpstreamPool | None = None
+        self.beta: AsyncDeepSeek | None = None
+        self.takeover: TakeoverLoop | None = None
         self.runner = AnswerRunner(self)
         self.callbacks = CallbackSender(settings.callbacks)
         self.sim: SimServer | None = None
@@ -110,7 +144,25 @@ class Gateway:
         self._shards = [self._new_client(key, base_url) for _ in range(CLIENT_SHARDS)]
         self._next_shard = itertools.cycle(self._shards).__next__
         self._client = self._shards[0]
+        self._start_scale(key)
         self._announce()
+
+    def _start_scale(self, key: str) -> None:
+        """Upstreams with breakers and fallbacks, the beta client, the takeover loop."""
+        primary = self.client.base_url
+        upstreams = parse_upstreams(primary, self.settings.fallbacks)
+        sources: dict[str | None, ClientSource] = {primary: lambda: self.client}
+        for upstream in upstreams:
+            if upstream.base_url not in sources:
+                sources[upstream.base_url] = self._new_client(key, upstream.base_url)
+        self.pool = UpstreamPool(UpstreamChooser(upstreams, self.settings.breaker), sources)
+        breaker_gauge(self.metrics, self.pool)
+        self.beta = self._new_client(key, beta_client_url(primary))
+        if isinstance(self.log, RedisStreamLog):
+            self.takeover = TakeoverLoop(
+                self.log, self.runner.worker, self.runner.adopt, self.settings.takeover_interval
+            )
+            self.takeover.start()
 
     def _new_client(self, key: str, base_url: str | None) -> AsyncDeepSeek:
         per_shard = 10_000 // CLIENT_SHARDS
@@ -140,10 +192,15 @@ class Gateway:
         logger.info("auth: %s", "gateway API keys required" if self.auth_required else "off")
 
     async def stop(self) -> None:
+        if self.takeover is not None:
+            await self.takeover.stop()
         await self.runner.shutdown()
         await self.callbacks.aclose()
         for client in self._shards:
             await client.aclose()
+        for extra in (self.pool, self.beta, self.redis):
+            if extra is not None:
+                await extra.aclose()
         if self.sim is not None:
             await asyncio.to_thread(self.sim.stop)
         await self.store.aclose()

@@ -128,6 +128,19 @@ class PrefixContinuation:
                     continue
                 yield event
 
+    cached = False
+
+    async def final(self) -> ChatResult:
+        if self.result is None:
+            raise RuntimeError("the continuation has not finished")
+        return self.result
+
+    def snapshot(self) -> ChatResult:
+        return ChatResult(content=self.content, reasoning_content=self.reasoning or None)
+
+    async def aclose(self) -> None:
+        return None
+
     def _merged(self, tail: ChatResult) -> ChatResult:
         """The whole answer: the logged prefix and the continuation as one result."""
         return ChatResult(
