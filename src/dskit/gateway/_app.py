@@ -22,6 +22,7 @@ from dskit.gateway._ratelimit import RateLimiter
 from dskit.gateway._routes_openai import fast_chat_route
 from dskit.gateway._routes_openai import router as openai_router
 from dskit.gateway._routes_sessions import router as sessions_router
+from dskit.gateway._scale import outage_errors
 from dskit.gateway._schemas import ErrorResponse, GatewayInfo, LoginRequest
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._state import Gateway
@@ -83,7 +84,7 @@ def create_app(
 def _install_handlers(app: FastAPI, gw: Gateway) -> None:
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         error = from_exception(exc)
-        if error.status >= 500 and not isinstance(exc, GatewayError):
+        if error.status == 500 and not isinstance(exc, GatewayError):
             logger.error("unexpected error on %s", request.url.path, exc_info=exc)
         return error_response(error)
 
@@ -104,6 +105,8 @@ def _install_handlers(app: FastAPI, gw: Gateway) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(Exception, on_gateway_error)
+    for outage in outage_errors():  # Redis or every upstream away: a 503, connection kept
+        app.add_exception_handler(outage, on_gateway_error)
 
 
 def _install_operations(app: FastAPI) -> None:

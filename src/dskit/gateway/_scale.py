@@ -354,3 +354,15 @@ class ReplaySource:
 
     async def aclose(self) -> None:
         return None
+
+
+def outage_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean "something we depend on is away": answered as a 503 by the
+    app's exception middleware (a catch-all `Exception` handler would re-raise them
+    after answering, and the server would drop the connection)."""
+    errors: list[type[Exception]] = [AllUpstreamsDownError]
+    try:
+        from redis.exceptions import ConnectionError, TimeoutError
+    except ImportError:  # pragma: no cover - redis is an optional extra
+        return tuple(errors)
+    return (*errors, ConnectionError, TimeoutError)
