@@ -16,6 +16,7 @@ from dskit.client._core import (
     get_request,
 )
 from dskit.client._driver import CallDriver, StreamDriver
+from dskit.client._netio import install as install_asyncio_backend
 from dskit.client._sync import _timeout
 from dskit.client._types import Balance, ChatResult, FimResult, ModelInfo, StreamEvent
 
@@ -32,6 +33,8 @@ class AsyncDeepSeek(ClientBase["httpx2.AsyncClient", "httpx2.AsyncBaseTransport"
 
     def _http_client(self, module: ModuleType, **options: Any) -> httpx2.AsyncClient:
         client: httpx2.AsyncClient = module.AsyncClient(**options)
+        if options.get("transport") is None:
+            install_asyncio_backend(client)
         return client
 
     async def chat(self, messages: Messages, **params: Unpack[ChatParams]) -> ChatResult:
