@@ -271,19 +271,18 @@ class RedisStreamLog:
         return LogSlice(entries, finished)
 
     async def finish(self, answer_id: str) -> None:
+        """End the answer. The session's active mark goes first: whoever sees the end
+        marker may post the next question at once and must not get a 409."""
         log, meta, lease = self._keys(answer_id)
         args = [int(self.settings.answer_ttl)]
         session = await self._patiently(lambda: self.redis.hget(meta, "session"))
-        done = await self._patiently(
-            lambda: self._scripts["finish"](keys=[log, meta, lease], args=args)
-        )
-        if int(done) == -1:
+        if session is None:
             raise UnknownAnswerError(answer_id)
+        active = self._active_key(_text(session))
+        await self._patiently(lambda: self._scripts["cad"](keys=[active], args=[answer_id]))
+        await self._patiently(lambda: self._scripts["finish"](keys=[log, meta, lease], args=args))
         self._forget(answer_id)
         await self._patiently(lambda: self.redis.zrem(self._running, answer_id))
-        if session is not None:
-            active = self._active_key(_text(session))
-            await self._patiently(lambda: self._scripts["cad"](keys=[active], args=[answer_id]))
 
     async def info(self, answer_id: str) -> AnswerInfo | None:
         try:
