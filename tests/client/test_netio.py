@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpcore2
 import pytest
+import trustme
 
 from dskit import AsyncDeepSeek
 from dskit.client._netio import HIGH_WATER, AsyncioBackend
@@ -95,3 +98,40 @@ async def test_refused_connection_is_connect_error() -> None:
         port = sock.getsockname()[1]  # bound, not listening: refused
         with pytest.raises(httpcore2.ConnectError):
             await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+
+
+@pytest.fixture
+async def tls_echo() -> AsyncIterator[tuple[int, trustme.CA]]:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
+    async with server:
+        yield server.sockets[0].getsockname()[1], ca
+
+
+async def test_tls_upgrade_round_trip(tls_echo: tuple[int, trustme.CA]) -> None:
+    port, ca = tls_echo
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    plain = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    stream = await plain.start_tls(context, server_hostname="localhost", timeout=5)
+    assert stream.get_extra_info("ssl_object") is not None
+    await stream.write(b"secret ping", timeout=5)
+    assert await stream.read(1024, timeout=5) == b"secret ping"
+    await stream.aclose()
+
+
+async def test_untrusted_certificate_is_connect_error(tls_echo: tuple[int, trustme.CA]) -> None:
+    port, _ = tls_echo
+    plain = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    with pytest.raises(httpcore2.ConnectError):
+        await plain.start_tls(ssl.create_default_context(), server_hostname="localhost", timeout=5)
