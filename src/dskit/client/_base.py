@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Generic, TypeVar
@@ -15,6 +16,9 @@ TransportT = TypeVar("TransportT")
 
 class ClientBase(Generic[HttpT, TransportT]):
     """Settings with env fallback, one pooled httpx2 client, a repr without the key.
+
+    `verify`: True (the system's trust store), False (no TLS verification), or an
+    `ssl.SSLContext`, e.g. `ssl.create_default_context(cafile=...)` for a proxy's CA.
 
     Subclasses say which httpx2 client they drive (sync or async) in `_http_client`.
     """
@@ -33,6 +37,7 @@ class ClientBase(Generic[HttpT, TransportT]):
         default_headers: Mapping[str, str] | None = None,
         transport: TransportT | None = None,
         clock: Clock | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._core = ClientCore.create(
             api_key, base_url, timeout, retry, max_resumes, pace, default_headers, clock, limits
@@ -44,7 +49,12 @@ class ClientBase(Generic[HttpT, TransportT]):
             max_keepalive_connections=self._core.limits.max_keepalive_connections,
         )
         self._http: HttpT = self._http_client(
-            httpx2, http2=http2, transport=transport, limits=pool, follow_redirects=False
+            httpx2,
+            http2=http2,
+            transport=transport,
+            limits=pool,
+            verify=verify,
+            follow_redirects=False,
         )
 
     def _http_client(self, module: ModuleType, **options: Any) -> HttpT:

@@ -49,15 +49,24 @@ def _bind(host: str, port: int) -> socket.socket:
 class SimServer:
     """The offline DeepSeek simulator on `host:port` (port 0 picks a free port).
 
+    With `ssl_certfile` (and `ssl_keyfile`) it serves HTTPS, so TLS paths are testable.
+
     with SimServer(SimConfig(token_ms=5)) as sim:
         httpx2.post(f"{sim.base_url}/chat/completions", ...)
     """
 
     def __init__(
-        self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SimConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.config = config or SimConfig()
         self.host = host
+        self._tls = (ssl_certfile, ssl_keyfile) if ssl_certfile else None
         self.app = SimApp(self.config)
         self._requested_port = port
         self._sock: socket.socket | None = None
@@ -78,7 +87,8 @@ class SimServer:
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def stats(self) -> SimStats:
@@ -162,6 +172,8 @@ class SimServer:
             timeout_graceful_shutdown=2,
             timeout_keep_alive=75,  # pooled client connections outlive short test pauses
             server_header=False,
+            ssl_certfile=self._tls[0] if self._tls else None,
+            ssl_keyfile=self._tls[1] if self._tls else None,
         )
         server = uvicorn.Server(config)
         config.load()
