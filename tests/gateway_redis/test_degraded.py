@@ -98,3 +98,32 @@ def test_redis_away_is_a_503_and_service_returns_by_itself(
             assert again.status_code == 200 and again.json()["status"] == "completed"
     finally:
         server.stop()
+
+
+def test_session_answers_at_temperature_zero_come_from_the_cache(
+    gateway_factory: Callable[..., GatewayServer],
+) -> None:
+    import orjson
+
+    from tests.gateway.conftest import parse_sse
+
+    gateway = gateway_factory()
+    dones, texts = [], []
+    with gateway.client() as http:
+        for _ in range(2):
+            body = {"model": "deepseek-chat", "parameters": {"temperature": 0}}
+            sid = http.post("/v1/sessions", json=body).json()["id"]
+            reply = http.post(
+                f"/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}
+            )
+            events = parse_sse(reply.text)
+            texts.append("".join(orjson.loads(e["data"])["text"] for e in events
+                                 if e.get("event") == "content"))  # fmt: skip
+            dones.append(orjson.loads(next(e["data"] for e in events if e.get("event") == "done")))
+            stored = http.get(f"/v1/sessions/{sid}").json()["messages"]
+            assert stored[-1]["content"] == texts[-1]
+        metrics = http.get("/metrics").text
+    assert texts[0] == texts[1] and texts[0]
+    assert "cached" not in dones[0] and dones[1]["cached"] is True
+    assert dones[0]["usage"] == dones[1]["usage"]
+    assert 'dskit_gateway_cache_total{result="hit"} 1.0' in metrics

@@ -104,3 +104,26 @@ async def test_orphan_is_continued_into_the_unbroken_answer(
     assert [e.seq for e in piece.entries] == list(range(1, len(piece.entries) + 1))
     assert content_of(piece.entries) == expected
     assert await other_log.orphans() == []
+
+
+async def test_an_answer_saved_before_its_instance_died_is_not_generated_twice() -> None:
+    from dskit.client._types import Usage
+    from dskit.gateway._redis_log import PartialAnswer
+    from dskit.gateway._takeover import RemainderSource, saved_answer
+    from dskit.store import StoredMessage
+
+    job = TakeoverJob("s", "deepseek-chat", MESSAGES, history=1)
+    partial = PartialAnswer(3, "Hello, ", "", False, False, "content")
+    user = StoredMessage({"role": "user", "content": MESSAGES[0]["content"]})
+    answer = StoredMessage({"role": "assistant", "content": "Hello, world."},
+                           usage=Usage(5, 3, 8).to_dict())  # fmt: skip
+    assert saved_answer(job, [user], partial) is None, "not saved yet: continue upstream"
+    saved = saved_answer(job, [user, answer], partial)
+    assert saved is not None and saved.content == "Hello, world."
+    other = StoredMessage({"role": "assistant", "content": "Something else"})
+    assert saved_answer(job, [user, other], partial) is None
+    source = RemainderSource(saved, partial)
+    events = [e async for e in source.events()]
+    assert [e.type for e in events] == ["content", "usage"]
+    assert events[0].text == "world."  # type: ignore[union-attr]
+    assert (await source.final()).usage == Usage(5, 3, 8)

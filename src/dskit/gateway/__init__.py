@@ -5,19 +5,26 @@
 
 Seams for running many instances (Redis): `StreamLog` (answers' numbered events),
 `RateLimiter` (token buckets), `dskit.store.SessionStore` (sessions) and `KeyStore`.
+Their Redis implementations (`RedisStreamLog`, `RedisRateLimiter`) are what
+`GatewaySettings(redis=URL)` / `dskit serve --redis URL` selects (docs/scaling.md).
 """
 
 from dskit.gateway._app import create_app
 from dskit.gateway._auth import KeyInfo, KeyStore, default_keys_path
+from dskit.gateway._breaker import BreakerSettings, CircuitBreaker, Upstream
 from dskit.gateway._callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from dskit.gateway._ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter
+from dskit.gateway._redis_limit import RedisRateLimiter
+from dskit.gateway._redis_log import RedisLogSettings, RedisStreamLog
 from dskit.gateway._settings import CallbackSettings, GatewaySettings, RateLimit
 from dskit.gateway._streamlog import LogEntry, LogSlice, MemoryStreamLog, StreamLog
 
 __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
+    "BreakerSettings",
     "CallbackSettings",
+    "CircuitBreaker",
     "GatewaySettings",
     "KeyInfo",
     "KeyStore",
@@ -28,7 +35,11 @@ __all__ = [
     "NoRateLimit",
     "RateLimit",
     "RateLimiter",
+    "RedisLogSettings",
+    "RedisRateLimiter",
+    "RedisStreamLog",
     "StreamLog",
+    "Upstream",
     "create_app",
     "default_keys_path",
     "sign",

@@ -26,7 +26,13 @@ from dskit.gateway._breaker import AllUpstreamsDownError
 from dskit.gateway._errors import from_exception
 from dskit.gateway._redis_log import LeaseLostError, RedisStreamLog
 from dskit.gateway._scale import AnswerSource, ReplaySource, UpstreamSource
-from dskit.gateway._takeover import PrefixContinuation, TakeoverJob, job_headers
+from dskit.gateway._takeover import (
+    PrefixContinuation,
+    RemainderSource,
+    TakeoverJob,
+    job_headers,
+    saved_answer,
+)
 from dskit.store import SessionConflictError, SessionRecord, StoredMessage
 
 if TYPE_CHECKING:
@@ -89,7 +95,7 @@ def _snapshot(source: AnswerSource | None) -> ChatResult:
 def _takeover_job(record: SessionRecord, headers: Mapping[str, str], callback: str | None) -> bytes:
     return TakeoverJob(
         record.id, record.model, upstream_messages(record), dict(record.params),
-        job_headers(headers), callback,
+        job_headers(headers), callback, history=len(record.messages),
     ).encode()  # fmt: skip
 
 
@@ -164,9 +170,14 @@ class AnswerRunner:
             await self._close(job, "completed")
             return
         logger.warning("answer %s: taking over after event %d", answer_id, partial.seq)
-        await self._produce(job, lambda: self._continuation(taken, partial))
+        await self._produce(job, lambda: self._continuation(taken, partial, record))
 
-    async def _continuation(self, taken: TakeoverJob, partial: Any) -> AnswerSource:
+    async def _continuation(
+        self, taken: TakeoverJob, partial: Any, record: SessionRecord
+    ) -> AnswerSource:
+        saved = saved_answer(taken, record.messages, partial)
+        if saved is not None:  # its instance saved it, then died before logging `done`
+            return RemainderSource(saved, partial)
         if partial.has_tool_calls:
             raise RuntimeError("the instance died inside a tool call; it cannot be continued")
         assert self.gw.beta is not None
@@ -252,7 +263,8 @@ class AnswerRunner:
             elif event.type == "retrying":
                 gw.metrics.retries.inc()
         result = await source.final()
-        await self._save(job, result, incomplete=False)
+        if not getattr(source, "saved", False):
+            await self._save(job, result, incomplete=False)
         await gw.cache.store(self._cache_key.pop(answer_id, None), result)
         gw.metrics.count_usage(result.usage)
         gw.metrics.latency.labels("sessions").observe(time.monotonic() - job.started)

@@ -28,7 +28,14 @@ import orjson
 from dskit._validate import is_reasoner
 from dskit.client._async import AsyncDeepSeek
 from dskit.client._errors import IncompleteStreamError
-from dskit.client._types import ChatResult, StreamEvent, Usage
+from dskit.client._types import (
+    ChatResult,
+    ContentDelta,
+    ReasoningDelta,
+    StreamEvent,
+    Usage,
+    UsageEvent,
+)
 from dskit.gateway._redis_log import PartialAnswer, RedisStreamLog
 
 logger = logging.getLogger("dskit.gateway")
@@ -44,11 +51,13 @@ class TakeoverJob:
     params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     callback_url: str | None = None
+    history: int = 0  # stored messages when the answer started (to spot it saved already)
 
     def encode(self) -> bytes:
         return orjson.dumps(
             {"session_id": self.session_id, "model": self.model, "messages": self.messages,
-             "params": self.params, "headers": self.headers, "callback_url": self.callback_url}
+             "params": self.params, "headers": self.headers, "callback_url": self.callback_url,
+             "history": self.history}
         )  # fmt: skip
 
     @classmethod
@@ -58,6 +67,7 @@ class TakeoverJob:
             session_id=str(data["session_id"]), model=str(data["model"]),
             messages=list(data["messages"]), params=dict(data.get("params") or {}),
             headers=dict(data.get("headers") or {}), callback_url=data.get("callback_url"),
+            history=int(data.get("history") or 0),
         )  # fmt: skip
 
 
@@ -149,6 +159,52 @@ class PrefixContinuation:
             usage=self.usage or tail.usage, id=tail.id, model=tail.model, created=tail.created,
             system_fingerprint=tail.system_fingerprint, resumes=self.resumes + 1,
         )  # fmt: skip
+
+
+class RemainderSource:
+    """An answer its instance saved but did not finish logging: the rest of the saved
+    text is logged, and it is not saved a second time."""
+
+    cached = False
+    saved = True
+
+    def __init__(self, saved: ChatResult, partial: PartialAnswer) -> None:
+        self.result = saved
+        self.partial = partial
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        reasoning = (self.result.reasoning_content or "")[len(self.partial.reasoning) :]
+        if reasoning:
+            yield ReasoningDelta(reasoning)
+        content = self.result.content[len(self.partial.content) :]
+        if content:
+            yield ContentDelta(content)
+        if self.result.usage is not None:
+            yield UsageEvent(self.result.usage)
+
+    async def final(self) -> ChatResult:
+        return self.result
+
+    def snapshot(self) -> ChatResult:
+        return self.result
+
+    async def aclose(self) -> None:
+        return None
+
+
+def saved_answer(job: TakeoverJob, stored: list[Any], partial: PartialAnswer) -> ChatResult | None:
+    """The answer as its instance saved it before dying, if it did (and it extends the log)."""
+    if len(stored) <= job.history or stored[-1].role != "assistant":
+        return None
+    message = stored[-1].message
+    content = message.get("content") or ""
+    if not isinstance(content, str) or not content.startswith(partial.content):
+        return None
+    usage = stored[-1].usage
+    return ChatResult(
+        content=content, reasoning_content=message.get("reasoning_content"),
+        finish_reason="stop", usage=Usage.from_dict(usage) if usage else None,
+    )  # fmt: skip
 
 
 class TakeoverLoop:
