@@ -298,14 +298,17 @@ def realistic(svc: Services, quick: bool, window: float) -> None:
     for name, port in svc.ports.items():
         asyncio.run(level(port, requests[name], 16, 1))  # warm up every target once
     print("\n(a) realistic upstream: TTFT 100 ms, 50 tokens x 10 ms; times in ms")
-    print(f"\nsteady state: N streams kept in flight (closed loop), {window:g} s window")
+    print(f"\nsteady state: N streams kept in flight (closed loop), {window:g} s window"
+          f" (longer at low N), load average {_load()}")  # fmt: skip
     _header()
     for concurrency in LEVELS:
         base: dict[str, float] = {}
         for name, port in svc.ports.items():
-            loop = ClosedLoop(port, requests[name], concurrency, window)
+            # at least ~20 streams measured at low N
+            span = max(window, 20 * LIFETIME / concurrency)
+            loop = ClosedLoop(port, requests[name], concurrency, span)
             print(_row(concurrency, name, asyncio.run(loop.run()), base), flush=True)
-    print("\nburst: all N started at once (worst case)")
+    print(f"\nburst: all N started at once (worst case), load average {_load()}")
     _header()
     for concurrency in LEVELS:
         rounds = 1 if quick else {1: 10, 64: 3, 256: 2, 1000: 1}[concurrency]
@@ -313,6 +316,11 @@ def realistic(svc: Services, quick: bool, window: float) -> None:
         for name, port in svc.ports.items():
             row = asyncio.run(_burst(port, requests[name], concurrency, rounds))
             print(_row(concurrency, name, row, base), flush=True)
+
+
+def _load() -> str:
+    """The machine's 1-minute load average (other work on the box skews every figure)."""
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 def _header() -> None:
@@ -332,7 +340,7 @@ class ClosedLoop:
     Workers start spread over one lifetime (no thundering herd); the window opens once
     every worker has finished a stream and at least two lifetimes have passed; streams
     started inside the window are measured. Nothing runs past BUDGET seconds: streams
-    measured but unfinished by then count as failed."""
+    measured but unfinished by then are reported as cut off."""
 
     port: int
     request: bytes
@@ -340,6 +348,7 @@ class ClosedLoop:
     window: float
     samples: list[Sample] = field(default_factory=list)
     failed: int = 0
+    cut: int = 0
     warmed: int = 0
 
     async def run(self) -> dict[str, float]:
@@ -353,7 +362,7 @@ class ClosedLoop:
         await asyncio.gather(*pending, opener, return_exceptions=True)
         if not self.opened.is_set():
             return {"warm": False}
-        return summary(self.samples, self.failed)
+        return {**summary(self.samples, self.failed), "cut": self.cut}
 
     async def open_window(self) -> None:
         await asyncio.sleep(2 * LIFETIME)
@@ -369,8 +378,8 @@ class ClosedLoop:
             measured = now >= self.start
             try:
                 sample = await one_stream(self.port, self.request, count=False)
-            except asyncio.CancelledError:
-                self.failed += measured
+            except asyncio.CancelledError:  # cut off by the budget
+                self.cut += measured
                 raise
             except Exception:
                 self.failed += measured
@@ -408,6 +417,10 @@ def _row(concurrency: int, name: str, row: dict[str, float], base: dict[str, flo
     if not row.get("warm", True):
         return (f"| {concurrency} | {name} | no steady state within {BUDGET:g} s"
                 " (cannot keep N streams moving) | | | | | | - | - |")  # fmt: skip
+    cut = f" ({int(row['cut'])} cut off at {BUDGET:g} s)" if row.get("cut") else ""
+    if not row["n"]:
+        failed = f"{int(row['failed'])}{cut}"
+        return f"| {concurrency} | {name} | no stream finished | | | | | | 0 | {failed} |"
     if name == "direct":
         base.update(row)
         added = "| - | -"
@@ -421,13 +434,14 @@ def _row(concurrency: int, name: str, row: dict[str, float], base: dict[str, flo
     return (
         f"| {concurrency} | {name} | {row['ttft50']:.1f} | {row['ttft99']:.1f} "
         f"| {row['total50']:.1f} | {row['total99']:.1f} {added} | {int(row['n'])} "
-        f"| {int(row['failed'])} |"
+        f"| {int(row['failed'])}{cut} |"
     )
 
 
 def saturation(svc: Services, seconds: float) -> None:
     prompt = find_prompt(svc.ports["direct"])
-    print(f"\n(b) saturation: zero-latency simulator, 64 clients, closed loop, {seconds:g} s")
+    print(f"\n(b) saturation: zero-latency simulator, 64 clients, closed loop, {seconds:g} s,"
+          f" load average {_load()}")  # fmt: skip
     print("| target | streams/s | chunks/s | vs LiteLLM |")
     print("|---|---|---|---|")
     rates: dict[str, tuple[float, float]] = {}
