@@ -9,8 +9,14 @@ import pytest
 
 from dskit.client._async import AsyncDeepSeek
 from dskit.client._config import RetryPolicy
-from dskit.gateway._breaker import AllUpstreamsDownError, BreakerSettings, Upstream, UpstreamChooser
-from dskit.gateway._scale import UpstreamPool, parse_upstreams
+from dskit.gateway._breaker import (
+    AllUpstreamsDownError,
+    BreakerSettings,
+    Upstream,
+    UpstreamChooser,
+    parse_upstreams,
+)
+from dskit.gateway._scale import UpstreamPool
 from tests.conftest import free_port
 
 MESSAGES = [{"role": "user", "content": "hello there"}]

@@ -66,16 +66,24 @@ def serve(
     from dskit.gateway import CallbackSettings, GatewaySettings, RateLimit
     from dskit.gateway._logging import configure_logging
 
-    settings = GatewaySettings.from_env(
-        host=host, port=port, upstream=upstream, store=store, keys_path=keys_db,
-        log_format=log_format, allow_insecure_bind=allow_insecure_bind or None,
-        rate_limit=RateLimit(rate_limit) if rate_limit else None,
-        callbacks=CallbackSettings(allow_hosts=callback_hosts, secret=callback_secret),
-        redis=redis_url, fallbacks=fallbacks or None, cache_ttl_seconds=cache_ttl,
-    )  # fmt: skip
+    try:
+        settings = GatewaySettings.from_env(
+            host=host, port=port, upstream=upstream, store=store, keys_path=keys_db,
+            log_format=log_format, allow_insecure_bind=allow_insecure_bind or None,
+            rate_limit=RateLimit(rate_limit) if rate_limit else None,
+            callbacks=CallbackSettings(allow_hosts=callback_hosts, secret=callback_secret),
+            redis=redis_url, fallbacks=fallbacks or None, cache_ttl_seconds=cache_ttl,
+        )  # fmt: skip
+    except ValueError as exc:  # e.g. a bad --fallback: one line, not a traceback
+        raise click.UsageError(str(exc)) from None
     configure_logging(settings.log_format, getattr(logging, log_level.upper()))
     _check_bind(settings)
-    run(settings)
+    from dskit.client._errors import ConfigError
+
+    try:
+        run(settings)
+    except ConfigError as exc:  # a bad --store or --redis URL: one line, not a traceback
+        raise click.UsageError(str(exc)) from None
 
 
 def _check_bind(settings: object) -> None:

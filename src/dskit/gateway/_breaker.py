@@ -15,6 +15,7 @@ and sharing state would make one instance's network trouble everyone's outage.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -127,6 +128,20 @@ class Upstream:
     name: str
     base_url: str | None = None
     model: str | None = None
+
+
+def parse_upstreams(primary: str | None, fallbacks: Sequence[str]) -> list[Upstream]:
+    """`--fallback` values in order: `http(s)://URL`, `model:NAME`, or `URL#model:NAME`."""
+    upstreams = [Upstream("primary", primary)]
+    for index, spec in enumerate(fallbacks, 1):
+        url, _, model = spec.partition("#") if "://" in spec else ("", "", spec)
+        model = model.removeprefix("model:") if model else ""
+        if url and not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError(f"invalid fallback URL {url!r}")
+        if not url and not model:
+            raise ValueError(f"a fallback needs a URL or model:NAME, got {spec!r}")
+        upstreams.append(Upstream(f"fallback{index}", url or primary, model or None))
+    return upstreams
 
 
 class AllUpstreamsDownError(RuntimeError):

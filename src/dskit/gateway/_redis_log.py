@@ -155,8 +155,14 @@ class PartialAnswer:
 
 def connect(url: str) -> redis.asyncio.Redis:
     """An asyncio Redis client with bounded connect time (a down Redis fails fast)."""
-    import redis.asyncio
+    from dskit.client._errors import ConfigError
 
+    try:
+        import redis.asyncio
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ConfigError("Redis support needs redis-py: pip install 'dskit[redis]'") from None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://, rediss:// or unix://")
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         url, socket_connect_timeout=2.0, health_check_interval=30
     )

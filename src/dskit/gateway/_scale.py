@@ -99,20 +99,6 @@ def redis_down(exc: BaseException) -> GatewayError | None:
 # ---- upstreams -----------------------------------------------------------------------------
 
 
-def parse_upstreams(primary: str | None, fallbacks: Sequence[str]) -> list[Upstream]:
-    """`--fallback` values in order: `http(s)://URL`, `model:NAME`, or `URL#model:NAME`."""
-    upstreams = [Upstream("primary", primary)]
-    for index, spec in enumerate(fallbacks, 1):
-        url, _, model = spec.partition("#") if "://" in spec else ("", "", spec)
-        model = model.removeprefix("model:") if model else ""
-        if url and not re.match(r"^https?://[^\s/]+", url):
-            raise ValueError(f"invalid fallback URL {url!r}")
-        if not url and not model:
-            raise ValueError(f"a fallback needs a URL or model:NAME, got {spec!r}")
-        upstreams.append(Upstream(f"fallback{index}", url or primary, model or None))
-    return upstreams
-
-
 ClientSource = AsyncDeepSeek | Callable[[], AsyncDeepSeek]
 
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-from dskit.gateway._breaker import BreakerSettings
+from dskit.gateway._breaker import BreakerSettings, parse_upstreams
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 ENV_PREFIX = "DSKIT_GATEWAY_"
@@ -90,6 +90,7 @@ class GatewaySettings:
             raise ValueError("heartbeat_seconds and max_wait_seconds must be positive")
         if self.lease_seconds < 0.1 or self.takeover_interval <= 0:
             raise ValueError("lease_seconds must be >= 0.1 and takeover_interval positive")
+        parse_upstreams(self.upstream, self.fallbacks)  # a bad --fallback fails here, not later
 
     @property
     def loopback_only(self) -> bool:

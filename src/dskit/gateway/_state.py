@@ -22,7 +22,7 @@ from dskit.client._config import Limits, RetryPolicy, Timeout
 from dskit.client._errors import ConfigError
 from dskit.gateway._answers import AnswerRunner
 from dskit.gateway._auth import LOCAL_PRINCIPAL, KeyStore
-from dskit.gateway._breaker import UpstreamChooser
+from dskit.gateway._breaker import UpstreamChooser, parse_upstreams
 from dskit.gateway._callbacks import CallbackSender
 from dskit.gateway._metrics import Metrics
 from dskit.gateway._ratelimit import RateLimiter, make_rate_limiter
@@ -34,7 +34,6 @@ from dskit.gateway._scale import (
     UpstreamPool,
     breaker_gauge,
     make_cache,
-    parse_upstreams,
 )
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._streamlog import MemoryStreamLog, StreamLog

@@ -1,0 +1,23 @@
+"""`dskit serve` refuses bad scaling flags with one clear line, before serving anything."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from dskit.cli import main
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--redis", "http://not-redis"], "invalid Redis URL"),
+        (["--fallback", "ftp://x#model:y"], "invalid fallback URL"),
+        (["--fallback", ""], "a fallback needs a URL or model:NAME"),
+    ],
+)
+def test_bad_flags_are_usage_errors(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--store", "memory", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
