@@ -12,7 +12,7 @@ import trustme
 from dskit import APIConnectionError, AsyncDeepSeek, DeepSeek
 from dskit.sim import SimServer
 
-from .conftest import faults_once
+from .conftest import FakeClock, faults_once
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +62,17 @@ async def test_async_client_streams_and_resumes_over_tls(
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-async def test_an_untrusted_certificate_is_refused(tls_sim: SimServer, asynchronous: bool) -> None:
-    kwargs: dict[str, Any] = {"base_url": tls_sim.base_url}
+async def test_an_untrusted_certificate_is_refused_at_once(
+    tls_sim: SimServer, asynchronous: bool
+) -> None:
+    clock = FakeClock()  # records any backoff: a certificate failure is never retried
+    kwargs: dict[str, Any] = {"base_url": tls_sim.base_url, "clock": clock}
     if asynchronous:
         async with AsyncDeepSeek("sk-tls-000000", **kwargs) as aclient:
             with pytest.raises(APIConnectionError, match=r"(?i)certificate|ssl"):
-                await aclient.chat("hi", retry=None, max_resumes=0)
+                await aclient.chat("hi")
     else:
         with DeepSeek("sk-tls-000000", **kwargs) as client:
             with pytest.raises(APIConnectionError, match=r"(?i)certificate|ssl"):
                 client.chat("hi")
+    assert clock.sleeps == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -305,7 +306,20 @@ def transport_error(exc: BaseException, redactor: ClientCore) -> APIError:
     detail = redactor.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
     if isinstance(exc, httpx2.TimeoutException):
         return APITimeoutError(f"Request timed out ({detail})")
+    if _caused_by(exc, ssl.SSLCertVerificationError):
+        return APIConnectionError(
+            f"TLS certificate verification failed ({detail})", retryable=False
+        )
     return APIConnectionError(f"Connection error ({detail})")
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # ---- other endpoints ----------------------------------------------------------------

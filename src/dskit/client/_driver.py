@@ -59,7 +59,7 @@ class Attempts:
     def retryable(self, error: APIError) -> bool:
         if isinstance(error, APIStatusError):
             return self.options.retry.retries_status(error.status_code)
-        return isinstance(error, APIConnectionError)
+        return isinstance(error, APIConnectionError) and error.retryable
 
     def backoff(self, error: APIError, number: int) -> float:
         """The delay before attempt `number` + 1; raises when it would pass the deadline."""

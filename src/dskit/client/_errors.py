@@ -76,7 +76,17 @@ class APIError(DSKitError):
 
 
 class APIConnectionError(APIError):
-    """The request could not be sent or its response could not be read."""
+    """The request could not be sent or its response could not be read.
+
+    `retryable` is False for failures that a new attempt cannot mend, such as a server
+    certificate that fails verification.
+    """
+
+    def __init__(
+        self, message: str, *, request_id: str | None = None, retryable: bool = True
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.retryable = retryable
 
 
 class APITimeoutError(APIConnectionError):
