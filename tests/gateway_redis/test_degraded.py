@@ -127,3 +127,25 @@ def test_session_answers_at_temperature_zero_come_from_the_cache(
     assert "cached" not in dones[0] and dones[1]["cached"] is True
     assert dones[0]["usage"] == dones[1]["usage"]
     assert 'dskit_gateway_cache_total{result="hit"} 1.0' in metrics
+
+
+@pytest.mark.redis
+def test_tokens_per_minute_across_the_shared_bucket(
+    gateway_factory: Callable[..., GatewayServer], redis_url: str, redis_prefix: str
+) -> None:
+    from dskit.gateway import RateLimit
+
+    limit = RateLimit(rate=0.001, burst=80)
+    one = gateway_factory(redis=redis_url, redis_namespace=redis_prefix, tokens_limit=limit)
+    two = gateway_factory(redis=redis_url, redis_namespace=redis_prefix, tokens_limit=limit)
+    question = "word " * 30  # about 50 tokens by the estimate
+    with one.client() as first, two.client() as second:
+        assert ask(first, question).status_code == 200
+        refused = ask(second, question)
+        assert refused.status_code == 429, "the other instance sees the same bucket"
+        assert refused.json()["error"]["code"] == "tokens_rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+        too_big = ask(second, "word " * 500)
+        assert too_big.status_code == 429
+        assert too_big.json()["error"]["code"] == "tokens_limit_exceeded"
+        assert ask(first, "hi").status_code == 200, "a small request still fits"

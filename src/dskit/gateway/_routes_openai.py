@@ -28,7 +28,7 @@ from dskit.gateway._errors import GatewayError, error_response, from_exception, 
 from dskit.gateway._middleware import BodyTooLarge
 from dskit.gateway._relay import Relay, client_params, completion_body
 from dskit.gateway._response import EventStreamResponse
-from dskit.gateway._scale import CACHE_HEADER, cached_body, cached_chunks
+from dskit.gateway._scale import CACHE_HEADER, cached_body, cached_chunks, charge_tokens
 from dskit.gateway._schemas import ChatCompletionRequest, ModelCard, ModelList
 from dskit.gateway._state import Gateway
 
@@ -54,11 +54,14 @@ async def chat_completions(
 
     (Served by `FastChatCompletions` below; this route documents it in the schema.)
     """
-    return await relay_response(gw, body, request)
+    return await relay_response(gw, body, request, who)
 
 
-async def relay_response(gw: Gateway, body: ChatCompletionRequest, request: Request) -> Response:
+async def relay_response(
+    gw: Gateway, body: ChatCompletionRequest, request: Request, who: str
+) -> Response:
     messages, params = client_params(body)
+    await charge_tokens(gw.token_limiter, who, messages)
     params["extra_headers"] = upstream_headers(request, gw)
     started = time.monotonic()
     asked = {k: v for k, v in params.items() if k != "extra_headers"}
@@ -135,13 +138,14 @@ class FastChatCompletions:
 
     async def _handle(self, request: Request) -> Response:
         gw = self.gw
-        await take_token(gw, authenticate(gw, request))
+        who = authenticate(gw, request)
+        await take_token(gw, who)
         try:
             body = ChatCompletionRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as exc:
             gw.metrics.errors.labels("validation").inc()
             raise validation_error(exc.errors(include_url=False)) from None
-        return await relay_response(gw, body, request)
+        return await relay_response(gw, body, request, who)
 
 
 def fast_chat_route(gw: Gateway) -> Route:

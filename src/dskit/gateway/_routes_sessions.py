@@ -28,6 +28,7 @@ from dskit.gateway._deps import (
 from dskit.gateway._errors import GatewayError, not_found
 from dskit.gateway._relay import check_encodable
 from dskit.gateway._response import EventStreamResponse
+from dskit.gateway._scale import charge_tokens
 from dskit.gateway._schemas import (
     AnswerHandle,
     AnswerResult,
@@ -119,6 +120,9 @@ async def post_message(
             "conflict_error", code="answer_in_progress",
         )  # fmt: skip
     user = StoredMessage({"role": "user", "content": body.content})
+    await charge_tokens(
+        gw.token_limiter, who, [*(m.message for m in record.messages), user.message]
+    )
     record.version = await gw.store.aappend(session_id, [user], expected_version=record.version)
     record.messages.append(user)
     answer_id = await gw.runner.start(record, upstream_headers(request, gw), callback)

@@ -352,3 +352,42 @@ def outage_errors() -> tuple[type[Exception], ...]:
     except ImportError:  # pragma: no cover - redis is an optional extra
         return tuple(errors)
     return (*errors, ConnectionError, TimeoutError)
+
+
+# ---- tokens per minute -------------------------------------------------------------------------
+
+
+def token_limiter(
+    parts: RedisParts | None, limit: RateLimit | None, namespace: str
+) -> RateLimiter | None:
+    """The tokens bucket per principal (shared in Redis when there is one)."""
+    if limit is None:
+        return None
+    if parts is not None:
+        return RedisRateLimiter(parts.client, limit, namespace=f"{namespace}:tokens")
+    from dskit.gateway._ratelimit import MemoryRateLimiter
+
+    return MemoryRateLimiter(limit)
+
+
+async def charge_tokens(
+    limiter: RateLimiter | None, who: str, messages: Sequence[Mapping[str, Any]]
+) -> None:
+    """Take the request's estimated prompt tokens from the principal's tokens bucket."""
+    if limiter is None:
+        return
+    from dskit._tokens import estimate_messages_tokens
+    from dskit.gateway._redis_limit import CostTooHighError
+
+    cost = float(estimate_messages_tokens(messages))
+    try:
+        wait = await limiter.acquire(who, cost)
+    except CostTooHighError as exc:
+        raise GatewayError(
+            429, str(exc), "rate_limit_error", code="tokens_limit_exceeded"
+        ) from None
+    if wait > 0:
+        raise GatewayError(
+            429, f"token rate limit reached for this key (~{cost:.0f} tokens); retry later",
+            "rate_limit_error", code="tokens_rate_limited", retry_after=wait,
+        )  # fmt: skip

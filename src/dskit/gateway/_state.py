@@ -34,6 +34,7 @@ from dskit.gateway._scale import (
     UpstreamPool,
     breaker_gauge,
     make_cache,
+    token_limiter,
 )
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._streamlog import MemoryStreamLog, StreamLog
@@ -97,6 +98,9 @@ class Gateway:
             self.redis.limiter
             if self.redis and self.redis.limiter
             else make_rate_limiter(settings.rate_limit)
+        )
+        self.token_limiter = token_limiter(
+            self.redis, settings.tokens_limit, settings.redis_namespace
         )
         self.cache = CacheFront(make_cache(self.redis), settings.cache_ttl_seconds, self.metrics)
         self.pool: UpstreamPool | None = None
