@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What a proxy adds to a stream: direct to the simulator vs dskit's gateway vs LiteLLM.
 
-    .venv/bin/python bench/gateway_overhead.py            # both regimes, prints two tables
+    .venv/bin/python bench/gateway_overhead.py            # both regimes, three tables (~5 min)
     .venv/bin/python bench/gateway_overhead.py --quick    # fewer rounds, for a smoke run
 
 Every server runs in its own process on loopback: the simulator (`dskit sim`), the gateway
@@ -17,9 +17,10 @@ as raw bytes up to its end) so that it costs the same, and little, on every path
     - steady state (the primary one): a closed loop of N workers, each starting a new
       stream when its previous one ends, so N streams stay in flight. Workers start
       spread over one stream lifetime; after a warm-up (every worker has finished a
-      stream, and at least one more lifetime has passed) the streams started within a
-      fixed window are measured. A run that never warms up within its time budget (the
-      target cannot keep N streams moving) is reported as such.
+      stream, and at least two lifetimes have passed since the start) the streams
+      started within a fixed window (--window, longer at low N) are measured. A run that
+      never warms up within its 45 s budget (the target cannot keep N streams moving)
+      is reported as such; measured streams unfinished at the budget as cut off.
     - burst: all N streams started at the same instant (the worst case).
 (b) saturation: a zero-latency simulator, 64 clients in a closed loop for a fixed time:
     streams and chunks relayed per second.
