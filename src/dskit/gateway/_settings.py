@@ -80,6 +80,8 @@ class GatewaySettings:
     fallbacks: tuple[str, ...] = ()
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     cache_ttl_seconds: float = 3600.0
+    semantic_cache: bool = False
+    semantic_threshold: float = 0.92
 
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):

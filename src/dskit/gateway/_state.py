@@ -34,6 +34,7 @@ from dskit.gateway._scale import (
     UpstreamPool,
     breaker_gauge,
     make_cache,
+    make_semantic,
     token_limiter,
 )
 from dskit.gateway._settings import GatewaySettings
@@ -102,7 +103,12 @@ class Gateway:
         self.token_limiter = token_limiter(
             self.redis, settings.tokens_limit, settings.redis_namespace
         )
-        self.cache = CacheFront(make_cache(self.redis), settings.cache_ttl_seconds, self.metrics)
+        semantic = make_semantic(
+            settings.semantic_cache, settings.semantic_threshold, settings.cache_ttl_seconds
+        )
+        self.cache = CacheFront(
+            make_cache(self.redis), settings.cache_ttl_seconds, self.metrics, semantic
+        )
         self.pool: UpstreamPool | None = None
         self.beta: AsyncDeepSeek | None = None
         self.takeover: TakeoverLoop | None = None
