@@ -355,7 +355,8 @@ class UpstreamSource:
             async for event in self.stream:
                 yield event
         except Exception as exc:
-            self.pool.report(self.upstream, exc)
+            if is_upstream_failure(exc):  # a broken answer is not proof the upstream is well
+                self.pool.report(self.upstream, exc)
             raise
         self.pool.report(self.upstream, None)
 
