@@ -98,7 +98,42 @@ class SessionStore(Protocol):
 
 
 class ExportMixin:
-    """Export and import written once over `load` and `create`."""
+    """Written once for every store: export/import over `load` and `create`, and the
+    header `update` (checked by `header_changes`) over each store's own `_update`."""
+
+    def update(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int:
+        changes = header_changes(model, system, params, title)
+        return self._update(session_id, changes, expected_version)
+
+    async def aupdate(
+        self,
+        session_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        expected_version: int,
+    ) -> int:
+        changes = header_changes(model, system, params, title)
+        return await self._aupdate(session_id, changes, expected_version)
+
+    def _update(self, session_id: str, changes: dict[str, Any], expected_version: int) -> int:
+        raise NotImplementedError
+
+    async def _aupdate(
+        self, session_id: str, changes: dict[str, Any], expected_version: int
+    ) -> int:
+        return await asyncio.to_thread(self._update, session_id, changes, expected_version)
 
     def load(self, session_id: str) -> SessionRecord:
         raise NotImplementedError
@@ -133,18 +168,6 @@ class ThreadedAsyncMixin(ExportMixin):
         raise NotImplementedError
 
     def truncate(self, session_id: str, length: int, *, expected_version: int) -> int:
-        raise NotImplementedError
-
-    def update(
-        self,
-        session_id: str,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        title: str | None = None,
-        expected_version: int,
-    ) -> int:
         raise NotImplementedError
 
     def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
@@ -183,21 +206,6 @@ class ThreadedAsyncMixin(ExportMixin):
         return await asyncio.to_thread(
             self.truncate, session_id, length, expected_version=expected_version
         )
-
-    async def aupdate(
-        self,
-        session_id: str,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        title: str | None = None,
-        expected_version: int,
-    ) -> int:
-        return await asyncio.to_thread(
-            self.update, session_id, model=model, system=system, params=params, title=title,
-            expected_version=expected_version,
-        )  # fmt: skip
 
     async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         return await asyncio.to_thread(self.list_sessions, limit)

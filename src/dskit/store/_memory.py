@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit, header_changes
+from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit
 from dskit.store._model import (
     SessionConflictError,
     SessionInfo,
@@ -88,17 +88,7 @@ class MemoryStore(ThreadedAsyncMixin):
             del record.messages[max(length, 0) :]
             return record.version
 
-    def update(
-        self,
-        session_id: str,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        title: str | None = None,
-        expected_version: int,
-    ) -> int:
-        changes = header_changes(model, system, params, title)
+    def _update(self, session_id: str, changes: dict[str, Any], expected_version: int) -> int:
         with self._lock:
             record = self._checked(session_id, expected_version)
             for name, value in copy.deepcopy(changes).items():

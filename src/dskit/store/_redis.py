@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dskit.store._base import DEFAULT_LIMIT, ExportMixin, check_limit, header_changes
+from dskit.store._base import DEFAULT_LIMIT, ExportMixin, check_limit
 from dskit.store._model import (
     SessionConflictError,
     SessionInfo,
@@ -222,17 +222,7 @@ class RedisStore(ExportMixin):
         args = self.keys.write_args("truncate", expected_version, [], length)
         return self._write(session_id, expected_version, args)
 
-    def update(
-        self,
-        session_id: str,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        title: str | None = None,
-        expected_version: int,
-    ) -> int:
-        changes = header_changes(model, system, params, title)
+    def _update(self, session_id: str, changes: dict[str, Any], expected_version: int) -> int:
         args = self.keys.update_args(expected_version, changes)
         return self._write(session_id, expected_version, args)
 
@@ -317,17 +307,9 @@ class RedisStore(ExportMixin):
         args = self.keys.write_args("truncate", expected_version, [], length)
         return await self._awrite(session_id, expected_version, args)
 
-    async def aupdate(
-        self,
-        session_id: str,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        title: str | None = None,
-        expected_version: int,
+    async def _aupdate(
+        self, session_id: str, changes: dict[str, Any], expected_version: int
     ) -> int:
-        changes = header_changes(model, system, params, title)
         args = self.keys.update_args(expected_version, changes)
         return await self._awrite(session_id, expected_version, args)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from dskit.store._base import (
     ThreadedAsyncMixin,
     check_limit,
     default_store_path,
-    header_changes,
 )
 from dskit.store._model import (
     SessionConflictError,
@@ -217,17 +216,7 @@ class SQLiteStore(ThreadedAsyncMixin):
             )
         return version
 
-    def update(
-        self,
-        session_id: str,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        title: str | None = None,
-        expected_version: int,
-    ) -> int:
-        changes = header_changes(model, system, params, title)
+    def _update(self, session_id: str, changes: dict[str, Any], expected_version: int) -> int:
         if "params" in changes:
             changes["params"] = orjson.dumps(changes["params"]).decode()
         with self._write() as conn:
