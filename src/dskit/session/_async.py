@@ -20,6 +20,7 @@ from dskit.session._core import (
     DEFAULT_TOOL_ROUNDS,
     Plan,
     SessionCore,
+    SessionViews,
     Throttle,
     check_save_interval,
     new_record,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from dskit.store._base import SessionStore
 
 
-class AsyncChatSession:
+class AsyncChatSession(SessionViews):
     """A conversation that remembers, for asyncio code."""
 
     def __init__(
@@ -82,49 +83,6 @@ class AsyncChatSession:
         """Continue a stored session (SessionNotFoundError when there is none)."""
         await store.aload(session_id)
         return await cls(client, store=store, session_id=session_id, **options).open()
-
-    def __repr__(self) -> str:
-        return (
-            f"AsyncChatSession(id={self.id!r}, model={self.model!r}, messages={len(self.history)})"
-        )
-
-    # ---- views -----------------------------------------------------------------------
-
-    @property
-    def id(self) -> str:
-        return self._core.record.id
-
-    @property
-    def model(self) -> str:
-        return self._core.record.model
-
-    @property
-    def system(self) -> str | None:
-        return self._core.record.system
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self._core.record.params)
-
-    @property
-    def title(self) -> str:
-        return self._core.record.title
-
-    @property
-    def version(self) -> int:
-        return self._core.record.version
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        return self._core.messages
-
-    @property
-    def history(self) -> list[StoredMessage]:
-        return list(self._core.record.messages)
-
-    @property
-    def usage_total(self) -> Usage:
-        return self._core.usage_total
 
     # ---- talking -------------------------------------------------------------------
 

@@ -402,3 +402,51 @@ class Throttle:
             self.last = now
             return True
         return False
+
+
+class SessionViews:
+    """The read-only views both session shells offer, over their `SessionCore`."""
+
+    _core: SessionCore
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(id={self.id!r}, model={self.model!r}, messages={len(self.history)})"
+
+    @property
+    def id(self) -> str:
+        return self._core.record.id
+
+    @property
+    def model(self) -> str:
+        return self._core.record.model
+
+    @property
+    def system(self) -> str | None:
+        return self._core.record.system
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._core.record.params)
+
+    @property
+    def title(self) -> str:
+        return self._core.record.title
+
+    @property
+    def version(self) -> int:
+        return self._core.record.version
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation as wire dicts (system first; reasoning kept for display)."""
+        return self._core.messages
+
+    @property
+    def history(self) -> list[StoredMessage]:
+        """Every stored message with its metadata (incomplete, summary, usage, tokens)."""
+        return list(self._core.record.messages)
+
+    @property
+    def usage_total(self) -> Usage:
+        return self._core.usage_total

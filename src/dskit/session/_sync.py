@@ -14,6 +14,7 @@ from dskit.session._core import (
     DEFAULT_TOOL_ROUNDS,
     Plan,
     SessionCore,
+    SessionViews,
     Throttle,
     check_save_interval,
     new_record,
@@ -30,7 +31,7 @@ SAVE_INTERVAL = 0.5
 GROWING = ("content", "reasoning", "tool_call")
 
 
-class ChatSession:
+class ChatSession(SessionViews):
     """A conversation that remembers: history fitted to the window, tools run, all saved.
 
     >>> s = ChatSession(client, system="You are terse.", store=SQLiteStore())
@@ -76,50 +77,6 @@ class ChatSession:
         """Continue a stored session (SessionNotFoundError when there is none)."""
         store.load(session_id)
         return cls(client, store=store, session_id=session_id, **options)
-
-    def __repr__(self) -> str:
-        return f"ChatSession(id={self.id!r}, model={self.model!r}, messages={len(self.history)})"
-
-    # ---- views -----------------------------------------------------------------------
-
-    @property
-    def id(self) -> str:
-        return self._core.record.id
-
-    @property
-    def model(self) -> str:
-        return self._core.record.model
-
-    @property
-    def system(self) -> str | None:
-        return self._core.record.system
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The stored request parameters every turn sends (see `configure`)."""
-        return dict(self._core.record.params)
-
-    @property
-    def title(self) -> str:
-        return self._core.record.title
-
-    @property
-    def version(self) -> int:
-        return self._core.record.version
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """The conversation as wire dicts (system first; reasoning kept for display)."""
-        return self._core.messages
-
-    @property
-    def history(self) -> list[StoredMessage]:
-        """Every stored message with its metadata (incomplete, summary, usage, tokens)."""
-        return list(self._core.record.messages)
-
-    @property
-    def usage_total(self) -> Usage:
-        return self._core.usage_total
 
     # ---- talking -------------------------------------------------------------------
 
