@@ -17,6 +17,7 @@ from dskit.client._core import (
 )
 from dskit.client._driver import CallDriver, StreamDriver
 from dskit.client._netio import install as install_asyncio_backend
+from dskit.client._streams import AsyncEventStream
 from dskit.client._sync import _timeout
 from dskit.client._types import Balance, ChatResult, FimResult, ModelInfo, StreamEvent
 
@@ -88,7 +89,7 @@ class AsyncDeepSeek(ClientBase["httpx2.AsyncClient", "httpx2.AsyncBaseTransport"
         await self.aclose()
 
 
-class AsyncStream:
+class AsyncStream(AsyncEventStream[StreamEvent]):
     """A streamed answer: an async iterator of events and an async context manager that
     always closes its connection. `await final()` drains the rest."""
 
@@ -96,27 +97,6 @@ class AsyncStream:
         self._http = http
         self._driver = driver
         self._events = self._run()
-
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        return await self._events.__anext__()
-
-    async def __aenter__(self) -> AsyncStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Stop the stream and release its connection (safe to call twice)."""
-        await self._events.aclose()
 
     async def final(self) -> ChatResult:
         async for _ in self._events:

@@ -16,6 +16,7 @@ from dskit.client._core import (
     get_request,
 )
 from dskit.client._driver import CallDriver, StreamDriver
+from dskit.client._streams import EventStream
 from dskit.client._types import Balance, ChatResult, FimResult, ModelInfo, StreamEvent
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def _timeout(pair: tuple[float | None, float | None]) -> Any:
     return httpx2.Timeout(connect=connect, read=read, write=connect, pool=connect)
 
 
-class Stream:
+class Stream(EventStream[StreamEvent]):
     """A streamed answer: an iterator of events and a context manager that always closes
     its connection. `final()` drains the rest and returns the whole `ChatResult`."""
 
@@ -106,27 +107,6 @@ class Stream:
         self._http = http
         self._driver = driver
         self._events = self._run()
-
-    def __iter__(self) -> Iterator[StreamEvent]:
-        return self
-
-    def __next__(self) -> StreamEvent:
-        return next(self._events)
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop the stream and release its connection (safe to call twice)."""
-        self._events.close()
 
     def final(self) -> ChatResult:
         for _ in self._events:

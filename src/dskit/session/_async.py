@@ -9,11 +9,11 @@ in (or loaded from) the store on first use, or explicitly with `await session.op
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
-from types import TracebackType
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
+from dskit.client._streams import AsyncEventStream
 from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
 from dskit.session._context import ContextPolicy
 from dskit.session._core import (
@@ -204,7 +204,7 @@ class AsyncChatSession(SessionViews):
             return format_error(exc)
 
 
-class AsyncSessionStream:
+class AsyncSessionStream(AsyncEventStream[StreamEvent]):
     """The async twin of `SessionStream`."""
 
     def __init__(
@@ -223,26 +223,6 @@ class AsyncSessionStream:
         if self._live is not None:
             return self._live.snapshot()
         return self._last
-
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        return await self._events.__anext__()
-
-    async def __aenter__(self) -> AsyncSessionStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._events.aclose()
 
     async def final(self) -> ChatResult:
         async for _ in self._events:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable, Iterator, Mapping
-from types import TracebackType
+from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
+from dskit.client._streams import EventStream
 from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
 from dskit.session._context import ContextPolicy
 from dskit.session._core import (
@@ -198,7 +198,7 @@ class ChatSession(SessionViews):
             return format_error(exc)
 
 
-class SessionStream:
+class SessionStream(EventStream[StreamEvent]):
     """The events of one turn (every model round of it) with the answer saved as it grows.
 
     An iterator and a context manager, like the client's stream; `final()` drains it and
@@ -222,26 +222,6 @@ class SessionStream:
         if self._live is not None:
             return self._live.snapshot()
         return self._last
-
-    def __iter__(self) -> Iterator[StreamEvent]:
-        return self
-
-    def __next__(self) -> StreamEvent:
-        return next(self._events)
-
-    def __enter__(self) -> SessionStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._events.close()
 
     def final(self) -> ChatResult:
         for _ in self._events:
