@@ -32,6 +32,15 @@ async def eventually(check: Callable[[], Awaitable[Any]], within: float = 5.0) -
         await asyncio.sleep(0.02)
 
 
+async def blocked_reader(log: RedisStreamLog) -> None:
+    """Wait until a reader is blocked in Redis (so what follows must wake it)."""
+
+    async def blocked() -> bool:
+        return int((await log.redis.info("clients"))["blocked_clients"]) > 0
+
+    await eventually(blocked)
+
+
 def text(value: str) -> bytes:
     return orjson.dumps({"text": value})
 
@@ -70,14 +79,14 @@ async def test_waiting_reader_wakes_on_append_and_on_finish(
 ) -> None:
     answer_id = await started(log)
     reader = asyncio.create_task(other_log.read(answer_id, after=0, wait=10.0))
-    await asyncio.sleep(0.05)
+    await blocked_reader(log)
     began = time.monotonic()
     await log.append(answer_id, "content", text("hi"))
     piece = await asyncio.wait_for(reader, 5)
     assert [e.seq for e in piece.entries] == [1]
     assert time.monotonic() - began < 2.0
     reader = asyncio.create_task(other_log.read(answer_id, after=1, wait=10.0))
-    await asyncio.sleep(0.05)
+    await blocked_reader(log)
     await log.finish(answer_id)
     piece = await asyncio.wait_for(reader, 5)
     assert piece.entries == [] and piece.finished
