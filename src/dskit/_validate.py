@@ -255,3 +255,16 @@ def check_chat_request(body: Mapping[str, Any]) -> Problem | None:
         if problem := check(body):
             return problem
     return None
+
+
+def check_fim_request(body: Mapping[str, Any]) -> Problem | None:
+    """The first problem with a FIM (`/beta/completions`) request body, or None."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return Problem("model", "Missing model: the model parameter is required")
+    if not isinstance(body.get("prompt"), str):
+        return Problem("prompt", "Invalid prompt: it must be a string")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        return Problem("suffix", "Invalid suffix: it must be a string")
+    return _check_numbers(body) or _check_stop(body)

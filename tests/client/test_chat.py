@@ -302,3 +302,22 @@ def test_values_json_cannot_carry_fail_before_the_network(client: DeepSeek, sim:
     with pytest.raises(ValidationError, match="JSON"):
         client.fim("x", max_tokens=2**70)
     assert sim.stats["requests"] == before
+
+
+@pytest.mark.parametrize(
+    ("prompt", "params", "param"),
+    [
+        (None, {}, "prompt"),
+        ("x", {"temperature": 2.5}, "temperature"),
+        ("x", {"stop": ["s"] * 17}, "stop"),
+        ("x", {"max_tokens": 0}, "max_tokens"),
+    ],
+)
+def test_invalid_fim_requests_fail_before_the_network(
+    client: DeepSeek, sim: Any, prompt: Any, params: dict[str, Any], param: str
+) -> None:
+    before = sim.stats["requests"]
+    with pytest.raises(ValidationError) as info:
+        client.fim(prompt, **params)
+    assert info.value.param == param
+    assert sim.stats["requests"] == before

@@ -143,25 +143,6 @@ class Accumulator:
             parts = self._tools[index] = _ToolCallParts(index)
         return parts
 
-    def add_message(self, data: dict[str, Any]) -> None:
-        """Digest a whole non-streamed `chat.completion` body."""
-        self._take_metadata(data)
-        for choice in data.get("choices") or ():
-            message = choice.get("message") or {}
-            delta = {
-                **message,
-                "tool_calls": [
-                    {**call, "index": i} for i, call in enumerate(message.get("tool_calls") or ())
-                ],
-            }
-            self._add_choice({"delta": delta, "finish_reason": choice.get("finish_reason")}, [])
-        if data.get("usage"):
-            self.usage = Usage.from_dict(data["usage"])
-
-    def add_usage(self, usage: Usage) -> None:
-        """Fold in the usage of an earlier attempt (resumes are billed separately)."""
-        self.usage = usage if self.usage is None else self.usage + usage
-
     def result(self, resumes: int = 0) -> ChatResult:
         return ChatResult(
             content=self.content,

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 import orjson
 
-from dskit._validate import check_chat_request
+from dskit._validate import check_chat_request, check_fim_request
 from dskit._version import __version__
 from dskit.client._config import (
     DEFAULT_BASE_URL,
@@ -345,8 +345,6 @@ def fim_request(
     core: ClientCore, prompt: str, suffix: str | None, params: Mapping[str, Any]
 ) -> HTTPRequest:
     """A fill-in-the-middle request to the beta completions endpoint, validated first."""
-    if not isinstance(prompt, str):
-        raise ValidationError("prompt must be a string", param="prompt")
     unknown = set(params) - {*FIM_PARAMS, "model"}
     if unknown:
         raise ValidationError(f"Unknown FIM parameter(s): {', '.join(sorted(unknown))}")
@@ -354,8 +352,7 @@ def fim_request(
     if suffix is not None:
         body["suffix"] = suffix
     body.update({k: v for k, v in params.items() if k in FIM_PARAMS and v is not None})
-    probe = {"model": body["model"], "messages": [{"role": "user", "content": prompt or " "}]}
-    problem = check_chat_request({**probe, **{k: v for k, v in body.items() if k in API_PARAMS}})
+    problem = check_fim_request(body)
     if problem is not None:
         raise ValidationError(problem.message, param=problem.param)
     return HTTPRequest("POST", core.beta_url("/completions"), core.headers(), encode(body))
