@@ -60,7 +60,8 @@ def test_pacing_spreads_text_at_the_configured_rate(sim: Any) -> None:
     assert sum(clock.sleeps) == pytest.approx((len(text) - 10) / 100.0, abs=0.05)
 
 
-def test_http2_is_opt_in_and_works(sim: Any) -> None:
+def test_http2_opt_in_falls_back_to_http11_on_a_server_without_h2(sim: Any) -> None:
+    # uvicorn (the simulator) speaks only HTTP/1.1: opting in must not break a call there
     with DeepSeek("sk-test-000000", base_url=sim.base_url, http2=True) as client:
         assert client.chat("over h2 if offered").content
 
