@@ -106,9 +106,6 @@ class Fit:
     tokens: int
     dropped_for_budget: bool
 
-    def kept(self, count: int) -> range:
-        return range(self.start, count)
-
 
 def fit_turns(
     costs: Sequence[int],

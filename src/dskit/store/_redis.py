@@ -156,10 +156,6 @@ class _Keys:
         return code
 
 
-def _info(record: SessionRecord) -> SessionInfo:
-    return record.info()
-
-
 class RedisStore(ExportMixin):
     """Sessions in Redis (a server or a cluster), shared by every process that uses it."""
 
@@ -239,12 +235,12 @@ class RedisStore(ExportMixin):
 
     def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         check_limit(limit)
-        return [_info(r) for r in self._records()[:limit]]
+        return [r.info() for r in self._records()[:limit]]
 
     def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         """A scan of every session: fine for thousands; index elsewhere for millions."""
         check_limit(limit)
-        return [_info(r) for r in self._records() if matches(r, text)][:limit]
+        return [r.info() for r in self._records() if matches(r, text)][:limit]
 
     def delete(self, session_id: str) -> bool:
         removed = int(self._sync.delete(*self.keys.session(session_id)))
@@ -326,11 +322,11 @@ class RedisStore(ExportMixin):
 
     async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         check_limit(limit)
-        return [_info(r) for r in (await self._arecords())[:limit]]
+        return [r.info() for r in (await self._arecords())[:limit]]
 
     async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         check_limit(limit)
-        return [_info(r) for r in await self._arecords() if matches(r, text)][:limit]
+        return [r.info() for r in await self._arecords() if matches(r, text)][:limit]
 
     async def adelete(self, session_id: str) -> bool:
         client = self._aclient()
