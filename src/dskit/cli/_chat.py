@@ -26,7 +26,7 @@ from dskit.cli._common import (
     store_option,
 )
 from dskit.cli._render import PlainView, RichView, View, make_console
-from dskit.cli._turn import data_dir, run_turn
+from dskit.cli._turn import run_turn
 from dskit.client._errors import DSKitError, redact
 from dskit.config import Settings
 from dskit.store._model import SessionConflictError
@@ -269,7 +269,9 @@ def _reader(state: ChatState) -> Callable[[], str]:
     def _newline(event: Any) -> None:
         event.current_buffer.insert_text("\n")
 
-    directory = data_dir()
+    from dskit.store import default_store_path
+
+    directory = default_store_path().parent  # $DSKIT_HOME, else the user data dir
     directory.mkdir(parents=True, exist_ok=True)
     prompt: PromptSession[str] = PromptSession(
         history=FileHistory(str(directory / HISTORY_FILE)), key_bindings=bindings

@@ -7,12 +7,10 @@ turn ended, so the commands can pick their own exit code or carry on.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dskit.cli._render import INTERRUPTED, View
@@ -87,13 +85,3 @@ def run_turn(start: Callable[[], SessionStream], view: View) -> Outcome:
         cut = CUT_REASONS.get(result.finish_reason or "") if result else None
         view.finish(result, note=cut)
     return Outcome(result, cut=cut)
-
-
-def data_dir() -> Path:
-    """`$DSKIT_HOME`, else the user data dir: where the history file and sessions live."""
-    home = os.environ.get("DSKIT_HOME")
-    if home:
-        return Path(home).expanduser()
-    import platformdirs
-
-    return platformdirs.user_data_path("dskit")
