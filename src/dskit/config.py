@@ -156,8 +156,8 @@ def load_settings(flags: Mapping[str, Any] | None = None) -> Settings:
     return read_file().merged(asdict(read_env())).merged(flags or {})
 
 
-def sources(flags: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """Where each set value came from ("flag", "env DSKIT_MODEL", "file"), for `config show`."""
+def sources() -> dict[str, str]:
+    """Where each set value came from ("env DSKIT_MODEL" or "file"), for `config show`."""
     found: dict[str, str] = {}
     for key, value in asdict(read_file()).items():
         if value is not None:
@@ -165,9 +165,6 @@ def sources(flags: Mapping[str, Any] | None = None) -> dict[str, str]:
     for key, value in asdict(read_env()).items():
         if value is not None:
             found[key] = f"env {ENV_VARS[key]}"
-    for key, value in (flags or {}).items():
-        if value is not None:
-            found[key] = "flag"
     return found
 
 

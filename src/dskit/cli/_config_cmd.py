@@ -75,9 +75,12 @@ def path_cmd() -> None:
 def _parse(key: str, value: str) -> object:
     if key == "temperature":
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise click.BadParameter(f"not a number: {value!r}", param_hint="VALUE") from None
+        if not 0 <= number <= 2:  # refused now, not on every later request
+            raise click.BadParameter("must be between 0 and 2", param_hint="VALUE")
+        return number
     if key == "think":
         if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise click.BadParameter("expected true or false", param_hint="VALUE")
@@ -96,8 +99,9 @@ def set_cmd(key: str, value: str) -> None:
       dskit config set model deepseek-reasoner
       dskit config set store redis://localhost:6379/0
     """
-    _write({key: _parse(key, value)})
-    shown = Settings(**{key: _parse(key, value)}).public()[key]  # type: ignore[arg-type]
+    parsed = _parse(key, value)
+    _write({key: parsed})
+    shown = Settings(**{key: parsed}).public()[key]  # type: ignore[arg-type]
     click.echo(f"{key} = {json.dumps(shown)} written to {config_path()}", err=True)
     if key in ENV_VARS and ENV_VARS[key] in os.environ:
         click.echo(f"note: {ENV_VARS[key]} is set and overrides the file", err=True)
