@@ -222,3 +222,20 @@ def test_junk_bytes_never_5xx(client: httpx2.Client, raw: bytes) -> None:
         "/chat/completions", content=raw, headers={"content-type": "application/json"}
     )
     assert 400 <= response.status_code < 500
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"temperature": 2.5}, "valid range of temperature is [0, 2]"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 4097}, "[1, 4096]"),
+        ({"stop": ["a"] * 17}, "at most 16"),
+        ({"model": "deepseek-nope"}, "Model Not Exist"),
+        ({"model": "deepseek-reasoner"}, "only available for deepseek-chat"),
+    ],
+)
+def test_fim_validation_errors(client: httpx2.Client, extra: dict[str, Any], words: str) -> None:
+    body = {"model": "deepseek-chat", "prompt": "def f():", **extra}
+    assert words in error_of(client.post("/beta/completions", json=body), 400)["message"]

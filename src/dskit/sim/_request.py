@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from dskit._validate import check_chat_request, is_reasoner
+from dskit._validate import Problem, check_chat_request, check_fim_request, is_reasoner
 from dskit.sim._config import FIM_MAX_TOKENS, SimConfig
 from dskit.sim._plan import is_prefix_message
 
@@ -193,12 +193,16 @@ def check_types(body: Mapping[str, Any], required: tuple[str, ...]) -> None:
         raise _bad("stream_options.include_usage", options["include_usage"], "a boolean")
 
 
-def _check_model(body: Mapping[str, Any], config: SimConfig) -> None:
-    model = body["model"]
+def _known_model(body: Mapping[str, Any], config: SimConfig) -> str:
+    model: str = body["model"]
     if model not in config.models:
         raise RequestError(400, "Model Not Exist", "model")
+    return model
+
+
+def _max_tokens_within(body: Mapping[str, Any], limit: int) -> None:
+    """The server-side cap (the shared checks already made max_tokens a positive int)."""
     max_tokens = body.get("max_tokens")
-    limit = config.max_tokens_limit(model)
     if isinstance(max_tokens, int) and max_tokens > limit:
         raise RequestError(
             400,
@@ -207,13 +211,16 @@ def _check_model(body: Mapping[str, Any], config: SimConfig) -> None:
         )
 
 
+def _raise_problem(problem: Problem | None) -> None:
+    if problem is not None:
+        raise RequestError(problem.status, problem.message, problem.param)
+
+
 def check_chat(body: dict[str, Any], config: SimConfig, beta: bool) -> None:
     """Every check on a chat request; raises RequestError with DeepSeek's status."""
     check_types(body, ("model", "messages"))
-    problem = check_chat_request(body)
-    if problem is not None:
-        raise RequestError(problem.status, problem.message, problem.param)
-    _check_model(body, config)
+    _raise_problem(check_chat_request(body))
+    _max_tokens_within(body, config.max_tokens_limit(_known_model(body, config)))
     if not beta and is_prefix_message(body["messages"][-1]):
         raise RequestError(
             400,
@@ -227,23 +234,7 @@ def check_fim(body: dict[str, Any], config: SimConfig) -> None:
     check_types(body, ("model", "prompt"))
     if not isinstance(body["prompt"], str):
         raise _bad("prompt", body["prompt"], "a string")
-    for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
-        value = body.get(name)
-        if value is not None and not low <= value <= high:
-            raise RequestError(
-                400, f"Invalid {name} value, the valid range of {name} is [{low}, {high}]", name
-            )
-    if body["model"] not in config.models:
-        raise RequestError(400, "Model Not Exist", "model")
-    if is_reasoner(body["model"]):
+    _raise_problem(check_fim_request(body))
+    if is_reasoner(_known_model(body, config)):
         raise RequestError(400, "FIM completion is only available for deepseek-chat", "model")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and not 1 <= max_tokens <= FIM_MAX_TOKENS:
-        raise RequestError(
-            400,
-            f"Invalid max_tokens value, the valid range of max_tokens is [1, {FIM_MAX_TOKENS}]",
-            "max_tokens",
-        )
-    stop = body.get("stop")
-    if isinstance(stop, list) and len(stop) > 16:
-        raise RequestError(400, "Invalid stop value, at most 16 stop sequences", "stop")
+    _max_tokens_within(body, FIM_MAX_TOKENS)
