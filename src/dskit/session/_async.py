@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._streams import AsyncEventStream
-from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
+from dskit.client._types import ChatResult, StreamEvent, ToolCall
 from dskit.session._context import ContextPolicy
 from dskit.session._core import (
     DEFAULT_TOOL_ROUNDS,
@@ -23,7 +23,9 @@ from dskit.session._core import (
     SessionViews,
     Throttle,
     check_save_interval,
+    fork_record,
     new_record,
+    worth_keeping,
 )
 from dskit.session._sync import GROWING, SAVE_INTERVAL
 from dskit.session._tools import Tool, format_error, format_result
@@ -126,16 +128,13 @@ class AsyncChatSession(SessionViews):
 
     async def undo(self) -> list[dict[str, Any]]:
         await self.open()
-        index = self._core.last_user_index()
-        removed = [dict(m.message) for m in self._core.record.messages[index:]]
+        index, removed = self._core.last_turn()
         await self._truncate(index)
         return removed
 
     async def fork(self, *, session_id: str | None = None) -> AsyncChatSession:
         await self.open()
-        record = await self.store.aload(self.id)
-        copy = new_record(session_id, record.model, record.system, record.params)
-        copy.messages, copy.title = record.messages, record.title
+        copy = fork_record(await self.store.aload(self.id), session_id)
         await self.store.acreate(copy)
         forked = AsyncChatSession(
             self.client, store=self.store, session_id=copy.id, tools=self._core.tools.values(),
@@ -161,17 +160,15 @@ class AsyncChatSession(SessionViews):
 
     async def _replace(self, index: int, message: StoredMessage) -> None:
         record = self._core.record
-        record.version = await self.store.areplace(
+        version = await self.store.areplace(
             record.id, index, message, expected_version=record.version
         )
-        record.messages[index] = message
+        self._core.replaced(index, message, version)
 
     async def _truncate(self, length: int) -> None:
         record = self._core.record
-        record.version = await self.store.atruncate(
-            record.id, length, expected_version=record.version
-        )
-        del record.messages[length:]
+        version = await self.store.atruncate(record.id, length, expected_version=record.version)
+        self._core.truncated(length, version)
 
     # ---- the turn ------------------------------------------------------------------
 
@@ -183,7 +180,6 @@ class AsyncChatSession(SessionViews):
         request = core.summary_request(plan)
         result = await self.client.chat(request, **core.summary_params())
         await self._append([core.summary_message(plan, result)])
-        core.usage_total = core.usage_total + (result.usage or Usage())
         return core.plan(params.get("max_tokens"), allow_summary=False)
 
     async def _run_tools(self, calls: list[ToolCall]) -> None:
@@ -313,8 +309,7 @@ class _AsyncSaver:
             await self.session._replace(self.index, message)
 
     async def save_partial(self, message: StoredMessage) -> None:
-        arrived = message.content or message.message.get("reasoning_content")
-        if not arrived and self.index is None:
+        if self.index is None and not worth_keeping(message):
             return
         try:
             await self.save(message)

@@ -230,6 +230,16 @@ class SessionCore:
         self.record.messages.extend(messages)
         self.record.title = self.record.title or title_from(self.record.messages)
 
+    def replaced(self, index: int, message: StoredMessage, version: int) -> None:
+        """Mirror a successful store replace."""
+        self.record.version = version
+        self.record.messages[index] = message
+
+    def truncated(self, length: int, version: int) -> None:
+        """Mirror a successful store truncate."""
+        self.record.version = version
+        del self.record.messages[length:]
+
     def user_message(self, text: Any) -> StoredMessage:
         if not isinstance(text, str) or not text.strip():
             raise ValidationError("a message must be a non-empty string", param="text")
@@ -296,6 +306,11 @@ class SessionCore:
 
     # ---- history edits -------------------------------------------------------------
 
+    def last_turn(self) -> tuple[int, list[dict[str, Any]]]:
+        """Where the last turn starts, and its messages (what `undo` removes and returns)."""
+        index = self.last_user_index()
+        return index, [dict(m.message) for m in self.record.messages[index:]]
+
     def last_user_index(self) -> int:
         for index in range(len(self.record.messages) - 1, -1, -1):
             if self.record.messages[index].role == "user":
@@ -318,6 +333,8 @@ class SessionCore:
         return {"model": self.record.model, "max_tokens": max(64, min(budget // 4, 1024))}
 
     def summary_message(self, plan: Plan, result: ChatResult) -> StoredMessage:
+        """The stored summary; its usage counts toward the session's total."""
+        self.usage_total = self.usage_total + (result.usage or Usage())
         message = {"role": "system", "content": result.content.strip() or "(empty summary)"}
         usage = result.usage.to_dict() if result.usage else None
         return StoredMessage(message, summary=True, covers=plan.covers, usage=usage)
@@ -366,6 +383,18 @@ def new_record(
         record.id = session_id
     record.created = record.updated = time.time()
     return record
+
+
+def fork_record(record: SessionRecord, session_id: str | None) -> SessionRecord:
+    """A copy of a stored conversation under a new id (what `fork` creates)."""
+    copy = new_record(session_id, record.model, record.system, record.params)
+    copy.messages, copy.title = record.messages, record.title
+    return copy
+
+
+def worth_keeping(partial: StoredMessage) -> bool:
+    """Whether a cut-off answer brought anything (text or reasoning) worth saving."""
+    return bool(partial.content or partial.message.get("reasoning_content"))
 
 
 def _check_model(model: Any) -> str:

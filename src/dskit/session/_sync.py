@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._streams import EventStream
-from dskit.client._types import ChatResult, StreamEvent, ToolCall, Usage
+from dskit.client._types import ChatResult, StreamEvent, ToolCall
 from dskit.session._context import ContextPolicy
 from dskit.session._core import (
     DEFAULT_TOOL_ROUNDS,
@@ -17,7 +17,9 @@ from dskit.session._core import (
     SessionViews,
     Throttle,
     check_save_interval,
+    fork_record,
     new_record,
+    worth_keeping,
 )
 from dskit.session._tools import Tool, format_error, format_result
 from dskit.store._memory import MemoryStore
@@ -124,16 +126,13 @@ class ChatSession(SessionViews):
 
     def undo(self) -> list[dict[str, Any]]:
         """Remove the last turn (the last user message and its answers); returns it."""
-        index = self._core.last_user_index()
-        removed = [dict(m.message) for m in self._core.record.messages[index:]]
+        index, removed = self._core.last_turn()
         self._truncate(index)
         return removed
 
     def fork(self, *, session_id: str | None = None) -> ChatSession:
         """A copy of this conversation under a new id, in the same store, to go elsewhere."""
-        record = self.store.load(self.id)
-        copy = new_record(session_id, record.model, record.system, record.params)
-        copy.messages, copy.title = record.messages, record.title
+        copy = fork_record(self.store.load(self.id), session_id)
         self.store.create(copy)
         return ChatSession(
             self.client, store=self.store, session_id=copy.id, tools=self._core.tools.values(),
@@ -158,15 +157,13 @@ class ChatSession(SessionViews):
 
     def _replace(self, index: int, message: StoredMessage) -> None:
         record = self._core.record
-        record.version = self.store.replace(
-            record.id, index, message, expected_version=record.version
-        )
-        record.messages[index] = message
+        version = self.store.replace(record.id, index, message, expected_version=record.version)
+        self._core.replaced(index, message, version)
 
     def _truncate(self, length: int) -> None:
         record = self._core.record
-        record.version = self.store.truncate(record.id, length, expected_version=record.version)
-        del record.messages[length:]
+        version = self.store.truncate(record.id, length, expected_version=record.version)
+        self._core.truncated(length, version)
 
     # ---- the turn ------------------------------------------------------------------
 
@@ -178,7 +175,6 @@ class ChatSession(SessionViews):
         request = core.summary_request(plan)
         result = self.client.chat(request, **core.summary_params())
         self._append([core.summary_message(plan, result)])
-        core.usage_total = core.usage_total + (result.usage or Usage())
         return core.plan(params.get("max_tokens"), allow_summary=False)
 
     def _run_tools(self, calls: list[ToolCall]) -> None:
@@ -303,8 +299,7 @@ class _Saver:
 
     def save_partial(self, message: StoredMessage) -> None:
         """On failure: keep what arrived, if anything did; never mask the first error."""
-        arrived = message.content or message.message.get("reasoning_content")
-        if not arrived and self.index is None:
+        if self.index is None and not worth_keeping(message):
             return
         try:
             self.save(message)
