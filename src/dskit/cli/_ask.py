@@ -17,6 +17,7 @@ from dskit.cli._common import (
     fail,
     invocation,
     open_backend,
+    open_store,
     store_option,
 )
 from dskit.cli._render import (
@@ -116,7 +117,6 @@ def _view(mode: str, settings: Settings) -> View:
 def _session(
     backend: Backend, settings: Settings, no_save: bool, max_tokens: int | None
 ) -> ChatSession:
-    from dskit.cli._common import open_store
     from dskit.session import ChatSession
 
     params: dict[str, Any] = {}

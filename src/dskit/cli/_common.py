@@ -103,7 +103,7 @@ def settings_from(flags: Mapping[str, Any]) -> Settings:
 
 @dataclass(slots=True)
 class Backend:
-    """The client to talk through, and the in-process simulator behind it, if any."""
+    """The client to talk through, and whether an in-process simulator answers it."""
 
     client: DeepSeek
     simulated: bool

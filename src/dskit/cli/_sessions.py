@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -96,18 +97,13 @@ def list_cmd(limit: int, search: str | None, as_json: bool, store: str | None) -
         except DSKitError as exc:
             raise fail(exc) from None
     if as_json:
-        click.echo(json.dumps([_info_dict(info) for info in found], ensure_ascii=False, indent=2))
+        click.echo(json.dumps([asdict(info) for info in found], ensure_ascii=False, indent=2))
         return
     if not found:
         click.echo("No sessions yet. Start one with: dskit chat", err=True)
     for info in found:
         title = info.title or "(untitled)"
         click.echo(f"{info.id[:12]}  {when(info.updated)}  {info.message_count:>4} msgs  {title}")
-
-
-def _info_dict(info: Any) -> dict[str, Any]:
-    fields = ("id", "title", "model", "created", "updated", "version", "message_count")
-    return {name: getattr(info, name) for name in fields}
 
 
 @sessions.command("show")
