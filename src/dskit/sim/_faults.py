@@ -43,10 +43,15 @@ class Controls:
 
     @property
     def has_fault(self) -> bool:
-        return any(getattr(self, f.name) not in (None, False) for f in fields(self)[3:])
+        return any(getattr(self, name) not in (None, False) for name in _FAULT_FIELDS)
 
     def without_faults(self) -> Controls:
         return Controls(self.ttft_ms, self.token_ms, self.keepalive_ms)
+
+
+_LATENCY_FIELDS = ("ttft_ms", "token_ms", "keepalive_ms")
+# every other field is a fault; named once here rather than by position on each request
+_FAULT_FIELDS = tuple(f.name for f in fields(Controls) if f.name not in _LATENCY_FIELDS)
 
 
 _INTS = {
