@@ -80,6 +80,7 @@ async def test_orphan_is_continued_into_the_unbroken_answer(
 
     async def adopt(taken: str) -> None:
         partial = await other_log.partial(taken)
+        assert partial.pieces == pieces
         job = TakeoverJob.decode(await other_log.job(taken))
         continuation = PrefixContinuation(beta, job, partial)
         async for event in continuation.events():
@@ -127,3 +128,25 @@ async def test_an_answer_saved_before_its_instance_died_is_not_generated_twice()
     assert [e.type for e in events] == ["content", "usage"]
     assert events[0].text == "world."  # type: ignore[union-attr]
     assert (await source.final()).usage == Usage(5, 3, 8)
+
+
+async def test_continuation_keeps_the_original_max_tokens(sim: Any) -> None:
+    """The pieces logged before the takeover count against `max_tokens`, as in the
+    client's own resume: the whole answer is as long as an unbroken one, not longer."""
+    from dskit.gateway._redis_log import PartialAnswer
+
+    params = {"temperature": 0.0, "max_tokens": 8}
+    async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
+        whole = await client.chat(MESSAGES, model="deepseek-chat", **params)
+        async with client.stream(MESSAGES, model="deepseek-chat", **params) as stream:
+            pieces = [e.text async for e in stream if e.type == "content"][:3]
+    assert whole.finish_reason == "length"
+    partial = PartialAnswer(3, "".join(pieces), "", False, False, "content", pieces=3)
+    job = TakeoverJob("s", "deepseek-chat", MESSAGES, params)
+    async with AsyncDeepSeek(api_key="sk-test", base_url=beta_client_url(sim.base_url)) as beta:
+        continuation = PrefixContinuation(beta, job, partial)
+        async for _ in continuation.events():
+            pass
+    assert continuation.result is not None
+    assert continuation.result.content == whole.content
+    assert continuation.result.finish_reason == "length"

@@ -146,6 +146,7 @@ class PartialAnswer:
     has_tool_calls: bool
     finished: bool
     last_kind: str | None = None
+    pieces: int = 0  # content and reasoning deltas: they count against `max_tokens`
 
     @property
     def ended(self) -> bool:
@@ -405,7 +406,7 @@ class RedisStreamLog:
         """The text logged so far (content and reasoning), to continue it after a takeover."""
         content: list[str] = []
         reasoning: list[str] = []
-        seq, tools, finished, last = 0, False, False, None
+        seq, tools, finished, last, pieces = 0, False, False, None, 0
         while True:
             piece = await self._read_now(answer_id, seq)
             for entry in piece.entries:
@@ -413,11 +414,14 @@ class RedisStreamLog:
                 if entry.kind in ("content", "reasoning"):
                     text = orjson.loads(entry.data)["text"]
                     (content if entry.kind == "content" else reasoning).append(text)
+                    pieces += 1
                 tools = tools or entry.kind == "tool_call"
             finished = finished or piece.finished
             if len(piece.entries) < self.settings.read_batch:
                 break
-        return PartialAnswer(seq, "".join(content), "".join(reasoning), tools, finished, last)
+        return PartialAnswer(
+            seq, "".join(content), "".join(reasoning), tools, finished, last, pieces
+        )
 
     async def aclose(self) -> None:
         for answer_id in list(self._renewers):

@@ -101,6 +101,7 @@ class PrefixContinuation:
         self.job = job
         self.content = partial.content
         self.reasoning = partial.reasoning
+        self.pieces = partial.pieces
         self.max_resumes = max_resumes
         self.resumes = 0
         self.usage: Usage | None = None
@@ -121,6 +122,8 @@ class PrefixContinuation:
     async def _attempt(self) -> AsyncIterator[StreamEvent]:
         messages = prefix_messages(self.job, self.content, self.reasoning)
         params = {k: v for k, v in self.job.params.items() if k != "model"}
+        if "max_tokens" in params:  # what came already counts, as in the client's resume
+            params["max_tokens"] = max(1, params["max_tokens"] - self.pieces)
         stream = self.beta.stream(
             messages, model=self.job.model, extra_headers=dict(self.job.headers),
             max_resumes=0, **params,
@@ -129,8 +132,10 @@ class PrefixContinuation:
             async for event in stream:
                 if event.type == "content":
                     self.content += event.text
+                    self.pieces += 1
                 elif event.type == "reasoning":
                     self.reasoning += event.text
+                    self.pieces += 1
                 elif event.type == "usage":
                     self.usage = _add_usage(self.usage, event.usage)
                 if event.type == "done":
