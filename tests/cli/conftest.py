@@ -12,6 +12,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dskit.cli import main
+from dskit.config import ENV_VARS
+from dskit.store import SessionRecord, SQLiteStore
 
 
 @dataclass
@@ -26,14 +28,23 @@ class Home:
     def store(self) -> Path:
         return self.root / "sessions.sqlite3"
 
+    def sessions(self) -> list[SessionRecord]:
+        """Every session in the default store, most recently updated first."""
+        if not self.store.exists():
+            return []
+        store = SQLiteStore(self.store)
+        try:
+            return [store.load(info.id) for info in store.list_sessions()]
+        finally:
+            store.close()
+
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
     monkeypatch.setenv("DSKIT_HOME", str(tmp_path))
     monkeypatch.setenv("DSKIT_CONFIG", str(tmp_path / "config.toml"))
-    for var in ("DSKIT_MODEL", "DSKIT_SYSTEM", "DSKIT_TEMPERATURE", "DSKIT_STORE"):
+    for var in (*ENV_VARS.values(), "DSKIT_SIM_TOKEN_MS"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.delenv("DSKIT_SIM_TOKEN_MS", raising=False)
     return Home(tmp_path)
 
 

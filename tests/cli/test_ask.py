@@ -10,24 +10,15 @@ import json
 
 import pytest
 
-from dskit.store import SQLiteStore
 from tests.conftest import free_port
 
 NO_WAIT = ["--header", "X-Sim-Retry-After:0"]
 
 
-def stored(home):
-    store = SQLiteStore(home.store)
-    try:
-        return [store.load(info.id) for info in store.list_sessions()]
-    finally:
-        store.close()
-
-
 def test_plain_text_answer_is_exactly_the_stored_answer(cli, home, on_sim):
     result = cli("ask", *on_sim, "What", "is", "a", "KV", "cache?")
     assert result.exit_code == 0, result.stderr
-    [record] = stored(home)
+    [record] = home.sessions()
     question, answer = record.messages
     assert question.content == "What is a KV cache?"
     assert answer.role == "assistant" and not answer.incomplete and answer.content
@@ -38,21 +29,21 @@ def test_plain_text_answer_is_exactly_the_stored_answer(cli, home, on_sim):
 def test_piped_stdin_is_appended_as_context(cli, home, on_sim):
     result = cli("ask", *on_sim, "summarise", input="line one\nline two\n")
     assert result.exit_code == 0, result.stderr
-    [record] = stored(home)
+    [record] = home.sessions()
     assert record.messages[0].content == "summarise\n\nline one\nline two"
     assert record.title == "summarise"
 
 
 def test_stdin_alone_is_the_question(cli, home, on_sim):
     assert cli("ask", *on_sim, input="just this\n").exit_code == 0
-    assert stored(home)[0].messages[0].content == "just this"
+    assert home.sessions()[0].messages[0].content == "just this"
 
 
 def test_json_prints_the_final_result(cli, home, on_sim):
     result = cli("ask", *on_sim, "--json", "--system", "be terse", "hi")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    [record] = stored(home)
+    [record] = home.sessions()
     assert data["content"] == record.messages[1].content
     assert data["finish_reason"] == "stop" and data["incomplete"] is False
     assert data["model"] == "deepseek-chat"
@@ -94,7 +85,7 @@ def test_no_key_runs_on_the_builtin_simulator_and_says_so(cli, home):
     assert result.stdout.strip()
     assert result.stderr.count("No DEEPSEEK_API_KEY set") == 1
     assert "offline simulator" in result.stderr
-    assert stored(home) == []  # --no-save
+    assert home.sessions() == []  # --no-save
 
 
 @pytest.mark.parametrize(("status", "code"), [(401, 3), (402, 3), (429, 4), (500, 5), (503, 5)])
@@ -131,7 +122,7 @@ def test_incomplete_answer_is_exit_6_and_keeps_what_arrived(cli, home, on_sim):
     result = cli("ask", *on_sim, *args, "tell me a story")
     assert result.exit_code == 6, result.stderr
     assert "Incomplete answer" in result.stderr
-    [record] = stored(home)
+    [record] = home.sessions()
     answer = record.messages[-1]
     assert answer.incomplete and answer.content
     assert result.stdout.startswith(answer.content)  # what arrived was printed
@@ -149,7 +140,7 @@ def test_answer_cut_at_max_tokens_is_exit_6(cli, home, on_sim):
     result = cli("ask", *on_sim, "--max-tokens", "3", "tell me a story")
     assert result.exit_code == 6
     assert "reached max_tokens" in result.stderr
-    [record] = stored(home)
+    [record] = home.sessions()
     assert record.messages[-1].content + "\n" == result.stdout
     as_json = json.loads(cli("ask", *on_sim, "--json", "--max-tokens", "3", "again").stdout)
     assert as_json["finish_reason"] == "length" and as_json["incomplete"] is True

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import json
 
-from dskit.store import SQLiteStore
-
-
-def sessions(home):
-    store = SQLiteStore(home.store)
-    try:
-        return [store.load(info.id) for info in store.list_sessions()]
-    finally:
-        store.close()
-
 
 def test_plain_chat_from_stdin(cli, home, on_sim):
     result = cli("chat", *on_sim, input="first\nsecond\n")
     assert result.exit_code == 0, result.stderr
-    [record] = sessions(home)
+    [record] = home.sessions()
     assert [m.role for m in record.messages] == ["user", "assistant"] * 2
     for answer in record.messages[1::2]:
         assert answer.content in result.stdout
@@ -27,7 +17,7 @@ def test_plain_chat_from_stdin(cli, home, on_sim):
 
 def test_opening_and_quitting_leaves_no_empty_session(cli, home, on_sim):
     assert cli("chat", *on_sim, input="/help\n/quit\n").exit_code == 0
-    assert sessions(home) == []
+    assert home.sessions() == []
 
 
 def test_help_lists_every_command(cli, on_sim):
@@ -44,21 +34,21 @@ def test_model_temperature_and_system(cli, home, on_sim):
     assert "Model: deepseek-reasoner" in result.stdout
     assert "Temperature: 0.2" in result.stdout
     assert "temperature must be between 0 and 2" in result.stdout
-    [record] = sessions(home)
+    [record] = home.sessions()
     assert record.system == "be terse"
     assert record.messages[1].message.get("reasoning_content")  # the reasoner answered
 
 
 def test_new_sessions_load_and_continue_by_prefix(cli, home, on_sim):
     cli("chat", *on_sim, input="about rivers\n/new\nabout mountains\n")
-    older, newer = sorted(sessions(home), key=lambda r: r.created)
+    older, newer = sorted(home.sessions(), key=lambda r: r.created)
     listed = cli("chat", *on_sim, input="/sessions\n").stdout
     assert older.id[:12] in listed and newer.id[:12] in listed
     result = cli("chat", *on_sim, input=f"/load {older.id[:8]}\nmore rivers\n")
     assert f"Loaded session {older.id[:12]}: about rivers" in result.stdout
     again = cli("chat", *on_sim, "--session", older.id[:8], input="")
     assert f"Continuing session {older.id[:12]} (4 messages)" in again.stdout
-    record = next(r for r in sessions(home) if r.id == older.id)
+    record = next(r for r in home.sessions() if r.id == older.id)
     assert [m.content for m in record.messages[::2]] == ["about rivers", "more rivers"]
 
 
@@ -66,7 +56,7 @@ def test_undo_retry_and_usage(cli, home, on_sim):
     result = cli("chat", *on_sim, input="one\ntwo\n/undo\n/retry\n/usage\n")
     assert "Removed the last turn (2 messages): two" in result.stdout
     assert "Retrying: one" in result.stdout
-    [record] = sessions(home)
+    [record] = home.sessions()
     assert [m.content for m in record.messages[::2]] == ["one"]
     usage = next(line for line in result.stdout.splitlines() if line.startswith("Session "))
     assert "tokens in" in usage and "estimate" in usage
@@ -98,7 +88,7 @@ def test_api_errors_are_shown_and_the_repl_goes_on(cli, home, on_sim):
 
 def test_think_toggles_the_reasoners_thinking(cli, home, on_sim):
     shown = cli("chat", *on_sim, "-m", "deepseek-reasoner", input="why?\n")
-    [record] = sessions(home)
+    [record] = home.sessions()
     thinking = record.messages[1].message["reasoning_content"]
     assert thinking and thinking in shown.stderr  # plain output: thinking on stderr
     hidden = cli("chat", *on_sim, "-m", "deepseek-reasoner", input="/think\nwhy not?\n")

@@ -33,16 +33,11 @@ def env(home):
 
 
 def latest(home) -> SessionRecord | None:
-    store = SQLiteStore(home.store)
-    try:
-        found = store.list_sessions(1)
-        return store.load(found[0].id) if found else None
-    finally:
-        store.close()
+    return next(iter(home.sessions()), None)
 
 
 def answer_growing(home, question: str) -> bool:
-    record = latest(home) if home.store.exists() else None
+    record = latest(home)
     if record is None:
         return False
     messages = record.messages

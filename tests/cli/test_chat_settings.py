@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import io
 
-from tests.cli.test_chat_commands import sessions
-
 
 def test_model_survives_continue(cli, home, on_sim):
     first = cli("chat", *on_sim, input="hello\n/model deepseek-reasoner\n")
     assert first.exit_code == 0, first.stderr
-    [record] = sessions(home)
+    [record] = home.sessions()
     assert f"Model: deepseek-reasoner (saved with session {record.id[:12]})" in first.stdout
     assert record.model == "deepseek-reasoner"
     assert not record.messages[1].message.get("reasoning_content")  # asked before /model
     again = cli("chat", *on_sim, "--continue", input="/model\nwhy?\n")
     assert "Settings: model deepseek-reasoner, temperature default" in again.stdout
     assert "Model: deepseek-reasoner\n" in again.stdout
-    [record] = sessions(home)
+    [record] = home.sessions()
     assert [m.role for m in record.messages] == ["user", "assistant"] * 2
     assert record.messages[3].message.get("reasoning_content")  # the reasoner answered
 
@@ -26,7 +24,7 @@ def test_model_survives_continue(cli, home, on_sim):
 def test_temperature_and_system_change_the_current_session(cli, home, on_sim):
     script = "hi\n/temperature 0.3\n/system be terse\nmore\n/system\n"
     result = cli("chat", *on_sim, input=script)
-    [record] = sessions(home)  # /system no longer starts a new session
+    [record] = home.sessions()  # /system no longer starts a new session
     assert f"Temperature: 0.3 (saved with session {record.id[:12]})" in result.stdout
     assert "System prompt set (saved with session" in result.stdout
     assert "System prompt: be terse" in result.stdout
@@ -36,7 +34,7 @@ def test_temperature_and_system_change_the_current_session(cli, home, on_sim):
     again = cli("chat", *on_sim, "--continue", input=script)
     assert "Settings: model deepseek-chat, temperature 0.3, system prompt set" in again.stdout
     assert "Temperature: 0.3\n" in again.stdout and "System prompt removed" in again.stdout
-    [record] = sessions(home)
+    [record] = home.sessions()
     assert (record.params, record.system) == ({}, None)
 
 
@@ -46,7 +44,7 @@ def test_settings_before_the_first_message_shape_the_new_session(cli, home, on_s
     assert "Model: deepseek-reasoner (for the new session, started with your next message)" in (
         result.stdout
     )
-    records = sessions(home)
+    records = home.sessions()
     assert len(records) == 2  # /new carries the settings over
     for record in records:
         assert (record.model, record.params, record.system) == (
@@ -56,11 +54,11 @@ def test_settings_before_the_first_message_shape_the_new_session(cli, home, on_s
 
 def test_bad_settings_are_refused_and_nothing_changes(cli, home, on_sim):
     cli("chat", *on_sim, input="hi\n")
-    [before] = sessions(home)
+    [before] = home.sessions()
     result = cli("chat", *on_sim, "-c", input="/temperature 9\n/temperature warm\n/model\n")
     assert "temperature must be between 0 and 2" in result.stdout
     assert "temperature must be a number, got 'warm'" in result.stdout
-    [record] = sessions(home)
+    [record] = home.sessions()
     assert record.params == {} and record.version == before.version
 
 
@@ -68,20 +66,20 @@ def test_flags_with_continue_change_the_continued_session(cli, home, on_sim):
     cli("chat", *on_sim, input="hello\n")
     result = cli("chat", *on_sim, "-c", "-m", "deepseek-reasoner", "-t", "0.5", input="")
     assert "Session settings changed: model deepseek-reasoner, temperature 0.5" in result.stdout
-    [record] = sessions(home)
+    [record] = home.sessions()
     assert (record.model, record.params) == ("deepseek-reasoner", {"temperature": 0.5})
     # settings from the environment shape new sessions only
     env = {"DSKIT_MODEL": "deepseek-chat"}
     cli("chat", *on_sim, "-c", input="", env=env)
-    assert sessions(home)[0].model == "deepseek-reasoner"
+    assert home.sessions()[0].model == "deepseek-reasoner"
 
 
 def test_retry_keeps_the_question_and_replaces_the_answer(cli, home, on_sim):
     cli("chat", *on_sim, input="one\n")
-    [before] = sessions(home)
+    [before] = home.sessions()
     result = cli("chat", *on_sim, "-c", input="/retry\n")
     assert "Retrying: one" in result.stdout
-    [after] = sessions(home)
+    [after] = home.sessions()
     assert after.messages[0].to_dict() == before.messages[0].to_dict()  # not re-added
     assert after.messages[1].content == before.messages[1].content in result.stdout
     assert after.messages[1].created > before.messages[1].created
