@@ -15,6 +15,7 @@ from dskit.sim._plan import Reply, is_prefix_message, plan_chat, plan_fim, trunc
 from dskit.sim._request import RequestError, check_chat, check_fim, parse_json, read_body
 from dskit.sim._stream import (
     Send,
+    Shaped,
     Timing,
     keep_alive,
     shape,
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from dskit.sim._app import Request, SimApp
 
 SSE = b"text/event-stream; charset=utf-8"
-Render = Callable[[Reply], bytes]
 
 
 def _controls(app: SimApp, request: Request) -> Controls:
@@ -127,14 +127,7 @@ async def chat(app: SimApp, request: Request, send: Send, *, beta: bool) -> None
     async with _slot(app):
         reply = plan_chat(data, app.config.seed)
         cache = app.cache.lookup_and_store(data["model"], data["messages"])
-        env = Envelope.new(data["model"])
-        if data.get("stream"):
-            include = bool((data.get("stream_options") or {}).get("include_usage"))
-            encoder = ChunkEncoder(env, include, is_reasoner(data["model"]))
-            await _stream(app, request, send, encoder, reply, cache, controls)
-        else:
-            render = lambda r: chat_completion(env, r, usage_dict(r, cache))  # noqa: E731
-            await _whole(app, request, send, render, reply, controls)
+        await _respond(app, request, send, data, reply, cache, controls, fim=False)
 
 
 async def fim(app: SimApp, request: Request, send: Send) -> None:
@@ -145,35 +138,43 @@ async def fim(app: SimApp, request: Request, send: Send) -> None:
     async with _slot(app):
         reply = plan_fim(data, app.config.seed)
         prompt = estimate_tokens(data["prompt"]) + estimate_tokens(data.get("suffix") or "")
-        cache = CacheResult(prompt, 0)
-        env = Envelope.new(data["model"])
-        if data.get("stream"):
-            include = bool((data.get("stream_options") or {}).get("include_usage"))
-            encoder = TextChunkEncoder(env, include)
-            await _stream(app, request, send, encoder, reply, cache, controls)
-        else:
-            render = lambda r: text_completion(env, r, usage_dict(r, cache))  # noqa: E731
-            await _whole(app, request, send, render, reply, controls)
+        await _respond(app, request, send, data, reply, CacheResult(prompt, 0), controls, fim=True)
 
 
-def _insufficient(reply: Reply, c: Controls) -> Reply:
-    if c.insufficient_after_events is None:
-        return reply
-    return truncate(reply, c.insufficient_after_events, "insufficient_system_resource")
-
-
-async def _stream(
+async def _respond(
     app: SimApp,
     request: Request,
     send: Send,
-    encoder: ChunkEncoder,
+    data: dict[str, Any],
     reply: Reply,
     cache: CacheResult,
     c: Controls,
+    *,
+    fim: bool,
 ) -> None:
-    reply = _insufficient(reply, c)
-    shaped = shape(encoder, encoder.events(reply, usage_dict(reply, cache)), c)
+    """Render the planned reply as a chat or FIM response, streamed or whole."""
+    if c.insufficient_after_events is not None:
+        reply = truncate(reply, c.insufficient_after_events, "insufficient_system_resource")
+    env = Envelope.new(data["model"])
+    usage = usage_dict(reply, cache)
     timing = _timing(app, c)
+    if not data.get("stream"):
+        render = text_completion if fim else chat_completion
+        delay = timing.ttft + timing.token * reply.completion_tokens
+        await _whole(app, request, send, render(env, reply, usage), delay, timing, c)
+        return
+    include = bool((data.get("stream_options") or {}).get("include_usage"))
+    encoder = (
+        TextChunkEncoder(env, include)
+        if fim
+        else ChunkEncoder(env, include, is_reasoner(data["model"]))
+    )
+    await _stream(app, request, send, shape(encoder, encoder.events(reply, usage), c), timing)
+
+
+async def _stream(
+    app: SimApp, request: Request, send: Send, shaped: Shaped, timing: Timing
+) -> None:
     app.stats.streams += 1
     app.count_status(200)
     headers = [*request.json_headers(SSE), (b"cache-control", b"no-cache")]
@@ -184,12 +185,14 @@ async def _stream(
 
 
 async def _whole(
-    app: SimApp, request: Request, send: Send, render: Render, reply: Reply, c: Controls
+    app: SimApp,
+    request: Request,
+    send: Send,
+    data: bytes,
+    delay: float,
+    timing: Timing,
+    c: Controls,
 ) -> None:
-    reply = _insufficient(reply, c)
-    data = render(reply)
-    timing = _timing(app, c)
-    delay = timing.ttft + timing.token * reply.completion_tokens
     async with _watch_disconnect(request, send, active=not timing.idle) as out:
         if timing.queue <= 0 and c.drop_after_bytes is None:
             await asyncio.sleep(delay)
