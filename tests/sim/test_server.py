@@ -104,10 +104,9 @@ def test_cli_help_has_examples() -> None:
 
 
 def test_cli_serves_in_the_foreground() -> None:
-    command = [sys.executable, "-m", "dskit.cli", "sim", "--api-key", "sk-cli-1234"]
     code = "from dskit.cli import main; main()"
     process = subprocess.Popen(
-        [sys.executable, "-c", code, *command[3:]],
+        [sys.executable, "-c", code, "sim", "--api-key", "sk-cli-1234"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
