@@ -39,7 +39,7 @@ def test_stable_length_never_cuts_inside_a_block(text, stable):
     assert text[: stable_length(text)] == stable
 
 
-def test_rich_view_renders_markdown_and_footer(sim):
+def test_rich_view_renders_markdown_and_footer():
     console, out = rich_console()
     usage = Usage(prompt_tokens=1000, completion_tokens=500, prompt_cache_hit_tokens=640,
                   prompt_cache_miss_tokens=360)  # fmt: skip

@@ -6,18 +6,12 @@ import json
 
 import pytest
 
-from dskit.store import SQLiteStore
-
 
 @pytest.fixture
-def two_sessions(cli, on_sim):
+def two_sessions(cli, home, on_sim):
     cli("ask", *on_sim, "first question about rivers")
     cli("ask", *on_sim, "second question about mountains")
-    store = SQLiteStore()
-    try:
-        infos = store.list_sessions()
-    finally:
-        store.close()
+    infos = home.sessions()
     assert [i.title for i in infos] == [
         "second question about mountains",
         "first question about rivers",
