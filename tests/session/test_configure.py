@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,33 @@ def test_bad_configure_is_refused_before_anything_is_stored(
     assert stored.version == 0 and stored.params == {"temperature": 1}
     assert s.version == 0 and s.params == {"temperature": 1} and s.model == "deepseek-chat"
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"params": {"temperature": 5}}, "temperature"),
+        ({"params": {"stop": {"a", "b"}}}, "params"),  # not JSON: once a crash in the store
+        ({"model": "deepseek-reasoner", "params": {"logprobs": True}}, "logprobs"),
+        ({"model": ""}, "model"),
+        ({"system": 42}, "system"),
+    ],
+)
+def test_bad_settings_at_creation_are_refused_before_anything_is_stored(
+    client: DeepSeek, tmp_path: Path, fields: dict[str, Any], param: str
+) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    with pytest.raises(ValidationError) as info:
+        ChatSession(client, store=store, **fields)
+    assert info.value.param == param
+    assert store.list_sessions() == []
+    store.close()
+
+
+async def test_async_bad_settings_at_creation_are_refused(aclient: AsyncDeepSeek) -> None:
+    with pytest.raises(ValidationError) as info:
+        AsyncChatSession(aclient, params={"stop": {"a"}})
+    assert info.value.param == "params"
 
 
 def test_configure_by_a_stale_writer_is_a_conflict(client: DeepSeek, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from dskit.client._errors import ToolError, ValidationError
 from dskit.client._types import ChatResult, ToolCall, Usage
 from dskit.session._context import ContextPolicy, Fit, TokenCounter, fit_turns, group_turns
 from dskit.session._tools import Tool, format_error, tool_table
+from dskit.store._base import header_changes
 from dskit.store._model import SessionRecord, StoredMessage, title_from
 
 WIRE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", "reasoning_content")
@@ -68,9 +69,9 @@ class SessionCore:
     ) -> None:
         if not isinstance(max_tool_rounds, int) or max_tool_rounds < 1:
             raise ValidationError("max_tool_rounds must be a positive integer")
-        _check_params(record.params)
         self.record = record
         self.tools = tool_table(tools)
+        self._check_values(_check_params(record.params), record.model)
         self.policy = policy or ContextPolicy()
         self.max_tool_rounds = max_tool_rounds
         self.counter = TokenCounter()
@@ -176,13 +177,11 @@ class SessionCore:
         `None` keeps a setting; `system=""` removes the system prompt; `params` are merged
         into the stored ones, and a `None` value drops that name (back to the default).
         """
-        changes: dict[str, Any] = {}
-        if model is not None:
-            changes["model"] = _check_model(model)
-        if system is not None:
-            if not isinstance(system, str):
-                raise ValidationError("system must be a string", param="system")
-            changes["system"] = system
+        header_changes(model, system, None, None)  # the store's own checks, up front
+        # `system=""` stays "" here: the store's `update` reads `None` as "keep it"
+        changes: dict[str, Any] = {
+            k: v for k, v in (("model", model), ("system", system)) if v is not None
+        }
         if params is not None:
             changes["params"] = self._merged_params(params, changes.get("model"))
         return changes
@@ -375,9 +374,7 @@ def _cut_to_tokens(text: str, tokens: int) -> str:
 def new_record(
     session_id: str | None, model: str, system: str | None, params: Mapping[str, Any]
 ) -> SessionRecord:
-    _check_model(model)
-    if system is not None and not isinstance(system, str):
-        raise ValidationError("system must be a string", param="system")
+    header_changes(model, system, params, None)  # the store's own checks, before it writes
     record = SessionRecord(model=model, system=system or None, params=_check_params(params))
     if session_id is not None:
         record.id = session_id
@@ -395,12 +392,6 @@ def fork_record(record: SessionRecord, session_id: str | None) -> SessionRecord:
 def worth_keeping(partial: StoredMessage) -> bool:
     """Whether a cut-off answer brought anything (text or reasoning) worth saving."""
     return bool(partial.content or partial.message.get("reasoning_content"))
-
-
-def _check_model(model: Any) -> str:
-    if not isinstance(model, str) or not model.strip():
-        raise ValidationError("model must be a non-empty string", param="model")
-    return model
 
 
 MAX_SAVE_INTERVAL = 1.0

@@ -57,14 +57,13 @@ class ChatSession(SessionViews):
         self.client = client
         self.store: SessionStore = store if store is not None else MemoryStore()
         record = new_record(session_id, model, system, params or {})
-        if session_id is not None:
-            record = self._existing(session_id) or self.store.create(record)
-        else:
-            record = self.store.create(record)
+        # every setting is checked (by the core) before the store is touched
         self._core = SessionCore(
             record, tools=tools, policy=context, max_tool_rounds=max_tool_rounds
         )
         self.save_interval = check_save_interval(save_interval)
+        existing = self._existing(session_id) if session_id is not None else None
+        self._core.record = existing or self.store.create(record)
 
     def _existing(self, session_id: str) -> SessionRecord | None:
         try:
