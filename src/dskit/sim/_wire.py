@@ -122,17 +122,32 @@ def text_completion(env: Envelope, reply: Reply, usage: dict[str, Any]) -> bytes
 
 
 class ChunkEncoder:
-    """Encodes the SSE events of one chat stream from pre-encoded constant parts."""
+    """Encodes the SSE events of one chat stream from pre-encoded constant parts.
 
-    def __init__(self, env: Envelope, include_usage: bool, reasoner: bool) -> None:
+    A chunk is `head + variable part + tail`; the FIM encoder below differs only in the
+    object name and the choice's fields around the variable part (the class constants).
+    """
+
+    OBJECT = b"chat.completion.chunk"
+    CHOICE_OPEN = b'"index":0,"delta":'  # before the variable part
+    CHOICE_REST = b',"logprobs":null,"finish_reason":'  # after it, then the finish reason
+    EMPTY = b'{"content":""}'  # the variable part of the finish chunk
+
+    def __init__(self, env: Envelope, include_usage: bool, reasoner: bool = False) -> None:
         self._head = (
-            b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
-            b'"system_fingerprint":"%s","choices":[{"index":0,"delta":'
-            % (env.id.encode(), env.created, _dumps(env.model), FINGERPRINT.encode())
+            b'data: {"id":"%s","object":"%s","created":%d,"model":%s,'
+            b'"system_fingerprint":"%s","choices":[{%s'
+            % (
+                env.id.encode(),
+                self.OBJECT,
+                env.created,
+                _dumps(env.model),
+                FINGERPRINT.encode(),
+                self.CHOICE_OPEN,
+            )
         )
-        self._tail = b',"logprobs":null,"finish_reason":null}]%s}\n\n' % (
-            b',"usage":null' if include_usage else b""
-        )
+        usage_null = b',"usage":null' if include_usage else b""
+        self._tail = self.CHOICE_REST + b"null}]%s}\n\n" % usage_null
         self._content_end = b',"reasoning_content":null}' if reasoner else b"}"
         self.reasoner = reasoner
 
@@ -159,13 +174,8 @@ class ChunkEncoder:
         return events
 
     def final(self, finish_reason: str, usage: dict[str, Any]) -> bytes:
-        return (
-            self._head
-            + b'{"content":""},"logprobs":null,"finish_reason":"%s"}],' % finish_reason.encode()
-            + b'"usage":'
-            + _dumps(usage)
-            + b"}\n\n"
-        )
+        finish = b'"%s"}],"usage":' % finish_reason.encode()
+        return self._head + self.EMPTY + self.CHOICE_REST + finish + _dumps(usage) + b"}\n\n"
 
     def malformed(self) -> bytes:
         return self._head + b'{"content":"\xe2\x80\xa6\n\n'
@@ -185,28 +195,13 @@ class ChunkEncoder:
 class TextChunkEncoder(ChunkEncoder):
     """The events of a FIM stream: `text_completion` chunks with `choices[].text`."""
 
-    def __init__(self, env: Envelope, include_usage: bool) -> None:
-        super().__init__(env, include_usage, False)
-        self._head = (
-            b'data: {"id":"%s","object":"text_completion","created":%d,"model":%s,'
-            b'"system_fingerprint":"%s","choices":[{"text":'
-            % (env.id.encode(), env.created, _dumps(env.model), FINGERPRINT.encode())
-        )
-        self._tail = b',"index":0,"logprobs":null,"finish_reason":null}]%s}\n\n' % (
-            b',"usage":null' if include_usage else b""
-        )
+    OBJECT = b"text_completion"
+    CHOICE_OPEN = b'"text":'
+    CHOICE_REST = b',"index":0,"logprobs":null,"finish_reason":'
+    EMPTY = b'""'
 
     def content(self, piece: str) -> bytes:
         return self._head + _dumps(piece) + self._tail
-
-    def final(self, finish_reason: str, usage: dict[str, Any]) -> bytes:
-        return (
-            self._head
-            + b'"","index":0,"logprobs":null,"finish_reason":"%s"}],' % finish_reason.encode()
-            + b'"usage":'
-            + _dumps(usage)
-            + b"}\n\n"
-        )
 
     def events(self, reply: Reply, usage: dict[str, Any]) -> list[bytes]:
         events = [self.content(p) for p in reply.content]
