@@ -37,6 +37,7 @@ from dskit.client._types import (
     UsageEvent,
 )
 from dskit.gateway._redis_log import PartialAnswer, RedisStreamLog
+from dskit.gateway._scale import ReplaySource
 
 logger = logging.getLogger("dskit.gateway")
 
@@ -166,7 +167,7 @@ class PrefixContinuation:
         )  # fmt: skip
 
 
-class RemainderSource:
+class RemainderSource(ReplaySource):
     """An answer its instance saved but did not finish logging: the rest of the saved
     text is logged, and it is not saved a second time."""
 
@@ -174,7 +175,7 @@ class RemainderSource:
     saved = True
 
     def __init__(self, saved: ChatResult, partial: PartialAnswer) -> None:
-        self.result = saved
+        super().__init__(saved)
         self.partial = partial
 
     async def events(self) -> AsyncIterator[StreamEvent]:
@@ -186,15 +187,6 @@ class RemainderSource:
             yield ContentDelta(content)
         if self.result.usage is not None:
             yield UsageEvent(self.result.usage)
-
-    async def final(self) -> ChatResult:
-        return self.result
-
-    def snapshot(self) -> ChatResult:
-        return self.result
-
-    async def aclose(self) -> None:
-        return None
 
 
 def saved_answer(job: TakeoverJob, stored: list[Any], partial: PartialAnswer) -> ChatResult | None:
