@@ -142,6 +142,7 @@ def test_answer_cut_at_max_tokens_is_exit_6(cli, home, on_sim):
     assert "reached max_tokens" in result.stderr
     [record] = home.sessions()
     assert record.messages[-1].content + "\n" == result.stdout
+    assert record.params == {}  # the cap is this run's: a later `chat -c` is not capped
     as_json = json.loads(cli("ask", *on_sim, "--json", "--max-tokens", "3", "again").stdout)
     assert as_json["finish_reason"] == "length" and as_json["incomplete"] is True
 

@@ -86,8 +86,9 @@ def ask(
     run = invocation(shared)
     try:
         with open_backend(run.settings, run.backend) as backend:
-            session = _session(backend, run.settings, no_save, run.max_tokens)
-            code = _answer(session, run.settings, text, _mode(as_json, jsonl))
+            session = _session(backend, run.settings, no_save)
+            request = {} if run.max_tokens is None else {"max_tokens": run.max_tokens}
+            code = _answer(session, run.settings, text, _mode(as_json, jsonl), request)
     except DSKitError as exc:
         raise fail(exc, run.settings) from None
     except OSError as exc:  # stdout on a full disk; a closed pipe is click's to handle
@@ -114,16 +115,12 @@ def _view(mode: str, settings: Settings) -> View:
     return PlainView(think=think)
 
 
-def _session(
-    backend: Backend, settings: Settings, no_save: bool, max_tokens: int | None
-) -> ChatSession:
+def _session(backend: Backend, settings: Settings, no_save: bool) -> ChatSession:
+    """A new session with the settings saved in it (the max_tokens cap is per request, as
+    in `dskit chat`, so a later `dskit chat --continue` is not capped)."""
     from dskit.session import ChatSession
 
-    params: dict[str, Any] = {}
-    if settings.temperature is not None:
-        params["temperature"] = settings.temperature
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
+    params = {} if settings.temperature is None else {"temperature": settings.temperature}
     store = None if no_save else open_store(settings.store)
     return ChatSession(
         backend.client, system=settings.system, model=settings.model or "deepseek-chat",
@@ -131,19 +128,21 @@ def _session(
     )  # fmt: skip
 
 
-def _answer(session: ChatSession, settings: Settings, text: str, mode: str) -> int:
+def _answer(
+    session: ChatSession, settings: Settings, text: str, mode: str, request: dict[str, Any]
+) -> int:
     try:
         if mode == "json":
-            return _answer_json(session, text)
-        outcome = run_turn(lambda: session.stream(text), _view(mode, settings))
+            return _answer_json(session, text, request)
+        outcome = run_turn(lambda: session.stream(text, **request), _view(mode, settings))
         return _code(outcome)
     finally:
         session.store.close()
 
 
-def _answer_json(session: ChatSession, text: str) -> int:
+def _answer_json(session: ChatSession, text: str, request: dict[str, Any]) -> int:
     try:
-        result = session.send(text)
+        result = session.send(text, **request)
     except IncompleteStreamError as exc:
         data = {**result_dict(exc.partial), "incomplete": True, "error": exc.cause}
         click.echo(dumps_line(data))
