@@ -33,6 +33,7 @@ import httpx2
 import orjson
 
 from dskit import DeepSeek
+from dskit.client._sse import ServerSentEvent, SSEDecoder
 from dskit.sim import SimConfig, SimServer
 
 DSKIT = str(Path(sys.executable).parent / "dskit")
@@ -151,19 +152,15 @@ def live(instances: list[Instance], rng: random.Random) -> Instance:
 
 def read_events(response: httpx2.Response, events: list[dict[str, Any]]) -> bool:
     """Append the SSE events of a response; True when the answer ended."""
-    fields: dict[str, str] = {}
-    for line in response.iter_lines():
-        if line == "":
-            if "data" in fields:
-                data = orjson.loads(fields["data"])
-                event = {"id": fields.get("id"), "event": fields.get("event"), "data": data}
+    decoder = SSEDecoder()
+    for chunk in response.iter_bytes():
+        for item in decoder.feed(chunk):
+            if isinstance(item, ServerSentEvent):
+                data = orjson.loads(item.data)
+                event = {"id": item.id, "event": item.event, "data": data}
                 events.append({**event, "at": time.monotonic()})
-                if fields.get("event") in ("done", "error"):
+                if item.event in ("done", "error"):
                     return True
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
     return False
 
 
