@@ -79,3 +79,26 @@ def test_async_access_works_from_successive_event_loops(redis_url: str, redis_pr
     assert [asyncio.run(run(step)) for step in range(3)] == [0, 1, 2]
     assert len(store.load("loops").messages) == 2
     store.close()
+
+
+def test_a_limited_listing_skips_expired_sessions_and_stops_at_the_limit(
+    redis_url: str, redis_prefix: str
+) -> None:
+    store = RedisStore(redis_url, namespace=redis_prefix)
+    old, middle, new = (store.create(SessionRecord(updated=t)) for t in (1.0, 2.0, 3.0))
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*store.keys.session(new.id))  # the newest expired behind the index's back
+    assert [i.id for i in store.list_sessions(1)] == [middle.id]
+
+    async def alist() -> list[str]:
+        try:
+            return [i.id for i in await store.alist_sessions(1)]
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(alist()) == [middle.id]
+    index = f"{redis_prefix}:sessions"
+    assert {k.decode() for k in client.zrange(index, 0, -1)} == {old.id, middle.id}
+    assert [i.id for i in store.list_sessions()] == [middle.id, old.id]
+    client.close()
+    store.close()

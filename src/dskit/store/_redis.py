@@ -222,11 +222,14 @@ class RedisStore(ExportMixin):
         args = self.keys.update_args(expected_version, changes)
         return self._write(session_id, expected_version, args)
 
-    def _records(self) -> list[SessionRecord]:
-        """Every live session, newest first; drops index entries of expired ones."""
-        records = []
+    def _records(self, limit: int | None = None) -> list[SessionRecord]:
+        """The newest `limit` live sessions (all when None); drops index entries of
+        expired ones. Stops loading once it has enough: a listing reads what it shows."""
+        records: list[SessionRecord] = []
         ids: list[bytes] = self._sync.zrevrange(self.keys.index, 0, -1)  # type: ignore[assignment]
         for raw in ids:
+            if limit is not None and len(records) >= limit:
+                break
             try:
                 records.append(self.load(_text(raw)))
             except SessionNotFoundError:
@@ -234,8 +237,7 @@ class RedisStore(ExportMixin):
         return records
 
     def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
-        check_limit(limit)
-        return [r.info() for r in self._records()[:limit]]
+        return [r.info() for r in self._records(check_limit(limit))]
 
     def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         """A scan of every session: fine for thousands; index elsewhere for millions."""
@@ -309,11 +311,13 @@ class RedisStore(ExportMixin):
         args = self.keys.update_args(expected_version, changes)
         return await self._awrite(session_id, expected_version, args)
 
-    async def _arecords(self) -> list[SessionRecord]:
+    async def _arecords(self, limit: int | None = None) -> list[SessionRecord]:
         client = self._aclient()
-        records = []
+        records: list[SessionRecord] = []
         ids: list[bytes] = await client.zrevrange(self.keys.index, 0, -1)  # type: ignore[assignment]
         for raw in ids:
+            if limit is not None and len(records) >= limit:
+                break
             try:
                 records.append(await self.aload(_text(raw)))
             except SessionNotFoundError:
@@ -321,8 +325,7 @@ class RedisStore(ExportMixin):
         return records
 
     async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
-        check_limit(limit)
-        return [r.info() for r in (await self._arecords())[:limit]]
+        return [r.info() for r in await self._arecords(check_limit(limit))]
 
     async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         check_limit(limit)
