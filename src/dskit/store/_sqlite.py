@@ -238,10 +238,10 @@ class SQLiteStore(ThreadedAsyncMixin):
         """Sessions whose title or any message contains `text` (case-insensitive for ASCII)."""
         pattern = _like_pattern(text)
         where = (
-            "WHERE s.title LIKE ?1 ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
-            "WHERE m.session_id = s.id AND m.content LIKE ?1 ESCAPE '\\')"
+            "WHERE s.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
+            "WHERE m.session_id = s.id AND m.content LIKE ? ESCAPE '\\')"
         )
-        return self._infos(where.replace("?1", "?"), (pattern, pattern), limit)
+        return self._infos(where, (pattern, pattern), limit)
 
     def delete(self, session_id: str) -> bool:
         with self._write() as conn:
