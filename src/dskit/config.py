@@ -95,6 +95,14 @@ _TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
 }
 
 
+def check_temperature(value: float, name: str = "temperature") -> float:
+    """The API's range, checked wherever a temperature is set, so a bad one in the file or
+    the environment is refused up front rather than by every later request."""
+    if not 0 <= value <= 2:
+        raise ConfigError(f"{name} must be between 0 and 2, got {value:g}")
+    return value
+
+
 def _check_value(path: Path, key: str, value: Any) -> Any:
     if key not in _TYPES:
         known = ", ".join(f.name for f in fields(Settings))
@@ -102,8 +110,10 @@ def _check_value(path: Path, key: str, value: Any) -> Any:
     label, kinds = _TYPES[key]
     if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
         raise ConfigError(f"{path}: {key} must be a {label}, got {value!r}")
-    checked: Any = value
-    return float(checked) if key == "temperature" else checked
+    checked: Any = value  # isinstance against a tuple of types narrows it to object
+    if key == "temperature":
+        return check_temperature(float(checked), f"{path}: temperature")
+    return checked
 
 
 def _check_private(path: Path) -> None:
@@ -148,6 +158,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError:
             bad = values["temperature"]
             raise ConfigError(f"DSKIT_TEMPERATURE must be a number, got {bad!r}") from None
+        check_temperature(values["temperature"], "DSKIT_TEMPERATURE")
     return Settings(**values)
 
 

@@ -68,6 +68,7 @@ def test_a_world_readable_file_without_a_key_is_fine(home):
         ('colour = "red"\n', "unknown setting 'colour'"),
         ('temperature = "hot"\n', "temperature must be a number"),
         ("think = 1\n", "think must be a boolean"),
+        ("temperature = 9\n", "temperature must be between 0 and 2, got 9"),
     ],
 )
 def test_bad_files_get_clear_errors(cli, home, text, message):
@@ -82,6 +83,10 @@ def test_bad_env_number_is_a_usage_error(cli, monkeypatch):
     monkeypatch.setenv("DSKIT_TEMPERATURE", "warm")
     result = cli("config", "show")
     assert result.exit_code == 2 and "DSKIT_TEMPERATURE" in result.stderr
+    monkeypatch.setenv("DSKIT_TEMPERATURE", "2.5")
+    asked = cli("ask", "hi")  # refused before any server is started
+    assert asked.exit_code == 2 and "DSKIT_TEMPERATURE must be between 0 and 2" in asked.stderr
+    assert "simulator" not in asked.stderr
 
 
 def test_config_set_writes_a_private_file_and_unset_removes(cli, home):

@@ -11,7 +11,15 @@ import click
 
 from dskit.cli._common import fail
 from dskit.client._errors import ConfigError
-from dskit.config import ENV_VARS, Settings, config_path, load_settings, read_file, sources
+from dskit.config import (
+    ENV_VARS,
+    Settings,
+    check_temperature,
+    config_path,
+    load_settings,
+    read_file,
+    sources,
+)
 from dskit.config import write_file as write_settings
 
 KEYS = tuple(f.name for f in fields(Settings))
@@ -78,9 +86,10 @@ def _parse(key: str, value: str) -> object:
             number = float(value)
         except ValueError:
             raise click.BadParameter(f"not a number: {value!r}", param_hint="VALUE") from None
-        if not 0 <= number <= 2:  # refused now, not on every later request
-            raise click.BadParameter("must be between 0 and 2", param_hint="VALUE")
-        return number
+        try:
+            return check_temperature(number)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="VALUE") from None
     if key == "think":
         if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise click.BadParameter("expected true or false", param_hint="VALUE")

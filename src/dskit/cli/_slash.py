@@ -12,6 +12,7 @@ from dskit.cli._pricing import estimate_cost, format_cost
 from dskit.cli._sessions import resolve, to_markdown, when
 from dskit.client._errors import DSKitError, ValidationError
 from dskit.client._types import Usage
+from dskit.config import check_temperature
 from dskit.store._model import SessionConflictError
 
 if TYPE_CHECKING:
@@ -92,9 +93,7 @@ def _temperature(arg: str) -> float | None:
         value = float(arg)
     except ValueError:
         raise ValidationError(f"temperature must be a number, got {arg!r}") from None
-    if not 0 <= value <= 2:
-        raise ValidationError("temperature must be between 0 and 2")
-    return value
+    return check_temperature(value)
 
 
 def cmd_temperature(state: ChatState, arg: str) -> None:
