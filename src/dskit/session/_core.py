@@ -71,6 +71,8 @@ class SessionCore:
             raise ValidationError("max_tool_rounds must be a positive integer")
         self.record = record
         self.tools = tool_table(tools)
+        # The `tools` entries sent with every request, built once: the tools are fixed.
+        self.definitions = [t.definition() for t in self.tools.values()]
         self._check_values(_check_params(record.params), record.model)
         self.policy = policy or ContextPolicy()
         self.max_tool_rounds = max_tool_rounds
@@ -141,10 +143,9 @@ class SessionCore:
 
     def _tools_wire(self) -> dict[str, Any] | None:
         """The tool definitions as a pseudo-message: they count against the prompt too."""
-        if not self.tools:
+        if not self.definitions:
             return None
-        definitions = [t.definition() for t in self.tools.values()]
-        return {"role": "system", "content": orjson.dumps(definitions).decode()}
+        return {"role": "system", "content": orjson.dumps(self.definitions).decode()}
 
     def _tools_cost(self) -> int:
         wire = self._tools_wire()
@@ -160,7 +161,7 @@ class SessionCore:
         """Keyword arguments for `client.chat` / `client.stream`."""
         merged: dict[str, Any] = {"model": self.record.model, **self.record.params, **params}
         if self.tools:
-            merged["tools"] = [t.definition() for t in self.tools.values()]
+            merged["tools"] = self.definitions
             if tool_round >= self.max_tool_rounds:
                 merged["tool_choice"] = "none"
             elif tool_round > 0 and merged.get("tool_choice") not in (None, "none", "auto"):
@@ -204,7 +205,7 @@ class SessionCore:
         probe: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": " "}]}
         probe.update(params)
         if self.tools:
-            probe["tools"] = [t.definition() for t in self.tools.values()]
+            probe["tools"] = self.definitions
         problem = check_chat_request(probe)
         if problem is not None:
             raise ValidationError(problem.message, param=problem.param)
