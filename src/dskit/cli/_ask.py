@@ -11,6 +11,7 @@ import click
 from dskit.cli._common import (
     EXIT_CODES_HELP,
     EXIT_INCOMPLETE,
+    EXIT_OK,
     Backend,
     api_options,
     exit_code_for,
@@ -158,4 +159,4 @@ def _answer_json(session: ChatSession, text: str, request: dict[str, Any]) -> in
 def _code(outcome: Outcome) -> int:
     if outcome.interrupted:
         return EXIT_INTERRUPTED
-    return 0 if outcome.complete else EXIT_INCOMPLETE
+    return EXIT_OK if outcome.complete else EXIT_INCOMPLETE
