@@ -44,6 +44,7 @@ from dskit.gateway._views import (
     detail,
     event_page,
     parse_event_id,
+    result_from,
     sse_stream,
     summary,
 )
@@ -133,7 +134,7 @@ async def post_message(
             orjson.dumps(_handle(session_id, answer_id).model_dump()), status_code=202,
             media_type="application/json",
         )  # fmt: skip
-    return await _wait_result(gw, answer_id)
+    return await _wait_result(gw, session_id, answer_id)
 
 
 def _handle(session_id: str, answer_id: str) -> AnswerHandle:
@@ -144,18 +145,19 @@ def _handle(session_id: str, answer_id: str) -> AnswerHandle:
     )  # fmt: skip
 
 
-async def _wait_result(gw: Gateway, answer_id: str) -> AnswerResult:
+async def _wait_result(gw: Gateway, session_id: str, answer_id: str) -> AnswerResult:
     """Blocking mode: the finished answer, or its error as an error status."""
-    after = 0
+    after, last = 0, None
     while True:
         page = await gw.log.read(answer_id, after, wait=gw.settings.heartbeat_seconds)
-        after = page.entries[-1].seq if page.entries else after
+        if page.entries:
+            last = page.entries[-1]
+            after = last.seq
         if page.finished:
             break
-    result = await answer_result(gw.log, answer_id)
+    result = result_from(answer_id, session_id, last)
     if result.status == "failed" and result.error is not None:
-        entries = (await gw.log.read(answer_id, max(after - 1, 0))).entries
-        status = int(orjson.loads(entries[-1].data).get("status", 502)) if entries else 502
+        status = int(orjson.loads(last.data).get("status", 502)) if last else 502
         raise GatewayError(status, result.error.message, result.error.type, code=result.error.code)
     return result
 

@@ -106,8 +106,12 @@ async def answer_result(log: StreamLog, answer_id: str) -> AnswerResult:
     info = await log.info(answer_id)
     page = await log.read(answer_id, 0)
     last = page.entries[-1] if page.entries else None
+    return result_from(answer_id, info.session_id if info else "", last)
+
+
+def result_from(answer_id: str, session_id: str, last: LogEntry | None) -> AnswerResult:
+    """The result an answer's last logged event (`done` or `error`) tells."""
     data: dict[str, Any] = orjson.loads(last.data) if last else {}
-    session_id = info.session_id if info else ""
     if last is not None and last.kind == "done":
         return AnswerResult(
             answer_id=answer_id, session_id=session_id, status="completed",
