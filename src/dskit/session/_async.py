@@ -18,6 +18,8 @@ from dskit.client._types import ChatResult, StreamEvent, ToolCall
 from dskit.session._context import ContextPolicy
 from dskit.session._core import (
     DEFAULT_TOOL_ROUNDS,
+    GROWING,
+    SAVE_INTERVAL,
     Plan,
     SessionCore,
     SessionViews,
@@ -27,7 +29,6 @@ from dskit.session._core import (
     new_record,
     worth_keeping,
 )
-from dskit.session._sync import GROWING, SAVE_INTERVAL
 from dskit.session._tools import Tool, format_error, format_result
 from dskit.store._memory import MemoryStore
 from dskit.store._model import SessionNotFoundError, StoredMessage

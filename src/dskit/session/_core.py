@@ -395,7 +395,10 @@ def worth_keeping(partial: StoredMessage) -> bool:
     return bool(partial.content or partial.message.get("reasoning_content"))
 
 
+SAVE_INTERVAL = 0.5
 MAX_SAVE_INTERVAL = 1.0
+# the stream events that grow the answer being saved
+GROWING = ("content", "reasoning", "tool_call")
 
 
 def check_save_interval(value: Any) -> float:

@@ -12,6 +12,8 @@ from dskit.client._types import ChatResult, StreamEvent, ToolCall
 from dskit.session._context import ContextPolicy
 from dskit.session._core import (
     DEFAULT_TOOL_ROUNDS,
+    GROWING,
+    SAVE_INTERVAL,
     Plan,
     SessionCore,
     SessionViews,
@@ -28,9 +30,6 @@ from dskit.store._model import SessionNotFoundError, SessionRecord, StoredMessag
 if TYPE_CHECKING:
     from dskit.client._sync import DeepSeek, Stream
     from dskit.store._base import SessionStore
-
-SAVE_INTERVAL = 0.5
-GROWING = ("content", "reasoning", "tool_call")
 
 
 class ChatSession(SessionViews):
