@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from dskit.client._errors import ValidationError
 from dskit.store._model import (
     SessionInfo,
     SessionRecord,
@@ -222,8 +223,6 @@ class ThreadedAsyncMixin(ExportMixin):
 
 def check_limit(limit: int) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        from dskit.client._errors import ValidationError
-
         raise ValidationError(f"limit must be a positive integer, got {limit!r}", param="limit")
     return limit
 
@@ -239,8 +238,6 @@ def header_changes(
     `None` leaves a field as it is; `system=""` removes the system prompt; `params`
     replaces the stored params as a whole (the session merges before it calls this).
     """
-    from dskit.client._errors import ValidationError
-
     changes: dict[str, Any] = {}
     if model is not None:
         if not isinstance(model, str) or not model.strip():
