@@ -92,11 +92,15 @@ def test_delete_asks_then_deletes(cli, two_sessions):
     assert len(lines) == 1 and two_sessions[1].id[:12] in lines[0]
 
 
-def test_store_option_picks_another_sqlite_file(cli, on_sim, tmp_path):
+def test_store_option_picks_another_sqlite_file(cli, on_sim, tmp_path, monkeypatch):
     other = tmp_path / "elsewhere" / "s.sqlite3"
     assert cli("ask", *on_sim, "--store", str(other), "kept apart").exit_code == 0
     assert cli("sessions", "list").stdout == ""
     assert "kept apart" in cli("sessions", "list", "--store", str(other)).stdout
+    monkeypatch.chdir(tmp_path)
+    foreign = cli("sessions", "list", "--store", "postgres://db/sessions")
+    assert foreign.exit_code == 2 and "unknown store URL" in foreign.stderr
+    assert not (tmp_path / "postgres:").exists()  # was a SQLite file at ./postgres:/db/...
 
 
 @pytest.mark.redis

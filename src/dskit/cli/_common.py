@@ -187,6 +187,8 @@ def open_store(spec: str | None) -> SessionStore:
         from dskit.store import RedisStore
 
         return RedisStore(spec)
+    if spec and "://" in spec:  # a typo'd or foreign URL would become a SQLite file path
+        raise ConfigError(f"unknown store URL {spec!r}: use a SQLite path or redis://...")
     return SQLiteStore(os.path.expanduser(spec) if spec else None)
 
 
