@@ -218,6 +218,9 @@ def test_summarize_replaces_old_turns_with_a_stored_summary(
     assert summaries and all(m.role == "system" and m.content for m in summaries)
     assert summaries[-1].covers > 0
     assert all(m["role"] != "system" or m["content"] == "sys" for m in s.messages)
+    paid = [m.usage["total_tokens"] for m in s.history if m.usage is not None]
+    assert s.usage_total.total_tokens == sum(paid)  # the summaries' usage is counted too
+    assert len(paid) == 8 + len(summaries)
     sent = s._core.plan().messages
     assert (
         sent[0]["role"] == "system" and "Summary of the earlier conversation" in sent[0]["content"]
