@@ -8,7 +8,6 @@ Event ids are `<answer_id>:<seq>` (seq from 1 within each answer). Streams of on
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import orjson
@@ -243,7 +242,6 @@ async def get_answer(
 
 async def _cancel(gw: Gateway, answer_id: str) -> dict[str, Any]:
     cancelled = await gw.runner.cancel(answer_id)
-    await asyncio.sleep(0)
     return {"answer_id": answer_id, "cancelled": cancelled}
 
 
