@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from dskit.gateway import GatewaySettings
 
 EPILOG = """\b
 Examples:
@@ -94,10 +98,9 @@ def serve(
         raise click.UsageError(str(exc)) from None
 
 
-def _check_bind(settings: object) -> None:
-    from dskit.gateway import GatewaySettings, KeyStore
+def _check_bind(settings: GatewaySettings) -> None:
+    from dskit.gateway import KeyStore
 
-    assert isinstance(settings, GatewaySettings)
     if settings.loopback_only or settings.allow_insecure_bind:
         return
     keys = KeyStore(settings.keys_path)
@@ -112,13 +115,12 @@ def _check_bind(settings: object) -> None:
     )
 
 
-def run(settings: object) -> None:
+def run(settings: GatewaySettings) -> None:
     """Run the gateway app on uvicorn until interrupted."""
     import uvicorn
 
-    from dskit.gateway import GatewaySettings, create_app
+    from dskit.gateway import create_app
 
-    assert isinstance(settings, GatewaySettings)
     app = create_app(settings)
     uvicorn.run(
         app, host=settings.host, port=settings.port, access_log=False, log_config=None,
