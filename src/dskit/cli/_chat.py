@@ -176,8 +176,7 @@ def chat(session_id: str | None, cont: bool, **shared: Any) -> None:
     run = invocation(shared)
     try:
         with open_backend(run.settings, run.backend) as backend:
-            state = _state(backend, run.settings)
-            state.max_tokens = run.max_tokens
+            state = _state(backend, run.settings, run.max_tokens)
             try:
                 _pick_session(state, session_id, cont)
                 _apply_flags(state, flags)
@@ -188,12 +187,12 @@ def chat(session_id: str | None, cont: bool, **shared: Any) -> None:
         raise fail(exc, run.settings) from None
 
 
-def _state(backend: Backend, settings: Settings) -> ChatState:
+def _state(backend: Backend, settings: Settings, max_tokens: int | None) -> ChatState:
     console = make_console()
     return ChatState(
         backend=backend, store=open_store(settings.store), settings=settings, console=console,
         rich=console.is_terminal, think=True if settings.think is None else settings.think,
-        temperature=settings.temperature, system=settings.system,
+        temperature=settings.temperature, system=settings.system, max_tokens=max_tokens,
     )  # fmt: skip
 
 
