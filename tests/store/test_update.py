@@ -10,12 +10,8 @@ from dskit.store import (
     SessionNotFoundError,
     SessionRecord,
     SessionStore,
-    StoredMessage,
 )
-
-
-def user(text: str) -> StoredMessage:
-    return StoredMessage({"role": "user", "content": text})
+from tests.store.test_protocol import user
 
 
 def made(store: SessionStore) -> SessionRecord:
