@@ -254,3 +254,22 @@ def test_create_app_takes_its_stream_log_and_store(sim: Any, tmp_path: Any) -> N
         server.stop()
     assert len(log) == 1
     assert [m.role for m in store.load(sid).messages] == ["user", "assistant"]
+
+
+async def test_memory_log_expires_finished_answers_and_keeps_its_cap() -> None:
+    from dskit.gateway import MemoryStreamLog
+
+    log = MemoryStreamLog(ttl=900.0, max_answers=3)
+    for name in ("a", "b", "c"):
+        await log.create(name, f"s-{name}")
+    await log.finish("b")
+    await log.create("d", "s-d")  # at the cap: the finished one goes, running ones stay
+    assert [await log.info(n) is not None for n in "abcd"] == [True, False, True, True]
+    await log.create("e", "s-e")  # nothing finished: the oldest goes
+    assert await log.info("a") is None and await log.info("e") is not None
+
+    ttl_log = MemoryStreamLog(ttl=0.0)
+    await ttl_log.create("x", "s-x")
+    await ttl_log.finish("x")
+    await ttl_log.create("y", "s-y")  # a finished answer past its TTL is dropped
+    assert await ttl_log.info("x") is None and len(ttl_log) == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -86,6 +87,7 @@ class MemoryStreamLog:
     def __init__(self, ttl: float = 900.0, max_answers: int = 10_000) -> None:
         self._answers: dict[str, _Answer] = {}
         self._active: dict[str, str] = {}
+        self._finished: deque[tuple[float, str]] = deque()  # (finished_at, id), oldest first
         self._ttl = ttl
         self._max_answers = max_answers
 
@@ -122,6 +124,7 @@ class MemoryStreamLog:
         answer = self._get(answer_id)
         answer.finished = True
         answer.finished_at = time.monotonic()
+        self._finished.append((answer.finished_at, answer_id))
         if self._active.get(answer.session_id) == answer_id:
             del self._active[answer.session_id]
         answer.notify()
@@ -150,12 +153,11 @@ class MemoryStreamLog:
             answer.holder, answer.lease_until = None, 0.0
 
     def _expire(self) -> None:
-        """Drop finished answers older than the TTL, and the oldest beyond the cap."""
-        horizon = time.monotonic() - self._ttl
-        stale = [k for k, a in self._answers.items() if a.finished and a.finished_at < horizon]
-        for answer_id in stale:
-            del self._answers[answer_id]
+        """Drop finished answers older than the TTL, then the earliest finished (else the
+        oldest) beyond the cap. Runs on every create, so it pops from the front of the
+        finished queue instead of scanning every answer."""
+        horizon, done = time.monotonic() - self._ttl, self._finished
+        while done and (done[0][0] < horizon or len(self._answers) >= self._max_answers):
+            self._answers.pop(done.popleft()[1], None)
         while len(self._answers) >= self._max_answers:
-            finished = (k for k, a in self._answers.items() if a.finished)
-            oldest = next(finished, next(iter(self._answers)))
-            del self._answers[oldest]
+            del self._answers[next(iter(self._answers))]
