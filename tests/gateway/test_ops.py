@@ -151,3 +151,17 @@ def test_alert_rules_parse_and_use_exported_metrics(gateway: GatewayServer) -> N
         exported = http.get("/metrics").text
     used = {m for r in alerts.values() for m in re.findall(r"dskit_gateway_\w+", r["expr"])}
     assert used and all(f"\n{name}" in exported for name in used), used
+
+
+def test_settings_from_env_coerce_types_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dskit.gateway import GatewaySettings
+
+    monkeypatch.setenv("DSKIT_GATEWAY_PORT", "9001")
+    monkeypatch.setenv("DSKIT_GATEWAY_ALLOW_INSECURE_BIND", "yes")
+    monkeypatch.setenv("DSKIT_GATEWAY_HEARTBEAT_SECONDS", "2.5")
+    monkeypatch.setenv("DSKIT_GATEWAY_LOG_FORMAT", "json")
+    monkeypatch.setenv("DSKIT_GATEWAY_RATE_LIMIT", "5")  # not settable from the environment
+    settings = GatewaySettings.from_env(log_format="text", upstream=None)
+    assert (settings.port, settings.allow_insecure_bind) == (9001, True)
+    assert settings.heartbeat_seconds == 2.5 and settings.rate_limit is None
+    assert settings.log_format == "text"  # the flag wins over the environment

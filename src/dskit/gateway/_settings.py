@@ -106,10 +106,11 @@ class GatewaySettings:
     def from_env(cls, **overrides: Any) -> GatewaySettings:
         """Settings from `DSKIT_GATEWAY_<FIELD>` variables, then `overrides` on top."""
         values: dict[str, Any] = {}
+        defaults = cls()
         for spec in fields(cls):
             raw = os.environ.get(ENV_PREFIX + spec.name.upper())
             if raw is not None and spec.name not in NOT_FROM_ENV:
-                values[spec.name] = _coerce(raw, getattr(cls(), spec.name))
+                values[spec.name] = _coerce(raw, getattr(defaults, spec.name))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
