@@ -18,7 +18,6 @@ from dskit.cli._common import (
     fail,
     invocation,
     open_backend,
-    open_store,
     store_option,
 )
 from dskit.cli._render import (
@@ -34,6 +33,7 @@ from dskit.cli._render import (
 from dskit.cli._turn import CUT_REASONS, Outcome, run_turn
 from dskit.client._errors import DSKitError, IncompleteStreamError
 from dskit.config import Settings
+from dskit.store import open_store
 
 if TYPE_CHECKING:
     from dskit.session import ChatSession

@@ -22,13 +22,13 @@ from dskit.cli._common import (
     fail,
     invocation,
     open_backend,
-    open_store,
     store_option,
 )
 from dskit.cli._render import PlainView, RichView, View, make_console
 from dskit.cli._turn import run_turn
 from dskit.client._errors import DSKitError, redact
 from dskit.config import Settings
+from dskit.store import open_store
 from dskit.store._model import SessionConflictError
 
 if TYPE_CHECKING:

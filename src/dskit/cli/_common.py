@@ -25,6 +25,7 @@ from dskit.client._errors import (
     redact,
 )
 from dskit.config import Settings, load_settings
+from dskit.store import open_store
 
 if TYPE_CHECKING:
     from dskit.client._sync import DeepSeek
@@ -177,19 +178,6 @@ def open_backend(settings: Settings, options: BackendOptions) -> Iterator[Backen
 
 
 # ---- store ----------------------------------------------------------------------------
-
-
-def open_store(spec: str | None) -> SessionStore:
-    """The store named by `--store`/config: a redis:// URL, a SQLite path, or the default."""
-    from dskit.store import SQLiteStore
-
-    if spec and spec.startswith(("redis://", "rediss://", "unix://")):
-        from dskit.store import RedisStore
-
-        return RedisStore(spec)
-    if spec and "://" in spec:  # a typo'd or foreign URL would become a SQLite file path
-        raise ConfigError(f"unknown store URL {spec!r}: use a SQLite path or redis://...")
-    return SQLiteStore(os.path.expanduser(spec) if spec else None)
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from dskit.gateway._scale import (
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._streamlog import MemoryStreamLog, StreamLog
 from dskit.gateway._takeover import TakeoverLoop, beta_client_url
-from dskit.store import MemoryStore, SessionStore, SQLiteStore
+from dskit.store import SessionStore, open_store
 
 if TYPE_CHECKING:
     from dskit.sim import SimServer
@@ -50,25 +50,6 @@ logger = logging.getLogger("dskit.gateway")
 PLACEHOLDER_KEY = "sk-dskit-gateway-no-key"
 CLIENT_SHARDS = 16
 UpstreamMode = Literal["deepseek", "custom", "simulator"]
-
-
-def open_store(spec: str | None) -> SessionStore:
-    """A session store from `--store`: a path, sqlite:///path, memory, or redis://..."""
-    if spec is None or spec == "":
-        return SQLiteStore()
-    if spec == "memory":
-        return MemoryStore()
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        from dskit.store import RedisStore
-
-        return RedisStore(spec)
-    if spec.startswith("sqlite:///"):
-        spec = spec.removeprefix("sqlite:///")  # sqlite:////abs/path keeps its leading /
-    if "://" in spec:
-        raise ConfigError(
-            f"unknown store URL {spec!r}: use a path, sqlite:///path, memory or redis://..."
-        )
-    return SQLiteStore(spec)
 
 
 def _redis_parts(settings: GatewaySettings) -> RedisParts | None:

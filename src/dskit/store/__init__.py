@@ -28,6 +28,7 @@ from dskit.store._model import (
     export_record,
     import_record,
 )
+from dskit.store._open import open_store
 from dskit.store._sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ __all__ = [
     "default_store_path",
     "export_record",
     "import_record",
+    "open_store",
 ]
 
 
