@@ -39,6 +39,18 @@ logger = logging.getLogger("dskit.client")
 KEEP_ALIVE = KeepAlive()
 
 
+def prefix_message(model: str, content: str, reasoning: str | None) -> dict[str, Any]:
+    """The assistant message that asks Chat Prefix Completion to continue an answer.
+
+    A reasoner cut before any content continues its reasoning, so that goes back too.
+    Used by the client's own resume and by the gateway's takeover of orphaned answers.
+    """
+    prefix: dict[str, Any] = {"role": "assistant", "content": content, "prefix": True}
+    if is_reasoner(model) and reasoning and not content:
+        prefix["reasoning_content"] = reasoning
+    return prefix
+
+
 class StreamBroken(APIConnectionError):
     """The stream ended or was cut before its answer was complete."""
 
@@ -152,10 +164,7 @@ class StreamDriver:
         return SSEDecoder(max_event_size=self.core.limits.max_event_bytes)
 
     def _resume_body(self) -> dict[str, Any]:
-        prefix: dict[str, Any] = {"role": "assistant", "content": self.acc.content, "prefix": True}
-        reasoning = self.acc.reasoning
-        if is_reasoner(self.body["model"]) and reasoning is not None and not self.acc.content:
-            prefix["reasoning_content"] = reasoning
+        prefix = prefix_message(self.body["model"], self.acc.content, self.acc.reasoning)
         body = {**self.body, "messages": [*self.body["messages"], prefix]}
         if "max_tokens" in body:
             body["max_tokens"] = max(1, body["max_tokens"] - self.acc.pieces)

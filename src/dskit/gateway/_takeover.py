@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from dskit._validate import is_reasoner
 from dskit.client._async import AsyncDeepSeek
+from dskit.client._driver import prefix_message
 from dskit.client._errors import IncompleteStreamError
 from dskit.client._types import (
     ChatResult,
@@ -78,11 +78,8 @@ def beta_client_url(base_url: str) -> str:
 
 
 def prefix_messages(job: TakeoverJob, content: str, reasoning: str) -> list[dict[str, Any]]:
-    """The conversation plus the answer so far as a prefix (as the client's resume builds it)."""
-    prefix: dict[str, Any] = {"role": "assistant", "content": content, "prefix": True}
-    if is_reasoner(job.model) and reasoning and not content:
-        prefix["reasoning_content"] = reasoning
-    return [*job.messages, prefix]
+    """The conversation plus the answer so far as a prefix (the client's resume shape)."""
+    return [*job.messages, prefix_message(job.model, content, reasoning)]
 
 
 def _add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
