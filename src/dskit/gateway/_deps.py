@@ -79,10 +79,15 @@ async def rate_limited(gw: GatewayDep, who: Principal) -> str:
 Limited = Annotated[str, Depends(rate_limited)]
 
 
-async def owned_record(gw: Gateway, who: str, session_id: str) -> SessionRecord:
-    """The session if `who` owns it; 404 otherwise (never 403: ids are not confirmed)."""
+def check_owner(gw: Gateway, who: str, session_id: str) -> None:
+    """404 unless `who` owns the session (never 403: ids are not confirmed)."""
     if gw.keys.owner(session_id) != who:
         raise not_found()
+
+
+async def owned_record(gw: Gateway, who: str, session_id: str) -> SessionRecord:
+    """The session if `who` owns it; 404 otherwise."""
+    check_owner(gw, who, session_id)
     return await gw.store.aload(session_id)
 
 

@@ -21,6 +21,7 @@ from dskit.gateway._deps import (
     Limited,
     Principal,
     SessionId,
+    check_owner,
     owned_record,
     upstream_headers,
 )
@@ -168,8 +169,7 @@ def _sse(gw: Gateway, answer_id: str, after: int) -> EventStreamResponse:
 
 
 async def _answer_of(gw: Gateway, who: str, session_id: str, answer_id: str) -> None:
-    if gw.keys.owner(session_id) != who:
-        raise not_found()
+    check_owner(gw, who, session_id)
     info = await gw.log.info(answer_id)
     if info is None or info.session_id != session_id:
         raise not_found("answer")
@@ -203,8 +203,7 @@ async def stream_session(
     session_id: SessionId, gw: GatewayDep, who: Principal, last_event_id: LastEventId = None
 ) -> EventStreamResponse:
     """The session's current answer, or (with `Last-Event-ID`) the rest of the one it names."""
-    if gw.keys.owner(session_id) != who:
-        raise not_found()
+    check_owner(gw, who, session_id)
     parsed = parse_event_id(last_event_id) if last_event_id else None
     if last_event_id and parsed is None:
         raise GatewayError(400, "Last-Event-ID must be '<answer_id>:<seq>'", param="Last-Event-ID")
