@@ -140,26 +140,21 @@ def _tool_fragment(event: Any) -> dict[str, Any]:
 
 
 class Relay:
-    """One streamed completion: pulls client events, yields wire bytes, records metrics."""
+    """One streamed completion: pulls client events, yields wire bytes, records metrics.
 
-    def __init__(self, stream: AsyncStream, model: str, metrics: Metrics, started: float) -> None:
+    `first` is the event the upstream pool already read (so a failure before any output
+    was a proper HTTP error); the body starts with it.
+    """
+
+    def __init__(
+        self, stream: AsyncStream, first: StreamEvent | None, model: str, metrics: Metrics,
+        started: float,
+    ) -> None:  # fmt: skip
         self.stream = stream
+        self.first = first
         self.encoder = ChunkEncoder(model)
         self.metrics = metrics
         self.started = started
-        self.first: StreamEvent | None = None
-
-    async def prime(self) -> None:
-        """Wait for the first event, so a failure before any output is a proper HTTP error."""
-        try:
-            event = await anext(self.stream, None)
-            while event is not None and event.type == "retrying":
-                self.metrics.retries.inc()
-                event = await anext(self.stream, None)
-            self.first = event
-        except BaseException:
-            await self.stream.aclose()
-            raise
 
     async def body(self) -> AsyncIterator[bytes]:
         metrics, encoder, stream = self.metrics, self.encoder, self.stream

@@ -90,8 +90,7 @@ async def relay_response(
         raise _counted(gw, exc) from None
     if not body.stream:
         return await _complete(gw, stream, key, params["model"], started, marks)
-    relay = Relay(stream, body.model, gw.metrics, started)
-    relay.first = first
+    relay = Relay(stream, first, body.model, gw.metrics, started)
     return EventStreamResponse(_then_store(gw, relay, key, upstream), marks)
 
 
