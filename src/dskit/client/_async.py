@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 from dskit.client._base import ClientBase
 from dskit.client._core import (
@@ -16,7 +17,6 @@ from dskit.client._core import (
     get_request,
 )
 from dskit.client._driver import CallDriver, StreamDriver
-from dskit.client._netio import install as install_asyncio_backend
 from dskit.client._streams import AsyncEventStream
 from dskit.client._sync import _timeout
 from dskit.client._types import Balance, ChatResult, FimResult, ModelInfo, StreamEvent
@@ -25,18 +25,60 @@ if TYPE_CHECKING:
     import httpx2
 
 
-class AsyncDeepSeek(ClientBase["httpx2.AsyncClient", "httpx2.AsyncBaseTransport"]):
+Timeouts = tuple[float | None, float | None]
+
+
+class AsyncHTTP(Protocol):
+    """What the async shell sends through: `H1Pool`, or httpx2 behind `HttpxIO`."""
+
+    def stream(self, request: HTTPRequest, timeouts: Timeouts) -> AbstractAsyncContextManager[Any]:
+        """A response with `status_code`, `headers`, `aiter_bytes()` and `aread()`."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxIO:
+    """httpx2 for what `H1Pool` does not do: HTTP/2, proxies, a custom transport."""
+
+    def __init__(self, client: httpx2.AsyncClient) -> None:
+        self.client = client
+
+    def stream(self, request: HTTPRequest, timeouts: Timeouts) -> AbstractAsyncContextManager[Any]:
+        return self.client.stream(
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=request.content,
+            timeout=_timeout(timeouts),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
     """The async DeepSeek client; one connection pool per client.
+
+    HTTP/1.1 goes through dskit's own asyncio connection pool (`_h1.py`, the cheapest
+    per streamed event); HTTP/2, a proxy from the environment or a custom `transport`
+    go through httpx2.
 
     >>> async with AsyncDeepSeek() as client:
     ...     result = await client.chat("Hello")
     """
 
-    def _http_client(self, module: ModuleType, **options: Any) -> httpx2.AsyncClient:
-        client: httpx2.AsyncClient = module.AsyncClient(**options)
-        if options.get("transport") is None:
-            install_asyncio_backend(client)
-        return client
+    def _http_client(self, module: ModuleType, **options: Any) -> AsyncHTTP:
+        from dskit.client import _h1
+
+        if _h1.usable(http2=options["http2"], transport=options["transport"]):
+            limits = options["limits"]
+            return _h1.H1Pool(
+                verify=options["verify"],
+                max_connections=limits.max_connections,
+                max_keepalive=limits.max_keepalive_connections,
+            )
+        return HttpxIO(module.AsyncClient(**options))
 
     async def chat(self, messages: Messages, **params: Unpack[ChatParams]) -> ChatResult:
         """Send a conversation and return the whole answer (streamed underneath)."""
@@ -63,14 +105,9 @@ class AsyncDeepSeek(ClientBase["httpx2.AsyncClient", "httpx2.AsyncBaseTransport"
         driver = CallDriver(self._core, request, self._core.options({}))
         while True:
             try:
-                response = await self._http.request(
-                    request.method,
-                    request.url,
-                    headers=request.headers,
-                    content=request.content,
-                    timeout=_timeout(driver.http_timeouts()),
-                )
-                return driver.handle(response.status_code, response.headers, response.content)
+                async with self._http.stream(request, driver.http_timeouts()) as response:
+                    body = await response.aread()
+                return driver.handle(response.status_code, response.headers, body)
             except Exception as exc:  # every failure goes through one retry decision
                 await self._core.clock.asleep(driver.recover(exc))
 
@@ -93,7 +130,7 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
     """A streamed answer: an async iterator of events and an async context manager that
     always closes its connection. `await final()` drains the rest."""
 
-    def __init__(self, http: httpx2.AsyncClient, driver: StreamDriver) -> None:
+    def __init__(self, http: AsyncHTTP, driver: StreamDriver) -> None:
         self._http = http
         self._driver = driver
         self._events = self._run()
@@ -128,14 +165,7 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
 
     async def _attempt(self) -> AsyncIterator[StreamEvent]:
         driver = self._driver
-        request = driver.request()
-        async with self._http.stream(
-            request.method,
-            request.url,
-            headers=request.headers,
-            content=request.content,
-            timeout=_timeout(driver.http_timeouts()),
-        ) as response:
+        async with self._http.stream(driver.request(), driver.http_timeouts()) as response:
             if not driver.start(response.status_code, response.headers):
                 driver.fail(response.status_code, response.headers, await response.aread())
             async for data in response.aiter_bytes():
