@@ -129,17 +129,10 @@ class H1Pool:
 
     async def _connect(self, origin: Origin, seconds: float | None) -> _Connection:
         scheme, host, port = origin
-        loop = asyncio.get_running_loop()
         tls = self._context() if scheme == "https" else None
         try:
             async with asyncio.timeout(seconds):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, origin),
-                    host,
-                    port,
-                    ssl=tls,
-                    server_hostname=host if tls else None,
-                )
+                conn = await _open(self, origin, tls)
         except TimeoutError:
             raise httpx2.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
         except (OSError, ssl.SSLError) as exc:
@@ -275,6 +268,7 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.size = 0
         self.complete = False
+        self.keep_alive = False  # read with the head (llhttp forgets it once the body ends)
         self.until_eof = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[bool] | None = None
@@ -303,14 +297,17 @@ class _Connection(asyncio.Protocol):
             raise httpx2.WriteTimeout("timed out writing the request")
         try:
             await self._wait_head()
-        except BaseException:
+            return H1Response(self, self.status, self._headers())
+        except BaseException:  # also an unknown content-encoding: the body is unreadable
             self.close()
             raise
+
+    def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
         for name, value in self.raw_headers:
             key, text = name.decode("latin-1").lower(), value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        return H1Response(self, self.status, headers)
+        return headers
 
     async def _wait_head(self) -> None:
         head = self.head
@@ -352,8 +349,7 @@ class _Connection(asyncio.Protocol):
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
-        keep = self.complete and not self.body and self.error is None
-        keep = keep and self.parser is not None and self.parser.should_keep_alive()
+        keep = self.complete and self.keep_alive and not self.body and self.error is None
         self.parser = None
         self.pool._release(self, keep)
 
@@ -362,9 +358,11 @@ class _Connection(asyncio.Protocol):
         return not self.lost and transport is not None and not transport.is_closing()
 
     def close(self) -> None:
+        """Drop the connection now: abort, not close (nothing is left to flush, and a TLS
+        close waits for the peer's goodbye, which a broken peer never sends)."""
         self.lost = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
         self.pool._forget(self)
 
     # ---- the read timeout: a lazy watchdog ---------------------------------------------
@@ -468,6 +466,7 @@ class _Connection(asyncio.Protocol):
             self.status = 0
             self.raw_headers = []
             return
+        self.keep_alive = parser.should_keep_alive()
         names = {name.lower() for name, _ in self.raw_headers}
         self.until_eof = (
             b"content-length" not in names
@@ -488,6 +487,26 @@ class _Connection(asyncio.Protocol):
         head = self.head
         if head is not None and not head.done():
             head.set_result(None)
+
+
+async def _open(pool: H1Pool, origin: Origin, tls: ssl.SSLContext | None) -> _Connection:
+    """TCP, then TLS on top: a failed handshake aborts the socket at once (asyncio's own
+    `create_connection(ssl=...)` can leave it to the garbage collector)."""
+    _, host, port = origin
+    loop = asyncio.get_running_loop()
+    transport, conn = await loop.create_connection(lambda: _Connection(pool, origin), host, port)
+    if tls is None:
+        return conn
+    try:
+        secured = await loop.start_tls(transport, conn, tls, server_hostname=host)
+    except BaseException:
+        transport.abort()
+        raise
+    if secured is None:  # the loop is closing
+        transport.abort()
+        raise ConnectionError("the TLS handshake did not complete")
+    conn.transport = secured
+    return conn
 
 
 def _expire(future: asyncio.Future[bool]) -> None:
