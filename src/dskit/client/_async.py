@@ -144,6 +144,12 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
         """What has arrived so far (a partial result while the stream runs)."""
         return self._driver.result()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the next event has already arrived, so taking it will not wait on the
+        network: a relay can hold its write while this is True and send a burst at once."""
+        return self._driver.backlog > 0
+
     async def text(self) -> AsyncIterator[str]:
         """Only the answer's text, piece by piece."""
         async for event in self:
@@ -151,27 +157,24 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
                 yield event.text
 
     async def _run(self) -> AsyncGenerator[StreamEvent, None]:
+        """Attempts until the answer is done; one generator (not one per attempt), so an
+        event climbs one frame less on its way to the caller."""
         driver = self._driver
         clock = driver.core.clock
         while not driver.done:
             try:
-                async for event in self._attempt():
+                async with self._http.stream(driver.request(), driver.http_timeouts()) as response:
+                    if not driver.start(response.status_code, response.headers):
+                        driver.fail(response.status_code, response.headers, await response.aread())
+                    async for data in response.aiter_bytes():
+                        for event in driver.feed(data):
+                            if driver.paced:
+                                await clock.asleep(driver.pace_delay(event))
+                            yield event
+                for event in driver.finish():
                     yield event
             except Exception as exc:  # every failure goes through one retry/resume decision
                 delay = driver.recover(exc)
                 for event in driver.take_pending():
                     yield event
                 await clock.asleep(delay)
-
-    async def _attempt(self) -> AsyncIterator[StreamEvent]:
-        driver = self._driver
-        async with self._http.stream(driver.request(), driver.http_timeouts()) as response:
-            if not driver.start(response.status_code, response.headers):
-                driver.fail(response.status_code, response.headers, await response.aread())
-            async for data in response.aiter_bytes():
-                for event in driver.feed(data):
-                    if driver.paced:
-                        await driver.core.clock.asleep(driver.pace_delay(event))
-                    yield event
-        for event in driver.finish():
-            yield event

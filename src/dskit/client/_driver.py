@@ -145,6 +145,7 @@ class StreamDriver:
         self._saw_done = False
         self._last_data = self.attempts.started
         self._pending: list[StreamEvent] = []
+        self.backlog = 0  # events of the last read not yet handed over
         self._pacer = _Pacer(options.pace, self._last_data) if options.pace else None
 
     # ---- requests ------------------------------------------------------------------
@@ -153,6 +154,7 @@ class StreamDriver:
         """The next request: the original one, or a prefix-completion resume."""
         self._decoder = self._new_decoder()
         self._saw_done = False
+        self.backlog = 0
         self._last_data = self.core.clock.now()
         headers = self.core.headers(self.options.headers, stream=True)
         if not self.acc.has_output:
@@ -196,7 +198,9 @@ class StreamDriver:
         except SSEError as exc:
             raise APIResponseError(f"Invalid event stream: {exc}") from exc
         now = self.core.clock.now()
+        self.backlog = len(items)
         for item in items:
+            self.backlog -= 1
             if isinstance(item, SSEComment):
                 if not self.acc.has_output:
                     yield KEEP_ALIVE

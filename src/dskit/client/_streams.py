@@ -6,7 +6,7 @@ A subclass sets `self._events` to its generator; leaving the `with` block (norma
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Generator, Iterator
 from types import TracebackType
 from typing import Generic, Self, TypeVar
 
@@ -50,8 +50,8 @@ class AsyncEventStream(Generic[EventT]):
     def __aiter__(self) -> AsyncIterator[EventT]:
         return self
 
-    async def __anext__(self) -> EventT:
-        return await self._events.__anext__()
+    def __anext__(self) -> Awaitable[EventT]:
+        return self._events.__anext__()  # the generator's own awaitable: no extra frame
 
     async def __aenter__(self) -> Self:
         return self

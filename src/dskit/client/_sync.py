@@ -117,6 +117,12 @@ class Stream(EventStream[StreamEvent]):
         """What has arrived so far (a partial result while the stream runs)."""
         return self._driver.result()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the next event has already arrived, so taking it will not wait on the
+        network: a relay can hold its write while this is True and send a burst at once."""
+        return self._driver.backlog > 0
+
     def text(self) -> Iterator[str]:
         """Only the answer's text, piece by piece."""
         for event in self:
@@ -124,31 +130,28 @@ class Stream(EventStream[StreamEvent]):
                 yield event.text
 
     def _run(self) -> Generator[StreamEvent, None, None]:
+        """Attempts until the answer is done (one generator, as in `AsyncStream`)."""
         driver = self._driver
         clock = driver.core.clock
         while not driver.done:
             try:
-                yield from self._attempt()
+                request = driver.request()
+                with self._http.stream(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    content=request.content,
+                    timeout=_timeout(driver.http_timeouts()),
+                ) as response:
+                    if not driver.start(response.status_code, response.headers):
+                        driver.fail(response.status_code, response.headers, response.read())
+                    for data in response.iter_bytes():
+                        for event in driver.feed(data):
+                            if driver.paced:
+                                clock.sleep(driver.pace_delay(event))
+                            yield event
+                yield from driver.finish()
             except Exception as exc:  # every failure goes through one retry/resume decision
                 delay = driver.recover(exc)
                 yield from driver.take_pending()
                 clock.sleep(delay)
-
-    def _attempt(self) -> Iterator[StreamEvent]:
-        driver = self._driver
-        request = driver.request()
-        with self._http.stream(
-            request.method,
-            request.url,
-            headers=request.headers,
-            content=request.content,
-            timeout=_timeout(driver.http_timeouts()),
-        ) as response:
-            if not driver.start(response.status_code, response.headers):
-                driver.fail(response.status_code, response.headers, response.read())
-            for data in response.iter_bytes():
-                for event in driver.feed(data):
-                    if driver.paced:
-                        driver.core.clock.sleep(driver.pace_delay(event))
-                    yield event
-        yield from driver.finish()
