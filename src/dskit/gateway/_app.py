@@ -13,13 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dskit._version import __version__
 from dskit.gateway._deps import COOKIE, GatewayDep
 from dskit.gateway._errors import GatewayError, error_response, from_exception, validation_error
 from dskit.gateway._middleware import GatewayMiddleware
 from dskit.gateway._ratelimit import RateLimiter
-from dskit.gateway._routes_openai import fast_chat_route
+from dskit.gateway._routes_openai import FastChatCompletions
 from dskit.gateway._routes_openai import router as openai_router
 from dskit.gateway._routes_sessions import router as sessions_router
 from dskit.gateway._scale import outage_errors
@@ -64,21 +65,44 @@ def create_app(
         finally:
             await gw.stop()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="dskit gateway", version=__version__, lifespan=lifespan, responses=ERROR_DOC,
         description="Chat for front ends over SSE, with resume; OpenAI-compatible relay.",
     )  # fmt: skip
     app.state.gateway = gw
-    app.add_middleware(
-        GatewayMiddleware, metrics=gw.metrics, max_body_bytes=settings.max_body_bytes
-    )
     _install_handlers(app, gw)
     app.include_router(openai_router)
-    app.router.routes.insert(0, fast_chat_route(gw))
     app.include_router(sessions_router)
     _install_operations(app)
     _install_web(app)
     return app
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with the gateway's own outer layers: `GatewayMiddleware` (request ids, the
+    body limit, metrics, the access log) around everything, and `POST
+    /v1/chat/completions` served right under it. Every chunk of a relayed stream would
+    otherwise pass through each of Starlette's middlewares on its way out."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        gw: Gateway = self.state.gateway
+        lane = FastLane(FastChatCompletions(gw), super().build_middleware_stack())
+        return GatewayMiddleware(lane, gw.metrics, gw.settings.max_body_bytes)
+
+
+class FastLane:
+    """`POST /v1/chat/completions` to its plain ASGI handler; the rest to FastAPI."""
+
+    def __init__(self, fast: FastChatCompletions, app: ASGIApp) -> None:
+        self.fast = fast
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = scope["type"] == "http" and scope["path"] == self.fast.path
+        if fast and scope["method"] == "POST":
+            await self.fast(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def _install_handlers(app: FastAPI, gw: Gateway) -> None:

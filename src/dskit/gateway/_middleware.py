@@ -48,29 +48,26 @@ class GatewayMiddleware:
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, request_id: str, state: dict[str, Any]
     ) -> None:
-        header = request_id.encode()
+        header = (b"x-request-id", request_id.encode())
 
         async def send_wrapper(message: Message) -> None:
             if state.get("too_large"):  # the app saw a broken body: answer 413 instead
                 if message["type"] == "http.response.start":
-                    await self._too_large(send_wrapper_raw)
+                    await self._too_large(send, state, header)
                 return
-            await send_wrapper_raw(message)
-
-        async def send_wrapper_raw(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"], state["started"] = message["status"], True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", header)]
+                message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         if _declared_length(scope) > self.max_body:
-            await self._too_large(send_wrapper_raw)
+            await self._too_large(send, state, header)
             return
         try:
             await self.app(scope, self._limited(receive, state), send_wrapper)
         except BodyTooLarge:
             if not state["started"]:
-                await self._too_large(send_wrapper_raw)
+                await self._too_large(send, state, header)
 
     def _limited(self, receive: Receive, state: dict[str, Any]) -> Receive:
         """Count body bytes as they arrive (a chunked body declares no length)."""
@@ -88,7 +85,9 @@ class GatewayMiddleware:
 
         return limited
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(
+        self, send: Send, state: dict[str, Any], request_id: tuple[bytes, bytes]
+    ) -> None:
         error = GatewayError(
             413, f"request body too large (limit {self.max_body} bytes)", code="body_too_large"
         )
@@ -96,7 +95,9 @@ class GatewayMiddleware:
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            request_id,
         ]
+        state["status"], state["started"] = 413, True
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -143,48 +143,64 @@ class Relay:
     """One streamed completion: pulls client events, yields wire bytes, records metrics.
 
     `first` is the event the upstream pool already read (so a failure before any output
-    was a proper HTTP error); the body starts with it.
+    was a proper HTTP error); the body starts with it. `on_done` gets the answer once it
+    has been sent whole.
     """
 
     def __init__(
         self, stream: AsyncStream, first: StreamEvent | None, model: str, metrics: Metrics,
-        started: float,
+        started: float, on_done: Callable[[ChatResult], Awaitable[None]] | None = None,
     ) -> None:  # fmt: skip
         self.stream = stream
+        self.on_done = on_done
         self.first = first
         self.encoder = ChunkEncoder(model)
         self.metrics = metrics
         self.started = started
+        self.ttft_seen = False
 
     async def body(self) -> AsyncIterator[bytes]:
-        metrics, encoder, stream = self.metrics, self.encoder, self.stream
+        """The wire bytes; what arrived in one network read goes out as one piece."""
+        metrics, stream = self.metrics, self.stream
         metrics.active_streams.inc()
-        ttft_seen = False
+        out: list[bytes] = []
         try:
             event = self.first
             while event is not None:
-                kind = event.type
-                if not ttft_seen and kind in ("content", "reasoning", "tool_call"):
-                    ttft_seen = True
-                    metrics.ttft.labels("chat_completions").observe(time.monotonic() - self.started)
-                if kind == "done":
-                    yield self._finish(event.result)  # type: ignore[union-attr]
-                    yield DONE
+                if self._relay(event, out):
+                    yield b"".join(out)
+                    if self.on_done is not None:
+                        await self.on_done(stream.snapshot())
                     return
-                data = encode_event(encoder, event)
-                if data is not None:
-                    yield data
-                elif kind == "resumed":
-                    metrics.resumes.inc()
-                if kind == "retrying":
-                    metrics.retries.inc()
+                if out and not stream.ready:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+                    out.clear()
                 event = await anext(stream, None)
         except Exception as exc:  # after the headers: the error travels as an event
             metrics.errors.labels(from_exception(exc).kind).inc()
-            yield encoder.error(exc)
+            out.append(self.encoder.error(exc))
+            yield b"".join(out)
         finally:
             metrics.active_streams.dec()
             await stream.aclose()
+
+    def _relay(self, event: StreamEvent, out: list[bytes]) -> bool:
+        """Add one event's bytes to `out`; True at the end of the answer."""
+        kind = event.type
+        if not self.ttft_seen and kind in ("content", "reasoning", "tool_call"):
+            self.ttft_seen = True
+            self.metrics.ttft.labels("chat_completions").observe(time.monotonic() - self.started)
+        if kind == "done":
+            out += (self._finish(event.result), DONE)  # type: ignore[union-attr]
+            return True
+        data = encode_event(self.encoder, event)
+        if data is not None:
+            out.append(data)
+        elif kind == "resumed":
+            self.metrics.resumes.inc()
+        if kind == "retrying":
+            self.metrics.retries.inc()
+        return False
 
     def _finish(self, result: ChatResult) -> bytes:
         self.metrics.count_usage(result.usage)

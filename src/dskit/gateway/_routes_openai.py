@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 import pydantic
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from dskit.client._async import AsyncStream
@@ -90,8 +89,8 @@ async def relay_response(
         raise _counted(gw, exc) from None
     if not body.stream:
         return await _complete(gw, stream, key, params["model"], started, marks)
-    relay = Relay(stream, first, body.model, gw.metrics, started)
-    return EventStreamResponse(_then_store(gw, relay, key, upstream), marks)
+    relay = Relay(stream, first, body.model, gw.metrics, started, _on_done(gw, key, upstream))
+    return EventStreamResponse(relay.body(), marks)
 
 
 def _cached(result: ChatResult, body: ChatCompletionRequest) -> Response:
@@ -107,17 +106,19 @@ async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _then_store(
-    gw: Gateway, relay: Relay, key: CacheRequest | None, upstream: Upstream
-) -> AsyncIterator[bytes]:
-    """The relayed stream; once it ended well, its answer goes to the cache."""
-    async for chunk in relay.body():
-        yield chunk
-    result = relay.stream.snapshot()
-    if result.finish_reason is not None:
-        assert gw.pool is not None
-        gw.pool.report(upstream, None)
-        await gw.cache.store(key, result)
+def _on_done(
+    gw: Gateway, key: CacheRequest | None, upstream: Upstream
+) -> Callable[[ChatResult], Awaitable[None]]:
+    """What follows a relayed answer sent whole: its upstream counts as up, and it is
+    cached (when the request uses the cache)."""
+
+    async def done(result: ChatResult) -> None:
+        if result.finish_reason is not None:
+            assert gw.pool is not None
+            gw.pool.report(upstream, None)
+            await gw.cache.store(key, result)
+
+    return done
 
 
 class FastChatCompletions:
@@ -151,10 +152,6 @@ class FastChatCompletions:
             gw.metrics.errors.labels("validation").inc()
             raise validation_error(exc.errors(include_url=False)) from None
         return await relay_response(gw, body, request, who)
-
-
-def fast_chat_route(gw: Gateway) -> Route:
-    return Route(FastChatCompletions.path, FastChatCompletions(gw), methods=["POST"])
 
 
 async def _complete(
