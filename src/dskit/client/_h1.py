@@ -315,11 +315,7 @@ class _Connection(asyncio.Protocol):
         while not head.done():
             if self.error is not None:
                 raise self.error
-            self.waiter = self.loop.create_future()
-            self.wait_started = self.loop.time()
-            self._arm()
-            if not await self.waiter:
-                raise httpx2.ReadTimeout("timed out waiting for the response")
+            await self._more("the response")
         if self.error is not None and not self.status:
             raise self.error
 
@@ -330,11 +326,7 @@ class _Connection(asyncio.Protocol):
                 return b""
             if self.error is not None:
                 raise self.error
-            self.waiter = self.loop.create_future()
-            self.wait_started = self.loop.time()
-            self._arm()
-            if not await self.waiter:
-                raise httpx2.ReadTimeout("timed out reading the response")
+            await self._more("the response body")
         body = self.body
         data = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
@@ -343,6 +335,14 @@ class _Connection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
         return data
+
+    async def _more(self, what: str) -> None:
+        """Wait for bytes (or the end); `ReadTimeout` when none come within the timeout."""
+        self.waiter = self.loop.create_future()
+        self.wait_started = self.loop.time()
+        self._arm()
+        if not await self.waiter:
+            raise httpx2.ReadTimeout(f"timed out waiting for {what}")
 
     def end_response(self) -> None:
         """The caller is done with the response: back to the pool, or closed."""
