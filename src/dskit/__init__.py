@@ -40,45 +40,6 @@ if TYPE_CHECKING:
     from dskit.client._config import Limits, Pace, RetryPolicy, Timeout
     from dskit.client._sync import DeepSeek
 
-_LAZY: dict[str, str] = {
-    "DeepSeek": "dskit.client._sync",
-    "AsyncDeepSeek": "dskit.client._async",
-    "RetryPolicy": "dskit.client._config",
-    "Limits": "dskit.client._config",
-    "Pace": "dskit.client._config",
-    "Timeout": "dskit.client._config",
-    "ChatSession": "dskit.session",
-    "AsyncChatSession": "dskit.session",
-    "tool": "dskit.session",
-    "SQLiteStore": "dskit.store",
-    "RedisStore": "dskit.store",
-}
-_ERRORS = (
-    "APIConnectionError",
-    "APIError",
-    "APIResponseError",
-    "APIStatusError",
-    "APITimeoutError",
-    "AuthenticationError",
-    "BadRequestError",
-    "ChatResult",
-    "ConfigError",
-    "ContextOverflowError",
-    "DSKitError",
-    "IncompleteStreamError",
-    "InsufficientBalanceError",
-    "InternalServerError",
-    "NotFoundError",
-    "RateLimitError",
-    "ServiceUnavailableError",
-    "ToolCall",
-    "ToolError",
-    "UnprocessableEntityError",
-    "Usage",
-    "ValidationError",
-)
-_LAZY.update(dict.fromkeys(_ERRORS, "dskit.client"))
-
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -115,6 +76,25 @@ __all__ = [
     "__version__",
     "tool",
 ]
+
+# where each public name lives: the errors and result types (every name of __all__ not
+# listed here) come from dskit.client
+_LAZY: dict[str, str] = {
+    "DeepSeek": "dskit.client._sync",
+    "AsyncDeepSeek": "dskit.client._async",
+    "RetryPolicy": "dskit.client._config",
+    "Limits": "dskit.client._config",
+    "Pace": "dskit.client._config",
+    "Timeout": "dskit.client._config",
+    "ChatSession": "dskit.session",
+    "AsyncChatSession": "dskit.session",
+    "tool": "dskit.session",
+    "SQLiteStore": "dskit.store",
+    "RedisStore": "dskit.store",
+}
+_LAZY.update(
+    (name, "dskit.client") for name in __all__ if name not in _LAZY and name != "__version__"
+)
 
 
 def __getattr__(name: str) -> Any:
