@@ -100,7 +100,7 @@ def test_a_setting_after_another_writer_reloads_the_session(home, sim, tmp_path)
     with DeepSeek(api_key="sk-test-0123456789abcdef", base_url=sim.base_url) as client:
         state = ChatState(
             backend=Backend(client, simulated=False), store=store, settings=Settings(),
-            console=make_console(out), rich=False, think=False,
+            console=make_console(out), think=False,
         )  # fmt: skip
         session = state.ensure_session()
         ChatSession.load(client, session.id, store=store).send("from the other terminal")

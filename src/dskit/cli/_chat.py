@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -51,7 +51,6 @@ class ChatState:
     store: SessionStore
     settings: Settings
     console: Console
-    rich: bool
     think: bool
     session: ChatSession | None = None
     # the settings of the next new session; a current session keeps its own, in the store
@@ -60,7 +59,6 @@ class ChatState:
     system: str | None = None
     max_tokens: int | None = None  # this run's cap, sent with each request
     running: bool = True
-    notes: list[str] = field(default_factory=list)
 
     @property
     def current_model(self) -> str:
@@ -110,7 +108,7 @@ class ChatState:
         self.session = None
 
     def view(self) -> View:
-        if self.rich:
+        if self.console.is_terminal:
             return RichView(self.console, model=self.current_model, think=self.think)
         return PlainView(think=self.think)
 
@@ -188,10 +186,9 @@ def chat(session_id: str | None, cont: bool, **shared: Any) -> None:
 
 
 def _state(backend: Backend, settings: Settings, max_tokens: int | None) -> ChatState:
-    console = make_console()
     return ChatState(
-        backend=backend, store=open_store(settings.store), settings=settings, console=console,
-        rich=console.is_terminal, think=True if settings.think is None else settings.think,
+        backend=backend, store=open_store(settings.store), settings=settings,
+        console=make_console(), think=True if settings.think is None else settings.think,
         temperature=settings.temperature, system=settings.system, max_tokens=max_tokens,
     )  # fmt: skip
 
