@@ -264,7 +264,6 @@ class _Connection(asyncio.Protocol):
         self.received = False  # any byte of the current response
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.head: asyncio.Future[None] | None = None
         self.body: list[bytes] = []
         self.size = 0
         self.complete = False
@@ -290,7 +289,6 @@ class _Connection(asyncio.Protocol):
         self._reset()
         self.parser = httptools.HttpResponseParser(self)
         self.timeout = read_timeout
-        self.head = self.loop.create_future()
         transport.write(payload)
         if self.drain is not None and not await self._wait(self.drain, write_timeout):
             self.close()
@@ -310,14 +308,11 @@ class _Connection(asyncio.Protocol):
         return headers
 
     async def _wait_head(self) -> None:
-        head = self.head
-        assert head is not None
-        while not head.done():
+        """Until the final status line and headers are in (`status` is set only then)."""
+        while not self.status:
             if self.error is not None:
                 raise self.error
             await self._more("the response")
-        if self.error is not None and not self.status:
-            raise self.error
 
     async def read(self) -> bytes:
         """Body bytes that have arrived (waits for some); b"" once the body has ended."""
@@ -418,8 +413,6 @@ class _Connection(asyncio.Protocol):
         if self.size > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-        if self.error is not None:
-            self._finish_head()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -443,7 +436,6 @@ class _Connection(asyncio.Protocol):
             cause = f": {exc}" if exc else ""
             error = httpx2.ReadError if exc else httpx2.RemoteProtocolError
             self.error = error(f"the server closed the connection before the end of {what}{cause}")
-        self._finish_head()
         self._wake()
 
     def pause_writing(self) -> None:
@@ -473,7 +465,6 @@ class _Connection(asyncio.Protocol):
             and b"transfer-encoding" not in names
             and self.status not in (204, 304)
         )
-        self._finish_head()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -482,11 +473,6 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.status:
             self.complete = True
-
-    def _finish_head(self) -> None:
-        head = self.head
-        if head is not None and not head.done():
-            head.set_result(None)
 
 
 async def _open(pool: H1Pool, origin: Origin, tls: ssl.SSLContext | None) -> _Connection:
