@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dskit.cli._common import (
+    DEFAULT_MODEL,
     EXIT_CODES_HELP,
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -112,7 +113,7 @@ def _view(mode: str, settings: Settings) -> View:
     if mode == "jsonl":
         return JsonLinesView()
     if mode == "rich":
-        return RichView(make_console(), model=settings.model or "deepseek-chat", think=think)
+        return RichView(make_console(), model=settings.model or DEFAULT_MODEL, think=think)
     return PlainView(think=think)
 
 
@@ -124,7 +125,7 @@ def _session(backend: Backend, settings: Settings, no_save: bool) -> ChatSession
     params = {} if settings.temperature is None else {"temperature": settings.temperature}
     store = None if no_save else open_store(settings.store)
     return ChatSession(
-        backend.client, system=settings.system, model=settings.model or "deepseek-chat",
+        backend.client, system=settings.system, model=settings.model or DEFAULT_MODEL,
         store=store, params=params,
     )  # fmt: skip
 

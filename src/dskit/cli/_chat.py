@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dskit.cli._common import (
+    DEFAULT_MODEL,
     Backend,
     api_options,
     fail,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 PROMPT = "you › "
 HISTORY_FILE = "chat_history"
 RECAP_CHARS = 600
-DEFAULT_MODEL = "deepseek-chat"
 
 
 @dataclass(slots=True)
