@@ -73,6 +73,12 @@ class SessionCore:
         self.tools = tool_table(tools)
         # The `tools` entries sent with every request, built once: the tools are fixed.
         self.definitions = [t.definition() for t in self.tools.values()]
+        # ...and as a pseudo-message (none without tools): they count against the prompt too.
+        self._tools_wire: list[dict[str, Any]] = (
+            [{"role": "system", "content": orjson.dumps(self.definitions).decode()}]
+            if self.definitions
+            else []
+        )
         self._check_values(_check_params(record.params), record.model)
         self.policy = policy or ContextPolicy()
         self.max_tool_rounds = max_tool_rounds
@@ -122,7 +128,7 @@ class SessionCore:
         wires = [w for _, w in pairs]
         stored = [self.record.messages[i] for i, _ in pairs]
         head = self._head(summary)
-        fixed = sum(self._head_cost(h) for h in head) + self._tools_cost()
+        fixed = sum(self._fixed_cost(w) for w in (*head, *self._tools_wire))
         costs = [self.counter.cost(s.tokens, w) for s, w in zip(stored, wires, strict=True)]
         strategy = self.policy.strategy
         if strategy == "summarize" and not allow_summary:
@@ -138,19 +144,8 @@ class SessionCore:
             plan.covers = pairs[fit.start][0] if fit.start < len(pairs) else len(indices)
         return plan
 
-    def _head_cost(self, wire: Mapping[str, Any]) -> int:
-        return self.counter.cost(self.fixed_tokens.get(wire["content"]), wire)
-
-    def _tools_wire(self) -> dict[str, Any] | None:
-        """The tool definitions as a pseudo-message: they count against the prompt too."""
-        if not self.definitions:
-            return None
-        return {"role": "system", "content": orjson.dumps(self.definitions).decode()}
-
-    def _tools_cost(self) -> int:
-        wire = self._tools_wire()
-        if wire is None:
-            return 0
+    def _fixed_cost(self, wire: Mapping[str, Any]) -> int:
+        """The size of the system head or the tool definitions (exact once observed)."""
         return self.counter.cost(self.fixed_tokens.get(wire["content"]), wire)
 
     def _max_tokens(self) -> int | None:
@@ -250,12 +245,8 @@ class SessionCore:
         if result.usage is None:
             return
         self.usage_total = self.usage_total + result.usage
-        wires = list(plan.messages)
-        sources: list[StoredMessage | None] = list(plan.sources)
-        tools = self._tools_wire()
-        if tools is not None:
-            wires.append(tools)
-            sources.append(None)
+        wires = [*plan.messages, *self._tools_wire]
+        sources = [*plan.sources, *(None for _ in self._tools_wire)]
         known = [
             s.tokens if s is not None else self.fixed_tokens.get(w["content"])
             for s, w in zip(sources, wires, strict=True)
