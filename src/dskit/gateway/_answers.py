@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,41 @@ def _takeover_job(record: SessionRecord, headers: Mapping[str, str], callback: s
         record.id, record.model, upstream_messages(record), dict(record.params),
         job_headers(headers), callback, history=len(record.messages),
     ).encode()  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """Where an answer comes from, and what it is cached under once it ends well."""
+
+    source: UpstreamSource | ReplaySource
+    key: CacheRequest | None  # None: not to be stored (no cache, or it came from there)
+    lookup: str | None  # the cache lookup's result; None: the request skips the cache
+
+
+async def open_answer(
+    gw: Gateway, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
+    headers: Mapping[str, str],
+) -> Opened:  # fmt: skip
+    """The cache, then the upstreams in order; degraded (all down): a stored answer, else
+    `AllUpstreamsDownError`. `params` are the client's (`extra_headers` included: no part
+    of the cache key); `headers` are the caller's cache policy (`X-Dskit-Cache`, max-age).
+    Both surfaces open their answers here."""
+    key = gw.cache.key_for(messages, params, headers)
+    lookup = None
+    if key is not None:
+        found = await gw.cache.lookup(key, headers)
+        if found.status == "hit" and found.answer is not None:
+            return Opened(ReplaySource(found.answer.result), None, "hit")
+        lookup = found.status
+    assert gw.pool is not None
+    try:
+        upstream, stream, first = await gw.pool.open(messages, params)
+    except AllUpstreamsDownError:
+        cached = await gw.cache.fallback(messages, params)
+        if cached is None:
+            raise
+        return Opened(ReplaySource(cached), None, lookup)
+    return Opened(UpstreamSource(gw.pool, upstream, stream, first), key, lookup)
 
 
 class AnswerRunner:
@@ -227,26 +262,11 @@ class AnswerRunner:
         logger.info("answer %s handed over to another instance", job.answer_id)
 
     async def _open(self, job: AnswerJob) -> AnswerSource:
-        """Cache, then the upstreams in order; degraded (all down): cache or a 503."""
-        gw = self.gw
-        messages = upstream_messages(job.record)
-        params = {"model": job.record.model, **job.record.params}
-        key = gw.cache.key_for(messages, params, {})
-        if key is not None:
-            found = await gw.cache.lookup(key, {})
-            if found.status == "hit" and found.answer is not None:
-                return ReplaySource(found.answer.result)
-        assert gw.pool is not None
-        try:
-            call = {**params, "extra_headers": dict(job.extra_headers)}
-            upstream, stream, first = await gw.pool.open(messages, call)
-        except AllUpstreamsDownError:
-            cached = await gw.cache.fallback(messages, params)
-            if cached is None:
-                raise
-            return ReplaySource(cached)
-        self._cache_key[job.answer_id] = key
-        return UpstreamSource(gw.pool, upstream, stream, first)
+        record = job.record
+        call = {"model": record.model, **record.params, "extra_headers": dict(job.extra_headers)}
+        opened = await open_answer(self.gw, upstream_messages(record), call, {})
+        self._cache_key[job.answer_id] = opened.key
+        return opened.source
 
     async def _generate(self, job: AnswerJob, source: AnswerSource) -> None:
         gw, append, answer_id = self.gw, self.gw.log.append, job.answer_id

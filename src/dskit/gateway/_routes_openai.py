@@ -14,7 +14,8 @@ from starlette.types import Receive, Scope, Send
 
 from dskit.client._async import AsyncStream
 from dskit.client._types import ChatResult
-from dskit.gateway._breaker import AllUpstreamsDownError, Upstream
+from dskit.gateway._answers import open_answer
+from dskit.gateway._breaker import Upstream
 from dskit.gateway._deps import (
     GatewayDep,
     Limited,
@@ -30,6 +31,7 @@ from dskit.gateway._response import EventStreamResponse
 from dskit.gateway._scale import (
     CACHE_HEADER,
     CacheRequest,
+    ReplaySource,
     cached_body,
     cached_chunks,
     charge_tokens,
@@ -69,27 +71,18 @@ async def relay_response(
     await charge_tokens(gw.token_limiter, who, messages)
     params["extra_headers"] = upstream_headers(request, gw)
     started = time.monotonic()
-    asked = {k: v for k, v in params.items() if k != "extra_headers"}
-    key = gw.cache.key_for(messages, asked, request.headers)
-    marks: dict[str, str] = {}
-    if key is not None:
-        found = await gw.cache.lookup(key, request.headers)
-        if found.status == "hit" and found.answer is not None:
-            return _cached(found.answer.result, body)
-        marks[CACHE_HEADER] = found.status
-    assert gw.pool is not None
     try:
-        upstream, stream, first = await gw.pool.open(messages, params)
-    except AllUpstreamsDownError as exc:  # degraded: a stored answer, else a clear 503
-        cached = await gw.cache.fallback(messages, asked)
-        if cached is None:
-            raise _counted(gw, exc) from None
-        return _cached(cached, body)
+        opened = await open_answer(gw, messages, params, request.headers)
     except Exception as exc:
         raise _counted(gw, exc) from None
+    source = opened.source
+    if isinstance(source, ReplaySource):
+        return _cached(source.result, body)
+    marks = {CACHE_HEADER: opened.lookup} if opened.lookup else {}
+    done = _on_done(gw, opened.key, source.upstream)
     if not body.stream:
-        return await _complete(gw, stream, key, params["model"], started, marks)
-    relay = Relay(stream, first, body.model, gw.metrics, started, _on_done(gw, key, upstream))
+        return await _complete(gw, source.stream, done, params["model"], started, marks)
+    relay = Relay(source.stream, source.first, body.model, gw.metrics, started, done)
     return EventStreamResponse(relay.body(), marks)
 
 
@@ -109,8 +102,8 @@ async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
 def _on_done(
     gw: Gateway, key: CacheRequest | None, upstream: Upstream
 ) -> Callable[[ChatResult], Awaitable[None]]:
-    """What follows a relayed answer sent whole: its upstream counts as up, and it is
-    cached (when the request uses the cache)."""
+    """What follows a relayed answer received whole (streamed or not): its upstream
+    counts as up, and it is cached (when the request uses the cache)."""
 
     async def done(result: ChatResult) -> None:
         if result.finish_reason is not None:
@@ -155,15 +148,15 @@ class FastChatCompletions:
 
 
 async def _complete(
-    gw: Gateway, stream: AsyncStream, key: CacheRequest | None, model: str, started: float,
-    headers: dict[str, str],
+    gw: Gateway, stream: AsyncStream, done: Callable[[ChatResult], Awaitable[None]],
+    model: str, started: float, headers: dict[str, str],
 ) -> Response:  # fmt: skip
     try:
         async with stream:
             result = await stream.final()
     except Exception as exc:
         raise _counted(gw, exc) from None
-    await gw.cache.store(key, result)
+    await done(result)
     gw.metrics.count_usage(result.usage)
     gw.metrics.latency.labels("chat_completions").observe(time.monotonic() - started)
     body = completion_body(result, f"chatcmpl-{result.id or 'dskit'}", model)
