@@ -1010,6 +1010,29 @@ async def test_a_server_that_does_not_read_the_request_is_a_write_timeout() -> N
         done.set()
 
 
+async def test_cancelling_a_request_stuck_writing_frees_slot_and_connection() -> None:
+    body = bytes(48 * 1024 * 1024)  # more than loopback's socket buffers can take
+    head_read, done = asyncio.Event(), asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        if conn.number == 1:
+            await conn.reader.readuntil(b"\r\n\r\n")  # the head only, then read nothing
+            head_read.set()
+            await done.wait()
+            return
+        await keep_alive(conn)
+
+    async with serve(handler) as server, pool_of(max_connections=1) as pool:
+        task = asyncio.create_task(fetch_post(pool, server.url, body))
+        await head_read.wait()  # the socket buffers fill up: the request waits to drain
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.connections == 0  # aborted, not left open with half a request in it
+        assert await fetch(pool, f"{server.url}/after", timeouts=(0.5, 5.0)) == b"/after on 2"
+        done.set()
+
+
 async def test_a_non_ascii_header_value_is_sent_as_utf8() -> None:
     async with serve(keep_alive) as server, pool_of() as pool:
         await fetch_post(pool, server.url, b"", headers={"X-Name": "caf\u00e9 \u2713"})

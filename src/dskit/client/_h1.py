@@ -271,7 +271,7 @@ class _Connection(asyncio.Protocol):
         self.until_eof = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[bool] | None = None
-        self.drain: asyncio.Future[bool] | None = None
+        self.drain: asyncio.Future[None] | None = None
         self.paused = False
         self.watchdog: asyncio.TimerHandle | None = None
         self.timeout: float | None = None
@@ -290,15 +290,22 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.timeout = read_timeout
         transport.write(payload)
-        if self.drain is not None and not await self._wait(self.drain, write_timeout):
-            self.close()
-            raise httpx2.WriteTimeout("timed out writing the request")
         try:
+            if self.drain is not None:
+                await self._drained(self.drain, write_timeout)
             await self._wait_head()
             return H1Response(self, self.status, self._headers())
-        except BaseException:  # also an unknown content-encoding: the body is unreadable
+        except BaseException:  # also a cancel, or an unknown content-encoding: never reusable
             self.close()
             raise
+
+    @staticmethod
+    async def _drained(drain: asyncio.Future[None], seconds: float | None) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await drain
+        except TimeoutError:
+            raise httpx2.WriteTimeout("timed out writing the request") from None
 
     def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -377,16 +384,6 @@ class _Connection(asyncio.Protocol):
         else:
             self.watchdog = self.loop.call_at(deadline, self._check)
 
-    @staticmethod
-    async def _wait(future: asyncio.Future[bool], seconds: float | None) -> bool:
-        if seconds is None:
-            return await future
-        handle = asyncio.get_running_loop().call_later(seconds, _expire, future)
-        try:
-            return await future
-        finally:
-            handle.cancel()
-
     def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -422,7 +419,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._ended(exc)
         if self.drain is not None and not self.drain.done():
-            self.drain.set_result(True)
+            self.drain.set_result(None)
         self.pool._forget(self)
 
     def _ended(self, exc: Exception | None) -> None:
@@ -443,7 +440,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         if self.drain is not None and not self.drain.done():
-            self.drain.set_result(True)
+            self.drain.set_result(None)
         self.drain = None
 
     # ---- httptools callbacks -----------------------------------------------------------
@@ -493,11 +490,6 @@ async def _open(pool: H1Pool, origin: Origin, tls: ssl.SSLContext | None) -> _Co
         raise ConnectionError("the TLS handshake did not complete")
     conn.transport = secured
     return conn
-
-
-def _expire(future: asyncio.Future[bool]) -> None:
-    if not future.done():
-        future.set_result(False)
 
 
 def _split(url: str) -> tuple[Origin, str]:
