@@ -6,21 +6,20 @@ import datetime
 import json
 import sys
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from dskit.cli._common import EXIT_USAGE, fail, store_from, store_option
 from dskit.client._errors import DSKitError
-from dskit.store._model import (
+from dskit.store import (
     SessionConflictError,
     SessionNotFoundError,
     SessionRecord,
+    SessionStore,
     StoreError,
+    export_record,
 )
-
-if TYPE_CHECKING:
-    from dskit.store import SessionStore
 
 PREFIX_SCAN = 1000
 INCOMPLETE_MARK = " (incomplete: interrupted or cut off)"
@@ -121,8 +120,6 @@ def show_cmd(session_id: str, as_json: bool, store: str | None) -> None:
     with store_from(store) as backend:
         record = _load(backend, session_id)
     if as_json:
-        from dskit.store import export_record
-
         click.echo(json.dumps(export_record(record), ensure_ascii=False, indent=2))
         return
     text = to_markdown(record)
@@ -179,8 +176,6 @@ def export_cmd(session_id: str, output: str | None, markdown: bool, store: str |
     """
     with store_from(store) as backend:
         record = _load(backend, session_id)
-    from dskit.store import export_record
-
     text = to_markdown(record) if markdown else json.dumps(export_record(record), indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
