@@ -167,6 +167,21 @@ async def test_released_unfinished_answer_is_an_orphan(
     assert not log.holds(answer_id)
 
 
+async def test_orphan_scan_finds_only_unleased_answers_and_drops_ended_ones(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    alive = await started(log, session="s1")
+    orphan = await started(log, session="s2")
+    await log.release(orphan, "w1")
+    expired = await started(log, session="s3")
+    await log.release(expired, "w1")
+    await log.redis.delete(f"{log.settings.namespace}:answer:{{{expired}}}:meta")  # its TTL ran out
+    assert await other_log.orphans() == [orphan]
+    running = f"{log.settings.namespace}:running"
+    assert await log.redis.zscore(running, expired) is None, "an expired answer leaves the set"
+    assert await log.redis.zscore(running, alive) is not None
+
+
 async def test_concurrent_takeover_has_one_winner(redis_url: str, redis_prefix: str) -> None:
     settings = RedisLogSettings(namespace=redis_prefix, lease_ttl=5.0)
     logs = [RedisStreamLog(connect(redis_url), settings) for _ in range(5)]

@@ -374,26 +374,30 @@ class RedisStreamLog:
             task.cancel()
 
     async def orphans(self, limit: int = 100) -> list[str]:
-        """Unfinished answers nobody holds a lease on (their instance died): takeover work."""
-        found: list[str] = []
-        for raw in await self.redis.zrange(self._running, 0, max(limit * 4, 100) - 1):
-            answer_id = _text(raw)
-            _, meta, lease = self._keys(answer_id)
-            finished, exists = await self._state(meta, lease)
-            if finished is None or finished:
-                await self.redis.zrem(self._running, answer_id)
-            elif not exists and answer_id not in self._held:
-                found.append(answer_id)
-            if len(found) >= limit:
-                break
-        return found
+        """Unfinished answers nobody holds a lease on (their instance died): takeover work.
 
-    async def _state(self, meta: str, lease: str) -> tuple[bool | None, bool]:
+        One pipeline reads the state of every candidate; answers that finished or expired
+        leave the running set in the same pass.
+        """
+        window = max(limit * 4, 100)
+        candidates = [_text(raw) for raw in await self.redis.zrange(self._running, 0, window - 1)]
+        if not candidates:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(meta, "finished")
-            pipe.exists(lease)
-            finished, leased = await pipe.execute()
-        return (None if finished is None else _text(finished) == "1"), bool(leased)
+            for answer_id in candidates:
+                _, meta, lease = self._keys(answer_id)
+                pipe.hget(meta, "finished")
+                pipe.exists(lease)
+            states = await pipe.execute()
+        gone, found = [], []
+        for answer_id, finished, leased in zip(candidates, states[::2], states[1::2], strict=True):
+            if finished is None or _text(finished) == "1":
+                gone.append(answer_id)
+            elif not leased and answer_id not in self._held:
+                found.append(answer_id)
+        if gone:
+            await self.redis.zrem(self._running, *gone)
+        return found[:limit]
 
     async def job(self, answer_id: str) -> bytes:
         """The opaque job bytes given to `create` (b"" when there were none)."""
