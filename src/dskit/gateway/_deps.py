@@ -95,4 +95,8 @@ def upstream_headers(request: Request, gw: Gateway) -> dict[str, str]:
     """`X-Sim-*` headers pass through to a simulator or custom upstream, never to DeepSeek."""
     if gw.mode == "deepseek":
         return {}
-    return {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}
+    return {  # raw header names are lower case; only the matches are decoded
+        k.decode("latin-1"): v.decode("latin-1")
+        for k, v in request.scope["headers"]
+        if k.startswith(b"x-sim-")
+    }
