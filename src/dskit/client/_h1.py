@@ -250,17 +250,24 @@ def _decode(decoder: Any, data: bytes) -> bytes:
 class _Connection(asyncio.Protocol):
     """One connection: one request at a time; the response parsed as bytes arrive."""
 
+    transport: asyncio.Transport  # set by connection_made, before the pool gets the connection
+
     def __init__(self, pool: H1Pool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.lost = False
-        self._reset()
+        # the transport's state, which outlives a response
+        self.drain: asyncio.Future[None] | None = None  # writing paused: the buffer is full
+        self.paused = False  # reading paused: HIGH_WATER body bytes wait for the caller
+        self.watchdog: asyncio.TimerHandle | None = None  # cancelled when a response ends
+        self._reset(None, None)
 
-    def _reset(self) -> None:
-        self.parser: Any = None
+    def _reset(self, parser: Any, read_timeout: float | None) -> None:
+        """The state of one response (no parser: no response is expected)."""
+        self.parser = parser
+        self.timeout = read_timeout
         self.received = False  # any byte of the current response
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
@@ -271,10 +278,6 @@ class _Connection(asyncio.Protocol):
         self.until_eof = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[bool] | None = None
-        self.drain: asyncio.Future[None] | None = None
-        self.paused = False
-        self.watchdog: asyncio.TimerHandle | None = None
-        self.timeout: float | None = None
         self.last = 0.0
         self.wait_started = 0.0
 
@@ -283,13 +286,10 @@ class _Connection(asyncio.Protocol):
     async def exchange(
         self, payload: bytes, write_timeout: float | None, read_timeout: float | None
     ) -> H1Response:
-        transport = self.transport
-        if transport is None or transport.is_closing() or self.lost:
+        if not self.reusable():
             raise httpx2.WriteError("the connection is closed")
-        self._reset()
-        self.parser = httptools.HttpResponseParser(self)
-        self.timeout = read_timeout
-        transport.write(payload)
+        self._reset(httptools.HttpResponseParser(self), read_timeout)
+        self.transport.write(payload)
         try:
             if self.drain is not None:
                 await self._drained(self.drain, write_timeout)
@@ -333,7 +333,7 @@ class _Connection(asyncio.Protocol):
         data = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
         self.size = 0
-        if self.paused and self.transport is not None:
+        if self.paused:
             self.paused = False
             self.transport.resume_reading()
         return data
@@ -356,15 +356,13 @@ class _Connection(asyncio.Protocol):
         self.pool._release(self, keep)
 
     def reusable(self) -> bool:
-        transport = self.transport
-        return not self.lost and transport is not None and not transport.is_closing()
+        return not self.lost and not self.transport.is_closing()
 
     def close(self) -> None:
         """Drop the connection now: abort, not close (nothing is left to flush, and a TLS
         close waits for the peer's goodbye, which a broken peer never sends)."""
         self.lost = True
-        if self.transport is not None:
-            self.transport.abort()
+        self.transport.abort()
         self.pool._forget(self)
 
     # ---- the read timeout: a lazy watchdog ---------------------------------------------
@@ -407,7 +405,7 @@ class _Connection(asyncio.Protocol):
             self.error = httpx2.RemoteProtocolError("unexpected protocol upgrade")
         except httptools.HttpParserError as exc:
             self.error = httpx2.RemoteProtocolError(f"invalid HTTP response: {exc}")
-        if self.size > HIGH_WATER and not self.paused and self.transport is not None:
+        if self.size > HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
