@@ -102,3 +102,9 @@ class Terminal:
             self.process.kill()
             self.process.wait(timeout=10)
         os.close(self.fd)
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

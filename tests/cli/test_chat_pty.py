@@ -55,8 +55,7 @@ STALL_ONCE = [
 
 
 def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
-    term = Terminal(["chat", "--sim-token-ms", "20", *STALL_ONCE], env)
-    try:
+    with Terminal(["chat", "--sim-token-ms", "20", *STALL_ONCE], env) as term:
         term.expect("No DEEPSEEK_API_KEY set: using the built-in offline simulator")
         term.expect(PROMPT)
         term.send("tell me a story\r")
@@ -97,13 +96,10 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         term.send("\x04")  # Ctrl-D quits
         term.expect("Bye. Session saved")
         assert term.wait() == 0
-    finally:
-        term.close()
     session_id = latest(home).id
     assert "hello there" in (home.root / "chat_history").read_text()
 
-    term = Terminal(["chat", "--continue", "--sim-token-ms", "0"], env)
-    try:
+    with Terminal(["chat", "--continue", "--sim-token-ms", "0"], env) as term:
         term.expect(f"Continuing session {session_id[:12]} \\(2 messages\\): tell me a story")
         term.expect("Settings: model deepseek-reasoner")  # /model survived the restart
         term.expect("dskit chat · deepseek-reasoner")
@@ -114,8 +110,6 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         term.expect(PROMPT)
         term.send("\x04")
         assert term.wait() == 0
-    finally:
-        term.close()
     record = latest(home)
     assert record.id == session_id
     expected = ["tell me a story", first.content, "and then?\nsecond line"]
@@ -125,20 +119,14 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
 
 
 def test_ask_in_a_terminal_renders_and_ctrl_c_exits_130(home, env):
-    term = Terminal(["ask", "--sim-token-ms", "0", "quick one"], env)
-    try:
+    with Terminal(["ask", "--sim-token-ms", "0", "quick one"], env) as term:
         term.expect(FOOTER)  # a terminal gets the rich view, footer included
         assert term.wait() == 0
-    finally:
-        term.close()
-    term = Terminal(["ask", "--sim-token-ms", "20", *STALL_ONCE, "a slow one"], env)
-    try:
+    with Terminal(["ask", "--sim-token-ms", "20", *STALL_ONCE, "a slow one"], env) as term:
         wait_until(lambda: answer_growing(home, "a slow one"), timeout=15)
         term.send("\x03")
         term.expect(r"\[interrupted")
         assert term.wait() == 130
-    finally:
-        term.close()
     answer = latest(home).messages[-1]
     assert answer.incomplete and answer.content
 
@@ -146,8 +134,7 @@ def test_ask_in_a_terminal_renders_and_ctrl_c_exits_130(home, env):
 def test_a_session_changed_by_another_writer_is_reloaded(home, env):
     from dskit.store import StoredMessage
 
-    term = Terminal(["chat", "--sim-token-ms", "0"], env)
-    try:
+    with Terminal(["chat", "--sim-token-ms", "0"], env) as term:
         term.expect(PROMPT)
         term.send("never sent")
         term.expect("never sent")
@@ -172,8 +159,6 @@ def test_a_session_changed_by_another_writer_is_reloaded(home, env):
         term.expect(PROMPT)
         term.send("\x04")
         assert term.wait() == 0
-    finally:
-        term.close()
     contents = [m.content for m in latest(home).messages[::2]]
     assert contents == ["from terminal one", "from elsewhere", "from terminal one again"]
 
@@ -190,10 +175,7 @@ def test_a_session_changed_by_another_writer_is_reloaded(home, env):
 )
 def test_spinner_says_queueing_and_retrying(home, env, faults, status):
     headers = [arg for fault in faults for arg in ("--header", fault)]
-    term = Terminal(["ask", "--sim-token-ms", "0", *headers, "status please"], env)
-    try:
+    with Terminal(["ask", "--sim-token-ms", "0", *headers, "status please"], env) as term:
         term.expect(status)
         term.expect(FOOTER)  # and then the answer came
         assert term.wait() == 0
-    finally:
-        term.close()
