@@ -95,13 +95,15 @@ async def test_waiting_reader_wakes_on_append_and_on_finish(
     assert info is not None and info.finished
 
 
-async def test_finished_answer_expires_after_its_ttl(log: RedisStreamLog) -> None:
+async def test_unfinished_and_finished_answers_expire(log: RedisStreamLog) -> None:
     answer_id = await started(log)
     await log.append(answer_id, "done", b"{}")
+    base = f"{log.settings.namespace}:answer:{{{answer_id}}}"
+    for key in (f"{base}:meta", f"{base}:log"):  # a safety net if nobody ever finishes it
+        assert log.settings.answer_ttl < await log.redis.ttl(key) <= log.settings.unfinished_ttl
     await log.finish(answer_id)
-    meta = f"{log.settings.namespace}:answer:{{{answer_id}}}:meta"
-    ttl = await log.redis.ttl(meta)
-    assert 0 < ttl <= log.settings.answer_ttl
+    for key in (f"{base}:meta", f"{base}:log"):
+        assert 0 < await log.redis.ttl(key) <= log.settings.answer_ttl
     with pytest.raises(LeaseLostError):
         await log.append(answer_id, "content", text("late"))
 

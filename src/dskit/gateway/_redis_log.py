@@ -46,6 +46,7 @@ T = TypeVar("T")
 # KEYS: log, meta, lease. ARGV: worker, lease ms, kind, data, op id.
 # Returns the new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
 # The op id makes a retried append (its reply lost to a dropped connection) a no-op.
+# The first append gives the log the meta's expiry: an answer nobody finishes goes whole.
 APPEND_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HGET', KEYS[2], 'lastop') == ARGV[5] then
@@ -58,6 +59,10 @@ if not holder then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('XADD', KEYS[1], seq .. '-0', 'k', ARGV[3], 'd', ARGV[4])
 redis.call('HSET', KEYS[2], 'lastop', ARGV[5])
+if seq == 1 then
+  local ttl = redis.call('PTTL', KEYS[2])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
 return seq
 """
 
