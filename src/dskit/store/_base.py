@@ -136,17 +136,11 @@ class ExportMixin:
     ) -> int:
         return await asyncio.to_thread(self._update, session_id, changes, expected_version)
 
-    def load(self, session_id: str) -> SessionRecord:
-        raise NotImplementedError
-
-    def create(self, record: SessionRecord) -> SessionRecord:
-        raise NotImplementedError
-
-    def export_session(self, session_id: str) -> dict[str, Any]:
+    def export_session(self: SessionStore, session_id: str) -> dict[str, Any]:
         """The versioned JSON-ready export of one session."""
         return export_record(self.load(session_id))
 
-    def import_session(self, data: Any, *, new_id: bool = False) -> SessionRecord:
+    def import_session(self: SessionStore, data: Any, *, new_id: bool = False) -> SessionRecord:
         """Store an exported session; `new_id=True` imports a copy beside the original."""
         record = import_record(data)
         if new_id:
@@ -158,66 +152,54 @@ class ExportMixin:
 class ThreadedAsyncMixin(ExportMixin):
     """Async twins that run the blocking sync methods in a worker thread."""
 
-    def append(
-        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
-    ) -> int:
-        raise NotImplementedError
-
-    def replace(
-        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
-    ) -> int:
-        raise NotImplementedError
-
-    def truncate(self, session_id: str, length: int, *, expected_version: int) -> int:
-        raise NotImplementedError
-
-    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
-        raise NotImplementedError
-
-    def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
-        raise NotImplementedError
-
-    def delete(self, session_id: str) -> bool:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    async def acreate(self, record: SessionRecord) -> SessionRecord:
+    async def acreate(self: SessionStore, record: SessionRecord) -> SessionRecord:
         return await asyncio.to_thread(self.create, record)
 
-    async def aload(self, session_id: str) -> SessionRecord:
+    async def aload(self: SessionStore, session_id: str) -> SessionRecord:
         return await asyncio.to_thread(self.load, session_id)
 
     async def aappend(
-        self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
+        self: SessionStore,
+        session_id: str,
+        messages: Sequence[StoredMessage],
+        *,
+        expected_version: int,
     ) -> int:
         return await asyncio.to_thread(
             self.append, session_id, messages, expected_version=expected_version
         )
 
     async def areplace(
-        self, session_id: str, index: int, message: StoredMessage, *, expected_version: int
+        self: SessionStore,
+        session_id: str,
+        index: int,
+        message: StoredMessage,
+        *,
+        expected_version: int,
     ) -> int:
         return await asyncio.to_thread(
             self.replace, session_id, index, message, expected_version=expected_version
         )
 
-    async def atruncate(self, session_id: str, length: int, *, expected_version: int) -> int:
+    async def atruncate(
+        self: SessionStore, session_id: str, length: int, *, expected_version: int
+    ) -> int:
         return await asyncio.to_thread(
             self.truncate, session_id, length, expected_version=expected_version
         )
 
-    async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+    async def alist_sessions(self: SessionStore, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         return await asyncio.to_thread(self.list_sessions, limit)
 
-    async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+    async def asearch(
+        self: SessionStore, text: str, limit: int = DEFAULT_LIMIT
+    ) -> list[SessionInfo]:
         return await asyncio.to_thread(self.search, text, limit)
 
-    async def adelete(self, session_id: str) -> bool:
+    async def adelete(self: SessionStore, session_id: str) -> bool:
         return await asyncio.to_thread(self.delete, session_id)
 
-    async def aclose(self) -> None:
+    async def aclose(self: SessionStore) -> None:
         await asyncio.to_thread(self.close)
 
 
