@@ -82,15 +82,11 @@ def prefix_messages(job: TakeoverJob, content: str, reasoning: str) -> list[dict
     return [*job.messages, prefix_message(job.model, content, reasoning)]
 
 
-def _add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
-    if a is None or b is None:
-        return a or b
-    return a + b
-
-
 class PrefixContinuation:
     """The rest of an answer as stream events, continued from `partial` through prefix
     completion; its own breaks are continued the same way, up to `max_resumes` times."""
+
+    cached = False
 
     def __init__(
         self, beta: AsyncDeepSeek, job: TakeoverJob, partial: PartialAnswer, max_resumes: int = 3
@@ -134,14 +130,12 @@ class PrefixContinuation:
                 elif event.type == "reasoning":
                     self.reasoning += event.text
                     self.pieces += 1
-                elif event.type == "usage":
-                    self.usage = _add_usage(self.usage, event.usage)
-                if event.type == "done":
+                elif event.type == "usage":  # every attempt's usage counts
+                    self.usage = event.usage if self.usage is None else self.usage + event.usage
+                elif event.type == "done":
                     self.result = self._merged(event.result)
                     continue
                 yield event
-
-    cached = False
 
     async def final(self) -> ChatResult:
         if self.result is None:
@@ -159,7 +153,7 @@ class PrefixContinuation:
         return ChatResult(
             content=self.content, reasoning_content=self.reasoning or tail.reasoning_content,
             tool_calls=tail.tool_calls, finish_reason=tail.finish_reason,
-            usage=self.usage or tail.usage, id=tail.id, model=tail.model, created=tail.created,
+            usage=self.usage, id=tail.id, model=tail.model, created=tail.created,
             system_fingerprint=tail.system_fingerprint, resumes=self.resumes + 1,
         )  # fmt: skip
 
