@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
-from dskit.client._base import ClientBase
+from dskit.client._base import ClientBase, httpx_timeout
 from dskit.client._core import (
     ChatParams,
     HTTPRequest,
     Messages,
+    Timeouts,
     chat_body,
     fim_request,
     get_request,
 )
 from dskit.client._driver import CallDriver, StreamDriver
 from dskit.client._streams import AsyncEventStream
-from dskit.client._sync import _timeout
 from dskit.client._types import Balance, ChatResult, FimResult, ModelInfo, StreamEvent
 
 if TYPE_CHECKING:
     import httpx2
-
-
-Timeouts = tuple[float | None, float | None]
 
 
 class AsyncHTTP(Protocol):
@@ -50,7 +48,7 @@ class HttpxIO:
             request.url,
             headers=request.headers,
             content=request.content,
-            timeout=_timeout(timeouts),
+            timeout=httpx_timeout(timeouts),
         )
 
     async def aclose(self) -> None:
@@ -68,17 +66,26 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
     ...     result = await client.chat("Hello")
     """
 
-    def _http_client(self, module: ModuleType, **options: Any) -> AsyncHTTP:
+    def _http_client(
+        self,
+        *,
+        http2: bool,
+        transport: httpx2.AsyncBaseTransport | None,
+        verify: ssl.SSLContext | bool,
+    ) -> AsyncHTTP:
         from dskit.client import _h1
 
-        if _h1.usable(http2=options["http2"], transport=options["transport"]):
-            limits = options["limits"]
+        if _h1.usable(http2=http2, transport=transport):
+            limits = self._core.limits
             return _h1.H1Pool(
-                verify=options["verify"],
+                verify=verify,
                 max_connections=limits.max_connections,
                 max_keepalive=limits.max_keepalive_connections,
             )
-        return HttpxIO(module.AsyncClient(**options))
+        import httpx2
+
+        options = self._httpx_options(http2=http2, transport=transport, verify=verify)
+        return HttpxIO(httpx2.AsyncClient(**options))
 
     async def chat(self, messages: Messages, **params: Unpack[ChatParams]) -> ChatResult:
         """Send a conversation and return the whole answer (streamed underneath)."""

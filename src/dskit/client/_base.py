@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from types import ModuleType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dskit.client._config import Clock, Limits, Pace, RetryPolicy, Timeout
-from dskit.client._core import ClientCore
+from dskit.client._core import ClientCore, Timeouts
+
+if TYPE_CHECKING:
+    import httpx2
 
 HttpT = TypeVar("HttpT")
 TransportT = TypeVar("TransportT")
 
 
 class ClientBase(Generic[HttpT, TransportT]):
-    """Settings with env fallback, one pooled httpx2 client, a repr without the key.
+    """Settings with env fallback, one connection pool, a repr without the key.
 
     `verify`: True (the system's trust store), False (no TLS verification), or an
     `ssl.SSLContext`, e.g. `ssl.create_default_context(cafile=...)` for a proxy's CA.
 
-    Subclasses say which httpx2 client they drive (sync or async) in `_http_client`.
+    Subclasses say what they send through (an httpx2 client, dskit's own pool) in
+    `_http_client`.
     """
 
     def __init__(
@@ -42,23 +45,30 @@ class ClientBase(Generic[HttpT, TransportT]):
         self._core = ClientCore.create(
             api_key, base_url, timeout, retry, max_resumes, pace, default_headers, clock, limits
         )
+        self._http: HttpT = self._http_client(http2=http2, transport=transport, verify=verify)
+
+    def _http_client(
+        self, *, http2: bool, transport: TransportT | None, verify: ssl.SSLContext | bool
+    ) -> HttpT:
+        raise NotImplementedError
+
+    def _httpx_options(
+        self, *, http2: bool, transport: TransportT | None, verify: ssl.SSLContext | bool
+    ) -> dict[str, Any]:
+        """The settings of an httpx2 client, sync or async: the pool's limits, no redirects."""
         import httpx2
 
-        pool = httpx2.Limits(
-            max_connections=self._core.limits.max_connections,
-            max_keepalive_connections=self._core.limits.max_keepalive_connections,
-        )
-        self._http: HttpT = self._http_client(
-            httpx2,
-            http2=http2,
-            transport=transport,
-            limits=pool,
-            verify=verify,
-            follow_redirects=False,
-        )
-
-    def _http_client(self, module: ModuleType, **options: Any) -> HttpT:
-        raise NotImplementedError
+        limits = self._core.limits
+        return {
+            "http2": http2,
+            "transport": transport,
+            "verify": verify,
+            "follow_redirects": False,
+            "limits": httpx2.Limits(
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+            ),
+        }
 
     def __repr__(self) -> str:
         return self._core.describe(type(self).__name__)
@@ -66,3 +76,11 @@ class ClientBase(Generic[HttpT, TransportT]):
     @property
     def base_url(self) -> str:
         return self._core.base_url
+
+
+def httpx_timeout(timeouts: Timeouts) -> httpx2.Timeout:
+    """A driver's (connect, read) as httpx2 takes it: writes and pool waits get `connect`."""
+    import httpx2
+
+    connect, read = timeouts
+    return httpx2.Timeout(connect=connect, read=read, write=connect, pool=connect)

@@ -83,6 +83,9 @@ class ChatParams(TypedDict, total=False):
     pace: Pace | None
 
 
+Timeouts = tuple[float | None, float | None]  # (connect, read) for one request
+
+
 @dataclass(frozen=True, slots=True)
 class HTTPRequest:
     """One request for a shell to send."""

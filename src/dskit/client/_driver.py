@@ -22,7 +22,14 @@ import orjson
 from dskit._validate import is_reasoner
 from dskit.client._accumulate import Accumulator
 from dskit.client._config import Pace
-from dskit.client._core import CallOptions, ClientCore, HTTPRequest, encode, error_from_status
+from dskit.client._core import (
+    CallOptions,
+    ClientCore,
+    HTTPRequest,
+    Timeouts,
+    encode,
+    error_from_status,
+)
 from dskit.client._core import transport_error as to_api_error
 from dskit.client._errors import (
     APIConnectionError,
@@ -94,7 +101,7 @@ class Attempts:
         logger.warning("retry %d in %.2fs after: %s", self.retries, delay, error)
         return delay
 
-    def http_timeouts(self, *, idle: float | None = None) -> tuple[float | None, float | None]:
+    def http_timeouts(self, *, idle: float | None = None) -> Timeouts:
         """(connect, read) for the next request, bounded by what is left of the deadline."""
         timeout = self.options.timeout
         read = _least(timeout.read, idle)
@@ -172,7 +179,7 @@ class StreamDriver:
             body["max_tokens"] = max(1, body["max_tokens"] - self.acc.pieces)
         return body
 
-    def http_timeouts(self) -> tuple[float | None, float | None]:
+    def http_timeouts(self) -> Timeouts:
         return self.attempts.http_timeouts(idle=self.options.timeout.idle)
 
     # ---- responses -----------------------------------------------------------------
@@ -319,7 +326,7 @@ class CallDriver:
     def request(self) -> HTTPRequest:
         return self._request
 
-    def http_timeouts(self) -> tuple[float | None, float | None]:
+    def http_timeouts(self) -> Timeouts:
         return self.attempts.http_timeouts()
 
     def handle(self, status: int, headers: Mapping[str, str], body: bytes) -> Any:

@@ -28,14 +28,13 @@ from urllib.parse import urlsplit
 import httptools
 import httpx2
 
-from dskit.client._core import HTTPRequest
+from dskit.client._core import HTTPRequest, Timeouts
 
 HIGH_WATER = 1 << 18  # body bytes buffered before the socket stops being read
 KEEPALIVE_EXPIRY = 4.0  # seconds an idle connection is kept (servers often close at 5)
 ACCEPT_ENCODING = "gzip, deflate"  # exactly what `_decoder` undoes
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
-Timeouts = tuple[float | None, float | None]  # (connect, read), as the drivers give them
 Origin = tuple[str, str, int]  # scheme, host, port
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Generator, Iterator
-from types import ModuleType, TracebackType
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
-from dskit.client._base import ClientBase
+from dskit.client._base import ClientBase, httpx_timeout
 from dskit.client._core import (
     ChatParams,
     HTTPRequest,
     Messages,
+    Timeouts,
     chat_body,
     fim_request,
     get_request,
@@ -30,9 +33,12 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
     >>> client.chat("Hello").content
     """
 
-    def _http_client(self, module: ModuleType, **options: Any) -> httpx2.Client:
-        client: httpx2.Client = module.Client(**options)
-        return client
+    def _http_client(
+        self, *, http2: bool, transport: httpx2.BaseTransport | None, verify: ssl.SSLContext | bool
+    ) -> httpx2.Client:
+        import httpx2
+
+        return httpx2.Client(**self._httpx_options(http2=http2, transport=transport, verify=verify))
 
     # ---- chat ------------------------------------------------------------------------
 
@@ -64,14 +70,9 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
         driver = CallDriver(self._core, request, self._core.options({}))
         while True:
             try:
-                response = self._http.request(
-                    request.method,
-                    request.url,
-                    headers=request.headers,
-                    content=request.content,
-                    timeout=_timeout(driver.http_timeouts()),
-                )
-                return driver.handle(response.status_code, response.headers, response.content)
+                with _stream(self._http, request, driver.http_timeouts()) as response:
+                    body = response.read()
+                return driver.handle(response.status_code, response.headers, body)
             except Exception as exc:  # every failure goes through one retry decision
                 self._core.clock.sleep(driver.recover(exc))
 
@@ -92,11 +93,17 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
         self.close()
 
 
-def _timeout(pair: tuple[float | None, float | None]) -> Any:
-    import httpx2
-
-    connect, read = pair
-    return httpx2.Timeout(connect=connect, read=read, write=connect, pool=connect)
+def _stream(
+    http: httpx2.Client, request: HTTPRequest, timeouts: Timeouts
+) -> AbstractContextManager[httpx2.Response]:
+    """`with _stream(...) as response`: the shape `AsyncHTTP.stream` has in the async shell."""
+    return http.stream(
+        request.method,
+        request.url,
+        headers=request.headers,
+        content=request.content,
+        timeout=httpx_timeout(timeouts),
+    )
 
 
 class Stream(EventStream[StreamEvent]):
@@ -135,14 +142,7 @@ class Stream(EventStream[StreamEvent]):
         clock = driver.core.clock
         while not driver.done:
             try:
-                request = driver.request()
-                with self._http.stream(
-                    request.method,
-                    request.url,
-                    headers=request.headers,
-                    content=request.content,
-                    timeout=_timeout(driver.http_timeouts()),
-                ) as response:
+                with _stream(self._http, driver.request(), driver.http_timeouts()) as response:
                     if not driver.start(response.status_code, response.headers):
                         driver.fail(response.status_code, response.headers, response.read())
                     for data in response.iter_bytes():
