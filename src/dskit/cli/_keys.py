@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import closing
 
 import click
 
@@ -24,13 +25,11 @@ def create(principal: str, keys_db: str | None) -> None:
     from dskit.client._errors import ValidationError
     from dskit.gateway import KeyStore
 
-    store = KeyStore(keys_db)
-    try:
-        key, info = store.create(principal)
-    except ValidationError as exc:
-        raise click.BadParameter(str(exc), param_hint="--principal") from None
-    finally:
-        store.close()
+    with closing(KeyStore(keys_db)) as store:
+        try:
+            key, info = store.create(principal)
+        except ValidationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--principal") from None
     click.echo(key)
     click.echo(f"key id {info.key_id} for principal {info.principal} (shown once)", err=True)
 
@@ -41,11 +40,8 @@ def list_keys(keys_db: str | None) -> None:
     """List keys by id and principal (never the keys themselves)."""
     from dskit.gateway import KeyStore
 
-    store = KeyStore(keys_db)
-    try:
+    with closing(KeyStore(keys_db)) as store:
         infos = store.list_keys()
-    finally:
-        store.close()
     for info in infos:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
         state = "revoked" if info.revoked else "active"
@@ -59,11 +55,8 @@ def revoke(key_id: str, keys_db: str | None) -> None:
     """Revoke a key by its id (as `dskit keys list` shows it)."""
     from dskit.gateway import KeyStore
 
-    store = KeyStore(keys_db)
-    try:
+    with closing(KeyStore(keys_db)) as store:
         done = store.revoke(key_id)
-    finally:
-        store.close()
     if not done:
         raise click.ClickException(f"no active key with id {key_id!r}")
     click.echo(f"revoked {key_id}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 import click
+
+from dskit.cli._keys import KEYS_DB
 
 if TYPE_CHECKING:
     from dskit.gateway import GatewaySettings
@@ -33,9 +36,7 @@ simulator; the log and the web page say so. See docs/gateway.md.
 @click.option(
     "--store", default=None, help="Session store: a path, sqlite:///path, memory, redis://..."
 )
-@click.option(
-    "--keys-db", default=None, help="SQLite file of gateway keys (default: beside the store)."
-)
+@KEYS_DB
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -103,12 +104,9 @@ def _check_bind(settings: GatewaySettings) -> None:
 
     if settings.loopback_only or settings.allow_insecure_bind:
         return
-    keys = KeyStore(settings.keys_path)
-    try:
+    with closing(KeyStore(settings.keys_path)) as keys:
         if keys.has_keys():
             return
-    finally:
-        keys.close()
     raise click.UsageError(
         f"refusing to listen on {settings.host} without authentication: create a key with "
         "`dskit keys create --principal NAME` first, or pass --allow-insecure-bind"
