@@ -12,8 +12,8 @@ from tests.gateway.conftest import gateway_factory  # noqa: F401  (a fixture, sh
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-async def log(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStreamLog]:
+async def _instance_log(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStreamLog]:
+    """One instance's view of the test's log, on its own connection."""
     stream_log = RedisStreamLog(
         connect(redis_url), RedisLogSettings(namespace=redis_prefix, lease_ttl=0.6)
     )
@@ -21,11 +21,5 @@ async def log(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStreamLog
     await stream_log.aclose()
 
 
-@pytest.fixture
-async def other_log(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStreamLog]:
-    """A second instance's view of the same log (its own connection)."""
-    stream_log = RedisStreamLog(
-        connect(redis_url), RedisLogSettings(namespace=redis_prefix, lease_ttl=0.6)
-    )
-    yield stream_log
-    await stream_log.aclose()
+log = pytest.fixture(_instance_log, name="log")
+other_log = pytest.fixture(_instance_log, name="other_log")  # a second instance, same log
