@@ -34,6 +34,16 @@ class FakeClock:
 SETTINGS = BreakerSettings(failure_threshold=3, window=10.0, cooldown=5.0, half_open_probes=1)
 
 
+def half_open() -> tuple[FakeClock, CircuitBreaker]:
+    """A breaker opened by enough failures, its cool-down just over."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("a", SETTINGS, clock)
+    for _ in range(SETTINGS.failure_threshold):
+        breaker.failure()
+    clock.now += SETTINGS.cooldown
+    return clock, breaker
+
+
 def test_opens_after_threshold_within_window_only() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker("a", SETTINGS, clock)
@@ -50,11 +60,7 @@ def test_opens_after_threshold_within_window_only() -> None:
 
 
 def test_half_open_probe_closes_on_success_and_reopens_on_failure() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker("a", SETTINGS, clock)
-    for _ in range(3):
-        breaker.failure()
-    clock.now += 5.0
+    clock, breaker = half_open()
     assert breaker.state == "half_open"
     assert breaker.allow(), "one probe goes through"
     assert not breaker.allow(), "a second one waits for the first"
@@ -67,12 +73,9 @@ def test_half_open_probe_closes_on_success_and_reopens_on_failure() -> None:
 
 
 def test_a_probe_that_never_reports_frees_its_slot() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker("a", SETTINGS, clock)
-    for _ in range(3):
-        breaker.failure()
-    clock.now += 5.0
+    clock, breaker = half_open()
     assert breaker.allow()
+    assert not breaker.allow(), "the probe holds its slot"
     clock.now += 5.1
     assert breaker.allow()
 
