@@ -36,7 +36,8 @@ async def unbroken(sim: Any) -> str:
 
 
 async def dead_writer(log: RedisStreamLog, sim: Any, pieces: int) -> str:
-    """An instance that logs `pieces` content events, then freezes for good."""
+    """An instance that logs `pieces` content events, then dies (its log closes unfinished,
+    its lease left to lapse)."""
     answer_id = uuid.uuid4().hex
     job = TakeoverJob(
         "s1", "deepseek-chat", MESSAGES, {"temperature": 0.0}, {"x-sim-token-ms": "0"}
@@ -50,8 +51,7 @@ async def dead_writer(log: RedisStreamLog, sim: Any, pieces: int) -> str:
                 if event.type == "content" and logged < pieces:
                     await log.append(answer_id, "content", orjson.dumps({"text": event.text}))
                     logged += 1
-    log._renewers[answer_id].cancel()  # the process is gone: nobody renews its lease
-    log._held.clear()
+    await log.aclose()  # the process is gone: nobody renews or releases its lease
     return answer_id
 
 
@@ -100,7 +100,7 @@ async def test_orphan_is_continued_into_the_unbroken_answer(
         await loop.stop()
         await beta.aclose()
     assert adopted == [answer_id]
-    piece = await log.read(answer_id)
+    piece = await other_log.read(answer_id)
     assert piece.finished
     assert [e.seq for e in piece.entries] == list(range(1, len(piece.entries) + 1))
     assert content_of(piece.entries) == expected
