@@ -103,6 +103,15 @@ def check_temperature(value: float, name: str = "temperature") -> float:
     return value
 
 
+def parse_temperature(text: str, name: str = "temperature") -> float:
+    """A temperature typed as text (an env var, a slash command), parsed and checked."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+    return check_temperature(value, name)
+
+
 def _check_value(path: Path, key: str, value: Any) -> Any:
     if key not in _TYPES:
         known = ", ".join(f.name for f in fields(Settings))
@@ -153,12 +162,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> Settings:
         if environ.get(var):
             values[key] = environ[var]
     if "temperature" in values:
-        try:
-            values["temperature"] = float(values["temperature"])
-        except ValueError:
-            bad = values["temperature"]
-            raise ConfigError(f"DSKIT_TEMPERATURE must be a number, got {bad!r}") from None
-        check_temperature(values["temperature"], "DSKIT_TEMPERATURE")
+        values["temperature"] = parse_temperature(values["temperature"], "DSKIT_TEMPERATURE")
     return Settings(**values)
 
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 from dskit.cli._chat import ChatState
 from dskit.cli._pricing import estimate_cost, format_cost
 from dskit.cli._sessions import resolve, to_markdown, when
-from dskit.client._errors import DSKitError, ValidationError
+from dskit.client._errors import DSKitError
 from dskit.client._types import Usage
-from dskit.config import check_temperature
+from dskit.config import parse_temperature
 from dskit.store._model import SessionConflictError
 
 if TYPE_CHECKING:
@@ -86,19 +86,9 @@ def cmd_model(state: ChatState, arg: str) -> None:
     state.say(f"Model: {state.current_model} ({_saved_where(state)})")
 
 
-def _temperature(arg: str) -> float | None:
-    if arg == "default":
-        return None
-    try:
-        value = float(arg)
-    except ValueError:
-        raise ValidationError(f"temperature must be a number, got {arg!r}") from None
-    return check_temperature(value)
-
-
 def cmd_temperature(state: ChatState, arg: str) -> None:
     if arg:
-        value = _temperature(arg)
+        value = None if arg == "default" else parse_temperature(arg)
         if state.session is not None:
             state.session.configure(params={"temperature": value})
         else:
