@@ -165,3 +165,35 @@ def test_settings_from_env_coerce_types_and_flags_win(monkeypatch: pytest.Monkey
     assert (settings.port, settings.allow_insecure_bind) == (9001, True)
     assert settings.heartbeat_seconds == 2.5 and settings.rate_limit is None
     assert settings.log_format == "text"  # the flag wins over the environment
+
+
+class BrokenLimiter:
+    """A rate limiter with a bug in it: what an unexpected exception looks like."""
+
+    async def acquire(self, key: str, cost: float = 1.0) -> float:
+        raise RuntimeError("limiter bug")
+
+
+def test_unexpected_errors_are_500s_logged_with_their_traceback(
+    sim: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dskit.gateway import GatewaySettings
+
+    settings = GatewaySettings(
+        upstream=sim.base_url, api_key="sk-upstream-000000", store="memory",
+        keys_path=str(tmp_path / "keys.sqlite3"),
+    )  # fmt: skip
+    server = GatewayServer(settings, limiter=BrokenLimiter()).start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="dskit.gateway"), server.client() as http:
+            relayed = http.post("/v1/chat/completions", json=CHAT)  # the fast lane
+            routed = http.post("/v1/sessions", json={})  # a FastAPI route
+    finally:
+        server.stop()
+    for response in (relayed, routed):
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error"
+    logged = {r.getMessage(): r for r in caplog.records if r.name == "dskit.gateway"}
+    for path in ("/v1/chat/completions", "/v1/sessions"):
+        record = logged[f"unexpected error on {path}"]
+        assert record.exc_info is not None and "limiter bug" in str(record.exc_info[1])

@@ -23,7 +23,7 @@ import orjson
 
 from dskit.client._types import ChatResult, StreamEvent
 from dskit.gateway._breaker import AllUpstreamsDownError
-from dskit.gateway._errors import from_exception
+from dskit.gateway._errors import logged_error
 from dskit.gateway._redis_log import LeaseLostError, RedisStreamLog
 from dskit.gateway._scale import AnswerSource, CacheRequest, ReplaySource, UpstreamSource
 from dskit.gateway._takeover import (
@@ -303,7 +303,7 @@ class AnswerRunner:
         if partial.content or partial.reasoning_content or partial.tool_calls:
             with contextlib.suppress(Exception):
                 await self._save(job, partial, incomplete=True)
-        error = from_exception(exc) if not cancelled else None
+        error = logged_error(exc, f"answer {job.answer_id}") if not cancelled else None
         payload = (
             {"message": "the answer was cancelled", "type": "cancelled", "code": "cancelled",
              "status": 499}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -17,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dskit._version import __version__
 from dskit.gateway._deps import COOKIE, GatewayDep
-from dskit.gateway._errors import GatewayError, error_response, from_exception, validation_error
+from dskit.gateway._errors import GatewayError, error_response, logged_error, validation_error
 from dskit.gateway._middleware import GatewayMiddleware
 from dskit.gateway._ratelimit import RateLimiter
 from dskit.gateway._routes_openai import FastChatCompletions
@@ -34,7 +33,6 @@ ERROR_STATUSES = (400, 401, 404, 409, 413, 422, 429, 502, 503, 504)
 ERROR_DOC: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": "An error"} for status in ERROR_STATUSES
 }
-logger = logging.getLogger("dskit.gateway")
 STATIC = resources.files("dskit.gateway") / "static"
 
 
@@ -107,10 +105,7 @@ class FastLane:
 
 def _install_handlers(app: FastAPI, gw: Gateway) -> None:
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        error = from_exception(exc)
-        if error.status == 500 and not isinstance(exc, GatewayError):
-            logger.error("unexpected error on %s", request.url.path, exc_info=exc)
-        return error_response(error)
+        return error_response(logged_error(exc, request.url.path))
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

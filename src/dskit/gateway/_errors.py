@@ -9,6 +9,7 @@ so the caller sees 502, not 401.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from dskit.client._errors import (
     ValidationError,
     redact,
 )
+
+logger = logging.getLogger("dskit.gateway")
 
 
 @dataclass(slots=True)
@@ -120,6 +123,14 @@ def from_exception(exc: BaseException) -> GatewayError:
     if isinstance(exc, APIConnectionError | APIError):
         return GatewayError(502, f"upstream: {exc}", "upstream_error", code="upstream_error")
     return _unavailable(exc) or _store_error(exc)
+
+
+def logged_error(exc: BaseException, where: str) -> GatewayError:
+    """`from_exception`, and an unexpected exception (a 500) logged with its traceback."""
+    error = from_exception(exc)
+    if error.status == 500 and not isinstance(exc, GatewayError):
+        logger.error("unexpected error on %s", where, exc_info=exc)
+    return error
 
 
 def _unavailable(exc: BaseException) -> GatewayError | None:

@@ -22,7 +22,7 @@ from dskit._validate import USER_ID
 from dskit.client._async import AsyncStream
 from dskit.client._core import API_PARAMS
 from dskit.client._types import ChatResult, StreamEvent, Usage
-from dskit.gateway._errors import GatewayError, from_exception
+from dskit.gateway._errors import GatewayError, logged_error
 from dskit.gateway._metrics import Metrics
 from dskit.gateway._schemas import ChatCompletionRequest
 
@@ -109,10 +109,6 @@ class ChunkEncoder:
         tail = {"choices": [choice], "usage": usage.to_dict() if usage else None}
         return self._head + b"," + orjson.dumps(tail)[1:] + b"\n\n"
 
-    @staticmethod
-    def error(exc: BaseException) -> bytes:
-        return b"data: " + from_exception(exc).encode() + b"\n\n"
-
 
 def encode_event(encoder: ChunkEncoder, event: StreamEvent) -> bytes | None:
     """The wire bytes for one client event (None: nothing to send)."""
@@ -177,8 +173,9 @@ class Relay:
                     out.clear()
                 event = await anext(stream, None)
         except Exception as exc:  # after the headers: the error travels as an event
-            metrics.errors.labels(from_exception(exc).kind).inc()
-            out.append(self.encoder.error(exc))
+            error = logged_error(exc, "a relayed stream")
+            metrics.errors.labels(error.kind).inc()
+            out.append(b"data: " + error.encode() + b"\n\n")
             yield b"".join(out)
         finally:
             metrics.active_streams.dec()

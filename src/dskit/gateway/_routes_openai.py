@@ -24,7 +24,13 @@ from dskit.gateway._deps import (
     take_token,
     upstream_headers,
 )  # fmt: skip
-from dskit.gateway._errors import GatewayError, error_response, from_exception, validation_error
+from dskit.gateway._errors import (
+    GatewayError,
+    error_response,
+    from_exception,
+    logged_error,
+    validation_error,
+)
 from dskit.gateway._middleware import BodyTooLarge
 from dskit.gateway._relay import Relay, client_params, completion_body
 from dskit.gateway._response import EventStreamResponse
@@ -132,7 +138,7 @@ class FastChatCompletions:
         except BodyTooLarge:
             raise
         except Exception as exc:  # every failure answers in the one error shape
-            response = error_response(from_exception(exc))
+            response = error_response(logged_error(exc, self.path))
         await response(scope, receive, send)
 
     async def _handle(self, request: Request) -> Response:
