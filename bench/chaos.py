@@ -186,7 +186,8 @@ def one_stream(
         if answer_id is None:
             return  # never started: not a stream (the POST was refused or lost)
         while not ended:
-            tally.reconnects += 1
+            with tally.lock:  # workers count concurrently: += alone may lose counts
+                tally.reconnects += 1
             ended = _resume(http, live(instances, rng), session, answer_id, events)
         _judge(http, instances, rng, session, question, events, began, tally, expected)
 
