@@ -109,7 +109,7 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
         return FimResult.from_dict(await self._call(request))
 
     async def _call(self, request: HTTPRequest) -> Any:
-        driver = CallDriver(self._core, request, self._core.options({}))
+        driver = CallDriver(self._core, self._core.options({}))
         while True:
             try:
                 async with self._http.stream(request, driver.http_timeouts()) as response:

@@ -147,7 +147,6 @@ class StreamDriver:
         self.resumes = 0
         self.done = False
         self.request_id: str | None = None
-        self.status = 0
         self._decoder = self._new_decoder()
         self._saw_done = False
         self._last_data = self.attempts.started
@@ -187,7 +186,6 @@ class StreamDriver:
     def start(self, status: int, headers: Mapping[str, str]) -> bool:
         """Record a response's head; False when the shell must read the error body."""
         self.request_id = headers.get("x-ds-trace-id") or self.request_id
-        self.status = status
         logger.debug("POST status=%d request=%s", status, self.request_id)
         return status < 400
 
@@ -318,13 +316,9 @@ class StreamDriver:
 class CallDriver:
     """A plain JSON request (models, balance, FIM) with retries."""
 
-    def __init__(self, core: ClientCore, request: HTTPRequest, options: CallOptions) -> None:
+    def __init__(self, core: ClientCore, options: CallOptions) -> None:
         self.core = core
-        self._request = request
         self.attempts = Attempts(core, options)
-
-    def request(self) -> HTTPRequest:
-        return self._request
 
     def http_timeouts(self) -> Timeouts:
         return self.attempts.http_timeouts()

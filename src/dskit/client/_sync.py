@@ -67,7 +67,7 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
         return FimResult.from_dict(self._call(request))
 
     def _call(self, request: HTTPRequest) -> Any:
-        driver = CallDriver(self._core, request, self._core.options({}))
+        driver = CallDriver(self._core, self._core.options({}))
         while True:
             try:
                 with _stream(self._http, request, driver.http_timeouts()) as response:
