@@ -148,8 +148,13 @@ class ChunkEncoder:
         )
         usage_null = b',"usage":null' if include_usage else b""
         self._tail = self.CHOICE_REST + b"null}]%s}\n\n" % usage_null
-        self._content_end = b',"reasoning_content":null}' if reasoner else b"}"
         self.reasoner = reasoner
+        # per piece only the piece is encoded: everything around it is joined here, once
+        content_end = b',"reasoning_content":null}' if reasoner else b"}"
+        self._content_open = self._head + b'{"content":'
+        self._content_close = content_end + self._tail
+        self._reasoning_open = self._head + b'{"content":null,"reasoning_content":'
+        self._reasoning_close = b"}" + self._tail
 
     def delta(self, delta: Mapping[str, Any]) -> bytes:
         return self._head + _dumps(delta) + self._tail
@@ -160,11 +165,10 @@ class ChunkEncoder:
         return self.delta({"role": "assistant", "content": ""})
 
     def content(self, piece: str) -> bytes:
-        return self._head + b'{"content":' + _dumps(piece) + self._content_end + self._tail
+        return self._content_open + _dumps(piece) + self._content_close
 
     def reasoning(self, piece: str) -> bytes:
-        delta = b'{"content":null,"reasoning_content":' + _dumps(piece) + b"}"
-        return self._head + delta + self._tail
+        return self._reasoning_open + _dumps(piece) + self._reasoning_close
 
     def tool_calls(self, call: PlannedCall, index: int) -> list[bytes]:
         events = [self.delta({"tool_calls": [_tool_call(call, index, False)]})]
