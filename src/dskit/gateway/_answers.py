@@ -252,7 +252,7 @@ class AnswerRunner:
         await log.release(job.answer_id, self.worker)
         logger.info("answer %s %s", job.answer_id, status)
         if job.callback_url:
-            await self.gw.send_callback(job.callback_url, job.answer_id)
+            await self.gw.send_callback(job.callback_url, job.answer_id, job.record.id)
 
     async def _hand_over(self, job: AnswerJob, source: AnswerSource | None) -> None:
         with contextlib.suppress(Exception):

@@ -39,6 +39,7 @@ from dskit.gateway._schemas import (
     SessionList,
 )
 from dskit.gateway._state import Gateway
+from dskit.gateway._streamlog import AnswerInfo
 from dskit.gateway._views import (
     answer_result,
     detail,
@@ -168,11 +169,13 @@ def _sse(gw: Gateway, answer_id: str, after: int) -> EventStreamResponse:
     return EventStreamResponse(body, {"X-Answer-Id": answer_id})
 
 
-async def _answer_of(gw: Gateway, who: str, session_id: str, answer_id: str) -> None:
+async def _answer_of(gw: Gateway, who: str, session_id: str, answer_id: str) -> AnswerInfo:
+    """The answer, if it is of this session and the caller owns the session; else 404."""
     check_owner(gw, who, session_id)
     info = await gw.log.info(answer_id)
     if info is None or info.session_id != session_id:
         raise not_found("answer")
+    return info
 
 
 def _cursor(gw: Gateway, answer_id: str, last_event_id: str | None, after: int | None) -> int:
@@ -231,12 +234,10 @@ async def get_answer(
     session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: Principal
 ) -> AnswerResult:
     """A finished answer's result (409 while it is still being generated)."""
-    await _answer_of(gw, who, session_id, answer_id)
-    info = await gw.log.info(answer_id)
-    if info is not None and not info.finished:
+    if not (await _answer_of(gw, who, session_id, answer_id)).finished:
         raise GatewayError(409, "the answer is still being generated", "conflict_error",
                            code="answer_in_progress")  # fmt: skip
-    return await answer_result(gw.log, answer_id)
+    return await answer_result(gw.log, answer_id, session_id)
 
 
 async def _cancel(gw: Gateway, answer_id: str) -> dict[str, Any]:

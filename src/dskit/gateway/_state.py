@@ -204,11 +204,11 @@ class Gateway:
         await self.store.aclose()
         self.keys.close()
 
-    async def send_callback(self, url: str, answer_id: str) -> None:
+    async def send_callback(self, url: str, answer_id: str, session_id: str) -> None:
         """POST the finished answer (as the log's last event tells it) to `url`."""
         from dskit.gateway._views import answer_result
 
-        result = await answer_result(self.log, answer_id)
+        result = await answer_result(self.log, answer_id, session_id)
         await self.callbacks.deliver(url, orjson.dumps(result.model_dump(mode="json")))
 
     def info(self) -> dict[str, Any]:

@@ -101,12 +101,10 @@ def event_page(answer_id: str, entries: list[LogEntry], finished: bool, after: i
     return EventPage(answer_id=answer_id, events=events, finished=finished, next_after=next_after)
 
 
-async def answer_result(log: StreamLog, answer_id: str) -> AnswerResult:
+async def answer_result(log: StreamLog, answer_id: str, session_id: str) -> AnswerResult:
     """A finished answer's result, from its last logged event."""
-    info = await log.info(answer_id)
     page = await log.read(answer_id, 0)
-    last = page.entries[-1] if page.entries else None
-    return result_from(answer_id, info.session_id if info else "", last)
+    return result_from(answer_id, session_id, page.entries[-1] if page.entries else None)
 
 
 def result_from(answer_id: str, session_id: str, last: LogEntry | None) -> AnswerResult:
