@@ -103,7 +103,7 @@ def _takeover_job(record: SessionRecord, headers: Mapping[str, str], callback: s
 class Opened:
     """Where an answer comes from, and what it is cached under once it ends well."""
 
-    source: UpstreamSource | ReplaySource
+    source: AnswerSource
     key: CacheRequest | None  # None: not to be stored (no cache, or it came from there)
     lookup: str | None  # the cache lookup's result; None: the request skips the cache
 
@@ -142,7 +142,6 @@ class AnswerRunner:
         self.worker = uuid.uuid4().hex
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._handing_over = False
-        self._cache_key: dict[str, CacheRequest | None] = {}
 
     async def start(
         self, record: SessionRecord, headers: Mapping[str, str], callback_url: str | None
@@ -209,23 +208,24 @@ class AnswerRunner:
 
     async def _continuation(
         self, taken: TakeoverJob, partial: Any, record: SessionRecord
-    ) -> AnswerSource:
+    ) -> Opened:
         saved = saved_answer(taken, record.messages, partial)
         if saved is not None:  # its instance saved it, then died before logging `done`
-            return RemainderSource(saved, partial)
+            return Opened(RemainderSource(saved, partial), None, None)
         if partial.has_tool_calls:
             raise RuntimeError("the instance died inside a tool call; it cannot be continued")
         assert self.gw.beta is not None
         resumes = self.gw.settings.upstream_max_resumes
-        return PrefixContinuation(self.gw.beta, taken, partial, resumes)
+        return Opened(PrefixContinuation(self.gw.beta, taken, partial, resumes), None, None)
 
-    async def _produce(self, job: AnswerJob, opener: Callable[[], Awaitable[AnswerSource]]) -> None:
+    async def _produce(self, job: AnswerJob, opener: Callable[[], Awaitable[Opened]]) -> None:
         gw = self.gw
         gw.metrics.active_generations.inc()
         status, source = "completed", None
         try:
-            source = await opener()
-            await self._generate(job, source)
+            opened = await opener()
+            source = opened.source
+            await self._generate(job, source, opened.key)
         except asyncio.CancelledError:
             if self._handing_over:  # shutting down: another instance continues it
                 await self._hand_over(job, source)
@@ -240,7 +240,6 @@ class AnswerRunner:
             await self._fail(job, exc, _snapshot(source))
         finally:
             gw.metrics.active_generations.dec()
-            self._cache_key.pop(job.answer_id, None)
             if source is not None:
                 await source.aclose()
         if status != "lost":
@@ -261,14 +260,14 @@ class AnswerRunner:
             await self.gw.log.release(job.answer_id, self.worker)
         logger.info("answer %s handed over to another instance", job.answer_id)
 
-    async def _open(self, job: AnswerJob) -> AnswerSource:
+    async def _open(self, job: AnswerJob) -> Opened:
         record = job.record
         call = {"model": record.model, **record.params, "extra_headers": dict(job.extra_headers)}
-        opened = await open_answer(self.gw, upstream_messages(record), call, {})
-        self._cache_key[job.answer_id] = opened.key
-        return opened.source
+        return await open_answer(self.gw, upstream_messages(record), call, {})
 
-    async def _generate(self, job: AnswerJob, source: AnswerSource) -> None:
+    async def _generate(
+        self, job: AnswerJob, source: AnswerSource, key: CacheRequest | None
+    ) -> None:
         gw, append, answer_id = self.gw, self.gw.log.append, job.answer_id
         first = True
         async for event in source.events():
@@ -285,7 +284,7 @@ class AnswerRunner:
         result = await source.final()
         if not getattr(source, "saved", False):
             await self._save(job, result, incomplete=False)
-        await gw.cache.store(self._cache_key.pop(answer_id, None), result)
+        await gw.cache.store(key, result)
         gw.metrics.count_usage(result.usage)
         gw.metrics.latency.labels("sessions").observe(time.monotonic() - job.started)
         done = self._done_payload(result)

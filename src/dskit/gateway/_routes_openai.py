@@ -37,7 +37,7 @@ from dskit.gateway._response import EventStreamResponse
 from dskit.gateway._scale import (
     CACHE_HEADER,
     CacheRequest,
-    ReplaySource,
+    UpstreamSource,
     cached_body,
     cached_chunks,
     charge_tokens,
@@ -82,8 +82,8 @@ async def relay_response(
     except Exception as exc:
         raise _counted(gw, exc) from None
     source = opened.source
-    if isinstance(source, ReplaySource):
-        return _cached(source.result, body)
+    if not isinstance(source, UpstreamSource):  # from the cache
+        return _cached(source.snapshot(), body)
     marks = {CACHE_HEADER: opened.lookup} if opened.lookup else {}
     done = _on_done(gw, opened.key, source.upstream)
     if not body.stream:
