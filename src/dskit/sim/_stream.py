@@ -101,19 +101,21 @@ async def write_events(send: Send, shaped: Shaped, timing: Timing) -> None:
     """Write the events on their schedule; raise Abort where the stream must break."""
     budget = shaped.drop_bytes
     events = shaped.events
-    for delay, first, end in groups(len(events), shaped.tail, timing):
+    slices = groups(len(events), shaped.tail, timing)
+    last = len(slices) - 1
+    for index, (delay, first, end) in enumerate(slices):
         if delay > 0:
             await asyncio.sleep(delay)
         payload = events[first] if end - first == 1 else b"".join(events[first:end])
-        if budget is not None and len(payload) >= budget:
-            await body(send, payload[:budget])
-            raise Abort
         if budget is not None:
+            if len(payload) >= budget:
+                await body(send, payload[:budget])
+                raise Abort
             budget -= len(payload)
-        await body(send, payload)
+        # the last slice also ends the response: one write instead of a trailing empty one
+        await body(send, payload, more=index < last or shaped.abort)
     if shaped.abort:
         raise Abort
-    await body(send, b"", more=False)
 
 
 async def write_whole(send: Send, data: bytes, drop_bytes: int | None) -> None:
