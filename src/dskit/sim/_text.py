@@ -33,11 +33,9 @@ _HANZI = (
     "下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量"
     "都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各"
 )
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
-_PIECE = re.compile(
-    r"\s*(?:[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
-    r"|[A-Za-z0-9_]+|[^\sA-Za-z0-9_])|\s+"
-)
+_CJK_CLASS = r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
+_CJK = re.compile(_CJK_CLASS)
+_PIECE = re.compile(rf"\s*(?:{_CJK_CLASS}|[A-Za-z0-9_]+|[^\sA-Za-z0-9_])|\s+")
 
 
 def digest(*parts: object) -> bytes:
