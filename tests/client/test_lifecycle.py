@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx2
+import orjson
 import pytest
 
 from dskit import APIResponseError, DeepSeek, Limits
@@ -137,3 +138,25 @@ def test_an_oversized_event_ends_with_a_clear_error(sim: Any, replay_server: Any
     with DeepSeek("sk-test-000000", base_url=replay_server.url, limits=limits) as client:
         with pytest.raises(APIResponseError, match="1024"):
             client.chat("big")
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return b"data: " + orjson.dumps({"id": "r", "choices": [choice]}) + b"\n\n"
+
+
+def test_ready_says_whether_the_next_event_already_arrived(replay_server: Any) -> None:
+    """`ready` is what a relay holds its write on: True only while a data chunk of the
+    same read is still undigested; a trailing comment or [DONE] must not keep it True."""
+    replay_server.gzip = False
+    replay_server.body = (
+        _chunk({"role": "assistant", "content": "a"})
+        + _chunk({"content": "b"}, finish="stop")
+        + b": keep-alive\n\n"
+        + b"data: [DONE]\n\n"
+    )
+    with DeepSeek("sk-test-000000", base_url=replay_server.url) as client:
+        with client.stream("hi") as stream:
+            seen = [(event.type, stream.ready) for event in stream]
+    assert seen[:2] == [("content", True), ("content", False)]
+    assert seen[-1] == ("done", False)

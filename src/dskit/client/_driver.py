@@ -39,7 +39,7 @@ from dskit.client._errors import (
     APITimeoutError,
     IncompleteStreamError,
 )
-from dskit.client._sse import SSEComment, SSEDecoder, SSEError
+from dskit.client._sse import ServerSentEvent, SSEComment, SSEDecoder, SSEError
 from dskit.client._types import ChatResult, Done, KeepAlive, Resumed, Retrying, StreamEvent
 
 logger = logging.getLogger("dskit.client")
@@ -151,7 +151,7 @@ class StreamDriver:
         self._saw_done = False
         self._last_data = self.attempts.started
         self._pending: list[StreamEvent] = []
-        self.backlog = 0  # events of the last read not yet handed over
+        self.backlog = 0  # chunks of the last read not yet digested (see `feed`)
         self._pacer = _Pacer(options.pace, self._last_data) if options.pace else None
 
     # ---- requests ------------------------------------------------------------------
@@ -203,9 +203,10 @@ class StreamDriver:
         except SSEError as exc:
             raise APIResponseError(f"Invalid event stream: {exc}") from exc
         now = self.core.clock.now()
-        self.backlog = len(items)
+        # `backlog` counts the data chunks still to digest: comments and [DONE] carry no
+        # event a relay would wait for (a chunk that turns out empty costs it one late write)
+        self.backlog = sum(1 for i in items if type(i) is ServerSentEvent and i.data != "[DONE]")
         for item in items:
-            self.backlog -= 1
             if isinstance(item, SSEComment):
                 if not self.acc.has_output:
                     yield KEEP_ALIVE
@@ -214,6 +215,7 @@ class StreamDriver:
             if item.data == "[DONE]":
                 self._saw_done = True
             else:
+                self.backlog -= 1
                 yield from self.acc.add(self._parse(item.data))
         self._check_clocks(now)
 
