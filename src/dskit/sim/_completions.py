@@ -195,13 +195,15 @@ async def _whole(
 ) -> None:
     async with _watch_disconnect(request, send, active=not timing.idle) as out:
         if timing.queue <= 0 and c.drop_after_bytes is None:
-            await asyncio.sleep(delay)
+            if delay > 0:  # no latency asked: no extra turn of the event loop either
+                await asyncio.sleep(delay)
             await app.send_json(out, request, 200, data)
             return
         app.count_status(200)
         await start(out, 200, request.json_headers())
         await keep_alive(out, timing, KEEPALIVE_JSON)
-        await asyncio.sleep(delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
         await write_whole(out, data, c.drop_after_bytes)
 
 
