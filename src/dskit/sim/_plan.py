@@ -75,10 +75,11 @@ def plan_chat(body: Mapping[str, Any], config_seed: int) -> Reply:
     knobs = [body.get(k) for k in ("temperature", "top_p", "frequency_penalty", "presence_penalty")]
     seed = digest(body["model"], base, knobs, config_seed)
     chinese = is_mostly_cjk(_last_user_text(base))
+    stops = _stops(body)
     reply = _natural(body, base, seed, chinese)
-    reply.content, _ = apply_stop(reply.content, _stops(body))
+    reply.content, _ = apply_stop(reply.content, stops)
     if prefix is not None:
-        reply = _continue(reply, prefix, seed, _stops(body), chinese)
+        reply = _continue(reply, prefix, seed, stops, chinese)
     return _limit(reply, body.get("max_tokens"))
 
 
