@@ -77,7 +77,7 @@ def plan_chat(body: Mapping[str, Any], config_seed: int) -> Reply:
     chinese = is_mostly_cjk(_last_user_text(base))
     stops = _stops(body)
     reply = _natural(body, base, seed, chinese)
-    reply.content, _ = apply_stop(reply.content, stops)
+    reply.content = apply_stop(reply.content, stops)
     if prefix is not None:
         reply = _continue(reply, prefix, seed, stops, chinese)
     return _limit(reply, body.get("max_tokens"))
@@ -89,7 +89,7 @@ def plan_fim(body: Mapping[str, Any], config_seed: int) -> Reply:
     seed = digest("fim", body["model"], prompt, suffix, body.get("temperature"), config_seed)
     rng = rng_for(seed, "fim")
     pieces = generate(rng, rng.randint(10, 60), is_mostly_cjk(prompt))
-    pieces, _ = apply_stop(pieces, _stops(body))
+    pieces = apply_stop(pieces, _stops(body))
     return _limit(Reply(content=pieces), body.get("max_tokens"))
 
 
@@ -226,7 +226,7 @@ def _derived(seed: bytes, text: str, stops: list[str], chinese: bool) -> list[st
     pieces = generate(rng, rng.randint(10, 60), chinese)
     if not chinese and not text[-1:].isspace():
         pieces[0] = " " + pieces[0]
-    return apply_stop(pieces, stops)[0]
+    return apply_stop(pieces, stops)
 
 
 def _limit(reply: Reply, max_tokens: Any) -> Reply:

@@ -101,12 +101,12 @@ def cut_chars(pieces: Sequence[str], offset: int) -> list[str]:
     return out
 
 
-def apply_stop(pieces: Sequence[str], stop: Sequence[str]) -> tuple[list[str], bool]:
-    """Cut before the first occurrence of any stop string; say whether one was found."""
+def apply_stop(pieces: Sequence[str], stop: Sequence[str]) -> list[str]:
+    """The pieces before the first occurrence of any stop string (all when none occurs)."""
     text = "".join(pieces)
     hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     if not hits:
-        return list(pieces), False
+        return list(pieces)
     limit = min(hits)
     out: list[str] = []
     position = 0
@@ -115,4 +115,4 @@ def apply_stop(pieces: Sequence[str], stop: Sequence[str]) -> tuple[list[str], b
             break
         out.append(piece[: limit - position])
         position += len(piece)
-    return out, True
+    return out
