@@ -7,6 +7,7 @@ from typing import Any
 import httpx2
 
 from dskit._tokens import estimate_messages_tokens
+from tests.conftest import wait_until
 from tests.sim.sim_helpers import AUTH
 
 SYSTEM = {"role": "system", "content": "You are a careful assistant. " * 40}
@@ -70,3 +71,14 @@ def test_cache_is_a_bounded_lru(sim_factory: Any) -> None:
         usage, _ = usage_of(http, first)
         assert usage["prompt_cache_hit_tokens"] == 0  # evicted
         assert len(sim.app.cache) == 4
+
+
+def test_clear_cache_forgets_every_block(sim_factory: Any) -> None:
+    sim = sim_factory()
+    with httpx2.Client(base_url=sim.base_url, headers=AUTH) as http:
+        turn = [SYSTEM, {"role": "user", "content": "remember me"}]
+        usage_of(http, turn)
+        assert usage_of(http, turn)[0]["prompt_cache_hit_tokens"] > 0
+        sim.clear_cache()  # done on the server's loop: wait for it, then ask again
+        wait_until(lambda: len(sim.app.cache) == 0, timeout=5)
+        assert usage_of(http, turn)[0]["prompt_cache_hit_tokens"] == 0
