@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+CJK_CLASS = r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
+CJK = re.compile(CJK_CLASS)  # ideographs and full-width punctuation (the simulator's too)
 ASCII_RATE = 0.3
 CJK_RATE = 0.6
 MESSAGE_OVERHEAD = 4  # role markers and separators around each message
@@ -23,13 +24,23 @@ def estimate_tokens(text: str) -> int:
     """Estimated token count of `text` (0 for the empty string)."""
     if not text:
         return 0
-    cjk = len(_CJK.findall(text))
+    cjk = len(CJK.findall(text))
     return math.ceil(cjk * CJK_RATE + (len(text) - cjk) * ASCII_RATE)
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or a list of text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") if isinstance(p, Mapping) else p for p in content]
+        return "".join(p for p in parts if isinstance(p, str))
+    return ""
 
 
 def message_text(message: Mapping[str, Any]) -> str:
     """All the text of a message that is sent to the model, concatenated."""
-    parts = [str(message.get("content") or "")]
+    parts = [content_text(message.get("content"))]
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         parts.append(str(function.get("name") or ""))

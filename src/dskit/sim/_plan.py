@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from dskit._tokens import content_text
 from dskit._validate import is_reasoner
 from dskit.sim._schema import value_for
 from dskit.sim._text import apply_stop, cut_chars, digest, generate, is_mostly_cjk, rng_for
@@ -44,16 +45,6 @@ class Reply:
     def completion_tokens(self) -> int:
         calls = sum(1 + len(call.fragments) for call in self.calls)
         return len(self.reasoning) + len(self.content) + calls
-
-
-def text_of(content: Any) -> str:
-    """The text of a message's content (a string, or a list of text parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text") if isinstance(p, Mapping) else p for p in content]
-        return "".join(p for p in parts if isinstance(p, str))
-    return ""
 
 
 def is_prefix_message(message: Mapping[str, Any]) -> bool:
@@ -96,7 +87,7 @@ def plan_fim(body: Mapping[str, Any], config_seed: int) -> Reply:
 def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
-            return text_of(message.get("content"))
+            return content_text(message.get("content"))
     return ""
 
 
@@ -138,7 +129,7 @@ def _quote_results(base: Sequence[Mapping[str, Any]], seed: bytes, chinese: bool
     lines = []
     for result in results:
         name = names.get(str(result.get("tool_call_id")), "the tool")
-        quoted = text_of(result.get("content"))[:MAX_QUOTE]
+        quoted = content_text(result.get("content"))[:MAX_QUOTE]
         lines.append(f"{name} returned: {quoted}" if not chinese else f"{name} 返回：{quoted}")
     rng = rng_for(seed, "after-tools")
     text = ("。" if chinese else ". ").join(lines) + ("。" if chinese else ".")
@@ -205,7 +196,7 @@ def _continue(
     full: Reply, prefix: Mapping[str, Any], seed: bytes, stops: list[str], chinese: bool
 ) -> Reply:
     """Chat Prefix Completion: continue the prefix, exactly along `full` when it can."""
-    text = text_of(prefix.get("content"))
+    text = content_text(prefix.get("content"))
     thought = prefix.get("reasoning_content")
     if not text:
         if not isinstance(thought, str) or not full.reasoning:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import orjson
 
+from dskit._tokens import CJK, CJK_CLASS
+
 _WORD_TEXT = (
     "the model answer stream token context window cache prefix server client request "
     "response message system user assistant tool call result value field record simple "
@@ -33,9 +35,7 @@ _HANZI = (
     "下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量"
     "都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各"
 )
-_CJK_CLASS = r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
-_CJK = re.compile(_CJK_CLASS)
-_PIECE = re.compile(rf"\s*(?:{_CJK_CLASS}|[A-Za-z0-9_]+|[^\sA-Za-z0-9_])|\s+")
+_PIECE = re.compile(rf"\s*(?:{CJK_CLASS}|[A-Za-z0-9_]+|[^\sA-Za-z0-9_])|\s+")
 
 
 def digest(*parts: object) -> bytes:
@@ -51,7 +51,7 @@ def rng_for(seed: bytes, label: str) -> random.Random:
 
 def is_mostly_cjk(text: str) -> bool:
     letters = [c for c in text if not c.isspace()]
-    return bool(letters) and len(_CJK.findall(text)) * 2 > len(letters)
+    return bool(letters) and len(CJK.findall(text)) * 2 > len(letters)
 
 
 def split_pieces(text: str) -> list[str]:
