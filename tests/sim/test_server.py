@@ -137,3 +137,23 @@ def test_disconnect_frees_the_stream(sim_factory: Any) -> None:
             next(chunks)
             assert server.app.active == 1
         wait_until(lambda: server.app.active == 0, timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "lead"),
+    [
+        ("/chat/completions", chat_body(stream=True), 2),  # the role and the first piece
+        ("/beta/completions", {"model": "deepseek-chat", "prompt": "def f(", "stream": True}, 1),
+    ],
+)
+def test_the_first_token_carries_only_what_belongs_to_it(
+    sim_factory: Any, path: str, body: dict[str, Any], lead: int
+) -> None:
+    """With a token delay, the first write holds the role (chat only) and one piece; the
+    next piece comes a token later (FIM has no role event, so it leads with one piece)."""
+    server = sim_factory(token_ms=300)
+    with httpx2.Client(base_url=server.base_url, headers=AUTH, timeout=20) as http:
+        with http.stream("POST", path, json=body) as response:
+            assert response.status_code == 200
+            first = next(response.iter_raw())
+    assert first.count(b"data: ") == lead

@@ -41,9 +41,11 @@ class Timing:
 
 @dataclass(slots=True)
 class Shaped:
-    """The events to write, how many trailing ones need no token delay, and the break."""
+    """The events to write, how many go out together at the first token (`lead`) and
+    how many trailing ones need no token delay (`tail`), and the break."""
 
     events: list[bytes]
+    lead: int
     tail: int
     abort: bool = False
     drop_bytes: int | None = None
@@ -63,14 +65,15 @@ def shape(encoder: ChunkEncoder, events: list[bytes], controls: Controls) -> Sha
         events = events[: controls.drop_after_events]
         abort = True
     drop = controls.drop_after_bytes
-    return Shaped(events, max(0, len(events) - pieces_end), abort or drop is not None, drop)
+    tail = max(0, len(events) - pieces_end)
+    return Shaped(events, encoder.LEAD, tail, abort or drop is not None, drop)
 
 
-def groups(count: int, tail: int, timing: Timing) -> list[tuple[float, int, int]]:
+def groups(count: int, lead: int, tail: int, timing: Timing) -> list[tuple[float, int, int]]:
     """(delay, start, end) slices of the events: one per token, or one for all."""
     starts: dict[int, float] = {0: timing.ttft}
     if timing.token > 0:
-        for index in range(2, count - tail):
+        for index in range(lead, count - tail):
             starts[index] = timing.token
     stall_at = timing.stall_after
     if stall_at is not None and timing.stall > 0 and stall_at < count:
@@ -101,7 +104,7 @@ async def write_events(send: Send, shaped: Shaped, timing: Timing) -> None:
     """Write the events on their schedule; raise Abort where the stream must break."""
     budget = shaped.drop_bytes
     events = shaped.events
-    slices = groups(len(events), shaped.tail, timing)
+    slices = groups(len(events), shaped.lead, shaped.tail, timing)
     last = len(slices) - 1
     for index, (delay, first, end) in enumerate(slices):
         if delay > 0:

@@ -132,6 +132,7 @@ class ChunkEncoder:
     CHOICE_OPEN = b'"index":0,"delta":'  # before the variable part
     CHOICE_REST = b',"logprobs":null,"finish_reason":'  # after it, then the finish reason
     EMPTY = b'{"content":""}'  # the variable part of the finish chunk
+    LEAD = 2  # events sent together at the first token: the role and the first piece
 
     def __init__(self, env: Envelope, include_usage: bool, reasoner: bool = False) -> None:
         self._head = (
@@ -203,6 +204,7 @@ class TextChunkEncoder(ChunkEncoder):
     CHOICE_OPEN = b'"text":'
     CHOICE_REST = b',"index":0,"logprobs":null,"finish_reason":'
     EMPTY = b'""'
+    LEAD = 1  # no role event: the first piece alone
 
     def content(self, piece: str) -> bytes:
         return self._head + _dumps(piece) + self._tail
