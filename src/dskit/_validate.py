@@ -37,15 +37,20 @@ def is_reasoner(model: str) -> bool:
     return any(marker in lowered for marker in REASONER_MARKERS)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number (bool is not one, though Python says it is an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _range(body: Mapping[str, Any], name: str, low: float, high: float) -> Problem | None:
     value = body.get(name)
     if value is None:
         return None
-    if not _is_number(value) or not low <= value <= high:
+    if not is_number(value) or not low <= value <= high:
         return Problem(
             name,
             f"Invalid {name} value, the valid range of {name} is [{low:g}, {high:g}]",
@@ -64,9 +69,7 @@ def _check_numbers(body: Mapping[str, Any]) -> Problem | None:
         if problem := _range(body, name, low, high):
             return problem
     max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-    ):
+    if max_tokens is not None and (not is_integer(max_tokens) or max_tokens < 1):
         return Problem("max_tokens", "Invalid max_tokens value, it must be a positive integer")
     return None
 

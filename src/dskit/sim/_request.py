@@ -13,7 +13,14 @@ from typing import Any
 
 import orjson
 
-from dskit._validate import Problem, check_chat_request, check_fim_request, is_reasoner
+from dskit._validate import (
+    Problem,
+    check_chat_request,
+    check_fim_request,
+    is_integer,
+    is_number,
+    is_reasoner,
+)
 from dskit.sim._config import FIM_MAX_TOKENS, SimConfig
 from dskit.sim._plan import is_prefix_message
 
@@ -76,14 +83,6 @@ def _kind(value: Any) -> str:
     return "sequence" if isinstance(value, list) else "map"
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or check(value)
 
@@ -106,12 +105,12 @@ def _content(value: Any) -> bool:
 
 # field -> (check, expected type as the error names it)
 _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "temperature": (_optional(_number), "f32"),
-    "top_p": (_optional(_number), "f32"),
-    "frequency_penalty": (_optional(_number), "f32"),
-    "presence_penalty": (_optional(_number), "f32"),
-    "max_tokens": (_optional(_integer), "u32"),
-    "top_logprobs": (_optional(_integer), "u32"),
+    "temperature": (_optional(is_number), "f32"),
+    "top_p": (_optional(is_number), "f32"),
+    "frequency_penalty": (_optional(is_number), "f32"),
+    "presence_penalty": (_optional(is_number), "f32"),
+    "max_tokens": (_optional(is_integer), "u32"),
+    "top_logprobs": (_optional(is_integer), "u32"),
     "stream": (_optional(lambda v: isinstance(v, bool)), "a boolean"),
     "logprobs": (_optional(lambda v: isinstance(v, bool)), "a boolean"),
     "stop": (_optional(_stop), "a string or a sequence of strings"),

@@ -11,6 +11,8 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from dskit._validate import is_number
+
 _WORDS = ("alpha", "beta", "gamma", "delta", "paris", "tokyo", "lima", "oslo", "blue", "green")
 MAX_DEPTH = 6
 
@@ -104,6 +106,4 @@ def _int(value: Any, default: int) -> int:
 
 
 def _num(value: Any, default: float) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value
-    return default
+    return value if is_number(value) else default
