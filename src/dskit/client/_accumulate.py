@@ -47,8 +47,20 @@ class _ToolCallParts:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Seed:
+    """The start of an answer the caller already has, for a stream to continue
+    (`continue_stream`): `pieces` is how many streamed pieces it took (they count
+    against `max_tokens`, as a resume's do)."""
+
+    content: str
+    reasoning: str | None = None
+    pieces: int = 0
+
+
 class Accumulator:
-    """The state of one answer, across every attempt that delivered a part of it."""
+    """The state of one answer, across every attempt that delivered a part of it
+    (and the `Seed` it continues, if any: part of the answer, never an event)."""
 
     __slots__ = (
         "_content",
@@ -63,9 +75,9 @@ class Accumulator:
         "usage",
     )
 
-    def __init__(self) -> None:
-        self._content: list[str] = []
-        self._reasoning: list[str] | None = None
+    def __init__(self, seed: Seed | None = None) -> None:
+        self._content: list[str] = [seed.content] if seed and seed.content else []
+        self._reasoning: list[str] | None = [seed.reasoning] if seed and seed.reasoning else None
         self._tools: dict[int, _ToolCallParts] = {}
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -73,7 +85,7 @@ class Accumulator:
         self.model = ""
         self.created = 0
         self.system_fingerprint: str | None = None
-        self.pieces = 0
+        self.pieces = seed.pieces if seed else 0
 
     @property
     def content(self) -> str:

@@ -14,7 +14,7 @@ from dskit.client._core import (
     HTTPRequest,
     Messages,
     Timeouts,
-    chat_body,
+    continuation_seed,
     fim_request,
     get_request,
 )
@@ -94,8 +94,24 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
 
     def stream(self, messages: Messages, **params: Unpack[ChatParams]) -> AsyncStream:
         """Stream an answer as typed events. Parameters are checked before any I/O."""
-        body = chat_body(messages, params)
-        return AsyncStream(self._http, StreamDriver(self._core, body, self._core.options(params)))
+        return AsyncStream(self._http, self._stream_driver(messages, params))
+
+    def continue_stream(
+        self,
+        messages: Messages,
+        content: str,
+        *,
+        reasoning: str | None = None,
+        pieces: int = 0,
+        **params: Unpack[ChatParams],
+    ) -> AsyncStream:
+        """Stream the rest of an answer whose start (`content`, and a reasoner's
+        `reasoning` when it stopped before any content) you already have, through Chat
+        Prefix Completion. The start yields no events, but `final()` and `snapshot()`
+        hold the whole answer; `pieces` (the streamed pieces the start took) count
+        against `max_tokens`. Breaks are resumed as in `stream()`."""
+        seed = continuation_seed(content, reasoning, pieces)
+        return AsyncStream(self._http, self._stream_driver(messages, params, seed))
 
     async def models(self) -> list[ModelInfo]:
         return ModelInfo.list_from(await self._call(get_request(self._core, "/models")))

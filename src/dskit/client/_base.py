@@ -6,8 +6,10 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from dskit.client._accumulate import Seed
 from dskit.client._config import Clock, Limits, Pace, RetryPolicy, Timeout
-from dskit.client._core import ClientCore, Timeouts
+from dskit.client._core import ChatParams, ClientCore, Messages, Timeouts, chat_body
+from dskit.client._driver import StreamDriver
 
 if TYPE_CHECKING:
     import httpx2
@@ -69,6 +71,14 @@ class ClientBase(Generic[HttpT, TransportT]):
                 max_keepalive_connections=limits.max_keepalive_connections,
             ),
         }
+
+    def _stream_driver(
+        self, messages: Messages, params: ChatParams, seed: Seed | None = None
+    ) -> StreamDriver:
+        """The driver of one streamed answer; parameters are checked here, before any I/O."""
+        return StreamDriver(
+            self._core, chat_body(messages, params), self._core.options(params), seed
+        )
 
     def __repr__(self) -> str:
         return self._core.describe(type(self).__name__)

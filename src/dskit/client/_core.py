@@ -17,6 +17,7 @@ import orjson
 
 from dskit._validate import check_chat_request, check_fim_request
 from dskit._version import __version__
+from dskit.client._accumulate import Seed
 from dskit.client._config import (
     DEFAULT_BASE_URL,
     Clock,
@@ -228,6 +229,17 @@ def chat_body(messages: Messages, params: ChatParams, *, stream: bool = True) ->
     if problem is not None:
         raise ValidationError(problem.message, param=problem.param)
     return body
+
+
+def continuation_seed(content: str, reasoning: str | None, pieces: int) -> Seed:
+    """The start of an answer for `continue_stream`, checked before anything is sent."""
+    if not isinstance(content, str):
+        raise ValidationError("content must be a string", param="content")
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise ValidationError("reasoning must be a string or None", param="reasoning")
+    if not isinstance(pieces, int) or isinstance(pieces, bool) or pieces < 0:
+        raise ValidationError("pieces must be an integer, 0 or more", param="pieces")
+    return Seed(content, reasoning, pieces)
 
 
 def encode(body: Mapping[str, Any]) -> bytes:

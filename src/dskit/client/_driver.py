@@ -9,6 +9,10 @@ Before any output a failed attempt is *retried* (same request, backoff with jitt
 After partial output a broken stream is *resumed*: the next request asks the beta Chat
 Prefix Completion endpoint to continue the text received so far, so the caller's
 iteration goes on after a `Resumed` event and never sees a token twice or loses one.
+
+A driver given a `Seed` (the start of an answer the caller already has) begins where a
+resume would: its first request is the prefix completion. The seed yields no events;
+until the stream delivers something of its own, a failure is retried, not resumed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import orjson
 
 from dskit._validate import is_reasoner
-from dskit.client._accumulate import Accumulator
+from dskit.client._accumulate import Accumulator, Seed
 from dskit.client._config import Pace
 from dskit.client._core import (
     CallOptions,
@@ -137,13 +141,16 @@ class _Pacer:
 class StreamDriver:
     """One streamed chat answer across all its attempts."""
 
-    def __init__(self, core: ClientCore, body: dict[str, Any], options: CallOptions) -> None:
+    def __init__(
+        self, core: ClientCore, body: dict[str, Any], options: CallOptions, seed: Seed | None = None
+    ) -> None:
         self.core = core
         self.body = body
         self._encoded = encode(body)  # once, and before any I/O: bad values fail here
         self.options = options
         self.attempts = Attempts(core, options)
-        self.acc = Accumulator()
+        self.acc = Accumulator(seed)
+        self._seed_pieces = self.acc.pieces
         self.resumes = 0
         self.done = False
         self.request_id: str | None = None
@@ -181,6 +188,12 @@ class StreamDriver:
     def http_timeouts(self) -> Timeouts:
         return self.attempts.http_timeouts(idle=self.options.timeout.idle)
 
+    @property
+    def delivered(self) -> bool:
+        """Whether the stream has handed out output (a seed does not count: the caller
+        had it), so that a failure is resumed rather than retried."""
+        return self.acc.pieces > self._seed_pieces or self.acc.has_tool_calls
+
     # ---- responses -----------------------------------------------------------------
 
     def start(self, status: int, headers: Mapping[str, str]) -> bool:
@@ -208,7 +221,7 @@ class StreamDriver:
         self.backlog = sum(1 for i in items if type(i) is ServerSentEvent and i.data != "[DONE]")
         for item in items:
             if isinstance(item, SSEComment):
-                if not self.acc.has_output:
+                if not self.delivered:
                     yield KEEP_ALIVE
                 continue
             self._last_data = now
@@ -276,7 +289,7 @@ class StreamDriver:
     def recover(self, exc: BaseException) -> float:
         """Plan the attempt after a failure: the delay before it, or raise the final error."""
         error = to_api_error(exc, self.core)
-        if not self.acc.has_output:
+        if not self.delivered:
             delay = self.attempts.next_retry(error)
             self._pending.append(Retrying(self.attempts.retries, delay, str(error)))
             return delay
