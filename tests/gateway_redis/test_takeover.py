@@ -16,10 +16,9 @@ from dskit.gateway._takeover import (
     PrefixContinuation,
     TakeoverJob,
     TakeoverLoop,
-    beta_client_url,
     job_headers,
-    prefix_messages,
 )
+from tests.client.conftest import faults_once
 from tests.gateway_redis.test_redis_log import eventually
 
 pytestmark = pytest.mark.redis
@@ -35,13 +34,14 @@ async def unbroken(sim: Any) -> str:
         return (await client.chat(MESSAGES, model="deepseek-chat", temperature=0.0)).content
 
 
-async def dead_writer(log: RedisStreamLog, sim: Any, pieces: int) -> str:
+async def dead_writer(
+    log: RedisStreamLog, sim: Any, pieces: int, headers: dict[str, str] | None = None
+) -> str:
     """An instance that logs `pieces` content events, then dies (its log closes unfinished,
-    its lease left to lapse)."""
+    its lease left to lapse). `headers` go with the job: the continuation sends them."""
     answer_id = uuid.uuid4().hex
-    job = TakeoverJob(
-        "s1", "deepseek-chat", MESSAGES, {"temperature": 0.0}, {"x-sim-token-ms": "0"}
-    )
+    headers = {"x-sim-token-ms": "0", **(headers or {})}
+    job = TakeoverJob("s1", "deepseek-chat", MESSAGES, {"temperature": 0.0}, headers)
     await log.create(answer_id, "s1", job=job.encode())
     assert await log.lease(answer_id, "dead", 1.0)
     async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
@@ -55,39 +55,38 @@ async def dead_writer(log: RedisStreamLog, sim: Any, pieces: int) -> str:
     return answer_id
 
 
-def test_job_and_prefix_shapes() -> None:
+def test_job_shape() -> None:
+    """(The prefix message's shape is the client's: tests/client/test_continue.py.)"""
     job = TakeoverJob("s", "deepseek-reasoner", MESSAGES, {"max_tokens": 5}, {"x-sim-a": "1"})
     assert TakeoverJob.decode(job.encode()) == job
-    assert prefix_messages(job, "Hel", "")[-1] == {
-        "role": "assistant",
-        "content": "Hel",
-        "prefix": True,
-    }
-    assert prefix_messages(job, "", "thinking")[-1]["reasoning_content"] == "thinking"
-    assert beta_client_url("http://h:1/v1") == beta_client_url("http://h:1/") == "http://h:1/beta"
     headers = {"X-Sim-Token-Ms": "5", "Authorization": "Bearer sk-secret"}
     assert job_headers(headers) == {"X-Sim-Token-Ms": "5"}
 
 
-@pytest.mark.parametrize("pieces", [0, 1, 7])
+@pytest.mark.parametrize(
+    ("pieces", "faults"),
+    [(0, {}), (1, {}), (7, {}), (7, {"Drop_After_Events": 3})],
+    ids=["0", "1", "7", "7-and-the-continuation-breaks"],
+)
 async def test_orphan_is_continued_into_the_unbroken_answer(
-    log: RedisStreamLog, other_log: RedisStreamLog, sim: Any, pieces: int
+    log: RedisStreamLog, other_log: RedisStreamLog, sim: Any, pieces: int, faults: dict[str, Any]
 ) -> None:
     expected = await unbroken(sim)
-    answer_id = await dead_writer(log, sim, pieces)
-    beta = AsyncDeepSeek(api_key="sk-test", base_url=beta_client_url(sim.base_url))
+    answer_id = await dead_writer(log, sim, pieces, faults_once(**faults) if faults else None)
+    client = AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url)
     adopted: list[str] = []
 
     async def adopt(taken: str) -> None:
         partial = await other_log.partial(taken)
         assert partial.pieces == pieces
         job = TakeoverJob.decode(await other_log.job(taken))
-        continuation = PrefixContinuation(beta, job, partial)
+        continuation = PrefixContinuation(client, job, partial)
         async for event in continuation.events():
             if event.type == "content":
                 await other_log.append(taken, "content", orjson.dumps({"text": event.text}))
-        assert continuation.result is not None
-        assert continuation.result.content == expected
+        result = await continuation.final()
+        assert result.content == expected
+        assert result.resumes == (1 if faults else 0)
         await other_log.append(taken, "done", b"{}")
         await other_log.finish(taken)
         adopted.append(taken)
@@ -98,7 +97,7 @@ async def test_orphan_is_continued_into_the_unbroken_answer(
         await eventually(lambda: asyncio.sleep(0, result=adopted), within=10)
     finally:
         await loop.stop()
-        await beta.aclose()
+        await client.aclose()
     assert adopted == [answer_id]
     piece = await other_log.read(answer_id)
     assert piece.finished
@@ -143,10 +142,10 @@ async def test_continuation_keeps_the_original_max_tokens(sim: Any) -> None:
     assert whole.finish_reason == "length"
     partial = PartialAnswer(3, "".join(pieces), "", False, False, "content", pieces=3)
     job = TakeoverJob("s", "deepseek-chat", MESSAGES, params)
-    async with AsyncDeepSeek(api_key="sk-test", base_url=beta_client_url(sim.base_url)) as beta:
-        continuation = PrefixContinuation(beta, job, partial)
+    async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
+        continuation = PrefixContinuation(client, job, partial)
         async for _ in continuation.events():
             pass
-    assert continuation.result is not None
-    assert continuation.result.content == whole.content
-    assert continuation.result.finish_reason == "length"
+        result = await continuation.final()
+    assert result.content == whole.content
+    assert result.finish_reason == "length"

@@ -40,7 +40,7 @@ from dskit.gateway._scale import (
 )
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._streamlog import MemoryStreamLog, StreamLog
-from dskit.gateway._takeover import TakeoverLoop, beta_client_url
+from dskit.gateway._takeover import TakeoverLoop
 from dskit.store import SessionStore, open_store
 
 if TYPE_CHECKING:
@@ -92,7 +92,6 @@ class Gateway:
             make_cache(self.redis), settings.cache_ttl_seconds, self.metrics, semantic
         )
         self.pool: UpstreamPool | None = None
-        self.beta: AsyncDeepSeek | None = None
         self.takeover: TakeoverLoop | None = None
         self.runner = AnswerRunner(self)
         self.callbacks = CallbackSender(settings.callbacks)
@@ -113,6 +112,13 @@ class Gateway:
         if self._client is None:
             raise ConfigError("the gateway is not started")
         return self._next_shard()
+
+    @property
+    def beta(self) -> AsyncDeepSeek | None:
+        """What takeovers continue answers with: an upstream client (its
+        `continue_stream` goes to the beta endpoint itself); None before `start()`.
+        An alias kept for `AnswerRunner`, which can use `client` directly."""
+        return self.client if self.ready else None
 
     @property
     def ready(self) -> bool:
@@ -140,7 +146,7 @@ class Gateway:
         self._announce()
 
     def _start_scale(self, key: str) -> None:
-        """Upstreams with breakers and fallbacks, the beta client, the takeover loop."""
+        """Upstreams with breakers and fallbacks, the takeover loop."""
         primary = self.client.base_url
         upstreams = parse_upstreams(primary, self.settings.fallbacks)
         sources: dict[str | None, ClientSource] = {primary: lambda: self.client}
@@ -149,7 +155,6 @@ class Gateway:
                 sources[upstream.base_url] = self._new_client(key, upstream.base_url)
         self.pool = UpstreamPool(UpstreamChooser(upstreams, self.settings.breaker), sources)
         breaker_gauge(self.metrics, self.pool)
-        self.beta = self._new_client(key, beta_client_url(primary))
         if isinstance(self.log, RedisStreamLog):
             self.takeover = TakeoverLoop(
                 self.log, self.runner.worker, self.runner.adopt, self.settings.takeover_interval
@@ -158,7 +163,7 @@ class Gateway:
 
     def _new_client(self, key: str, base_url: str | None) -> AsyncDeepSeek:
         """One upstream client. They share one TLS context: building one loads the CA
-        bundle (~40 ms), and the shards, fallbacks and beta client are ~20 clients."""
+        bundle (~40 ms), and the shards and fallbacks are ~20 clients."""
         if self._tls is None:
             import httpx2
 
@@ -196,7 +201,7 @@ class Gateway:
         await self.callbacks.aclose()
         for client in self._shards:
             await client.aclose()
-        for extra in (self.pool, self.beta, self.redis):
+        for extra in (self.pool, self.redis):
             if extra is not None:
                 await extra.aclose()
         if self.sim is not None:

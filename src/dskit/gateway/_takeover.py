@@ -3,15 +3,11 @@
 The instance that starts an answer stores a `TakeoverJob` with it (the conversation as
 sent upstream, model, parameters, pass-through headers). When that instance dies its
 lease lapses; every instance's `TakeoverLoop` looks for such orphans, one wins the lease,
-reads the text logged so far and continues upstream through Chat Prefix Completion: the
-conversation plus `{"role": "assistant", "content": <text so far>, "prefix": true}` sent
-to the beta endpoint, the same shape `dskit.client` uses to resume its own broken streams.
+reads the text logged so far and continues it upstream with the client's
+`AsyncDeepSeek.continue_stream` (Chat Prefix Completion, the client's own resume; the
+continuation's breaks are resumed like any stream's).
 The new events are appended after the last logged one, so a client resuming with
 `Last-Event-ID` on any instance reads the whole answer once: no gap, no repeat.
-
-The continuation resumes its own breaks the same way (from the text it has so far), which
-is why it runs the client with `max_resumes=0`: the client's resume would stack a second
-prefix message behind ours.
 """
 
 from __future__ import annotations
@@ -26,8 +22,6 @@ from typing import Any
 import orjson
 
 from dskit.client._async import AsyncDeepSeek
-from dskit.client._driver import prefix_message
-from dskit.client._errors import IncompleteStreamError
 from dskit.client._types import (
     ChatResult,
     ContentDelta,
@@ -72,90 +66,34 @@ class TakeoverJob:
         )  # fmt: skip
 
 
-def beta_client_url(base_url: str) -> str:
-    """The base URL under which `/chat/completions` is the beta (prefix) endpoint."""
-    return base_url.rstrip("/").removesuffix("/v1") + "/beta"
-
-
-def prefix_messages(job: TakeoverJob, content: str, reasoning: str) -> list[dict[str, Any]]:
-    """The conversation plus the answer so far as a prefix (the client's resume shape)."""
-    return [*job.messages, prefix_message(job.model, content, reasoning)]
-
-
 class PrefixContinuation:
-    """The rest of an answer as stream events, continued from `partial` through prefix
-    completion; its own breaks are continued the same way, up to `max_resumes` times."""
+    """The rest of an answer as stream events, continued from `partial` by the client's
+    `continue_stream` (its own breaks resumed the same way, up to `max_resumes` times);
+    `final()` is the whole answer, the logged start included."""
 
     cached = False
 
     def __init__(
-        self, beta: AsyncDeepSeek, job: TakeoverJob, partial: PartialAnswer, max_resumes: int = 3
+        self, client: AsyncDeepSeek, job: TakeoverJob, partial: PartialAnswer, max_resumes: int = 3
     ) -> None:
-        self.beta = beta
-        self.job = job
-        self.content = partial.content
-        self.reasoning = partial.reasoning
-        self.pieces = partial.pieces
-        self.max_resumes = max_resumes
-        self.resumes = 0
-        self.usage: Usage | None = None
-        self.result: ChatResult | None = None
-
-    async def events(self) -> AsyncIterator[StreamEvent]:
-        while True:
-            try:
-                async for event in self._attempt():
-                    yield event
-                return
-            except IncompleteStreamError as exc:
-                self.resumes += 1
-                if self.resumes > self.max_resumes:
-                    raise
-                logger.warning("continuation broke (%s); continuing again", exc)
-
-    async def _attempt(self) -> AsyncIterator[StreamEvent]:
-        messages = prefix_messages(self.job, self.content, self.reasoning)
-        params = {k: v for k, v in self.job.params.items() if k != "model"}
-        if "max_tokens" in params:  # what came already counts, as in the client's resume
-            params["max_tokens"] = max(1, params["max_tokens"] - self.pieces)
-        stream = self.beta.stream(
-            messages, model=self.job.model, extra_headers=dict(self.job.headers),
-            max_resumes=0, **params,
+        params = {k: v for k, v in job.params.items() if k != "model"}
+        self.stream = client.continue_stream(
+            job.messages, partial.content, reasoning=partial.reasoning or None,
+            pieces=partial.pieces, model=job.model, extra_headers=dict(job.headers),
+            max_resumes=max_resumes, **params,
         )  # fmt: skip
-        async with stream:
-            async for event in stream:
-                if event.type == "content":
-                    self.content += event.text
-                    self.pieces += 1
-                elif event.type == "reasoning":
-                    self.reasoning += event.text
-                    self.pieces += 1
-                elif event.type == "usage":  # every attempt's usage counts
-                    self.usage = event.usage if self.usage is None else self.usage + event.usage
-                elif event.type == "done":
-                    self.result = self._merged(event.result)
-                    continue
-                yield event
+
+    def events(self) -> AsyncIterator[StreamEvent]:
+        return self.stream
 
     async def final(self) -> ChatResult:
-        if self.result is None:
-            raise RuntimeError("the continuation has not finished")
-        return self.result
+        return await self.stream.final()
 
     def snapshot(self) -> ChatResult:
-        return ChatResult(content=self.content, reasoning_content=self.reasoning or None)
+        return self.stream.snapshot()
 
     async def aclose(self) -> None:
-        return None
-
-    def _merged(self, tail: ChatResult) -> ChatResult:
-        """The whole answer: the logged prefix and the continuation as one result."""
-        return ChatResult(
-            content=self.content, reasoning_content=self.reasoning or tail.reasoning_content,
-            tool_calls=tail.tool_calls, finish_reason=tail.finish_reason,
-            usage=self.usage, id=tail.id, model=tail.model, created=tail.created,
-            system_fingerprint=tail.system_fingerprint, resumes=self.resumes + 1,
-        )  # fmt: skip
+        await self.stream.aclose()
 
 
 class RemainderSource(ReplaySource):
