@@ -9,10 +9,12 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import orjson
 import pytest
 import uvicorn
 
@@ -85,6 +87,51 @@ def gateway_factory(sim: Any, tmp_path: Path) -> Iterator[Callable[..., GatewayS
 @pytest.fixture
 def gateway(gateway_factory: Callable[..., GatewayServer]) -> GatewayServer:
     return gateway_factory()
+
+
+class RecordingUpstream:
+    """A pass-through to the simulator that keeps every chat request body it relayed."""
+
+    def __init__(self, target: str) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        forward = httpx2.Client(base_url=target, timeout=30)
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.endswith("/chat/completions"):
+                    recorder.bodies.append(orjson.loads(body))
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                reply = forward.post(self.path, content=body, headers=headers)
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("content-type", ""))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._forward = forward
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._forward.close()
+
+
+@pytest.fixture
+def recording_upstream(sim: Any) -> Iterator[RecordingUpstream]:
+    upstream = RecordingUpstream(sim.base_url)
+    yield upstream
+    upstream.close()
 
 
 def parse_sse(text: str) -> list[dict[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -33,6 +34,7 @@ from dskit.gateway._takeover import (
     job_headers,
     saved_answer,
 )
+from dskit.session._core import SessionCore
 from dskit.store import SessionConflictError, SessionRecord, StoredMessage
 
 if TYPE_CHECKING:
@@ -47,21 +49,22 @@ class AnswerJob:
 
     answer_id: str
     record: SessionRecord
+    messages: list[dict[str, Any]]  # what is sent upstream (see `upstream_messages`)
     extra_headers: Mapping[str, str]
     callback_url: str | None
     started: float
 
 
 def upstream_messages(record: SessionRecord) -> list[dict[str, Any]]:
-    """The conversation as the API wants it: system first, no stale reasoning."""
-    messages: list[dict[str, Any]] = []
-    if record.system:
-        messages.append({"role": "system", "content": record.system})
-    for stored in record.messages:
-        message = dict(stored.message)
-        message.pop("reasoning_content", None)
-        messages.append(message)
-    return messages
+    """The conversation as `ChatSession` sends it, planned by the same session core: the
+    latest summary in the system head instead of the turns it covers, cut-off answers as
+    text only (or left out), API keys only, old turns dropped to fit the model's window
+    (ContextOverflowError when even the latest turn cannot fit)."""
+    # The core checks params as a session's own, and a gateway session's may hold raw
+    # `tools` definitions; only the messages are planned here, so it gets none.
+    max_tokens = record.params.get("max_tokens")
+    core = SessionCore(dataclasses.replace(record, params={}))
+    return core.plan(max_tokens if isinstance(max_tokens, int) else None).messages
 
 
 def event_payload(event: StreamEvent) -> tuple[str, bytes] | None:
@@ -92,10 +95,11 @@ def _snapshot(source: AnswerSource | None) -> ChatResult:
     return source.snapshot() if source is not None else ChatResult()
 
 
-def _takeover_job(record: SessionRecord, headers: Mapping[str, str], callback: str | None) -> bytes:
+def _takeover_job(job: AnswerJob) -> bytes:
+    record = job.record
     return TakeoverJob(
-        record.id, record.model, upstream_messages(record), dict(record.params),
-        job_headers(headers), callback, history=len(record.messages),
+        record.id, record.model, job.messages, dict(record.params),
+        job_headers(job.extra_headers), job.callback_url, history=len(record.messages),
     ).encode()  # fmt: skip
 
 
@@ -144,15 +148,17 @@ class AnswerRunner:
         self._handing_over = False
 
     async def start(
-        self, record: SessionRecord, headers: Mapping[str, str], callback_url: str | None
-    ) -> str:
+        self, record: SessionRecord, messages: list[dict[str, Any]], headers: Mapping[str, str],
+        callback_url: str | None,
+    ) -> str:  # fmt: skip
+        """Answer `record` (its last message the new question) by sending `messages`."""
         answer_id = uuid.uuid4().hex
+        job = AnswerJob(answer_id, record, messages, headers, callback_url, time.monotonic())
         log = self.gw.log
         if isinstance(log, RedisStreamLog):  # what another instance needs to take it over
-            await log.create(answer_id, record.id, job=_takeover_job(record, headers, callback_url))
+            await log.create(answer_id, record.id, job=_takeover_job(job))
         else:
             await log.create(answer_id, record.id)
-        job = AnswerJob(answer_id, record, headers, callback_url, time.monotonic())
         self._track(answer_id, self._run(job))
         return answer_id
 
@@ -199,7 +205,10 @@ class AnswerRunner:
             logger.warning("cannot take over answer %s: %s", answer_id, exc)
             await log.release(answer_id, self.worker)
             return
-        job = AnswerJob(answer_id, record, taken.headers, taken.callback_url, time.monotonic())
+        job = AnswerJob(
+            answer_id, record, taken.messages, taken.headers, taken.callback_url,
+            time.monotonic(),
+        )  # fmt: skip
         if partial.ended:  # its instance died between its last event and finishing
             await self._close(job, "completed")
             return
@@ -263,7 +272,7 @@ class AnswerRunner:
     async def _open(self, job: AnswerJob) -> Opened:
         record = job.record
         call = {"model": record.model, **record.params, "extra_headers": dict(job.extra_headers)}
-        return await open_answer(self.gw, upstream_messages(record), call, {})
+        return await open_answer(self.gw, job.messages, call, {})
 
     async def _generate(
         self, job: AnswerJob, source: AnswerSource, key: CacheRequest | None
