@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from dskit.gateway._breaker import (
     parse_upstreams,
 )
 from dskit.gateway._scale import UpstreamPool
+from tests.client.conftest import faults_once
 from tests.conftest import free_port
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -78,3 +80,18 @@ async def test_request_errors_do_not_fail_over(sim: Any) -> None:
         assert chooser.states() == {"a": "closed", "b": "closed"}
     finally:
         await pool.aclose()
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_an_upstream_503_retried_once_counts_one_retry(
+    gateway_factory: Callable[..., Any], stream: bool
+) -> None:
+    """The retry happens before the first event, inside `UpstreamPool.open`, which
+    consumes the `retrying` event: the pool counts it itself."""
+    gateway = gateway_factory()
+    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": stream}
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json=body, headers=faults_once(Status=503))
+        assert answer.status_code == 200
+        metrics = http.get("/metrics").text
+    assert "dskit_gateway_upstream_retries_total 1.0" in metrics

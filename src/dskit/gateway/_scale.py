@@ -110,12 +110,17 @@ class UpstreamPool:
     """Clients by base URL and the chooser that picks, in order, an upstream that is up.
 
     A client source is a client or a callable returning one (the gateway rotates over
-    a few connection pools for its main upstream).
+    a few connection pools for its main upstream). `on_retry` is called for each retry
+    before a stream's first event (`open()` consumes those `retrying` events).
     """
 
-    def __init__(self, chooser: UpstreamChooser, clients: Mapping[str | None, ClientSource]):
+    def __init__(
+        self, chooser: UpstreamChooser, clients: Mapping[str | None, ClientSource],
+        on_retry: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
         self.chooser = chooser
         self.clients = dict(clients)
+        self.on_retry = on_retry
 
     def client_for(self, upstream: Upstream) -> AsyncDeepSeek:
         source = self.clients[upstream.base_url]
@@ -143,13 +148,20 @@ class UpstreamPool:
                 call["model"] = upstream.model
             stream = self.client_for(upstream).stream(list(messages), **call)
             try:
-                return upstream, stream, await _first_event(stream)
+                return upstream, stream, await self._first_event(stream)
             except Exception as exc:
                 await stream.aclose()
                 self.chooser.report(upstream, exc)
                 if not is_upstream_failure(exc) or len(tried) >= len(self.chooser.upstreams):
                     raise
                 logger.warning("upstream %s failed (%s); trying the next", upstream.name, exc)
+
+    async def _first_event(self, stream: AsyncStream) -> StreamEvent | None:
+        event = await anext(stream, None)
+        while event is not None and event.type == "retrying":
+            self.on_retry()
+            event = await anext(stream, None)
+        return event
 
     def report(self, upstream: Upstream, exc: BaseException | None) -> None:
         self.chooser.report(upstream, exc)
@@ -159,13 +171,6 @@ class UpstreamPool:
         for source in self.clients.values():
             if isinstance(source, AsyncDeepSeek):
                 await source.aclose()
-
-
-async def _first_event(stream: AsyncStream) -> StreamEvent | None:
-    event = await anext(stream, None)
-    while event is not None and event.type == "retrying":
-        event = await anext(stream, None)
-    return event
 
 
 # ---- cache ---------------------------------------------------------------------------------

@@ -153,7 +153,8 @@ class Gateway:
         for upstream in upstreams:
             if upstream.base_url not in sources:
                 sources[upstream.base_url] = self._new_client(key, upstream.base_url)
-        self.pool = UpstreamPool(UpstreamChooser(upstreams, self.settings.breaker), sources)
+        chooser = UpstreamChooser(upstreams, self.settings.breaker)
+        self.pool = UpstreamPool(chooser, sources, on_retry=self.metrics.retries.inc)
         breaker_gauge(self.metrics, self.pool)
         if isinstance(self.log, RedisStreamLog):
             self.takeover = TakeoverLoop(
