@@ -34,7 +34,7 @@ from dskit.gateway._takeover import (
     job_headers,
     saved_answer,
 )
-from dskit.session._core import SessionCore
+from dskit.session._core import SessionCore, worth_keeping
 from dskit.store import SessionConflictError, SessionRecord, StoredMessage
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ class AnswerRunner:
                 gw.metrics.retries.inc()
         result = await source.final()
         if not getattr(source, "saved", False):
-            await self._save(job, result, incomplete=False)
+            await self._save(job, SessionCore.reply_message(result))
         await gw.cache.store(key, result)
         gw.metrics.count_usage(result.usage)
         gw.metrics.latency.labels("sessions").observe(time.monotonic() - job.started)
@@ -308,9 +308,10 @@ class AnswerRunner:
 
     async def _fail(self, job: AnswerJob, exc: BaseException, partial: ChatResult) -> None:
         cancelled = isinstance(exc, asyncio.CancelledError)
-        if partial.content or partial.reasoning_content or partial.tool_calls:
+        message = SessionCore.reply_message(partial, incomplete=True)
+        if worth_keeping(message):  # the session's rule for a cut-off answer
             with contextlib.suppress(Exception):
-                await self._save(job, partial, incomplete=True)
+                await self._save(job, message)
         error = logged_error(exc, f"answer {job.answer_id}") if not cancelled else None
         payload = (
             {"message": "the answer was cancelled", "type": "cancelled", "code": "cancelled",
@@ -323,10 +324,9 @@ class AnswerRunner:
             logger.warning("answer %s failed: %s", job.answer_id, error.message)
         await self.gw.log.append(job.answer_id, "error", orjson.dumps(payload))
 
-    async def _save(self, job: AnswerJob, result: ChatResult, *, incomplete: bool) -> None:
+    async def _save(self, job: AnswerJob, message: StoredMessage) -> None:
         """Append the assistant turn, reloading once if another writer got there first."""
         store, record = self.gw.store, job.record
-        message = StoredMessage(result.to_message(), incomplete=incomplete, usage=_usage(result))
         try:
             await store.aappend(record.id, [message], expected_version=record.version)
         except SessionConflictError:

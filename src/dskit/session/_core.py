@@ -259,7 +259,8 @@ class SessionCore:
             else:
                 source.tokens = tokens
 
-    def reply_message(self, result: ChatResult, *, incomplete: bool = False) -> StoredMessage:
+    @staticmethod
+    def reply_message(result: ChatResult, *, incomplete: bool = False) -> StoredMessage:
         """The stored form of a reply. Its size stays an estimate until it is sent back:
         `completion_tokens` counts the reasoning and the generation, not the message as the
         next prompt will count it, so the next reply's `prompt_tokens` settles it."""
