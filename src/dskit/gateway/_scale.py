@@ -70,7 +70,7 @@ class RedisParts:
     @classmethod
     def build(
         cls, url: str, *, namespace: str, lease_seconds: float, answer_ttl: float,
-        rate_limit: RateLimit | None, tokens_limit: RateLimit | None,
+        rate_limit: RateLimit | None,
     ) -> RedisParts:  # fmt: skip
         client = connect(url)
         log_settings = RedisLogSettings(
@@ -78,7 +78,7 @@ class RedisParts:
         )
         limiter = None
         if rate_limit is not None:
-            limiter = RedisRateLimiter(client, rate_limit, tokens=tokens_limit, namespace=namespace)
+            limiter = RedisRateLimiter(client, rate_limit, namespace=namespace)
         log = RedisStreamLog(client, log_settings)
         return cls(client, log, limiter, RedisCache(client, namespace))
 

@@ -58,7 +58,6 @@ def _redis_parts(settings: GatewaySettings) -> RedisParts | None:
     return RedisParts.build(
         settings.redis, namespace=settings.redis_namespace, lease_seconds=settings.lease_seconds,
         answer_ttl=settings.answer_ttl_seconds, rate_limit=settings.rate_limit,
-        tokens_limit=settings.tokens_limit,
     )  # fmt: skip
 
 
