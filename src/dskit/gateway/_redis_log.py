@@ -85,6 +85,13 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return {0, {}} end
 return {1, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])}
 """
 
+# KEYS: log, meta. Returns {exists, the newest two entries}: the end marker and the last
+# event, when finished.
+LAST_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {0, {}} end
+return {1, redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 2)}
+"""
+
 # KEYS: lease, meta. ARGV: worker, ms. Take a free lease or renew our own.
 LEASE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
@@ -179,6 +186,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _entry(entry_id: Any, fields: Any) -> LogEntry | None:
+    """A stream entry as a log entry; None for the end marker (`<seq>-1`, kind `__end`)."""
+    seq, sub = _text(entry_id).split("-")
+    kind = _text(fields[1])
+    if kind == END or sub != "0":
+        return None
+    return LogEntry(int(seq), kind, bytes(fields[3]))
+
+
 def _check_id(value: str, what: str) -> str:
     if not value or any(c in value for c in "{} "):
         raise UnknownAnswerError(f"invalid {what} {value!r}")
@@ -198,7 +214,7 @@ class RedisStreamLog:
             name: client.register_script(source)
             for name, source in (
                 ("append", APPEND_SCRIPT), ("finish", FINISH_SCRIPT), ("read", READ_SCRIPT),
-                ("lease", LEASE_SCRIPT), ("renew", RENEW_SCRIPT),
+                ("last", LAST_SCRIPT), ("lease", LEASE_SCRIPT), ("renew", RENEW_SCRIPT),
                 ("cad", COMPARE_DELETE_SCRIPT),
             )
         }  # fmt: skip
@@ -271,16 +287,17 @@ class RedisStreamLog:
         exists, raw = await self._scripts["read"](keys=keys, args=args)
         if not int(exists):
             raise UnknownAnswerError(answer_id)
-        entries: list[LogEntry] = []
-        finished = False
-        for entry_id, fields in raw:
-            seq, sub = _text(entry_id).split("-")
-            kind = _text(fields[1])
-            if kind == END or sub != "0":
-                finished = True
-                continue
-            entries.append(LogEntry(int(seq), kind, bytes(fields[3])))
-        return LogSlice(entries, finished)
+        entries = [_entry(entry_id, fields) for entry_id, fields in raw]
+        finished = len(entries) > 0 and entries[-1] is None  # the end marker comes last
+        return LogSlice([e for e in entries if e is not None], finished)
+
+    async def last(self, answer_id: str) -> LogEntry | None:
+        """The latest event (a finished answer's `done` or `error`): one XREVRANGE."""
+        exists, raw = await self._scripts["last"](keys=self._keys(answer_id)[:2])
+        if not int(exists):
+            raise UnknownAnswerError(answer_id)
+        entries = (_entry(entry_id, fields) for entry_id, fields in raw)
+        return next((e for e in entries if e is not None), None)
 
     async def finish(self, answer_id: str) -> None:
         """End the answer. The session's active mark goes first: whoever sees the end

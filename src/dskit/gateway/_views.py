@@ -103,8 +103,7 @@ def event_page(answer_id: str, entries: list[LogEntry], finished: bool, after: i
 
 async def answer_result(log: StreamLog, answer_id: str, session_id: str) -> AnswerResult:
     """A finished answer's result, from its last logged event."""
-    page = await log.read(answer_id, 0)
-    return result_from(answer_id, session_id, page.entries[-1] if page.entries else None)
+    return result_from(answer_id, session_id, await log.last(answer_id))
 
 
 def result_from(answer_id: str, session_id: str, last: LogEntry | None) -> AnswerResult:
