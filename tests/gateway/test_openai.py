@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx2
 import openai
+import orjson
 import pytest
 
 from tests.gateway.conftest import GatewayServer
@@ -151,3 +152,18 @@ def test_client_leaving_a_relay_closes_the_upstream_request(
             assert sim.app._tasks, "the upstream request should be open"
         wait_until(lambda: not sim.app._tasks, timeout=10)
         wait_until(lambda: "dskit_gateway_active_streams 0.0" in http.get("/metrics").text)
+
+
+@pytest.mark.parametrize("text", ["plain", 'quotes " and \\ and\nnewlines', "émoji 🌊", ""])
+def test_content_chunk_bytes_are_the_general_delta_encoding(text: str) -> None:
+    from dskit.gateway._relay import ChunkEncoder
+
+    encoder = ChunkEncoder("deepseek-chat")
+    first = encoder.content(text)  # the first delta carries the role
+    assert orjson.loads(first[6:])["choices"][0]["delta"] == {"role": "assistant", "content": text}
+    assert encoder.content(text) == encoder.delta({"content": text})
+    chunk = orjson.loads(encoder.content(text).removeprefix(b"data: "))
+    assert chunk["id"] == encoder.id and chunk["object"] == "chat.completion.chunk"
+    assert chunk["choices"] == [
+        {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+    ]

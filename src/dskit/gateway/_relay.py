@@ -90,6 +90,9 @@ class ChunkEncoder:
         self._head = b"data: " + head
         self._prefix = self._head + b',"choices":[{"index":0,"delta":'
         self._suffix = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        # a content delta is the hot path: its text is the only part that varies
+        self._content_open = self._prefix + b'{"content":'
+        self._content_close = b"}" + self._suffix
         self.role_sent = False
 
     def delta(self, delta: Mapping[str, Any]) -> bytes:
@@ -101,7 +104,7 @@ class ChunkEncoder:
     def content(self, text: str) -> bytes:
         if not self.role_sent:
             return self.delta({"content": text})
-        return self._prefix + b'{"content":' + orjson.dumps(text) + b"}" + self._suffix
+        return self._content_open + orjson.dumps(text) + self._content_close
 
     def finish(self, reason: str | None, usage: Usage | None) -> bytes:
         delta = {"content": ""} if self.role_sent else {"role": "assistant", "content": ""}
