@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from dskit.cli import main
@@ -80,9 +81,10 @@ def test_revoked_key_is_refused_and_login_cookie_works(
         assert login.status_code == 204
         assert "httponly" in login.headers["set-cookie"].lower()
         assert http.get("/v1/sessions").status_code == 200
-    store = KeyStore(db)
-    store.revoke(store.list_keys()[0].key_id)
-    store.close()
+    with KeyStore(db) as store:
+        store.revoke(store.list_keys()[0].key_id)
+    with pytest.raises(sqlite3.ProgrammingError):  # the with block closed it
+        store.list_keys()
     with gateway.client(key) as http:
         assert http.get("/v1/sessions").status_code == 401
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from contextlib import closing
 
 import click
 
@@ -25,7 +24,7 @@ def create(principal: str, keys_db: str | None) -> None:
     from dskit.client._errors import ValidationError
     from dskit.gateway import KeyStore
 
-    with closing(KeyStore(keys_db)) as store:
+    with KeyStore(keys_db) as store:
         try:
             key, info = store.create(principal)
         except ValidationError as exc:
@@ -40,7 +39,7 @@ def list_keys(keys_db: str | None) -> None:
     """List keys by id and principal (never the keys themselves)."""
     from dskit.gateway import KeyStore
 
-    with closing(KeyStore(keys_db)) as store:
+    with KeyStore(keys_db) as store:
         infos = store.list_keys()
     for info in infos:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
@@ -55,7 +54,7 @@ def revoke(key_id: str, keys_db: str | None) -> None:
     """Revoke a key by its id (as `dskit keys list` shows it)."""
     from dskit.gateway import KeyStore
 
-    with closing(KeyStore(keys_db)) as store:
+    with KeyStore(keys_db) as store:
         done = store.revoke(key_id)
     if not done:
         raise click.ClickException(f"no active key with id {key_id!r}")

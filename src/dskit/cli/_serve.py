@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import closing
 from typing import TYPE_CHECKING
 
 import click
@@ -104,7 +103,7 @@ def _check_bind(settings: GatewaySettings) -> None:
 
     if settings.loopback_only or settings.allow_insecure_bind:
         return
-    with closing(KeyStore(settings.keys_path)) as keys:
+    with KeyStore(settings.keys_path) as keys:
         if keys.has_keys():
             return
     raise click.UsageError(

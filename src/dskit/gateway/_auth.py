@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from dskit.client._errors import ValidationError
 
@@ -79,6 +80,15 @@ class KeyStore:
 
     def __repr__(self) -> str:
         return f"KeyStore(path={str(self.path)!r})"
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.close()
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
