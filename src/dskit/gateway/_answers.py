@@ -223,9 +223,8 @@ class AnswerRunner:
             return Opened(RemainderSource(saved, partial), None, None)
         if partial.has_tool_calls:
             raise RuntimeError("the instance died inside a tool call; it cannot be continued")
-        assert self.gw.beta is not None
         resumes = self.gw.settings.upstream_max_resumes
-        return Opened(PrefixContinuation(self.gw.beta, taken, partial, resumes), None, None)
+        return Opened(PrefixContinuation(self.gw.client, taken, partial, resumes), None, None)
 
     async def _produce(self, job: AnswerJob, opener: Callable[[], Awaitable[Opened]]) -> None:
         gw = self.gw

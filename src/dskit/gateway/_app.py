@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dskit._version import __version__
+from dskit.client._errors import DSKitError
 from dskit.gateway._deps import COOKIE, GatewayDep
 from dskit.gateway._errors import GatewayError, error_response, logged_error, validation_error
 from dskit.gateway._middleware import GatewayMiddleware
@@ -124,8 +125,11 @@ def _install_handlers(app: FastAPI, gw: Gateway) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(Exception, on_gateway_error)
-    for outage in outage_errors():  # Redis or every upstream away: a 503, connection kept
-        app.add_exception_handler(outage, on_gateway_error)
+    # Our own errors, Redis or every upstream away: answered by the exception middleware
+    # (the catch-all above answers too, but then re-raises and the connection is dropped)
+    known: tuple[type[Exception], ...] = (DSKitError, *outage_errors())
+    for kind in known:
+        app.add_exception_handler(kind, on_gateway_error)
 
 
 def _install_operations(app: FastAPI) -> None:

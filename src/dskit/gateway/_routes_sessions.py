@@ -14,7 +14,6 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from dskit.client import ContextOverflowError
 from dskit.gateway._answers import upstream_messages
 from dskit.gateway._callbacks import check_callback_url
 from dskit.gateway._deps import (
@@ -27,7 +26,7 @@ from dskit.gateway._deps import (
     owned_record,
     upstream_headers,
 )
-from dskit.gateway._errors import GatewayError, from_exception, not_found
+from dskit.gateway._errors import GatewayError, not_found
 from dskit.gateway._relay import check_encodable
 from dskit.gateway._response import EventStreamResponse
 from dskit.gateway._scale import charge_tokens
@@ -125,10 +124,7 @@ async def post_message(
         )  # fmt: skip
     user = StoredMessage({"role": "user", "content": body.content})
     record.messages.append(user)
-    try:  # what ChatSession would send; a question that cannot fit is refused unstored
-        messages = upstream_messages(record)
-    except ContextOverflowError as exc:
-        raise from_exception(exc) from None
+    messages = upstream_messages(record)  # as ChatSession would; too big: a 400, unstored
     await charge_tokens(gw.token_limiter, who, messages)  # what is sent, as for /v1/chat
     record.version = await gw.store.aappend(session_id, [user], expected_version=record.version)
     answer_id = await gw.runner.start(record, messages, upstream_headers(request, gw), callback)

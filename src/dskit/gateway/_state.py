@@ -113,13 +113,6 @@ class Gateway:
         return self._next_shard()
 
     @property
-    def beta(self) -> AsyncDeepSeek | None:
-        """What takeovers continue answers with: an upstream client (its
-        `continue_stream` goes to the beta endpoint itself); None before `start()`.
-        An alias kept for `AnswerRunner`, which can use `client` directly."""
-        return self.client if self.ready else None
-
-    @property
     def ready(self) -> bool:
         return self._client is not None
 
