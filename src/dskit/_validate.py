@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+DEFAULT_MODEL = "deepseek-chat"  # what a request without a model asks for
 REASONER_MARKERS = ("reasoner", "thinking", "-r1")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 USER_ID = re.compile(r"^[a-zA-Z0-9_-]{1,512}$")

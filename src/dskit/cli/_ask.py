@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dskit._validate import DEFAULT_MODEL
 from dskit.cli._common import (
-    DEFAULT_MODEL,
     EXIT_CODES_HELP,
     EXIT_INCOMPLETE,
     EXIT_OK,

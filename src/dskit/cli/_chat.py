@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dskit._validate import DEFAULT_MODEL
 from dskit.cli._common import (
-    DEFAULT_MODEL,
     Backend,
     api_options,
     fail,

@@ -56,7 +56,6 @@ SIM_NOTICE = (
     "Set DEEPSEEK_API_KEY to talk to DeepSeek."
 )
 SIM_TOKEN_MS = 15.0
-DEFAULT_MODEL = "deepseek-chat"  # of a new session when no flag, env var or file sets one
 PLACEHOLDER_KEY = "sk-none"  # sent to a self-hosted server picked without a key
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 import orjson
 
-from dskit._validate import check_chat_request, check_fim_request
+from dskit._validate import DEFAULT_MODEL, check_chat_request, check_fim_request
 from dskit._version import __version__
 from dskit.client._accumulate import Seed
 from dskit.client._config import (
@@ -215,7 +215,7 @@ def normalize_messages(messages: Messages) -> list[Message]:
 
 def chat_body(messages: Messages, params: ChatParams, *, stream: bool = True) -> dict[str, Any]:
     """The JSON body of a chat request, validated before anything is sent."""
-    body: dict[str, Any] = {"model": params.get("model") or "deepseek-chat"}
+    body: dict[str, Any] = {"model": params.get("model") or DEFAULT_MODEL}
     body["messages"] = normalize_messages(messages)
     for name in API_PARAMS:
         value = params.get(name)
@@ -363,7 +363,7 @@ def fim_request(
     unknown = set(params) - {*FIM_PARAMS, "model"}
     if unknown:
         raise ValidationError(f"Unknown FIM parameter(s): {', '.join(sorted(unknown))}")
-    body: dict[str, Any] = {"model": params.get("model") or "deepseek-chat", "prompt": prompt}
+    body: dict[str, Any] = {"model": params.get("model") or DEFAULT_MODEL, "prompt": prompt}
     if suffix is not None:
         body["suffix"] = suffix
     body.update({k: v for k, v in params.items() if k in FIM_PARAMS and v is not None})

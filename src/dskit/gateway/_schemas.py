@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from dskit._validate import DEFAULT_MODEL
+
 MAX_CONTENT = 1_000_000
 
 
@@ -96,7 +98,7 @@ class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     system: str | None = Field(default=None, max_length=MAX_CONTENT)
-    model: str = Field(default="deepseek-chat", min_length=1, max_length=200)
+    model: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=200)
     title: str | None = Field(default=None, max_length=200)
     parameters: SessionParams = Field(default_factory=SessionParams)
 

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from dskit._validate import DEFAULT_MODEL
 from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._streams import AsyncEventStream
 from dskit.client._types import ChatResult, StreamEvent, ToolCall
@@ -46,7 +47,7 @@ class AsyncChatSession(SessionViews):
         client: AsyncDeepSeek,
         *,
         system: str | None = None,
-        model: str = "deepseek-chat",
+        model: str = DEFAULT_MODEL,
         store: SessionStore | None = None,
         session_id: str | None = None,
         tools: Iterable[Tool | Any] = (),

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from dskit._validate import DEFAULT_MODEL
 from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._streams import EventStream
 from dskit.client._types import ChatResult, StreamEvent, ToolCall
@@ -44,7 +45,7 @@ class ChatSession(SessionViews):
         client: DeepSeek,
         *,
         system: str | None = None,
-        model: str = "deepseek-chat",
+        model: str = DEFAULT_MODEL,
         store: SessionStore | None = None,
         session_id: str | None = None,
         tools: Iterable[Tool | Any] = (),

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dskit._validate import DEFAULT_MODEL
 from dskit.client._errors import DSKitError
 
 EXPORT_FORMAT = "dskit-session"
@@ -140,7 +141,7 @@ class SessionRecord:
 
     id: str = field(default_factory=new_session_id)
     title: str = ""
-    model: str = "deepseek-chat"
+    model: str = DEFAULT_MODEL
     system: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
@@ -182,7 +183,7 @@ class SessionRecord:
         return cls(
             id=session_id,
             title=str(data.get("title") or ""),
-            model=str(data.get("model") or "deepseek-chat"),
+            model=str(data.get("model") or DEFAULT_MODEL),
             system=system,
             params=dict(params),
             created=float(data.get("created", 0.0)),

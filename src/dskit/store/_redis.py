@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dskit._validate import DEFAULT_MODEL
 from dskit.store._base import DEFAULT_LIMIT, ExportMixin, check_limit
 from dskit.store._model import (
     SessionConflictError,
@@ -136,7 +137,7 @@ class _Keys:
             raise SessionNotFoundError(session_id)
         h = {_text(k): _text(v) for k, v in head.items()}
         return SessionRecord(
-            id=h["id"], title=h.get("title", ""), model=h.get("model", "deepseek-chat"),
+            id=h["id"], title=h.get("title", ""), model=h.get("model", DEFAULT_MODEL),
             system=orjson.loads(h.get("system", "null")),
             params=orjson.loads(h.get("params", "{}")),
             created=float(h.get("created", 0)), updated=float(h.get("updated", 0)),
