@@ -22,6 +22,8 @@ as raw bytes up to its end) so that it costs the same, and little, on every path
       never warms up within its 45 s budget (the target cannot keep N streams moving)
       is reported as such; measured streams unfinished at the budget as cut off.
     - burst: all N streams started at the same instant (the worst case).
+    Before every row the script waits until the servers are idle, so a target still
+    working off its previous row does not slow the next one.
 (b) saturation: a zero-latency simulator, 64 clients in a closed loop for a fixed time:
     streams and chunks relayed per second.
 """
@@ -307,6 +309,7 @@ def realistic(svc: Services, quick: bool, window: float) -> None:
         for name, port in svc.ports.items():
             # at least ~20 streams measured at low N
             span = max(window, 20 * LIFETIME / concurrency)
+            settle(svc)
             loop = ClosedLoop(port, requests[name], concurrency, span)
             print(_row(concurrency, name, asyncio.run(loop.run()), base), flush=True)
     print(f"\nburst: all N started at once (worst case), load average {_load()}")
@@ -315,8 +318,36 @@ def realistic(svc: Services, quick: bool, window: float) -> None:
         rounds = 1 if quick else {1: 10, 64: 3, 256: 2, 1000: 1}[concurrency]
         base = {}
         for name, port in svc.ports.items():
+            settle(svc)
             row = asyncio.run(_burst(port, requests[name], concurrency, rounds))
             print(_row(concurrency, name, row, base), flush=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(svc: Services, busy: float = 0.05, timeout: float = 90.0) -> None:
+    """Wait until the servers are idle (under `busy` of a core together): a target left
+    working off a row it could not keep up with (LiteLLM still streaming to clients that
+    have gone) would otherwise slow the next target's row."""
+    if not Path("/proc/self/stat").exists():
+        return
+    pids = [proc.pid for proc in svc.procs]
+    deadline = time.monotonic() + timeout
+    before = sum(map(_cpu_seconds, pids))
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(map(_cpu_seconds, pids))
+        if now - before < busy * 0.5:
+            return
+        before = now
+    print(f"(servers still busy after {timeout:g} s; measuring anyway)", file=sys.stderr)
 
 
 def _load() -> str:
@@ -449,6 +480,7 @@ def saturation(svc: Services, seconds: float) -> None:
     for name, port in svc.ports.items():
         request = request_bytes(port, prompt)
         asyncio.run(level(port, request, 16, 1))
+        settle(svc)
         started = time.perf_counter()
         streams, chunks = asyncio.run(saturate(port, request, 64, seconds))
         elapsed = time.perf_counter() - started
