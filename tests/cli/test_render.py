@@ -192,3 +192,20 @@ def test_a_reply_without_usage_gets_an_estimated_footer():
     with RichView(empty, model="deepseek-chat") as view:
         view.finish(ChatResult(content=""), note=INTERRUPTED)
     assert "tokens" not in empty.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_the_rich_view_imports_what_finish_needs_before_the_first_token():
+    """A Ctrl-C that lands inside a first import leaves the module half-built; the
+    interrupted answer must still render, so the view imports its Markdown up front."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, sys\n"
+        "from dskit.cli._render import RichView, make_console\n"
+        "assert 'rich.markdown' not in sys.modules\n"
+        "with RichView(make_console(io.StringIO(), force_terminal=True), model='m'):\n"
+        "    print('rich.markdown' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

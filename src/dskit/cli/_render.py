@@ -166,6 +166,9 @@ class RichView:
         self._live: Live | None = None
 
     def __enter__(self) -> RichView:
+        # Imported now, not at the first token: a Ctrl-C landing inside a first import
+        # leaves the module half-built, and finish() would then fail to render.
+        import rich.markdown  # noqa: F401
         from rich.live import Live
 
         self._live = Live(
