@@ -101,14 +101,23 @@ async def keep_alive(send: Send, timing: Timing, beat: bytes) -> None:
 
 
 async def write_events(send: Send, shaped: Shaped, timing: Timing) -> None:
-    """Write the events on their schedule; raise Abort where the stream must break."""
+    """Write the events on their schedule; raise Abort where the stream must break.
+
+    The schedule is absolute, as a model's token rate is: the k-th token is due at
+    start + ttft + k x token, however long the writes before it took. Sleeping `token`
+    after each write instead would let every late wake-up (a busy core) push all later
+    tokens back, so the stream drifts slower than configured under load.
+    """
     budget = shaped.drop_bytes
     events = shaped.events
     slices = groups(len(events), shaped.lead, shaped.tail, timing)
     last = len(slices) - 1
+    loop = asyncio.get_running_loop()
+    due = loop.time()
     for index, (delay, first, end) in enumerate(slices):
+        due += delay
         if delay > 0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(due - loop.time())
         payload = events[first] if end - first == 1 else b"".join(events[first:end])
         if budget is not None:
             if len(payload) >= budget:
