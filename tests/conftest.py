@@ -49,6 +49,17 @@ def _no_real_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEEPSEEK_BASE_URL", raising=False)
 
 
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variables: `AsyncDeepSeek` then streams through dskit's own H1 pool."""
+    from dskit.client._h1 import PROXY_VARIABLES
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
 @pytest.fixture(scope="session")
 def sim() -> Iterator[Any]:
     from dskit.sim import SimServer

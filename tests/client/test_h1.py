@@ -34,7 +34,6 @@ from .conftest import FakeClock
 
 TIMEOUTS = (5.0, 5.0)
 SLACK = 0.005  # timeouts run on loop.time(); uvloop's is a cached, millisecond clock
-PROXY_NAMES = ("http_proxy", "https_proxy", "all_proxy")
 
 
 # ---- a raw loopback server ----------------------------------------------------------------
@@ -221,14 +220,6 @@ def causes(exc: BaseException | None) -> Iterator[BaseException]:
 # ---- 1. which client AsyncDeepSeek drives --------------------------------------------------
 
 
-@pytest.fixture
-def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in PROXY_NAMES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    return monkeypatch
-
-
 async def test_async_client_uses_the_h1_pool_by_default(no_proxy_env: pytest.MonkeyPatch) -> None:
     assert _h1.usable(http2=False, transport=None)
     limits = Limits(max_connections=7, max_keepalive_connections=3)
@@ -277,6 +268,22 @@ async def test_async_client_keeps_one_connection_alive_against_the_simulator(
         assert first.content and second.content
         assert [m.id for m in await client.models()]
         assert pool.connections == 1  # three calls, one kept-alive connection
+    assert pool.connections == 0
+
+
+async def test_paced_streams_reuse_their_connection(
+    sim: Any, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    """Paced by tokens (one simulator write per piece), every stream still ends with its
+    connection back in the pool for the next one."""
+    paced = {"X-Sim-Token-Ms": "1"}
+    async with AsyncDeepSeek("sk-test-000000", base_url=sim.base_url) as client:
+        pool = client._http
+        assert isinstance(pool, H1Pool)
+        for turn in range(5):
+            result = await client.chat(f"paced {turn}", max_tokens=8, extra_headers=paced)
+            assert result.content
+            assert pool.connections == 1 and pool.idle == 1  # back before chat() returns
     assert pool.connections == 0
 
 
@@ -364,9 +371,15 @@ async def test_different_origins_get_different_connections() -> None:
 
 
 async def test_concurrent_streams_share_max_connections() -> None:
-    async def handler(conn: Conn) -> None:
+    arrived, both_in = 0, asyncio.Event()
+
+    async def handler(conn: Conn) -> None:  # holds its answers until two streams are in
+        nonlocal arrived
         while (request := await conn.request()) is not None:
-            await asyncio.sleep(0.03)  # a slow server: the streams overlap
+            arrived += 1
+            if arrived == 2:
+                both_in.set()
+            await both_in.wait()
             await conn.send(response(request.line.split()[1].encode()))
 
     async with serve(handler) as server, pool_of(max_connections=2) as pool:
@@ -824,6 +837,34 @@ async def test_an_idle_connection_past_keepalive_expiry_is_not_reused() -> None:
         assert server.accepted == 2
         assert pool.connections == 1
         await eventually(lambda: server.open_now == 1)  # the expired one was closed
+
+
+async def test_expired_idle_connections_are_closed_without_a_request() -> None:
+    """The pool sweeps expired idle connections itself, more than one batch of them, so
+    the next request after a quiet spell does not pay for closing them."""
+    count = _h1.SWEEP_BATCH + 6
+    arrived, all_in = 0, asyncio.Event()
+
+    async def together(conn: Conn) -> None:  # answers once every request is in
+        nonlocal arrived
+        while (request := await conn.request()) is not None:
+            arrived += 1
+            if arrived == count:
+                all_in.set()
+            await all_in.wait()
+            await conn.send(response(request.line.split()[1].encode()))
+
+    async with (
+        serve(together) as server,
+        pool_of(max_keepalive=count, keepalive_expiry=0.2) as pool,
+    ):
+        urls = [f"{server.url}/{i}" for i in range(count)]
+        await asyncio.gather(*(fetch(pool, url) for url in urls))
+        assert server.accepted == count
+        assert pool.idle == count
+        await eventually(lambda: server.open_now == 0 and pool.connections == 0)
+        assert pool.idle == 0
+        assert await fetch(pool, f"{server.url}/after") == b"/after"
 
 
 # ---- 8. the read timeout -------------------------------------------------------------------
