@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 DEFAULT_MODEL = "deepseek-chat"  # what a request without a model asks for
 REASONER_MARKERS = ("reasoner", "thinking", "-r1")
@@ -38,12 +38,12 @@ def is_reasoner(model: str) -> bool:
     return any(marker in lowered for marker in REASONER_MARKERS)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """A JSON number (bool is not one, though Python says it is an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def is_integer(value: Any) -> bool:
+def is_integer(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -98,7 +98,7 @@ def test_config_set_writes_a_private_file_and_unset_removes(cli, home):
     assert cli("config", "unset", "api_key").exit_code == 0
     assert read_file() == Settings(temperature=0.25, think=False)
     bad = cli("config", "set", "temperature", "warm")
-    assert bad.exit_code == 2 and "not a number" in bad.stderr
+    assert bad.exit_code == 2 and "temperature must be a number" in bad.stderr
     assert cli("config", "set", "think", "maybe").exit_code == 2
     hot = cli("config", "set", "temperature", "9")
     assert hot.exit_code == 2 and "between 0 and 2" in hot.stderr

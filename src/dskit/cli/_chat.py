@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dskit._validate import DEFAULT_MODEL
+from dskit._validate import DEFAULT_MODEL, is_number
 from dskit.cli._common import (
     Backend,
     api_options,
@@ -70,7 +70,7 @@ class ChatState:
     def current_temperature(self) -> float | None:
         if self.session is not None:
             value = self.session.params.get("temperature")
-            return float(value) if isinstance(value, int | float) else None
+            return float(value) if is_number(value) else None
         return self.temperature
 
     @property

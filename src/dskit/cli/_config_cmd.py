@@ -14,9 +14,9 @@ from dskit.client._errors import ConfigError
 from dskit.config import (
     ENV_VARS,
     Settings,
-    check_temperature,
     config_path,
     load_settings,
+    parse_temperature,
     read_file,
     sources,
 )
@@ -83,11 +83,7 @@ def path_cmd() -> None:
 def _parse(key: str, value: str) -> object:
     if key == "temperature":
         try:
-            number = float(value)
-        except ValueError:
-            raise click.BadParameter(f"not a number: {value!r}", param_hint="VALUE") from None
-        try:
-            return check_temperature(number)
+            return parse_temperature(value)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="VALUE") from None
     if key == "think":

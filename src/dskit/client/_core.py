@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 import orjson
 
-from dskit._validate import DEFAULT_MODEL, check_chat_request, check_fim_request
+from dskit._validate import DEFAULT_MODEL, check_chat_request, check_fim_request, is_integer
 from dskit._version import __version__
 from dskit.client._accumulate import Seed
 from dskit.client._config import (
@@ -237,7 +237,7 @@ def continuation_seed(content: str, reasoning: str | None, pieces: int) -> Seed:
         raise ValidationError("content must be a string", param="content")
     if reasoning is not None and not isinstance(reasoning, str):
         raise ValidationError("reasoning must be a string or None", param="reasoning")
-    if not isinstance(pieces, int) or isinstance(pieces, bool) or pieces < 0:
+    if not is_integer(pieces) or pieces < 0:
         raise ValidationError("pieces must be an integer, 0 or more", param="pieces")
     return Seed(content, reasoning, pieces)
 

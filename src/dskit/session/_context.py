@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dskit._tokens import estimate_message_tokens
-from dskit._validate import is_reasoner
+from dskit._validate import is_integer, is_reasoner
 from dskit.client._errors import ContextOverflowError, ValidationError
 
 Strategy = Literal["window", "summarize", "error"]
@@ -44,7 +44,7 @@ REASONER_OUTPUT = 32 * 1024
 
 def _positive(name: str, value: Any, *, zero: bool = False) -> None:
     low = 0 if zero else 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    if not is_integer(value) or value < low:
         raise ValidationError(f"{name} must be an integer >= {low}, got {value!r}", param=name)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from dskit._tokens import estimate_tokens
-from dskit._validate import check_chat_request, is_reasoner
+from dskit._validate import check_chat_request, is_number, is_reasoner
 from dskit.client._core import API_PARAMS
 from dskit.client._errors import ToolError, ValidationError
 from dskit.client._types import ChatResult, ToolCall, Usage
@@ -395,7 +395,7 @@ GROWING = ("content", "reasoning", "tool_call")
 
 def check_save_interval(value: Any) -> float:
     """A crash may lose at most this much of a streamed answer: at most one second."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not is_number(value):
         raise ValidationError("save_interval must be a number of seconds", param="save_interval")
     if not 0 < value <= MAX_SAVE_INTERVAL:
         raise ValidationError(

@@ -11,7 +11,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from dskit._validate import is_number
+from dskit._validate import is_integer, is_number
 
 _WORDS = ("alpha", "beta", "gamma", "delta", "paris", "tokyo", "lima", "oslo", "blue", "green")
 MAX_DEPTH = 6
@@ -101,7 +101,7 @@ def _string(schema: Mapping[str, Any], rng: random.Random) -> str:
 
 
 def _int(value: Any, default: int) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    ok = is_integer(value) and value >= 0
     return value if ok else default
 
 

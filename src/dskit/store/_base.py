@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from dskit._validate import is_integer
 from dskit.client._errors import ValidationError
 from dskit.store._model import (
     SessionInfo,
@@ -204,7 +205,7 @@ class ThreadedAsyncMixin(ExportMixin):
 
 
 def check_limit(limit: int) -> int:
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+    if not is_integer(limit) or limit < 1:
         raise ValidationError(f"limit must be a positive integer, got {limit!r}", param="limit")
     return limit
 
