@@ -154,6 +154,25 @@ def test_client_leaving_a_relay_closes_the_upstream_request(
         wait_until(lambda: "dskit_gateway_active_streams 0.0" in http.get("/metrics").text)
 
 
+def test_relays_in_a_row_reuse_one_upstream_connection(
+    gateway_factory: Any, sim_factory: Any, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    """A relay hands its upstream connection back for the next request: one kept-alive
+    connection serves streams one after another (a new one per stream costs a connect
+    and the upstream's accept on every first token)."""
+    from tests.conftest import wait_until
+
+    gateway = gateway_factory(upstream=sim_factory(token_ms=1).base_url)
+    pool = gateway.gw.client._http
+    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": True, "max_tokens": 8}
+    with gateway.client() as http:
+        for _ in range(4):
+            with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert "data: [DONE]" in list(response.iter_lines())
+            wait_until(lambda: pool.idle == 1, timeout=10)
+            assert pool.connections == 1
+
+
 @pytest.mark.parametrize("text", ["plain", 'quotes " and \\ and\nnewlines', "émoji 🌊", ""])
 def test_content_chunk_bytes_are_the_general_delta_encoding(text: str) -> None:
     from dskit.gateway._relay import ChunkEncoder

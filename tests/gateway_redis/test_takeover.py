@@ -149,3 +149,22 @@ async def test_continuation_keeps_the_original_max_tokens(sim: Any) -> None:
         result = await continuation.final()
     assert result.content == whole.content
     assert result.finish_reason == "length"
+
+
+async def test_an_orphan_whose_session_is_gone_is_ended_not_taken_over_again(
+    gateway_factory: Any, log: RedisStreamLog, other_log: RedisStreamLog, sim: Any,
+    redis_url: str, redis_prefix: str,
+) -> None:  # fmt: skip
+    """Its session was deleted while its instance was down: the taking instance ends
+    the answer with an error instead of releasing it for every scan to try again."""
+    answer_id = await dead_writer(log, sim, 2)  # its session "s1" is in no store
+    gateway_factory(redis=redis_url, redis_namespace=redis_prefix, takeover_interval=0.05)
+
+    async def ended() -> bool:
+        return (await other_log.read(answer_id)).finished
+
+    await eventually(ended, within=15)
+    entries = (await other_log.read(answer_id)).entries
+    assert [e.kind for e in entries] == ["content", "content", "error"]
+    assert orjson.loads(entries[-1].data)["status"] == 404
+    assert await other_log.orphans() == []

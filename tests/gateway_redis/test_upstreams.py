@@ -95,3 +95,22 @@ def test_an_upstream_503_retried_once_counts_one_retry(
         assert answer.status_code == 200
         metrics = http.get("/metrics").text
     assert "dskit_gateway_upstream_retries_total 1.0" in metrics
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_answers_broken_mid_stream_open_the_breaker(
+    gateway_factory: Callable[..., Any], stream: bool
+) -> None:
+    """A relayed answer that breaks after its first event (and cannot be resumed) tells
+    the upstream's breaker, as a session answer does: two such and it opens."""
+    gateway = gateway_factory(
+        upstream_max_resumes=0, breaker=BreakerSettings(failure_threshold=2, cooldown=30)
+    )
+    chooser = gateway.gw.pool.chooser
+    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": stream}
+    broken = faults_once(times=2, Drop_After_Events=3)
+    with gateway.client() as http:
+        for _ in range(2):
+            answer = http.post("/v1/chat/completions", json=body, headers=broken)
+            assert answer.status_code != 200 or "error" in answer.text
+    assert chooser.states() == {"primary": "open"}

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from dskit.gateway._state import Gateway
 
 logger = logging.getLogger("dskit.gateway")
+CANCELLED = orjson.dumps({"message": "the answer was cancelled", "type": "cancelled",
+                          "code": "cancelled", "status": 499})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +203,10 @@ class AnswerRunner:
             partial = await log.partial(answer_id)
             taken = TakeoverJob.decode(await log.job(answer_id))
             record = await self.gw.store.aload(taken.session_id)
-        except Exception as exc:
+        except (LookupError, TypeError, ValueError) as exc:  # no session, an unreadable job
+            await self._abandon(answer_id, exc)
+            return
+        except Exception as exc:  # Redis or the store out of reach: a later scan retries
             logger.warning("cannot take over answer %s: %s", answer_id, exc)
             await log.release(answer_id, self.worker)
             return
@@ -214,6 +219,16 @@ class AnswerRunner:
             return
         logger.warning("answer %s: taking over after event %d", answer_id, partial.seq)
         await self._produce(job, lambda: self._continuation(taken, partial, record))
+
+    async def _abandon(self, answer_id: str, exc: Exception) -> None:
+        """A takeover that can never work (the session was deleted while its instance was
+        down, the job cannot be read): end the answer with an error, or every instance
+        would take it over again on every scan until the log forgets it."""
+        logger.error("answer %s cannot be taken over; ending it: %s", answer_id, exc)
+        log = self.gw.log
+        await log.append(answer_id, "error", self._error_payload(exc, answer_id))
+        await log.finish(answer_id)
+        await log.release(answer_id, self.worker)
 
     async def _continuation(
         self, taken: TakeoverJob, partial: Any, record: SessionRecord
@@ -236,7 +251,7 @@ class AnswerRunner:
             await self._generate(job, source, opened.key)
         except asyncio.CancelledError:
             if self._handing_over:  # shutting down: another instance continues it
-                await self._hand_over(job, source)
+                await self._hand_over(job)
                 raise
             status = "cancelled"
             await self._fail(job, asyncio.CancelledError(), _snapshot(source))
@@ -261,10 +276,8 @@ class AnswerRunner:
         if job.callback_url:
             await self.gw.send_callback(job.callback_url, job.answer_id, job.record.id)
 
-    async def _hand_over(self, job: AnswerJob, source: AnswerSource | None) -> None:
-        with contextlib.suppress(Exception):
-            if source is not None:
-                await source.aclose()
+    async def _hand_over(self, job: AnswerJob) -> None:
+        with contextlib.suppress(Exception):  # the source is closed by `_produce`
             await self.gw.log.release(job.answer_id, self.worker)
         logger.info("answer %s handed over to another instance", job.answer_id)
 
@@ -306,22 +319,20 @@ class AnswerRunner:
                 "message": turn_of(result)}  # fmt: skip
 
     async def _fail(self, job: AnswerJob, exc: BaseException, partial: ChatResult) -> None:
-        cancelled = isinstance(exc, asyncio.CancelledError)
         message = SessionCore.reply_message(partial, incomplete=True)
         if worth_keeping(message):  # the session's rule for a cut-off answer
             with contextlib.suppress(Exception):
                 await self._save(job, message)
-        error = logged_error(exc, f"answer {job.answer_id}") if not cancelled else None
-        payload = (
-            {"message": "the answer was cancelled", "type": "cancelled", "code": "cancelled",
-             "status": 499}
-            if error is None
-            else {**error.body()["error"], "status": error.status}
-        )  # fmt: skip
-        if error is not None:
-            self.gw.metrics.errors.labels(error.kind).inc()
-            logger.warning("answer %s failed: %s", job.answer_id, error.message)
-        await self.gw.log.append(job.answer_id, "error", orjson.dumps(payload))
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        payload = CANCELLED if cancelled else self._error_payload(exc, job.answer_id)
+        await self.gw.log.append(job.answer_id, "error", payload)
+
+    def _error_payload(self, exc: BaseException, answer_id: str) -> bytes:
+        """An answer's `error` event for a failure: the gateway's error shape, counted."""
+        error = logged_error(exc, f"answer {answer_id}")
+        self.gw.metrics.errors.labels(error.kind).inc()
+        logger.warning("answer %s failed: %s", answer_id, error.message)
+        return orjson.dumps({**error.body()["error"], "status": error.status})
 
     async def _save(self, job: AnswerJob, message: StoredMessage) -> None:
         """Append the assistant turn, reloading once if another writer got there first."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from dskit.client._errors import APIConnectionError, APIStatusError
+from dskit.client._errors import APIConnectionError, APIStatusError, IncompleteStreamError
 
 State = Literal["closed", "open", "half_open"]
 Clock = Callable[[], float]
@@ -47,11 +47,12 @@ class BreakerSettings:
 def is_upstream_failure(exc: BaseException) -> bool:
     """Failures that say the upstream is unwell: no connection, timeouts, 429 and 5xx.
 
-    A 400 or 401 is the request's or the key's fault; it must not open the breaker.
+    A stream the client could not complete, even by resuming, counts too. A 400 or 401
+    is the request's or the key's fault; it must not open the breaker.
     """
     if isinstance(exc, APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
-    return isinstance(exc, APIConnectionError)
+    return isinstance(exc, APIConnectionError | IncompleteStreamError)
 
 
 class CircuitBreaker:

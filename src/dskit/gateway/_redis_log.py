@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dskit.gateway")
 END = "__end"
 DEFAULT_NAMESPACE = "dskit:gw"
+DEFAULT_LEASE = 10.0  # seconds a writer's lease lasts unless renewed
 T = TypeVar("T")
 
 # KEYS: log, meta, lease. ARGV: worker, lease ms, kind, data, op id.
@@ -135,7 +136,7 @@ class RedisLogSettings:
     """
 
     namespace: str = DEFAULT_NAMESPACE
-    lease_ttl: float = 10.0
+    lease_ttl: float = DEFAULT_LEASE
     answer_ttl: float = 900.0
     unfinished_ttl: float = 86_400.0
     read_batch: int = 1000

@@ -14,17 +14,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from dskit._validate import USER_ID
-from dskit.client._async import AsyncStream
 from dskit.client._core import API_PARAMS
 from dskit.client._types import ChatResult, StreamEvent, Usage
 from dskit.gateway._errors import GatewayError, logged_error
 from dskit.gateway._metrics import Metrics
 from dskit.gateway._schemas import ChatCompletionRequest
+
+if TYPE_CHECKING:
+    from dskit.gateway._scale import UpstreamSource
 
 KEEP_ALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -141,18 +143,20 @@ def _tool_fragment(event: Any) -> dict[str, Any]:
 class Relay:
     """One streamed completion: pulls client events, yields wire bytes, records metrics.
 
-    `first` is the event the upstream pool already read (so a failure before any output
-    was a proper HTTP error); the body starts with it. `on_done` gets the answer once it
-    has been sent whole.
+    The body starts with `source.first`, the event the upstream pool already read (so a
+    failure before any output was a proper HTTP error), then reads `source.stream`
+    itself (one frame less per event than `source.events()`), telling the source how the
+    answer ended. `on_done` gets the answer once it has been sent whole.
     """
 
     def __init__(
-        self, stream: AsyncStream, first: StreamEvent | None, model: str, metrics: Metrics,
-        started: float, on_done: Callable[[ChatResult], Awaitable[None]] | None = None,
+        self, source: UpstreamSource, model: str, metrics: Metrics, started: float,
+        on_done: Callable[[ChatResult], Awaitable[None]] | None = None,
     ) -> None:  # fmt: skip
-        self.stream = stream
+        self.source = source
+        self.stream = source.stream
         self.on_done = on_done
-        self.first = first
+        self.first = source.first
         self.encoder = ChunkEncoder(model)
         self.metrics = metrics
         self.started = started
@@ -168,6 +172,7 @@ class Relay:
             while event is not None:
                 if self._relay(event, out):
                     yield b"".join(out)
+                    self.source.ended(None)
                     if self.on_done is not None:
                         await self.on_done(stream.snapshot())
                     return
@@ -176,6 +181,7 @@ class Relay:
                     out.clear()
                 event = await anext(stream, None)
         except Exception as exc:  # after the headers: the error travels as an event
+            self.source.ended(exc)
             error = logged_error(exc, "a relayed stream")
             metrics.errors.labels(error.kind).inc()
             out.append(b"data: " + error.encode() + b"\n\n")

@@ -12,10 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from dskit.client._async import AsyncStream
 from dskit.client._types import ChatResult
 from dskit.gateway._answers import open_answer
-from dskit.gateway._breaker import Upstream
 from dskit.gateway._deps import (
     GatewayDep,
     Limited,
@@ -85,10 +83,10 @@ async def relay_response(
     if not isinstance(source, UpstreamSource):  # from the cache
         return _cached(source.snapshot(), body)
     marks = {CACHE_HEADER: opened.lookup} if opened.lookup else {}
-    done = _on_done(gw, opened.key, source.upstream)
+    done = _on_done(gw, opened.key)
     if not body.stream:
-        return await _complete(gw, source.stream, done, params["model"], started, marks)
-    relay = Relay(source.stream, source.first, body.model, gw.metrics, started, done)
+        return await _complete(gw, source, done, params["model"], started, marks)
+    relay = Relay(source, body.model, gw.metrics, started, done)
     return EventStreamResponse(relay.body(), marks)
 
 
@@ -105,16 +103,12 @@ async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _on_done(
-    gw: Gateway, key: CacheRequest | None, upstream: Upstream
-) -> Callable[[ChatResult], Awaitable[None]]:
-    """What follows a relayed answer received whole (streamed or not): its upstream
-    counts as up, and it is cached (when the request uses the cache)."""
+def _on_done(gw: Gateway, key: CacheRequest | None) -> Callable[[ChatResult], Awaitable[None]]:
+    """What follows a relayed answer received whole (streamed or not): it is cached
+    (when the request uses the cache)."""
 
     async def done(result: ChatResult) -> None:
         if result.finish_reason is not None:
-            assert gw.pool is not None
-            gw.pool.report(upstream, None)
             await gw.cache.store(key, result)
 
     return done
@@ -154,14 +148,16 @@ class FastChatCompletions:
 
 
 async def _complete(
-    gw: Gateway, stream: AsyncStream, done: Callable[[ChatResult], Awaitable[None]],
+    gw: Gateway, source: UpstreamSource, done: Callable[[ChatResult], Awaitable[None]],
     model: str, started: float, headers: dict[str, str],
 ) -> Response:  # fmt: skip
     try:
-        async with stream:
-            result = await stream.final()
+        async with source.stream:
+            result = await source.stream.final()
     except Exception as exc:
+        source.ended(exc)
         raise _counted(gw, exc) from None
+    source.ended(None)
     await done(result)
     gw.metrics.count_usage(result.usage)
     gw.metrics.latency.labels("chat_completions").observe(time.monotonic() - started)

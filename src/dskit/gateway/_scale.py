@@ -103,28 +103,20 @@ def redis_down(exc: BaseException) -> GatewayError | None:
 # ---- upstreams -----------------------------------------------------------------------------
 
 
-ClientSource = AsyncDeepSeek | Callable[[], AsyncDeepSeek]
-
-
 class UpstreamPool:
     """Clients by base URL and the chooser that picks, in order, an upstream that is up.
 
-    A client source is a client or a callable returning one (the gateway rotates over
-    a few connection pools for its main upstream). `on_retry` is called for each retry
-    before a stream's first event (`open()` consumes those `retrying` events).
+    The pool owns its clients (`aclose` closes them). `on_retry` is called for each
+    retry before a stream's first event (`open()` consumes those `retrying` events).
     """
 
     def __init__(
-        self, chooser: UpstreamChooser, clients: Mapping[str | None, ClientSource],
+        self, chooser: UpstreamChooser, clients: Mapping[str | None, AsyncDeepSeek],
         on_retry: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
         self.chooser = chooser
         self.clients = dict(clients)
         self.on_retry = on_retry
-
-    def client_for(self, upstream: Upstream) -> AsyncDeepSeek:
-        source = self.clients[upstream.base_url]
-        return source if isinstance(source, AsyncDeepSeek) else source()
 
     async def open(
         self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
@@ -146,7 +138,7 @@ class UpstreamPool:
             call = dict(params)
             if upstream.model:
                 call["model"] = upstream.model
-            stream = self.client_for(upstream).stream(list(messages), **call)
+            stream = self.clients[upstream.base_url].stream(list(messages), **call)
             try:
                 return upstream, stream, await self._first_event(stream)
             except Exception as exc:
@@ -167,10 +159,8 @@ class UpstreamPool:
         self.chooser.report(upstream, exc)
 
     async def aclose(self) -> None:
-        """Close the clients the pool was given as clients (not those behind callables)."""
-        for source in self.clients.values():
-            if isinstance(source, AsyncDeepSeek):
-                await source.aclose()
+        for client in self.clients.values():
+            await client.aclose()
 
 
 # ---- cache ---------------------------------------------------------------------------------
@@ -360,10 +350,16 @@ class UpstreamSource:
             async for event in self.stream:
                 yield event
         except Exception as exc:
-            if is_upstream_failure(exc):  # a broken answer is not proof the upstream is well
-                self.pool.report(self.upstream, exc)
+            self.ended(exc)
             raise
-        self.pool.report(self.upstream, None)
+        self.ended(None)
+
+    def ended(self, exc: BaseException | None) -> None:
+        """Tell the upstream's breaker how the answer ended: whole (the upstream is up) or
+        broken by an upstream failure (a request error says nothing about the upstream).
+        For readers that take `stream` directly rather than `events()`."""
+        if exc is None or is_upstream_failure(exc):
+            self.pool.report(self.upstream, exc)
 
     async def final(self) -> ChatResult:
         return await self.stream.final()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from dskit.gateway._breaker import BreakerSettings, parse_upstreams
+from dskit.gateway._redis_log import DEFAULT_LEASE, DEFAULT_NAMESPACE
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 ENV_PREFIX = "DSKIT_GATEWAY_"
@@ -73,8 +74,8 @@ class GatewaySettings:
     # Many instances (docs/scaling.md): `redis` moves the stream log, rate limits, cache and
     # (unless `store` says otherwise) sessions into one Redis shared by every instance.
     redis: str | None = None
-    redis_namespace: str = "dskit:gw"
-    lease_seconds: float = 10.0
+    redis_namespace: str = DEFAULT_NAMESPACE
+    lease_seconds: float = DEFAULT_LEASE
     takeover_interval: float = 1.0
     tokens_limit: RateLimit | None = None
     fallbacks: tuple[str, ...] = ()

@@ -9,11 +9,9 @@ Upstream choice (said in the log at startup and shown by the web page):
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import ssl
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -30,7 +28,6 @@ from dskit.gateway._ratelimit import RateLimiter, make_rate_limiter
 from dskit.gateway._redis_log import RedisStreamLog
 from dskit.gateway._scale import (
     CacheFront,
-    ClientSource,
     RedisParts,
     UpstreamPool,
     breaker_gauge,
@@ -48,7 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dskit.gateway")
 PLACEHOLDER_KEY = "sk-dskit-gateway-no-key"
-CLIENT_SHARDS = 16
+MAX_UPSTREAM_CONNECTIONS = 10_000
 UpstreamMode = Literal["deepseek", "custom", "simulator"]
 
 
@@ -97,20 +94,15 @@ class Gateway:
         self.sim: SimServer | None = None
         self.mode: UpstreamMode = "simulator"
         self._client: AsyncDeepSeek | None = None
-        self._shards: list[AsyncDeepSeek] = []
-        self._next_shard: Callable[[], AsyncDeepSeek] = lambda: self.client
         self._tls: ssl.SSLContext | None = None
 
     @property
     def client(self) -> AsyncDeepSeek:
-        """An upstream client; successive calls rotate over a few connection pools.
-
-        httpcore's pool scans every pooled connection on each request and release, so
-        one pool of N connections costs O(N) per request; shards keep each pool small.
-        """
+        """The upstream client: one connection pool, whose kept-alive connections the
+        next request reuses."""
         if self._client is None:
             raise ConfigError("the gateway is not started")
-        return self._next_shard()
+        return self._client
 
     @property
     def ready(self) -> bool:
@@ -131,9 +123,7 @@ class Gateway:
             self.mode, key = "custom", PLACEHOLDER_KEY
         else:
             self.mode, key, base_url = "simulator", PLACEHOLDER_KEY, await self._start_sim()
-        self._shards = [self._new_client(key, base_url) for _ in range(CLIENT_SHARDS)]
-        self._next_shard = itertools.cycle(self._shards).__next__
-        self._client = self._shards[0]
+        self._client = self._new_client(key, base_url)
         self._start_scale(key)
         self._announce()
 
@@ -141,7 +131,7 @@ class Gateway:
         """Upstreams with breakers and fallbacks, the takeover loop."""
         primary = self.client.base_url
         upstreams = parse_upstreams(primary, self.settings.fallbacks)
-        sources: dict[str | None, ClientSource] = {primary: lambda: self.client}
+        sources: dict[str | None, AsyncDeepSeek] = {primary: self.client}
         for upstream in upstreams:
             if upstream.base_url not in sources:
                 sources[upstream.base_url] = self._new_client(key, upstream.base_url)
@@ -156,15 +146,15 @@ class Gateway:
 
     def _new_client(self, key: str, base_url: str | None) -> AsyncDeepSeek:
         """One upstream client. They share one TLS context: building one loads the CA
-        bundle (~40 ms), and the shards and fallbacks are ~20 clients."""
+        bundle (~40 ms), once for the primary and every fallback."""
         if self._tls is None:
             import httpx2
 
             self._tls = httpx2.create_ssl_context()
-        per_shard = 10_000 // CLIENT_SHARDS
+        most = MAX_UPSTREAM_CONNECTIONS
         return AsyncDeepSeek(
             api_key=key, base_url=base_url, verify=self._tls,
-            limits=Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
+            limits=Limits(max_connections=most, max_keepalive_connections=most),
             retry=RetryPolicy(max_retries=self.settings.upstream_max_retries, base_delay=0.5),
             max_resumes=self.settings.upstream_max_resumes,
             timeout=Timeout(connect=10.0, read=660.0, idle=300.0),
@@ -192,9 +182,7 @@ class Gateway:
             await self.takeover.stop()
         await self.runner.shutdown()
         await self.callbacks.aclose()
-        for client in self._shards:
-            await client.aclose()
-        for extra in (self.pool, self.redis):
+        for extra in (self.pool or self._client, self.redis):  # the pool owns the client
             if extra is not None:
                 await extra.aclose()
         if self.sim is not None:
