@@ -160,6 +160,20 @@ async def test_dead_instance_answer_is_taken_over_and_zombie_fenced(
     assert await other_log.orphans() == []
 
 
+async def test_an_answer_is_born_leased_so_no_scan_sees_it_unowned(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    """Creating and then leasing in two steps left a window in which another instance's
+    scan took a live answer over (seen under load in the Redis restart test)."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", job=b"{}", owner="w1")
+    assert log.holds(answer_id)
+    assert await other_log.orphans() == []
+    assert not await other_log.lease(answer_id, "w2", 30.0)
+    assert await log.append(answer_id, "content", text("mine")) == 1
+    assert await log.lease(answer_id, "w1", 30.0), "the owner's own lease call renews it"
+
+
 async def test_released_unfinished_answer_is_an_orphan(
     log: RedisStreamLog, other_log: RedisStreamLog
 ) -> None:

@@ -158,9 +158,9 @@ class AnswerRunner:
         job = AnswerJob(answer_id, record, messages, headers, callback_url, time.monotonic())
         log = self.gw.log
         if isinstance(log, RedisStreamLog):  # what another instance needs to take it over
-            await log.create(answer_id, record.id, job=_takeover_job(job))
+            await log.create(answer_id, record.id, self.worker, job=_takeover_job(job))
         else:
-            await log.create(answer_id, record.id)
+            await log.create(answer_id, record.id, self.worker)
         self._track(answer_id, self._run(job))
         return answer_id
 
@@ -191,8 +191,7 @@ class AnswerRunner:
             await self.cancel(answer_id)
 
     async def _run(self, job: AnswerJob) -> None:
-        lease = self.gw.settings.lease_seconds
-        await self.gw.log.lease(job.answer_id, self.worker, lease)
+        """A new answer (leased to this instance since `create`)."""
         await self._produce(job, lambda: self._open(job))
 
     async def _continue(self, answer_id: str) -> None:

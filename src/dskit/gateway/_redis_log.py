@@ -242,9 +242,16 @@ class RedisStreamLog:
 
     # ---- the StreamLog protocol --------------------------------------------------------
 
-    async def create(self, answer_id: str, session_id: str, job: bytes = b"") -> None:
-        """A new answer; `job` is what a takeover needs to continue it (opaque bytes)."""
-        log, meta, _ = self._keys(answer_id)
+    async def create(
+        self, answer_id: str, session_id: str, owner: str | None = None, job: bytes = b""
+    ) -> None:
+        """A new answer; `job` is what a takeover needs to continue it (opaque bytes).
+
+        With `owner` the answer is born leased to it, in the same transaction: an answer
+        in the running set without a lease is an orphan to every other instance's scan,
+        so leasing it in a second step would let another instance take it over first.
+        """
+        log, meta, lease = self._keys(answer_id)
         ttl = int(self.settings.unfinished_ttl)
         fields: dict[Any, Any] = {
             "session": session_id, "seq": 0, "finished": 0, "created": time.time(), "job": job
@@ -253,9 +260,17 @@ class RedisStreamLog:
             pipe.delete(log)
             pipe.hset(meta, mapping=fields)
             pipe.expire(meta, ttl)
+            if owner is not None:
+                pipe.set(lease, owner, px=self._lease_ms)
             await pipe.execute()
-        await self.redis.set(self._active_key(session_id), answer_id, ex=ttl)
-        await self.redis.zadd(self._running, {answer_id: time.time()})
+        if owner is not None:
+            self._hold(answer_id, owner)
+        try:
+            await self.redis.set(self._active_key(session_id), answer_id, ex=ttl)
+            await self.redis.zadd(self._running, {answer_id: time.time()})
+        except BaseException:
+            self._forget(answer_id)  # the answer will not run: stop renewing its lease
+            raise
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
         worker = self._held.get(answer_id)
@@ -339,11 +354,15 @@ class RedisStreamLog:
             raise UnknownAnswerError(answer_id)
         if taken != 1:
             return False
+        self._hold(answer_id, worker)
+        return True
+
+    def _hold(self, answer_id: str, worker: str) -> None:
+        """Note the lease as ours and keep it renewed in the background."""
         self._held[answer_id] = worker
         if answer_id not in self._renewers:
             task = asyncio.create_task(self._renew(answer_id, worker), name=f"lease-{answer_id}")
             self._renewers[answer_id] = task
-        return True
 
     async def release(self, answer_id: str, worker: str) -> None:
         self._forget(answer_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ class AnswerInfo:
 class StreamLog(Protocol):
     """Numbered events per answer; appends by one writer, reads by many, waits for news."""
 
-    async def create(self, answer_id: str, session_id: str) -> None: ...
+    async def create(self, answer_id: str, session_id: str, owner: str | None = None) -> None:
+        """A new answer; with `owner` it is born leased to that worker."""
+
     async def append(self, answer_id: str, kind: str, data: bytes) -> int: ...
     async def read(self, answer_id: str, after: int = 0, wait: float = 0.0) -> LogSlice: ...
     async def last(self, answer_id: str) -> LogEntry | None: ...
@@ -101,9 +104,10 @@ class MemoryStreamLog:
             raise UnknownAnswerError(answer_id)
         return answer
 
-    async def create(self, answer_id: str, session_id: str) -> None:
+    async def create(self, answer_id: str, session_id: str, owner: str | None = None) -> None:
         self._expire()
-        self._answers[answer_id] = _Answer(session_id)
+        # one process: the owner cannot die without the log, so its lease needs no expiry
+        self._answers[answer_id] = _Answer(session_id, holder=owner, lease_until=math.inf)
         self._active[session_id] = answer_id
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
