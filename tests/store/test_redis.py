@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 import redis
 from redis.crc import key_slot
 
 from dskit.store import RedisStore, SessionRecord, StoredMessage, StoreError
+from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -102,3 +104,30 @@ def test_a_limited_listing_skips_expired_sessions_and_stops_at_the_limit(
     assert [i.id for i in store.list_sessions()] == [middle.id, old.id]
     client.close()
     store.close()
+
+
+def test_every_pooled_connection_survives_a_redis_restart(tmp_path: Path) -> None:
+    """After a restart each pooled connection is stale; without retries every one of them
+    failed one request (seen as 503s from the gateway after Redis came back)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisStore(server.url, namespace="restart")
+
+    async def restart_under_use(record_id: str) -> list[SessionRecord]:
+        try:
+            await asyncio.gather(*(store.aload(record_id) for _ in range(8)))  # 8 pooled
+            server.kill()
+            server.start()
+            return await asyncio.gather(*(store.aload(record_id) for _ in range(8)))
+        finally:
+            await store.aclose()
+
+    try:
+        record = store.create(SessionRecord())
+        store.load(record.id)  # the sync pool holds a connection too
+        loaded = asyncio.run(restart_under_use(record.id))
+        assert {r.id for r in loaded} == {record.id}
+        assert store.load(record.id).id == record.id
+    finally:
+        store.close()
+        server.stop()

@@ -177,9 +177,9 @@ def connect(url: str) -> redis.asyncio.Redis:
         raise ConfigError("Redis support needs redis-py: pip install 'dskit[redis]'") from None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"invalid Redis URL {url!r}: expected redis://, rediss:// or unix://")
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-        url, socket_connect_timeout=2.0, health_check_interval=30
-    )
+    from dskit.store._redis import client_options
+
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **client_options(is_async=True))
     return client
 
 
