@@ -350,6 +350,19 @@ def settle(svc: Services, busy: float = 0.05, timeout: float = 90.0) -> None:
     print(f"(servers still busy after {timeout:g} s; measuring anyway)", file=sys.stderr)
 
 
+def core_speed() -> float:
+    """Millions of pure-Python loop steps per second on one core, best of three: VMs
+    differ, and figures from two machines compare only next to this."""
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        total = 0
+        for step in range(2_000_000):
+            total += step
+        best = min(best, time.perf_counter() - began)
+    return 2.0 / best
+
+
 def _load() -> str:
     """The machine's 1-minute load average (other work on the box skews every figure)."""
     return f"{os.getloadavg()[0]:.1f}"
@@ -506,7 +519,8 @@ def main() -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d')}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d')},"
+          f" core speed: {core_speed():.0f} M loop steps/s")  # fmt: skip
     if args.only != "b":
         with services(100, 10, litellm) as svc:
             realistic(svc, args.quick, 1.0 if args.quick else args.window)
