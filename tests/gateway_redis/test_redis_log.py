@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 import uuid
@@ -258,3 +259,36 @@ async def test_writer_rides_out_a_redis_restart(tmp_path: Path) -> None:
     finally:
         await log.aclose()
         server.stop()
+
+
+async def test_a_cancelled_reader_always_stops(log: RedisStreamLog) -> None:
+    """redis-py can swallow a cancellation landing in a command's last moments; an SSE
+    reader whose client had gone then read on until the answer ended. Cancelled at
+    random points of a live answer, every reader must stop."""
+    answer_id = await started(log)
+    done = asyncio.Event()
+
+    async def writer() -> None:
+        while not done.is_set():
+            await log.append(answer_id, "content", text("x"))
+            await asyncio.sleep(0.002)
+
+    async def reader() -> None:
+        after = 0
+        while True:
+            page = await log.read(answer_id, after, wait=15)
+            after = page.entries[-1].seq if page.entries else after
+
+    writing = asyncio.create_task(writer())
+    rng = random.Random(3)
+    try:
+        for _ in range(40):
+            reading = asyncio.create_task(reader())
+            await asyncio.sleep(rng.uniform(0.001, 0.02))
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(reading), 2.0)
+            assert reading.cancelled()
+    finally:
+        done.set()
+        await writing
