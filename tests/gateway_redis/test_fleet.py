@@ -4,8 +4,10 @@ rate limits hold across instances, the cache is shared."""
 from __future__ import annotations
 
 import random
+import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +47,23 @@ def new_session(gateway: GatewayProcess) -> str:
 
 def stream_until_killed(gateway: GatewayProcess, session: str, events: int) -> list[dict[str, Any]]:
     """Stream an answer through `gateway`, SIGKILL it after `events` content events."""
+    return stream_until(gateway, session, events, gateway.kill)
+
+
+def stream_until(
+    gateway: GatewayProcess, session: str, events: int, then: Callable[[], None],
+    headers: dict[str, str] = PACED,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Stream an answer through `gateway`; after `events` content events call `then`."""
     seen: list[dict[str, Any]] = []
     url = f"{gateway.url}/v1/sessions/{session}/messages"
     body = {"content": QUESTION, "stream": True}
-    with httpx2.stream("POST", url, json=body, headers=PACED, timeout=30) as response:
+    with httpx2.stream("POST", url, json=body, headers=headers, timeout=30) as response:
         assert response.status_code == 200
         for event in sse_events(response):
             seen.append(event)
             if sum(e["event"] == "content" for e in seen) >= events:
-                gateway.kill()
+                then()
                 break
     return seen
 
@@ -96,6 +106,41 @@ def test_sigkill_mid_answer_resumes_exactly_through_another_instance(
         assert not stored["messages"][-1]["incomplete"]
     for restart in restarts:
         restart.join(30)
+
+
+def test_a_stopped_instance_hands_its_answer_over_at_once(
+    redis_url: str, redis_prefix: str, sim: Any, tmp_path: Path
+) -> None:
+    """SIGTERM mid-answer: the instance releases the answer's lease as it stops, so another
+    continues it at once (the lease here is 30 s: waiting it out would fail the test)."""
+    fleet = start_fleet(2, redis_url, redis_prefix + "ho", sim.base_url, tmp_path,
+                        env={"DSKIT_GATEWAY_LEASE_SECONDS": "30"})  # fmt: skip
+    stopping, other = fleet
+    try:
+        expected = unbroken(sim, QUESTION)
+        session = new_session(stopping)
+        assert stopping.process is not None
+        process = stopping.process
+        slow = {"X-Sim-Token-Ms": "25"}  # seconds left when it stops: it cannot just finish
+        before = stream_until(
+            stopping, session, 10, lambda: process.send_signal(signal.SIGTERM), slow
+        )
+        stopped_at = time.monotonic()
+        after = resume(other, session, str(before[-1]["id"]))
+        assert time.monotonic() - stopped_at < 15, "continued at once, not after the lease"
+        assert process.wait(15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+        log = next(tmp_path.glob(f"{stopping.name}-*.log")).read_text()
+        assert "handed over to another instance" in log
+        events = before + after
+        assert events[-1]["event"] == "done", events[-1]
+        seqs = [int(str(e["id"]).rpartition(":")[2]) for e in events]
+        assert seqs == list(range(1, len(seqs) + 1)), "no gap, no repeat"
+        assert "".join(e["data"]["text"] for e in events if e["event"] == "content") == expected
+        stored = httpx2.get(f"{other.url}/v1/sessions/{session}", timeout=10).json()
+        assert stored["messages"][-1]["content"] == expected
+    finally:
+        for gateway in fleet:
+            gateway.stop()
 
 
 @pytest.fixture
