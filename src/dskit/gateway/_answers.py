@@ -25,7 +25,7 @@ import orjson
 from dskit.client._types import ChatResult, StreamEvent
 from dskit.gateway._breaker import AllUpstreamsDownError
 from dskit.gateway._errors import logged_error
-from dskit.gateway._redis_log import LeaseLostError, RedisStreamLog
+from dskit.gateway._redis_log import LeaseLostError, RedisStreamLog, stop_if_cancelled
 from dskit.gateway._scale import AnswerSource, CacheRequest, ReplaySource, UpstreamSource
 from dskit.gateway._takeover import (
     PrefixContinuation,
@@ -297,6 +297,7 @@ class AnswerRunner:
                     first = False
                     gw.metrics.ttft.labels("sessions").observe(time.monotonic() - job.started)
                 await append(answer_id, *entry)
+                stop_if_cancelled()
             elif event.type == "resumed":
                 gw.metrics.resumes.inc()
             elif event.type == "retrying":

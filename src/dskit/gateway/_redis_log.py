@@ -183,12 +183,13 @@ def connect(url: str) -> redis.asyncio.Redis:
     return client
 
 
-def _stop_if_cancelled() -> None:
+def stop_if_cancelled() -> None:
     """Raise CancelledError if this task was asked to stop. redis-py can swallow a
     cancellation that lands in a command's last moments (redis/redis-py#2028 and kin):
-    an SSE reader whose client had gone then read on until the answer ended. Readers
-    call this after each command; writers do not, as they finish an answer after a
-    cancel on purpose."""
+    an SSE reader whose client had gone then read on until the answer ended, and a
+    cancelled generation went on. Readers call this after each command, a generation
+    after each append; the log's write calls do not, as a cancelled generation still
+    logs its end on purpose."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -306,14 +307,14 @@ class RedisStreamLog:
             return piece
         log = self._keys(answer_id)[0]
         await self.redis.xread({log: f"{after}-0"}, count=1, block=max(1, int(wait * 1000)))
-        _stop_if_cancelled()
+        stop_if_cancelled()
         return await self._read_now(answer_id, after)
 
     async def _read_now(self, answer_id: str, after: int) -> LogSlice:
         keys = self._keys(answer_id)[:2]
         args = [after, self.settings.read_batch]
         exists, raw = await self._scripts["read"](keys=keys, args=args)
-        _stop_if_cancelled()
+        stop_if_cancelled()
         if not int(exists):
             raise UnknownAnswerError(answer_id)
         entries = [_entry(entry_id, fields) for entry_id, fields in raw]
