@@ -4,6 +4,7 @@ through prefix completion on the simulator, and the log holds the unbroken answe
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from typing import Any
 
@@ -168,3 +169,26 @@ async def test_an_orphan_whose_session_is_gone_is_ended_not_taken_over_again(
     assert [e.kind for e in entries] == ["content", "content", "error"]
     assert orjson.loads(entries[-1].data)["status"] == 404
     assert await other_log.orphans() == []
+
+
+async def test_the_takeover_loop_always_stops(log: RedisStreamLog) -> None:
+    """Stopped at random points of its scans (a cancellation redis-py may swallow at the
+    end of a command), the loop ends every time: a gateway's shutdown never hangs on it."""
+
+    async def adopt(answer_id: str) -> None:
+        raise AssertionError("nothing to adopt")
+
+    rng = random.Random(11)
+    for _ in range(40):
+        loop = TakeoverLoop(log, "w1", adopt, interval=0.0005)
+        loop.start()
+        await asyncio.sleep(rng.uniform(0.0, 0.01))
+        running = loop._task
+        assert running is not None
+        stopping = asyncio.create_task(loop.stop())
+        stopped, _ = await asyncio.wait({stopping}, timeout=2.0)
+        while not running.done():  # on failure, end it anyway: fail, do not hang
+            running.cancel()
+            await asyncio.sleep(0.01)
+        await asyncio.gather(stopping, return_exceptions=True)
+        assert stopped, "the takeover loop did not stop"

@@ -30,7 +30,7 @@ from dskit.client._types import (
     Usage,
     UsageEvent,
 )
-from dskit.gateway._redis_log import PartialAnswer, RedisStreamLog
+from dskit.gateway._redis_log import PartialAnswer, RedisStreamLog, stop_if_cancelled
 from dskit.gateway._scale import ReplaySource
 
 logger = logging.getLogger("dskit.gateway")
@@ -163,6 +163,7 @@ class TakeoverLoop:
         while True:
             try:
                 taken = await self.tick()
+                stop_if_cancelled()  # redis-py may have swallowed stop()'s cancel
                 if taken:
                     logger.warning("took over %d answer(s) of a lost instance", len(taken))
             except Exception as exc:  # Redis down: try again next round
