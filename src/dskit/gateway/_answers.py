@@ -303,7 +303,7 @@ class AnswerRunner:
             elif event.type == "retrying":
                 gw.metrics.retries.inc()
         result = await source.final()
-        if not getattr(source, "saved", False):
+        if not source.saved:
             await self._save(job, SessionCore.reply_message(result))
         await gw.cache.store(key, result)
         gw.metrics.count_usage(result.usage)

@@ -324,7 +324,8 @@ def cached_body(result: ChatResult, model: str) -> dict[str, Any]:
 class AnswerSource(Protocol):
     """The events of one answer and its final result: upstream, cache or a continuation."""
 
-    cached: bool
+    cached: bool  # replayed from the cache
+    saved: bool  # already in the session store (nothing to save when it ends)
 
     def events(self) -> AsyncIterator[StreamEvent]: ...
     async def final(self) -> ChatResult: ...
@@ -337,6 +338,7 @@ class UpstreamSource:
     tells the upstream's breaker how the stream ended."""
 
     cached = False
+    saved = False
 
     def __init__(
         self, pool: UpstreamPool, upstream: Upstream, stream: AsyncStream, first: StreamEvent | None
@@ -375,6 +377,7 @@ class ReplaySource:
     """A cached answer replayed as events."""
 
     cached = True
+    saved = False
 
     def __init__(self, result: ChatResult) -> None:
         self.result = result

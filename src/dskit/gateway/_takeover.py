@@ -72,6 +72,7 @@ class PrefixContinuation:
     `final()` is the whole answer, the logged start included."""
 
     cached = False
+    saved = False
 
     def __init__(
         self, client: AsyncDeepSeek, job: TakeoverJob, partial: PartialAnswer, max_resumes: int = 3
