@@ -40,7 +40,7 @@ RETRIES = 2  # a command's retries on a connection error, each on a fresh connec
 def client_options(*, is_async: bool) -> dict[str, Any]:
     """What every dskit Redis client is made with. `from_url` clients retry nothing by
     default, so after a Redis restart each stale pooled connection failed one request; a
-    couple of quick retries reconnect instead, and a Redis that is down still fails
+    couple of quick retries reconnect instead, and a Redis that refuses connections fails
     within tens of milliseconds."""
     from redis.backoff import ExponentialBackoff
 
