@@ -107,7 +107,8 @@ class MemoryStreamLog:
     async def create(self, answer_id: str, session_id: str, owner: str | None = None) -> None:
         self._expire()
         # one process: the owner cannot die without the log, so its lease needs no expiry
-        self._answers[answer_id] = _Answer(session_id, holder=owner, lease_until=math.inf)
+        until = 0.0 if owner is None else math.inf
+        self._answers[answer_id] = _Answer(session_id, holder=owner, lease_until=until)
         self._active[session_id] = answer_id
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:

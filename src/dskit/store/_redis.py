@@ -42,16 +42,12 @@ def client_options(*, is_async: bool) -> dict[str, Any]:
     default, so after a Redis restart each stale pooled connection failed one request; a
     couple of quick retries reconnect instead, and a Redis that refuses connections fails
     within tens of milliseconds."""
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
-    if is_async:
-        from redis.asyncio.retry import Retry as AsyncRetry
-
-        retry: Any = AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), RETRIES)
-    else:
-        from redis.retry import Retry
-
-        retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), RETRIES)
+    backoff = ExponentialBackoff(cap=0.05, base=0.01)  # 20 ms, then 40 ms
+    retry = AsyncRetry(backoff, RETRIES) if is_async else Retry(backoff, RETRIES)
     return {"retry": retry, "socket_connect_timeout": 2.0, "health_check_interval": 30}
 
 
