@@ -13,8 +13,10 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,22 @@ def sim_factory() -> Iterator[Callable[..., Any]]:
     yield make
     for server in started:
         server.stop()
+
+
+class LocalHTTPServer:
+    """A threading HTTP server on a free loopback port, serving from a daemon thread
+    (for a test's own little upstream or webhook receiver)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
 
 
 class RedisServer:

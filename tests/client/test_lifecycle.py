@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import http.server
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from dskit import APIResponseError, DeepSeek, Limits
 from dskit.client import ContentDelta
 from dskit.client._config import Pace
+from tests.conftest import LocalHTTPServer
 
 from .conftest import CountingTransport, FakeClock, faults_once
 
@@ -103,14 +103,10 @@ class _ReplayHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def replay_server() -> Iterator[type[_ReplayHandler]]:
     handler = type("Handler", (_ReplayHandler,), {})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    handler.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    server = LocalHTTPServer(handler)
+    handler.url = f"http://127.0.0.1:{server.port}"  # type: ignore[attr-defined]
     yield handler
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    server.close()
 
 
 def _recorded_stream(sim: Any) -> bytes:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import orjson
 import pytest
 
 from dskit.gateway import SIGNATURE_HEADER, TIMESTAMP_HEADER, CallbackSettings, verify
-from tests.conftest import wait_until
+from tests.conftest import LocalHTTPServer, wait_until
 
 SECRET = "callback-secret-for-tests"
 
@@ -38,14 +37,11 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://localhost:{self.server.server_address[1]}/hook"
+        self.server = LocalHTTPServer(Handler)
+        self.url = f"http://localhost:{self.server.port}/hook"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
