@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dskit._validate import is_integer
 from dskit.client._types import ChatResult, StreamEvent
 from dskit.gateway._breaker import AllUpstreamsDownError
 from dskit.gateway._errors import logged_error
@@ -66,7 +67,7 @@ def upstream_messages(record: SessionRecord) -> list[dict[str, Any]]:
     # `tools` definitions; only the messages are planned here, so it gets none.
     max_tokens = record.params.get("max_tokens")
     core = SessionCore(dataclasses.replace(record, params={}))
-    return core.plan(max_tokens if isinstance(max_tokens, int) else None).messages
+    return core.plan(max_tokens if is_integer(max_tokens) else None).messages
 
 
 def event_payload(event: StreamEvent) -> tuple[str, bytes] | None:
