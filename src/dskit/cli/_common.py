@@ -33,6 +33,22 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def freeze_startup_heap() -> None:
+    """Put what start-up allocated out of the garbage collector's reach, for a server.
+
+    Imports, the app and its schemas are some 80,000 objects that live as long as the
+    process, and every full collection walked them all: under 256 relayed streams one
+    took 72 ms, a stall every open stream felt at once. Frozen (after one collection, so
+    no garbage is kept), a full collection took 15 ms. Only for a long-running process:
+    what is frozen is never collected.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 # exit codes of `dskit ask` (and of every command that talks to the API)
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from dskit.cli._common import freeze_startup_heap
 from dskit.cli._keys import KEYS_DB
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def run(settings: GatewaySettings) -> None:
     from dskit.gateway import create_app
 
     app = create_app(settings)
+    freeze_startup_heap()
     uvicorn.run(
         app, host=settings.host, port=settings.port, access_log=False, log_config=None,
         timeout_graceful_shutdown=5,

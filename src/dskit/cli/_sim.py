@@ -8,6 +8,7 @@ from types import FrameType
 
 import click
 
+from dskit.cli._common import freeze_startup_heap
 from dskit.sim._config import FAULT_KINDS, SimConfig
 
 EPILOG = """\b
@@ -78,6 +79,7 @@ def sim(
         server.start()
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    freeze_startup_heap()
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
