@@ -7,6 +7,10 @@
 Every server runs in its own process on loopback: the simulator (`dskit sim`), the gateway
 (`dskit serve --upstream <sim> --store memory`) and LiteLLM's proxy (`litellm[proxy]==1.90.0`
 installed on first run into bench/.venv-litellm, one worker) in front of the same simulator.
+Two floors run in front of it too, so each table shows what this machine allows a proxy:
+`tcp-floor` (tcp_floor.py: bytes copied between sockets, no HTTP) and `asgi-floor`
+(asgi_floor.py: the gateway's stack, uvicorn and dskit's H1 pool, forwarding the body
+untouched). The last column is the CPU a proxy's process used per completed stream.
 The load generator is a minimal asyncio HTTP/1.1 client on uvloop (one connection per
 stream, raw chunked decoding; after the first content chunk the rest of the body is read
 as raw bytes up to its end) so that it costs the same, and little, on every path.
@@ -41,9 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -51,6 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
 LITELLM_SPEC = "litellm[proxy]==1.90.0"
 DSKIT = Path(sys.executable).parent / "dskit"
+FLOOR = Path(__file__).resolve().parent / "tcp_floor.py"
+ASGI_FLOOR = Path(__file__).resolve().parent / "asgi_floor.py"
 TOKENS = 50
 LEVELS = (1, 64, 256, 1000)
 
@@ -96,12 +103,20 @@ class Services:
     workdir: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)  # target name -> its proxy's pid
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
-        self.procs.append(
-            subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
         )
+        self.procs.append(proc)
+        self.pids[name] = proc.pid
+
+    def cpu(self, name: str) -> float:
+        """CPU seconds the target's proxy process has used so far (0 for direct)."""
+        pid = self.pids.get(name)
+        return 0.0 if pid is None or name == "direct" else _cpu_seconds(pid)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -121,11 +136,16 @@ def services(ttft_ms: int, token_ms: int, litellm: Path | None) -> Iterator[Serv
     env.pop("DEEPSEEK_BASE_URL", None)
     svc = Services(workdir)
     try:
-        sim, gw = free_port(), free_port()
-        svc.ports.update(direct=sim, gateway=gw)
+        sim, floor, asgi, gw = free_port(), free_port(), free_port(), free_port()
+        svc.ports.update({"direct": sim, "tcp-floor": floor, "asgi-floor": asgi, "gateway": gw})
         svc.spawn("sim", [str(DSKIT), "sim", "--port", str(sim), "--ttft-ms", str(ttft_ms),
                           "--token-ms", str(token_ms)], env)  # fmt: skip
         wait_http(sim, "/models", expect=b"HTTP/1.1 ")
+        svc.spawn("tcp-floor", [sys.executable, str(FLOOR), str(floor), str(sim)], env)
+        wait_http(floor, "/models", expect=b"HTTP/1.1 ")
+        svc.spawn("asgi-floor", [sys.executable, str(ASGI_FLOOR), str(asgi),
+                                 f"http://127.0.0.1:{sim}"], env)  # fmt: skip
+        wait_http(asgi, "/readyz")
         svc.spawn("gateway", [str(DSKIT), "serve", "--port", str(gw), "--upstream",
                               f"http://127.0.0.1:{sim}", "--store", "memory",
                               "--log-level", "warning"], env)  # fmt: skip
@@ -311,7 +331,8 @@ def realistic(svc: Services, quick: bool, window: float) -> None:
             span = max(window, 20 * LIFETIME / concurrency)
             settle(svc)
             loop = ClosedLoop(port, requests[name], concurrency, span)
-            print(_row(concurrency, name, asyncio.run(loop.run()), base), flush=True)
+            row = measured_cpu(svc, name, loop.run())
+            print(_row(concurrency, name, row, base), flush=True)
     print(f"\nburst: all N started at once (worst case), load average {_load()}")
     _header()
     for concurrency in LEVELS:
@@ -319,8 +340,26 @@ def realistic(svc: Services, quick: bool, window: float) -> None:
         base = {}
         for name, port in svc.ports.items():
             settle(svc)
-            row = asyncio.run(_burst(port, requests[name], concurrency, rounds))
+            burst = _burst(port, requests[name], concurrency, rounds)
+            row = measured_cpu(svc, name, burst)
             print(_row(concurrency, name, row, base), flush=True)
+
+
+# /proc counts CPU in 10 ms ticks, and an idle server still does some work: over fewer
+# streams than this the per-stream figure would be mostly noise
+CPU_MIN_STREAMS = 100
+
+
+def measured_cpu(
+    svc: Services, name: str, run: Coroutine[Any, Any, dict[str, float]]
+) -> dict[str, float]:
+    """A row, with the CPU its proxy process used per completed stream (ms) added."""
+    before = svc.cpu(name)
+    row = asyncio.run(run)
+    completed = row.get("completed", 0)
+    if name != "direct" and completed >= CPU_MIN_STREAMS:
+        row["cpu"] = (svc.cpu(name) - before) * 1000 / completed
+    return row
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -370,8 +409,8 @@ def _load() -> str:
 
 def _header() -> None:
     print("| streams | target | TTFT p50 | TTFT p99 | total p50 | total p99 | added TTFT p50 / p99"
-          " | added total p50 / p99 | measured | failed |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " | added total p50 / p99 | measured | failed | proxy CPU ms/stream |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 LIFETIME = 0.61  # one direct stream: 100 ms + 50 x 10 ms
@@ -395,6 +434,7 @@ class ClosedLoop:
     failed: int = 0
     cut: int = 0
     warmed: int = 0
+    completed: int = 0  # every stream finished, measured or not
 
     async def run(self) -> dict[str, float]:
         self.all_warm, self.opened = asyncio.Event(), asyncio.Event()
@@ -406,8 +446,9 @@ class ClosedLoop:
             task.cancel()
         await asyncio.gather(*pending, opener, return_exceptions=True)
         if not self.opened.is_set():
-            return {"warm": False}
-        return {**summary(self.samples, self.failed), "cut": self.cut}
+            return {"warm": False, "completed": self.completed}
+        return {**summary(self.samples, self.failed), "cut": self.cut,
+                "completed": self.completed}  # fmt: skip
 
     async def open_window(self) -> None:
         await asyncio.sleep(2 * LIFETIME)
@@ -429,6 +470,7 @@ class ClosedLoop:
             except Exception:
                 self.failed += measured
             else:
+                self.completed += 1
                 if measured:
                     self.samples.append(sample)
             if first:
@@ -455,17 +497,18 @@ async def _burst(port: int, request: bytes, concurrency: int, rounds: int) -> di
         )
         samples += [r for r in results if isinstance(r, Sample)]
         failed += sum(1 for r in results if not isinstance(r, Sample))
-    return summary(samples, failed)
+    return {**summary(samples, failed), "completed": len(samples)}
 
 
 def _row(concurrency: int, name: str, row: dict[str, float], base: dict[str, float]) -> str:
     if not row.get("warm", True):
         return (f"| {concurrency} | {name} | no steady state within {BUDGET:g} s"
-                " (cannot keep N streams moving) | | | | | | - | - |")  # fmt: skip
+                " (cannot keep N streams moving) | | | | | | - | - | - |")  # fmt: skip
     cut = f" ({int(row['cut'])} cut off at {BUDGET:g} s)" if row.get("cut") else ""
+    cpu = f"{row['cpu']:.2f}" if "cpu" in row else "-"
     if not row["n"]:
         failed = f"{int(row['failed'])}{cut}"
-        return f"| {concurrency} | {name} | no stream finished | | | | | | 0 | {failed} |"
+        return f"| {concurrency} | {name} | no stream finished | | | | | | 0 | {failed} | {cpu} |"
     if name == "direct":
         base.update(row)
         added = "| - | -"
@@ -479,7 +522,7 @@ def _row(concurrency: int, name: str, row: dict[str, float], base: dict[str, flo
     return (
         f"| {concurrency} | {name} | {row['ttft50']:.1f} | {row['ttft99']:.1f} "
         f"| {row['total50']:.1f} | {row['total99']:.1f} {added} | {int(row['n'])} "
-        f"| {int(row['failed'])}{cut} |"
+        f"| {int(row['failed'])}{cut} | {cpu} |"
     )
 
 
@@ -499,9 +542,9 @@ def saturation(svc: Services, seconds: float) -> None:
         elapsed = time.perf_counter() - started
         rates[name] = (streams / elapsed, chunks / elapsed)
     litellm = rates.get("litellm", (0.0, 0.0))[0]
-    for name, (streams, chunks) in rates.items():
-        ratio = f"{streams / litellm:.1f}x" if litellm else "-"
-        print(f"| {name} | {streams:.1f} | {chunks:.0f} | {ratio} |")
+    for name, (stream_rate, chunk_rate) in rates.items():
+        ratio = f"{stream_rate / litellm:.1f}x" if litellm else "-"
+        print(f"| {name} | {stream_rate:.1f} | {chunk_rate:.0f} | {ratio} |")
 
 
 def main() -> int:
