@@ -315,7 +315,9 @@ def find_prompt(port: int) -> str:
     raise RuntimeError("no prompt gave a long enough answer")
 
 
-def realistic(svc: Services, quick: bool, window: float) -> None:
+def realistic(
+    svc: Services, quick: bool, window: float, levels: tuple[int, ...], repeat: int
+) -> None:
     prompt = find_prompt(svc.ports["direct"])
     requests = {name: request_bytes(port, prompt) for name, port in svc.ports.items()}
     for name, port in svc.ports.items():
@@ -324,7 +326,7 @@ def realistic(svc: Services, quick: bool, window: float) -> None:
     print(f"\nsteady state: N streams kept in flight (closed loop), {window:g} s window"
           f" (longer at low N), load average {_load()}")  # fmt: skip
     _header()
-    for concurrency in LEVELS:
+    for concurrency in (n for n in levels for _ in range(repeat)):
         base: dict[str, float] = {}
         for name, port in svc.ports.items():
             # at least ~20 streams measured at low N
@@ -335,8 +337,8 @@ def realistic(svc: Services, quick: bool, window: float) -> None:
             print(_row(concurrency, name, row, base), flush=True)
     print(f"\nburst: all N started at once (worst case), load average {_load()}")
     _header()
-    for concurrency in LEVELS:
-        rounds = 1 if quick else {1: 10, 64: 3, 256: 2, 1000: 1}[concurrency]
+    for concurrency in levels:
+        rounds = 1 if quick else {1: 10, 64: 3, 256: 2}.get(concurrency, 1)
         base = {}
         for name, port in svc.ports.items():
             settle(svc)
@@ -547,6 +549,16 @@ def saturation(svc: Services, seconds: float) -> None:
         print(f"| {name} | {stream_rate:.1f} | {chunk_rate:.0f} | {ratio} |")
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrencies start at 1")
+    return levels
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
@@ -554,6 +566,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="saturation run length")
     parser.add_argument("--window", type=float, default=2.0, help="steady-state window (s)")
     parser.add_argument("--only", choices=("a", "b"), help="run one regime")
+    parser.add_argument(
+        "--levels", type=_levels, default=LEVELS, help="regime (a)'s concurrencies, e.g. 256"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="steady-state rows per level (its spread)"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
@@ -566,7 +584,8 @@ def main() -> int:
           f" core speed: {core_speed():.0f} M loop steps/s")  # fmt: skip
     if args.only != "b":
         with services(100, 10, litellm) as svc:
-            realistic(svc, args.quick, 1.0 if args.quick else args.window)
+            window = 1.0 if args.quick else args.window
+            realistic(svc, args.quick, window, args.levels, args.repeat)
     if args.only != "a":
         with services(0, 0, litellm) as svc:
             saturation(svc, 2.0 if args.quick else args.seconds)
