@@ -224,9 +224,9 @@ class AnswerRunner:
         """A takeover that can never work (the session was deleted while its instance was
         down, the job cannot be read): end the answer with an error, or every instance
         would take it over again on every scan until the log forgets it."""
-        logger.error("answer %s cannot be taken over; ending it: %s", answer_id, exc)
         log = self.gw.log
-        await log.append(answer_id, "error", self._error_payload(exc, answer_id))
+        payload = self._error_payload(exc, answer_id, "cannot be taken over; ending it")
+        await log.append(answer_id, "error", payload)
         await log.finish(answer_id)
         await log.release(answer_id, self.worker)
 
@@ -328,11 +328,12 @@ class AnswerRunner:
         payload = CANCELLED if cancelled else self._error_payload(exc, job.answer_id)
         await self.gw.log.append(job.answer_id, "error", payload)
 
-    def _error_payload(self, exc: BaseException, answer_id: str) -> bytes:
-        """An answer's `error` event for a failure: the gateway's error shape, counted."""
+    def _error_payload(self, exc: BaseException, answer_id: str, what: str = "failed") -> bytes:
+        """An answer's `error` event for a failure: the gateway's error shape, counted and
+        logged once."""
         error = logged_error(exc, f"answer {answer_id}")
         self.gw.metrics.errors.labels(error.kind).inc()
-        logger.warning("answer %s failed: %s", answer_id, error.message)
+        logger.warning("answer %s %s: %s", answer_id, what, error.message)
         return orjson.dumps({**error.body()["error"], "status": error.status})
 
     async def _save(self, job: AnswerJob, message: StoredMessage) -> None:
