@@ -101,27 +101,19 @@ class Services:
     """The three targets of one regime; stopped together."""
 
     workdir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # by name
     ports: dict[str, int] = field(default_factory=dict)
-    pids: dict[str, int] = field(default_factory=dict)  # target name -> its proxy's pid
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
+        self.procs[name] = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
         )
-        self.procs.append(proc)
-        self.pids[name] = proc.pid
-
-    def cpu(self, name: str) -> float:
-        """CPU seconds the target's proxy process has used so far (0 for direct)."""
-        pid = self.pids.get(name)
-        return 0.0 if pid is None or name == "direct" else _cpu_seconds(pid)
 
     def stop(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs.values():
             proc.terminate()
-        for proc in self.procs:
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -355,12 +347,14 @@ CPU_MIN_STREAMS = 100
 def measured_cpu(
     svc: Services, name: str, run: Coroutine[Any, Any, dict[str, float]]
 ) -> dict[str, float]:
-    """A row, with the CPU its proxy process used per completed stream (ms) added."""
-    before = svc.cpu(name)
+    """A row, with the CPU its proxy process used per completed stream (ms) added (a
+    target's proxy is the process of the same name; direct has none)."""
+    proxy = svc.procs.get(name)
+    before = 0.0 if proxy is None else _cpu_seconds(proxy.pid)
     row = asyncio.run(run)
     completed = row.get("completed", 0)
-    if name != "direct" and completed >= CPU_MIN_STREAMS:
-        row["cpu"] = (svc.cpu(name) - before) * 1000 / completed
+    if proxy is not None and completed >= CPU_MIN_STREAMS:
+        row["cpu"] = (_cpu_seconds(proxy.pid) - before) * 1000 / completed
     return row
 
 
@@ -379,7 +373,7 @@ def settle(svc: Services, busy: float = 0.05, timeout: float = 90.0) -> None:
     have gone) would otherwise slow the next target's row."""
     if not Path("/proc/self/stat").exists():
         return
-    pids = [proc.pid for proc in svc.procs]
+    pids = [proc.pid for proc in svc.procs.values()]
     deadline = time.monotonic() + timeout
     before = sum(map(_cpu_seconds, pids))
     while time.monotonic() < deadline:
