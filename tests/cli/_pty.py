@@ -11,6 +11,7 @@ import fcntl
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -19,8 +20,10 @@ import time
 from collections.abc import Mapping, Sequence
 
 # Make the pty the controlling terminal, then run the dskit CLI in this process.
+# SIGUSR1 makes the child print every thread's stack: what `expect` shows when it times out.
 BOOT = (
-    "import fcntl, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "import faulthandler, fcntl, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "faulthandler.register(signal.SIGUSR1, all_threads=True); "
     "sys.argv = ['dskit', *sys.argv[1:]]; from dskit.cli import main; main()"
 )
 ANSI = re.compile(
@@ -83,8 +86,21 @@ class Terminal:
                 return found
             left = deadline - time.monotonic()
             if left <= 0 or not self._read(min(left, 0.2)):
-                tail = self.text[-2000:]
+                tail = self.text[-2000:] + self._stacks()
                 raise AssertionError(f"{pattern!r} not seen within {timeout}s; output:\n{tail}")
+
+    def _stacks(self) -> str:
+        """The child's thread stacks (faulthandler, on SIGUSR1), to show where it is stuck."""
+        if self.process.poll() is not None:
+            return ""
+        start = len(self.raw)
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # until the dump is in and output has paused
+            before = len(self.raw)
+            if not self._read(0.3) or ("File " in self.raw[start:] and len(self.raw) == before):
+                break
+        return "\n--- the child's stacks ---\n" + plain(self.raw[start:])[-4000:]
 
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
