@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.types import Send
 
 from dskit._validate import USER_ID
 from dskit.client._core import API_PARAMS
 from dskit.client._types import ChatResult, StreamEvent, Usage
 from dskit.gateway._errors import GatewayError, logged_error
 from dskit.gateway._metrics import Metrics
+from dskit.gateway._response import body_message
 from dskit.gateway._schemas import ChatCompletionRequest
 
 if TYPE_CHECKING:
@@ -141,7 +143,7 @@ def _tool_fragment(event: Any) -> dict[str, Any]:
 
 
 class Relay:
-    """One streamed completion: pulls client events, yields wire bytes, records metrics.
+    """One streamed completion: pulls client events, writes wire bytes, records metrics.
 
     The body starts with `source.first`, the event the upstream pool already read (so a
     failure before any output was a proper HTTP error), then reads `source.stream`
@@ -162,8 +164,9 @@ class Relay:
         self.started = started
         self.ttft_seen = False
 
-    async def body(self) -> AsyncIterator[bytes]:
-        """The wire bytes; what arrived in one network read goes out as one piece."""
+    async def write(self, send: Send) -> None:
+        """Write the wire bytes through `send` (a producer for `EventStreamResponse`):
+        what arrived in one network read goes out as one piece."""
         metrics, stream = self.metrics, self.stream
         metrics.active_streams.inc()
         out: list[bytes] = []
@@ -171,13 +174,13 @@ class Relay:
             event = self.first
             while event is not None:
                 if self._relay(event, out):
-                    yield b"".join(out)
+                    await send(body_message(b"".join(out)))
                     self.source.ended(None)
                     if self.on_done is not None:
                         await self.on_done(stream.snapshot())
                     return
                 if out and not stream.ready:
-                    yield out[0] if len(out) == 1 else b"".join(out)
+                    await send(body_message(out[0] if len(out) == 1 else b"".join(out)))
                     out.clear()
                 event = await anext(stream, None)
         except Exception as exc:  # after the headers: the error travels as an event
@@ -185,7 +188,7 @@ class Relay:
             error = logged_error(exc, "a relayed stream")
             metrics.errors.labels(error.kind).inc()
             out.append(b"data: " + error.encode() + b"\n\n")
-            yield b"".join(out)
+            await send(body_message(b"".join(out)))
         finally:
             metrics.active_streams.dec()
             await stream.aclose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ from dskit.gateway._errors import (
 )
 from dskit.gateway._middleware import BodyTooLarge
 from dskit.gateway._relay import Relay, client_params, completion_body
-from dskit.gateway._response import EventStreamResponse
+from dskit.gateway._response import EventStreamResponse, pieces
 from dskit.gateway._scale import (
     CACHE_HEADER,
     CacheRequest,
@@ -87,20 +87,15 @@ async def relay_response(
     if not body.stream:
         return await _complete(gw, source, done, params["model"], started, marks)
     relay = Relay(source, body.model, gw.metrics, started, done)
-    return EventStreamResponse(relay.body(), marks)
+    return EventStreamResponse(relay.write, marks)
 
 
 def _cached(result: ChatResult, body: ChatCompletionRequest) -> Response:
     """A cached answer, marked by header and field, as a stream or JSON as asked."""
     headers = {CACHE_HEADER: "hit"}
     if body.stream:
-        return EventStreamResponse(_aiter(cached_chunks(result, body.model)), headers)
+        return EventStreamResponse(pieces(cached_chunks(result, body.model)), headers)
     return JSONBytes(orjson.dumps(cached_body(result, body.model)), headers=headers)
-
-
-async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
 
 
 def _on_done(gw: Gateway, key: CacheRequest | None) -> Callable[[ChatResult], Awaitable[None]]:

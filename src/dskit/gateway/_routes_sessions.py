@@ -28,7 +28,7 @@ from dskit.gateway._deps import (
 )
 from dskit.gateway._errors import GatewayError, not_found
 from dskit.gateway._relay import check_encodable
-from dskit.gateway._response import EventStreamResponse
+from dskit.gateway._response import EventStreamResponse, pieces
 from dskit.gateway._scale import charge_tokens
 from dskit.gateway._schemas import (
     AnswerHandle,
@@ -166,7 +166,7 @@ async def _wait_result(gw: Gateway, session_id: str, answer_id: str) -> AnswerRe
 def _sse(gw: Gateway, answer_id: str, after: int) -> EventStreamResponse:
     s = gw.settings
     body = sse_stream(gw.log, answer_id, after, s.heartbeat_seconds, s.sse_retry_ms, gw.metrics)
-    return EventStreamResponse(body, {"X-Answer-Id": answer_id})
+    return EventStreamResponse(pieces(body), {"X-Answer-Id": answer_id})
 
 
 async def _answer_of(gw: Gateway, who: str, session_id: str, answer_id: str) -> AnswerInfo:
