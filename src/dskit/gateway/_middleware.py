@@ -17,7 +17,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dskit.gateway._errors import GatewayError
 from dskit.gateway._logging import request_id_var
 from dskit.gateway._metrics import Metrics
-from dskit.gateway._response import BODY_SEND
 
 logger = logging.getLogger("dskit.gateway.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -64,7 +63,6 @@ class GatewayMiddleware:
         if _declared_length(scope) > self.max_body:
             await self._too_large(send, state, header)
             return
-        scope[BODY_SEND] = send  # a streamed body's pieces, after the start, skip the wrapper
         try:
             await self.app(scope, self._limited(receive, state), send_wrapper)
         except BodyTooLarge:

@@ -6,9 +6,6 @@ writing what arrived in one upstream read as one piece, with no generator betwee
 and the socket). It runs in its own task; a second task waits for `http.disconnect`, so
 a client that leaves stops the body (for the relay, that closes the upstream request; a
 session answer runs on in its own task).
-
-Body messages skip the middleware's send wrapper when it offers the plain `send` in the
-scope (`BODY_SEND`): the wrapper has work only on the response's start.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-BODY_SEND = "dskit.body_send"  # scope key: the send that body messages may take
 Producer = Callable[[Send], Awaitable[None]]
 
 
@@ -62,7 +58,7 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
-        writer = asyncio.create_task(self._write(scope.get(BODY_SEND, send)))
+        writer = asyncio.create_task(self._write(send))
         watcher = asyncio.create_task(self._watch(receive, writer))
         try:
             await writer
