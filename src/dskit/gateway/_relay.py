@@ -180,7 +180,7 @@ class Relay:
                         await self.on_done(stream.snapshot())
                     return
                 if out and not stream.ready:
-                    await send(body_message(out[0] if len(out) == 1 else b"".join(out)))
+                    await send(body_message(b"".join(out)))  # one piece: joined, it is itself
                     out.clear()
                 event = await anext(stream, None)
         except Exception as exc:  # after the headers: the error travels as an event
