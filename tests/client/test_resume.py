@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dskit import APITimeoutError, DeepSeek, IncompleteStreamError, RetryPolicy, Timeout
+from dskit import (
+    APITimeoutError,
+    AsyncDeepSeek,
+    DeepSeek,
+    IncompleteStreamError,
+    RetryPolicy,
+    Timeout,
+)
 from dskit.client import ContentDelta, Resumed
+from dskit.client._driver import plain_delta
 
-from .conftest import faults_once
+from .conftest import FIXED_JITTER, faults_once
 
 PROMPT = [{"role": "user", "content": "Write a long answer about rivers and mountains"}]
 
@@ -140,3 +149,33 @@ def test_keep_alives_surface_as_events_while_queued(client: DeepSeek) -> None:
         kinds = [e.type for e in stream]
     assert kinds[0] == "keep_alive"
     assert "keep_alive" not in kinds[kinds.index("content") :]
+
+
+@pytest.mark.parametrize("cut", [2, 3, 8, 21, 40])
+async def test_wire_hands_on_every_token_once_across_a_resume(
+    sim_factory: Any, unbroken: str, cut: int
+) -> None:
+    """A relay reading `wire()` gets plain reads of the first attempt as bytes, the rest
+    as events; together they are the unbroken text, once, and so is the final result.
+    (Tokens 2 ms apart, so that reads hold one chunk each, as from a real server.)"""
+    paced = sim_factory(token_ms=2)
+    async with AsyncDeepSeek("sk-test-000000", base_url=paced.base_url, retry=FIXED_JITTER) as c:
+        async with c.stream(PROMPT, extra_headers=faults_once(Drop_After_Events=cut)) as stream:
+            items: list[Any] = [await anext(stream)]
+            items += [item async for item in stream.wire()]
+    pieces, resumed = [], False
+    for item in items:
+        if isinstance(item, bytes):
+            assert not resumed, "only the first attempt's reads pass on as bytes"
+            for block in item.split(b"\n\n")[:-1]:
+                chunk = orjson.loads(block.removeprefix(b"data: "))
+                assert plain_delta(chunk)
+                pieces.append(chunk["choices"][0]["delta"].get("content") or "")
+        elif isinstance(item, Resumed):
+            resumed = True
+        elif isinstance(item, ContentDelta):
+            pieces.append(item.text)
+    assert "".join(pieces) == unbroken == items[-1].result.content
+    # the role chunk and the first content arrive before wire(): from the third on
+    assert any(isinstance(item, bytes) for item in items) == (cut >= 3)
+    assert resumed == (cut < len(unbroken.split()))

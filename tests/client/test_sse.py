@@ -509,3 +509,59 @@ def test_encoded_events_decode_back_under_any_endings_and_splits(
     expected = expected_items(specs)
     assert decode_all(stream) == expected
     assert decode_pieces(data.draw(split_stream(stream))) == expected
+
+
+# --- whole_data: the relay's fast path -----------------------------------------------------
+
+EVENT_PIECES = [
+    b'data: {"a":1}\n\n', b"data: x\n\n", b": keep-alive\n\n", b"data: a\ndata: b\n\n",
+    b"data: cr\r\n\r\n", b"event: e\ndata: t\n\n", b"id: 7\n\n", b"data:tight\n\n",
+    b"retry: 50\n\n", b"\n",
+]  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(
+    pieces=st.lists(st.sampled_from(EVENT_PIECES), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+)
+def test_whole_data_then_feed_decodes_like_feed_alone(pieces: list[bytes], cuts: list[int]) -> None:
+    """A reader that takes `whole_data` when it answers and `feed` otherwise sees the same
+    data, ids and retries as one that only feeds: the fast path leaves the state as is."""
+    stream = b"".join(pieces)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    plain, fast = SSEDecoder(), SSEDecoder()
+    expected: list[str] = []
+    seen: list[str] = []
+    for chunk in chunks:
+        expected += [i.data for i in plain.feed(chunk) if isinstance(i, ServerSentEvent)]
+        whole = fast.whole_data(chunk)
+        if whole is None:
+            seen += [i.data for i in fast.feed(chunk) if isinstance(i, ServerSentEvent)]
+        else:
+            seen += [data.decode() for data in whole]
+        assert fast.pending_bytes == plain.pending_bytes
+    assert seen == expected
+    probe = b"\n\ndata: probe\n\n"  # the state left behind: the same id and retry
+    assert fast.feed(probe) == plain.feed(probe)
+
+
+def test_whole_data_takes_only_complete_one_line_data_events() -> None:
+    decoder = SSEDecoder()
+    first = b'data: {"n":1}\n\n'
+    assert decoder.whole_data(first) is None  # the very first read decides the BOM: feed
+    decoder.feed(first)
+    assert decoder.whole_data(b'data: {"n":2}\n\ndata: {"n":3}\n\n') == [b'{"n":2}', b'{"n":3}']
+    for refused in (b"data: a\r\n\r\n", b"data: a\ndata: b\n\n", b": keep-alive\n\n",
+                    b"data: a\n", b"data:a\n\n", b"data: a\n\n\n\ndata: b\n\n",
+                    b"event: x\ndata: a\n\n"):  # fmt: skip
+        assert decoder.whole_data(refused) is None, refused
+    decoder.feed(b"data: half")
+    assert decoder.whole_data(b'data: {"n":4}\n\n') is None  # a line is pending
+
+
+def test_whole_data_refuses_what_feed_would_reject_for_size() -> None:
+    decoder = SSEDecoder(max_event_size=16)
+    decoder.feed(b": start\n\n")
+    assert decoder.whole_data(b"data: " + b"x" * 20 + b"\n\n") is None

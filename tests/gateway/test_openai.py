@@ -137,6 +137,27 @@ def test_broken_upstream_stream_is_resumed_seamlessly(gateway: GatewayServer, si
     assert "dskit_gateway_upstream_resumes_total 1.0" in metrics
 
 
+def test_a_resumed_relay_is_one_completion(gateway_factory: Any, sim_factory: Any) -> None:
+    """Chunks passed on as the upstream sent them, then a resume encoded by the relay:
+    the client sees one id, one role, every token once, one end."""
+    sim = sim_factory(token_ms=2)  # reads of one chunk each, as from a real server
+    gateway = gateway_factory(upstream=sim.base_url)
+    headers = {"X-Sim-Drop-After-Events": "12", "X-Sim-Fault-Key": "drop-once-passed-on"}
+    with _openai(gateway, default_headers=headers) as client:
+        options: Any = {"include_usage": True}
+        stream = client.chat.completions.create(
+            model="deepseek-chat", messages=MESSAGES, stream=True, stream_options=options
+        )
+        chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == _direct(sim)["choices"][0]["message"]["content"]
+    assert len({c.id for c in chunks}) == 1 and len({c.model for c in chunks}) == 1
+    assert [c.choices[0].delta.role for c in chunks if c.choices[0].delta.role] == ["assistant"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
+    with gateway.client() as http:
+        assert "dskit_gateway_upstream_resumes_total 1.0" in http.get("/metrics").text
+
+
 def test_client_leaving_a_relay_closes_the_upstream_request(
     gateway_factory: Any, sim_factory: Any
 ) -> None:

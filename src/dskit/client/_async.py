@@ -6,7 +6,7 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
 
 from dskit.client._base import ClientBase, httpx_timeout
 from dskit.client._core import (
@@ -156,7 +156,9 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
     def __init__(self, http: AsyncHTTP, driver: StreamDriver) -> None:
         self._http = http
         self._driver = driver
-        self._events = self._run()
+        self._wire = False
+        self._items = self._run()
+        self._events = cast("AsyncGenerator[StreamEvent, None]", self._items)  # see wire()
 
     async def final(self) -> ChatResult:
         async for _ in self._events:
@@ -166,6 +168,20 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
     def snapshot(self) -> ChatResult:
         """What has arrived so far (a partial result while the stream runs)."""
         return self._driver.result()
+
+    def wire(self) -> AsyncIterator[StreamEvent | bytes]:
+        """The rest of the stream for a relay (the gateway): a read of the first attempt
+        made only of plain text chunks (`data: {json}` events, LF-framed, no finish,
+        usage or tool call) comes as its bytes, as the server sent them; anything else
+        as events. A read is digested before it is handed on, so `snapshot()` and a
+        resume cover exactly what was passed on. After `wire()` iterate only this."""
+        self._wire = True
+        return self._items
+
+    @property
+    def delivered(self) -> bool:
+        """Whether any of the answer has arrived (text, reasoning or a tool call)."""
+        return self._driver.delivered
 
     @property
     def ready(self) -> bool:
@@ -179,7 +195,7 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
             if event.type == "content":
                 yield event.text
 
-    async def _run(self) -> AsyncGenerator[StreamEvent, None]:
+    async def _run(self) -> AsyncGenerator[StreamEvent | bytes, None]:
         """Attempts until the answer is done; one generator (not one per attempt), so an
         event climbs one frame less on its way to the caller."""
         driver = self._driver
@@ -190,7 +206,7 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
                     if not driver.start(response.status_code, response.headers):
                         driver.fail(response.status_code, response.headers, await response.aread())
                     async for data in response.aiter_bytes():
-                        for event in driver.feed(data):
+                        for event in driver.feed_wire(data) if self._wire else driver.feed(data):
                             if driver.paced:
                                 await clock.asleep(driver.pace_delay(event))
                             yield event

@@ -48,6 +48,7 @@ from dskit.client._types import ChatResult, Done, KeepAlive, Resumed, Retrying, 
 
 logger = logging.getLogger("dskit.client")
 KEEP_ALIVE = KeepAlive()
+PLAIN_KEYS = frozenset(("role", "content", "reasoning_content"))
 
 
 def prefix_message(model: str, content: str, reasoning: str | None) -> dict[str, Any]:
@@ -60,6 +61,27 @@ def prefix_message(model: str, content: str, reasoning: str | None) -> dict[str,
     if is_reasoner(model) and reasoning and not content:
         prefix["reasoning_content"] = reasoning
     return prefix
+
+
+def plain_delta(chunk: Any) -> bool:
+    """A mid-answer chunk of text for choice 0 only: no finish, usage, error, tool call
+    or other choice (a relay writes those itself), and nothing `Accumulator.add` could
+    fail on, so a read of such chunks is digested whole or not at all."""
+    if type(chunk) is not dict or "error" in chunk or chunk.get("usage"):
+        return False
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1:
+        return False
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("index", 0) != 0 or choice.get("finish_reason"):
+        return False
+    delta = choice.get("delta")
+    if type(delta) is not dict:
+        return False
+    for key, value in delta.items():
+        if key not in PLAIN_KEYS or not (value is None or type(value) is str):
+            return False
+    return True
 
 
 class StreamBroken(APIConnectionError):
@@ -232,6 +254,41 @@ class StreamDriver:
                 yield from self.acc.add(self._parse(item.data))
         self._check_clocks(now)
 
+    def feed_wire(self, data: bytes) -> Iterator[StreamEvent | bytes]:
+        """`feed()` for a relay: a read of the first attempt made only of plain delta
+        chunks (`plain_delta`) is digested whole, then handed on as its bytes, so what a
+        resume continues from is exactly what was passed on; anything else as events.
+
+        Only the first attempt: a resumed answer's chunks carry another id, and the
+        relay encodes those itself under the first one.
+        """
+        chunks = None if self.resumes or self._pacer else self._plain_chunks(data)
+        if chunks is None:
+            yield from self.feed(data)
+            return
+        now = self.core.clock.now()
+        self._last_data = now
+        self.backlog = 0
+        for chunk in chunks:
+            self.acc.add(chunk)
+        yield data
+        self._check_clocks(now)
+
+    def _plain_chunks(self, data: bytes) -> list[dict[str, Any]] | None:
+        payloads = self._decoder.whole_data(data)
+        if payloads is None:
+            return None
+        chunks = []
+        for payload in payloads:
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:  # [DONE], or broken: `feed()` says which
+                return None
+            if not plain_delta(chunk):
+                return None
+            chunks.append(chunk)
+        return chunks
+
     def _parse(self, data: str) -> dict[str, Any]:
         try:
             chunk = orjson.loads(data)
@@ -275,7 +332,7 @@ class StreamDriver:
     def paced(self) -> bool:
         return self._pacer is not None
 
-    def pace_delay(self, event: StreamEvent) -> float:
+    def pace_delay(self, event: StreamEvent | bytes) -> float:
         if self._pacer is None:
             return 0.0
         text = getattr(event, "text", None)

@@ -148,6 +148,26 @@ class SSEDecoder:
             self._hold(tail)
         return out
 
+    def whole_data(self, chunk: bytes) -> list[bytes] | None:
+        """The data of each event in `chunk` when it is nothing but complete one-line
+        `data: ` events (LF only) and the decoder holds nothing: what `feed()` would
+        dispatch, for a relay that passes such events on as they came. Those events set
+        neither id nor retry, so the decoder's state is what `feed()` would leave.
+        None: anything else, to be given to `feed()`."""
+        if (
+            self._line or self._data or self._event_type or self._at_start or self._after_cr
+            or self._closed or type(chunk) is not bytes or len(chunk) > self._max
+            or 13 in chunk or not chunk.endswith(b"\n\n")
+        ):  # fmt: skip
+            return None
+        if chunk.find(b"\n") == len(chunk) - 2:  # one event: the usual read
+            return [chunk[6:-2]] if chunk.startswith(b"data: ") else None
+        events = chunk[:-2].split(b"\n\n")
+        for event in events:
+            if not event.startswith(b"data: ") or 10 in event:
+                return None
+        return [event[6:] for event in events]
+
     def close(self) -> list[SSEItem]:
         """End of stream: drop the incomplete line and undispatched event, as the spec says.
 

@@ -1,12 +1,13 @@
 """The OpenAI-compatible relay: `POST /v1/chat/completions` through `AsyncDeepSeek`.
 
-Retries and resume come from the client; this module only turns its typed events back
-into the wire format. What it sends is the shape every common client parses: `data:
-{json}` + a blank line (LF only), no `event:` or `id:` fields, `data: [DONE]` at the end,
-and `: keep-alive` comments while the upstream queues (the official `openai` package
-skips them, as DeepSeek's own server sends them). Chunks are encoded by hand with
-orjson, from byte prefixes built once per request: the relay's per-chunk work is one
-dumps of the delta and a concatenation.
+Retries and resume come from the client; this module only turns what it reads back into
+the wire format. What it sends is the shape every common client parses: `data: {json}` +
+a blank line (LF only), no `event:` or `id:` fields, `data: [DONE]` at the end, and
+`: keep-alive` comments while the upstream queues (the official `openai` package skips
+them, as DeepSeek's own server sends them). Reads of plain text chunks already in that
+shape pass on as the upstream sent them (`AsyncStream.wire()`: digested first, so a
+resume still knows what was sent); the rest is encoded by hand with orjson, from byte
+prefixes built once per stream under the upstream's id, model and time.
 """
 
 from __future__ import annotations
@@ -59,13 +60,18 @@ def check_encodable(messages: list[dict[str, Any]], params: dict[str, Any]) -> N
         raise GatewayError(400, f"Invalid request body: {exc}", code="invalid_json") from None
 
 
-def completion_body(result: ChatResult, completion_id: str, model: str) -> dict[str, Any]:
+def completion_id(upstream_id: str) -> str:
+    """A completion's id: the upstream's (chunks passed on carry it), else one of ours."""
+    return upstream_id or f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def completion_body(result: ChatResult, model: str) -> dict[str, Any]:
     """A non-streamed `chat.completion` object."""
     message = result.to_message()
     if not result.tool_calls:
         message.pop("tool_calls", None)
     return {
-        "id": completion_id,
+        "id": completion_id(result.id),
         "object": "chat.completion",
         "created": result.created or int(time.time()),
         "model": result.model or model,
@@ -85,11 +91,11 @@ def completion_body(result: ChatResult, completion_id: str, model: str) -> dict[
 class ChunkEncoder:
     """`chat.completion.chunk` events from byte templates built once per stream."""
 
-    def __init__(self, model: str) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+    def __init__(self, model: str, upstream_id: str = "", created: int = 0) -> None:
+        self.id = completion_id(upstream_id)
         head = orjson.dumps(
-            {"id": self.id, "object": "chat.completion.chunk", "created": int(time.time()),
-             "model": model}
+            {"id": self.id, "object": "chat.completion.chunk",
+             "created": created or int(time.time()), "model": model}
         )[:-1]  # fmt: skip
         self._head = b"data: " + head
         self._prefix = self._head + b',"choices":[{"index":0,"delta":'
@@ -118,7 +124,7 @@ class ChunkEncoder:
 
 
 def encode_event(encoder: ChunkEncoder, event: StreamEvent) -> bytes | None:
-    """The wire bytes for one client event (None: nothing to send)."""
+    """The wire bytes for one delta event (None: not a delta)."""
     kind = event.type
     if kind == "content":
         return encoder.content(event.text)  # type: ignore[union-attr]
@@ -126,8 +132,6 @@ def encode_event(encoder: ChunkEncoder, event: StreamEvent) -> bytes | None:
         return encoder.delta({"content": None, "reasoning_content": event.text})  # type: ignore[union-attr]
     if kind == "tool_call":
         return encoder.delta({"tool_calls": [_tool_fragment(event)]})
-    if kind in ("keep_alive", "retrying"):
-        return KEEP_ALIVE
     return None
 
 
@@ -143,12 +147,16 @@ def _tool_fragment(event: Any) -> dict[str, Any]:
 
 
 class Relay:
-    """One streamed completion: pulls client events, writes wire bytes, records metrics.
+    """One streamed completion: pulls the upstream's reads, writes wire bytes, records
+    metrics.
 
     The body starts with `source.first`, the event the upstream pool already read (so a
-    failure before any output was a proper HTTP error), then reads `source.stream`
-    itself (one frame less per event than `source.events()`), telling the source how the
-    answer ended. `on_done` gets the answer once it has been sent whole.
+    failure before any output was a proper HTTP error), then reads `source.stream.wire()`
+    itself, telling the source how the answer ended. A read of plain text chunks goes
+    out as the upstream sent it; everything else (the first event, keep-alives, a
+    resumed answer, the end with usage and `[DONE]`) is encoded here, under the id,
+    model and time of the upstream's first chunk, so the client sees one completion.
+    `on_done` gets the answer once it has been sent whole.
     """
 
     def __init__(
@@ -157,23 +165,37 @@ class Relay:
     ) -> None:  # fmt: skip
         self.source = source
         self.stream = source.stream
+        self.items = source.stream.wire()
         self.on_done = on_done
         self.first = source.first
-        self.encoder = ChunkEncoder(model)
+        self.model = model
+        self._encoder: ChunkEncoder | None = None
         self.metrics = metrics
         self.started = started
         self.ttft_seen = False
+        self.passed_on = False
+
+    @property
+    def encoder(self) -> ChunkEncoder:
+        """Made for the first chunk the relay writes itself, when the upstream's first
+        chunk has been read (keep-alives need none)."""
+        if self._encoder is None:
+            meta = self.stream.snapshot()
+            self._encoder = ChunkEncoder(meta.model or self.model, meta.id, meta.created)
+        return self._encoder
 
     async def write(self, send: Send) -> None:
         """Write the wire bytes through `send` (a producer for `EventStreamResponse`):
         what arrived in one network read goes out as one piece."""
-        metrics, stream = self.metrics, self.stream
+        metrics, stream, items = self.metrics, self.stream, self.items
         metrics.active_streams.inc()
         out: list[bytes] = []
         try:
-            event = self.first
-            while event is not None:
-                if self._relay(event, out):
+            item: StreamEvent | bytes | None = self.first
+            while item is not None:
+                if isinstance(item, bytes):
+                    self._pass_on(item, out)
+                elif self._relay(item, out):
                     await send(body_message(b"".join(out)))
                     self.source.ended(None)
                     if self.on_done is not None:
@@ -182,7 +204,7 @@ class Relay:
                 if out and not stream.ready:
                     await send(body_message(b"".join(out)))  # one piece: joined, it is itself
                     out.clear()
-                event = await anext(stream, None)
+                item = await anext(items, None)
         except Exception as exc:  # after the headers: the error travels as an event
             self.source.ended(exc)
             error = logged_error(exc, "a relayed stream")
@@ -193,23 +215,38 @@ class Relay:
             metrics.active_streams.dec()
             await stream.aclose()
 
+    def _pass_on(self, data: bytes, out: list[bytes]) -> None:
+        """A read of plain text chunks, as the upstream sent it."""
+        if not self.passed_on:  # the upstream's chunks carry the role from here on
+            self.passed_on = True
+            self.encoder.role_sent = True
+        if not self.ttft_seen and self.stream.delivered:
+            self._first_token()
+        out.append(data)
+
     def _relay(self, event: StreamEvent, out: list[bytes]) -> bool:
         """Add one event's bytes to `out`; True at the end of the answer."""
         kind = event.type
-        if not self.ttft_seen and kind in ("content", "reasoning", "tool_call"):
-            self.ttft_seen = True
-            self.metrics.ttft.labels("chat_completions").observe(time.monotonic() - self.started)
+        if kind in ("keep_alive", "retrying"):
+            out.append(KEEP_ALIVE)
+            if kind == "retrying":
+                self.metrics.retries.inc()
+            return False
         if kind == "done":
             out += (self._finish(event.result), DONE)  # type: ignore[union-attr]
             return True
+        if not self.ttft_seen and kind in ("content", "reasoning", "tool_call"):
+            self._first_token()
         data = encode_event(self.encoder, event)
         if data is not None:
             out.append(data)
         elif kind == "resumed":
             self.metrics.resumes.inc()
-        if kind == "retrying":
-            self.metrics.retries.inc()
         return False
+
+    def _first_token(self) -> None:
+        self.ttft_seen = True
+        self.metrics.ttft.labels("chat_completions").observe(time.monotonic() - self.started)
 
     def _finish(self, result: ChatResult) -> bytes:
         self.metrics.count_usage(result.usage)

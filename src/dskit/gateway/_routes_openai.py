@@ -156,7 +156,7 @@ async def _complete(
     await done(result)
     gw.metrics.count_usage(result.usage)
     gw.metrics.latency.labels("chat_completions").observe(time.monotonic() - started)
-    body = completion_body(result, f"chatcmpl-{result.id or 'dskit'}", model)
+    body = completion_body(result, model)
     return JSONBytes(orjson.dumps(body), headers=headers)
 
 

@@ -300,7 +300,7 @@ def cached_chunks(result: ChatResult, model: str) -> Iterator[bytes]:
     """A cached answer as the SSE a live one would have been (reasoning, content, usage)."""
     from dskit.gateway._relay import DONE, ChunkEncoder, encode_event
 
-    encoder = ChunkEncoder(result.model or model)
+    encoder = ChunkEncoder(result.model or model, result.id, result.created)
     for event in replay_events(result):
         if event.type == "done":
             yield _mark(encoder.finish(result.finish_reason, result.usage))
@@ -315,7 +315,7 @@ def cached_body(result: ChatResult, model: str) -> dict[str, Any]:
     """A cached answer as a `chat.completion` object, marked `"cached": true`."""
     from dskit.gateway._relay import completion_body
 
-    return {**completion_body(result, f"chatcmpl-{result.id or 'cache'}", model), "cached": True}
+    return {**completion_body(result, model), "cached": True}
 
 
 # ---- where an answer's events come from ------------------------------------------------------
