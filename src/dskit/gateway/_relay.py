@@ -217,7 +217,7 @@ class Relay:
 
     def _pass_on(self, data: bytes, out: list[bytes]) -> None:
         """A read of plain text chunks, as the upstream sent it."""
-        if not self.passed_on:  # the upstream's chunks carry the role from here on
+        if not self.passed_on:  # the upstream's own chunks went out: no role from us after
             self.passed_on = True
             self.encoder.role_sent = True
         if not self.ttft_seen and self.stream.delivered:
