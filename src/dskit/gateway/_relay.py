@@ -173,7 +173,6 @@ class Relay:
         self.metrics = metrics
         self.started = started
         self.ttft_seen = False
-        self.passed_on = False
 
     @property
     def encoder(self) -> ChunkEncoder:
@@ -217,9 +216,7 @@ class Relay:
 
     def _pass_on(self, data: bytes, out: list[bytes]) -> None:
         """A read of plain text chunks, as the upstream sent it."""
-        if not self.passed_on:  # the upstream's own chunks went out: no role from us after
-            self.passed_on = True
-            self.encoder.role_sent = True
+        self.encoder.role_sent = True  # the upstream's own chunks went out: no role after
         if not self.ttft_seen and self.stream.delivered:
             self._first_token()
         out.append(data)
