@@ -138,9 +138,10 @@ def test_broken_upstream_stream_is_resumed_seamlessly(gateway: GatewayServer, si
 
 
 def test_a_resumed_relay_is_one_completion(gateway_factory: Any, sim_factory: Any) -> None:
-    """Chunks passed on as the upstream sent them, then a resume encoded by the relay:
-    the client sees one id, one role, every token once, one end."""
-    sim = sim_factory(token_ms=2)  # reads of one chunk each, as from a real server
+    """Chunks passed on as the upstream sent them (reads of one chunk each, as from a
+    real server), then a resume encoded by the relay: the client sees one id, model and
+    fingerprint, one role, every token once, one end."""
+    sim = sim_factory(token_ms=2)
     gateway = gateway_factory(upstream=sim.base_url)
     headers = {"X-Sim-Drop-After-Events": "12", "X-Sim-Fault-Key": "drop-once-passed-on"}
     with _openai(gateway, default_headers=headers) as client:
@@ -152,6 +153,7 @@ def test_a_resumed_relay_is_one_completion(gateway_factory: Any, sim_factory: An
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == _direct(sim)["choices"][0]["message"]["content"]
     assert len({c.id for c in chunks}) == 1 and len({c.model for c in chunks}) == 1
+    assert len({c.system_fingerprint for c in chunks}) == 1
     assert [c.choices[0].delta.role for c in chunks if c.choices[0].delta.role] == ["assistant"]
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
     with gateway.client() as http:

@@ -91,11 +91,14 @@ def completion_body(result: ChatResult, model: str) -> dict[str, Any]:
 class ChunkEncoder:
     """`chat.completion.chunk` events from byte templates built once per stream."""
 
-    def __init__(self, model: str, upstream_id: str = "", created: int = 0) -> None:
+    def __init__(
+        self, model: str, upstream_id: str = "", created: int = 0, fingerprint: str | None = None
+    ) -> None:
         self.id = completion_id(upstream_id)
         head = orjson.dumps(
             {"id": self.id, "object": "chat.completion.chunk",
-             "created": created or int(time.time()), "model": model}
+             "created": created or int(time.time()), "model": model,
+             "system_fingerprint": fingerprint}
         )[:-1]  # fmt: skip
         self._head = b"data: " + head
         self._prefix = self._head + b',"choices":[{"index":0,"delta":'
@@ -104,6 +107,12 @@ class ChunkEncoder:
         self._content_open = self._prefix + b'{"content":'
         self._content_close = b"}" + self._suffix
         self.role_sent = False
+
+    @classmethod
+    def answering(cls, result: ChatResult, model: str) -> ChunkEncoder:
+        """Under the upstream's id, model, time and fingerprint, as far as `result` (the
+        answer so far) knows them: chunks passed on as they came carry the same."""
+        return cls(result.model or model, result.id, result.created, result.system_fingerprint)
 
     def delta(self, delta: Mapping[str, Any]) -> bytes:
         if not self.role_sent:
@@ -179,8 +188,7 @@ class Relay:
         """Made for the first chunk the relay writes itself, when the upstream's first
         chunk has been read (keep-alives need none)."""
         if self._encoder is None:
-            meta = self.stream.snapshot()
-            self._encoder = ChunkEncoder(meta.model or self.model, meta.id, meta.created)
+            self._encoder = ChunkEncoder.answering(self.stream.snapshot(), self.model)
         return self._encoder
 
     async def write(self, send: Send) -> None:

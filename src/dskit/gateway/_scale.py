@@ -300,7 +300,7 @@ def cached_chunks(result: ChatResult, model: str) -> Iterator[bytes]:
     """A cached answer as the SSE a live one would have been (reasoning, content, usage)."""
     from dskit.gateway._relay import DONE, ChunkEncoder, encode_event
 
-    encoder = ChunkEncoder(result.model or model, result.id, result.created)
+    encoder = ChunkEncoder.answering(result, model)
     for event in replay_events(result):
         if event.type == "done":
             yield _mark(encoder.finish(result.finish_reason, result.usage))
