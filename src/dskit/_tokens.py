@@ -54,3 +54,18 @@ def estimate_message_tokens(message: Mapping[str, Any]) -> int:
 
 def estimate_messages_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
     return sum(estimate_message_tokens(m) for m in messages)
+
+
+# The counting API the rest of dskit uses (sessions' budgets, the simulator's usage). It
+# is the single seam for the tokenizer: today the rule of thumb above.
+
+
+def count_text(text: str) -> int:
+    """Tokens of a piece of model output or input text."""
+    return estimate_tokens(text)
+
+
+def count_prompt(messages: Iterable[Mapping[str, Any]], *, thinking: bool = True) -> int:
+    """Prompt tokens of a chat request's messages, chat-template overhead included."""
+    del thinking  # the rule of thumb ignores it; the tokenizer's template does not
+    return estimate_messages_tokens(messages)
