@@ -30,12 +30,40 @@ class Problem:
     param: str
     message: str
     status: int = 400
+    hint: str = ""  # how to fix it, for the client's error (the server sends only message)
 
 
 def is_reasoner(model: str) -> bool:
     """Whether a model name denotes thinking mode (deepseek-reasoner and the like)."""
     lowered = model.lower()
     return any(marker in lowered for marker in REASONER_MARKERS)
+
+
+# requested effort -> the effort the model runs with (thinking_mode guide, Nov 2026)
+EFFORT_ALIASES = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "high",
+    "high": "high",
+    "xhigh": "high",
+    "max": "max",
+    "ultra": "max",
+}
+
+
+def thinking_enabled(body: Mapping[str, Any]) -> bool:
+    """Whether a chat request runs in thinking mode: on unless it is switched off."""
+    thinking = body.get("thinking")
+    if isinstance(thinking, Mapping) and thinking.get("type") == "disabled":
+        return False
+    return body.get("reasoning_effort") != "none"
+
+
+def effort_of(body: Mapping[str, Any]) -> str | None:
+    """The effort a request's thinking runs at (None without thinking)."""
+    if not thinking_enabled(body):
+        return None
+    return EFFORT_ALIASES.get(str(body.get("reasoning_effort") or "high"), "high")
 
 
 def is_number(value: Any) -> TypeGuard[int | float]:
