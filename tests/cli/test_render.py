@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import re
 import time
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from dskit import DeepSeek
-from dskit.cli._pricing import estimate_cost, footer
+from dskit.cli._pricing import estimate_cost, footer, is_peak
 from dskit.cli._render import (
     INTERRUPTED,
     REFRESH_HZ,
@@ -143,15 +144,44 @@ def test_long_answer_render_cost_stays_flat():
     assert biggest <= len(paragraph)
 
 
-def test_cost_estimate_uses_the_price_table():
+OFF_PEAK = datetime(2026, 11, 14, 2, 0, tzinfo=UTC)  # a Saturday
+PEAK = datetime(2026, 11, 16, 2, 0, tzinfo=UTC)  # Monday 02:00 UTC, Beijing 10:00
+
+
+def test_cost_estimate_uses_the_v4_prices_off_peak_and_peak():
     usage = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000,
                   prompt_cache_hit_tokens=500_000, prompt_cache_miss_tokens=500_000)  # fmt: skip
-    assert estimate_cost(usage, "deepseek-chat") == pytest.approx(0.014 + 0.14 + 0.42)
+    flash = 0.5 * 0.003 + 0.5 * 0.15 + 0.60
+    assert estimate_cost(usage, "deepseek-flash", OFF_PEAK) == pytest.approx(flash)
+    assert estimate_cost(usage, "deepseek-flash", PEAK) == pytest.approx(2 * flash)
+    pro = 0.5 * 0.022 + 0.5 * 0.66 + 1.98
+    assert estimate_cost(usage, "deepseek-v4-pro", OFF_PEAK) == pytest.approx(pro)
+    # retired names are priced as what they migrate to; unknown models as Flash
+    assert estimate_cost(usage, "deepseek-chat", OFF_PEAK) == pytest.approx(flash)
     unsplit = Usage(prompt_tokens=1_000_000)
-    assert estimate_cost(unsplit, "some-new-model") == pytest.approx(0.28)
-    assert footer(Usage(prompt_tokens=10, completion_tokens=5), "deepseek-chat").startswith(
+    assert estimate_cost(unsplit, "some-new-model", OFF_PEAK) == pytest.approx(0.15)
+    assert footer(Usage(prompt_tokens=10, completion_tokens=5), "deepseek-flash").startswith(
         "tokens 10 in / 5 out"
     )
+
+
+@pytest.mark.parametrize(
+    ("at", "peak"),
+    [
+        (datetime(2026, 11, 16, 0, 59, tzinfo=UTC), False),
+        (datetime(2026, 11, 16, 1, 0, tzinfo=UTC), True),
+        (datetime(2026, 11, 16, 3, 59, tzinfo=UTC), True),
+        (datetime(2026, 11, 16, 4, 0, tzinfo=UTC), False),
+        (datetime(2026, 11, 16, 6, 0, tzinfo=UTC), True),
+        (datetime(2026, 11, 16, 9, 59, tzinfo=UTC), True),
+        (datetime(2026, 11, 16, 10, 0, tzinfo=UTC), False),
+        (datetime(2026, 11, 20, 7, 0, tzinfo=UTC), True),  # Friday
+        (datetime(2026, 11, 21, 7, 0, tzinfo=UTC), False),  # Saturday
+        (datetime(2026, 11, 16, 10, 30, tzinfo=timezone(timedelta(hours=8))), True),  # Beijing
+    ],
+)
+def test_peak_hours_follow_deepseeks_calendar(at: datetime, peak: bool) -> None:
+    assert is_peak(at) is peak
 
 
 class CountingRichView(RichView):

@@ -1,41 +1,68 @@
 """The one price table, for the cost estimate in the chat footer and `/usage`.
 
-An ESTIMATE: prices change and DeepSeek bills what its own meter says. These are the
-V3.2 list prices in US dollars per million tokens (cache hits are about 10x cheaper than
-misses; reasoning tokens are billed as output). Unknown models use the same figures.
+An ESTIMATE: prices change and DeepSeek bills what its own meter says. These are the V4
+list prices of November 2026 in US dollars per million tokens (docs/cli.md links the
+page). Since 2026-08-16 DeepSeek charges double in peak hours: Monday to Friday,
+01:00-04:00 and 06:00-10:00 UTC (Beijing 09-12 and 14-18); everything else is off-peak.
+PRC statutory holidays are off-peak too; this table does not know them, so an answer on
+such a weekday is estimated at the peak price. Reasoning tokens are billed as output.
+Retired names (`deepseek-chat`, `deepseek-reasoner`) and unknown models use Flash.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from dskit._tokens import estimate_tokens
+from dskit._models import migrate
+from dskit._tokens import count_text
 from dskit.client._types import ChatResult, Usage
+
+PEAK_HOURS_UTC = (range(1, 4), range(6, 10))  # Monday to Friday only
 
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """US dollars per million tokens."""
+    """US dollars per million tokens, off-peak (peak is `PEAK_FACTOR` times these)."""
 
     input_cache_hit: float
     input_cache_miss: float
     output: float
 
 
-V32 = Price(input_cache_hit=0.028, input_cache_miss=0.28, output=0.42)
+PEAK_FACTOR = 2.0
+FLASH = Price(input_cache_hit=0.003, input_cache_miss=0.15, output=0.60)
+PRO = Price(input_cache_hit=0.022, input_cache_miss=0.66, output=1.98)
 PRICES: dict[str, Price] = {
-    "deepseek-chat": V32,
-    "deepseek-reasoner": V32,
+    "deepseek-flash": FLASH,
+    "deepseek-v4-flash": FLASH,
+    "deepseek-v4-flash-vision-exp": FLASH,
+    "deepseek-v4-pro": PRO,
 }
 
 
-def price_for(model: str) -> Price:
-    return PRICES.get(model, V32)
+def is_peak(at: datetime) -> bool:
+    """Whether DeepSeek's peak price applies at `at` (naive datetimes are taken as UTC)."""
+    utc = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    return utc.weekday() < 5 and any(utc.hour in hours for hours in PEAK_HOURS_UTC)
 
 
-def estimate_cost(usage: Usage, model: str) -> float:
-    """Dollars this usage costs at list price (an estimate, see the module docstring)."""
-    price = price_for(model)
+def price_for(model: str, at: datetime | None = None) -> Price:
+    """The price of `model` at `at` (now when None), peak hours applied."""
+    base = PRICES.get(migrate(model)[0], FLASH)
+    if not is_peak(at or datetime.now(UTC)):
+        return base
+    return Price(
+        input_cache_hit=base.input_cache_hit * PEAK_FACTOR,
+        input_cache_miss=base.input_cache_miss * PEAK_FACTOR,
+        output=base.output * PEAK_FACTOR,
+    )
+
+
+def estimate_cost(usage: Usage, model: str, at: datetime | None = None) -> float:
+    """Dollars this usage costs at list price at `at` (now when None; an estimate, see
+    the module docstring)."""
+    price = price_for(model, at)
     miss = usage.prompt_cache_miss_tokens
     if usage.prompt_cache_hit_tokens + miss < usage.prompt_tokens:
         miss = usage.prompt_tokens - usage.prompt_cache_hit_tokens  # server did not split
@@ -69,7 +96,7 @@ def footer(usage: Usage, model: str) -> str:
 def estimated_footer(result: ChatResult) -> str | None:
     """The footer of an answer whose usage never arrived (stopped early): its output
     tokens, estimated from its text and marked so; None when nothing arrived."""
-    tokens = estimate_tokens(result.content) + estimate_tokens(result.reasoning_content or "")
+    tokens = count_text(result.content) + count_text(result.reasoning_content or "")
     if not tokens:
         return None
     return f"tokens ~{tokens} out (estimated: the usage did not arrive)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,10 @@ def cmd_export(state: ChatState, arg: str) -> None:
     state.say(f"Exported to {path}")
 
 
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
 def cmd_usage(state: ChatState, arg: str) -> None:
     if state.session is None:
         state.say("No tokens used yet in this session.")
@@ -151,7 +156,7 @@ def cmd_usage(state: ChatState, arg: str) -> None:
         if stored.usage:
             usage = Usage.from_dict(stored.usage)
             total = total + usage
-            cost += estimate_cost(usage, state.current_model)
+            cost += estimate_cost(usage, state.current_model, _utc(stored.created))
     state.say(
         f"Session {state.session.id[:12]}: {total.prompt_tokens} tokens in "
         f"({total.prompt_cache_hit_tokens} cache hits), {total.completion_tokens} out, "
