@@ -138,7 +138,9 @@ class Expected:
         with self.lock:
             if question not in self.texts:
                 messages = [{"role": "user", "content": question}]
-                self.texts[question] = self.client.chat(messages, model="deepseek-chat").content
+                self.texts[question] = self.client.chat(
+                    messages, model="deepseek-flash", thinking=False
+                ).content
             return self.texts[question]
 
 
@@ -202,7 +204,10 @@ def _with_retries(call: Any) -> Any:
 
 
 def _create(http: httpx2.Client, instance: Instance) -> str:
-    response = http.post(instance.url + "/v1/sessions", json={"model": "deepseek-chat"})
+    response = http.post(
+        instance.url + "/v1/sessions",
+        json={"model": "deepseek-flash", "thinking": {"type": "disabled"}},
+    )
     return str(response.json()["id"])
 
 

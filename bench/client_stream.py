@@ -31,7 +31,8 @@ def _chunk(delta: dict[str, object], finish: str | None = None, usage: object = 
         "id": "0f6a1c52-5d2e-4f0e-9d8e-2b7b8a4d1c11",
         "object": "chat.completion.chunk",
         "created": 1764000000,
-        "model": "deepseek-chat",
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
         "system_fingerprint": "fp_bench",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         "usage": usage,
@@ -118,7 +119,10 @@ def openai_consumer(base_url: str) -> Callable[[], int]:
     def consume() -> int:
         n = 0
         stream = client.chat.completions.create(
-            model="deepseek-chat", messages=[{"role": "user", "content": "bench"}], stream=True
+            model="deepseek-flash",
+            thinking=False,
+            messages=[{"role": "user", "content": "bench"}],
+            stream=True,
         )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:

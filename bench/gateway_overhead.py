@@ -179,7 +179,8 @@ class Sample:
 
 def request_bytes(port: int, prompt: str) -> bytes:
     body = orjson.dumps({
-        "model": "deepseek-chat", "stream": True, "max_tokens": TOKENS,
+        "model": "deepseek-flash", "thinking": {"type": "disabled"}, "stream": True,
+        "max_tokens": TOKENS,
         "messages": [{"role": "user", "content": prompt}],
     })  # fmt: skip
     head = (

@@ -39,7 +39,7 @@ from dskit.sim import SimConfig, SimServer
 
 PROMPT = "Write a long paragraph about rivers, take 3."
 BODY = orjson.dumps({
-    "model": "deepseek-chat", "stream": True, "max_tokens": 50,
+    "model": "deepseek-flash", "thinking": {"type": "disabled"}, "stream": True, "max_tokens": 50,
     "messages": [{"role": "user", "content": PROMPT}],
 })  # fmt: skip
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]

@@ -58,7 +58,8 @@ async def hold_streams(url: str, count: int, pid: int) -> tuple[int, float, floa
     limits = httpx2.Limits(max_connections=count + 10, max_keepalive_connections=0)
     timeout = httpx2.Timeout(120.0)
     body = {
-        "model": "deepseek-chat",
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
         "stream": True,
         "messages": [{"role": "user", "content": "hold on"}],
     }
@@ -98,7 +99,7 @@ async def events_per_second(
 ) -> tuple[float, float, float]:
     """Zero-latency streams for `seconds`: (events/s wall, events per server CPU s, req/s)."""
     body = {
-        "model": "deepseek-reasoner",
+        "model": "deepseek-flash",
         "stream": True,
         "messages": [{"role": "user", "content": "count the events"}],
     }

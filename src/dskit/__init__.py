@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from dskit._version import __version__
 
 if TYPE_CHECKING:
+    from dskit._models import ModelInfo
     from dskit.client import (
         APIConnectionError,
         APIError,
@@ -60,6 +61,7 @@ __all__ = [
     "InsufficientBalanceError",
     "InternalServerError",
     "Limits",
+    "ModelInfo",
     "NotFoundError",
     "Pace",
     "RateLimitError",
@@ -84,6 +86,7 @@ _LAZY: dict[str, str] = {
     "AsyncDeepSeek": "dskit.client._async",
     "RetryPolicy": "dskit.client._config",
     "Limits": "dskit.client._config",
+    "ModelInfo": "dskit._models",
     "Pace": "dskit.client._config",
     "Timeout": "dskit.client._config",
     "ChatSession": "dskit.session",

@@ -12,7 +12,7 @@ thinking off or on.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Effort = Literal["low", "high", "max"]
@@ -21,6 +21,9 @@ DEFAULT_MODEL = "deepseek-flash"  # what a request without a model asks for
 EFFORTS: tuple[Effort, ...] = ("low", "high", "max")
 DEFAULT_EFFORT: Effort = "high"
 CONTEXT_WINDOW = 1_048_576  # input + output, both models
+UNKNOWN_CONTEXT_WINDOW = 64 * 1024  # a model neither GET /models nor this sheet knows
+MODELS_TTL = 3600.0  # how long a GET /models answer is trusted
+MODELS_RETRY = 60.0  # after a failed GET /models, the fallback figures serve this long
 MAX_OUTPUT_TOKENS = 393_216  # the largest accepted max_tokens
 # the output budget when max_tokens is not sent: without thinking, with it, at effort max
 DEFAULT_MAX_TOKENS_PLAIN = 8 * 1024
@@ -34,6 +37,7 @@ class ModelInfo:
 
     id: str
     name: str = ""
+    owned_by: str = "deepseek"
     context_window: int = CONTEXT_WINDOW
     max_output_tokens: int = MAX_OUTPUT_TOKENS
     input_modalities: tuple[str, ...] = ("text",)
@@ -49,7 +53,7 @@ class ModelInfo:
         return {
             "id": self.id,
             "object": "model",
-            "owned_by": "deepseek",
+            "owned_by": self.owned_by,
             "name": self.name,
             "context_window": self.context_window,
             "max_output_tokens": self.max_output_tokens,
@@ -72,6 +76,7 @@ class ModelInfo:
         return cls(
             id=str(entry["id"]),
             name=str(entry.get("name") or base.name),
+            owned_by=str(entry.get("owned_by") or base.owned_by),
             context_window=_int(entry.get("context_window"), base.context_window),
             max_output_tokens=_int(entry.get("max_output_tokens"), base.max_output_tokens),
             input_modalities=_strs(entry.get("input_modalities"), base.input_modalities),
@@ -125,3 +130,44 @@ def default_max_tokens(thinking: bool, effort: str | None = None) -> int:
     if not thinking:
         return DEFAULT_MAX_TOKENS_PLAIN
     return DEFAULT_MAX_TOKENS_MAX_EFFORT if effort == "max" else DEFAULT_MAX_TOKENS_THINKING
+
+
+def models_from_wire(data: Any) -> list[ModelInfo]:
+    """The models of a `GET /models` body (entries without an id are skipped)."""
+    items = data.get("data") if isinstance(data, Mapping) else None
+    if not isinstance(items, Sequence):
+        return []
+    return [ModelInfo.from_wire(m) for m in items if isinstance(m, Mapping) and m.get("id")]
+
+
+def fallback_info(model: str) -> ModelInfo:
+    """The sheet's figures for `model` (retired names read as what they became); a model
+    it does not know gets a modest window, as a self-hosted one may be small."""
+    name = migrate(model)[0]
+    return KNOWN_MODELS.get(name) or ModelInfo(name, context_window=UNKNOWN_CONTEXT_WINDOW)
+
+
+@dataclass(slots=True)
+class ModelCache:
+    """A client's view of `GET /models`: trusted for `ttl` seconds; after a failure the
+    fallback figures serve for `retry` seconds before the next try."""
+
+    ttl: float = MODELS_TTL
+    retry: float = MODELS_RETRY
+    _models: dict[str, ModelInfo] = field(default_factory=dict)
+    _until: float = float("-inf")
+
+    def stale(self, now: float) -> bool:
+        return now >= self._until
+
+    def store(self, models: Sequence[ModelInfo], now: float) -> None:
+        self._models = {m.id: m for m in models}
+        self._until = now + self.ttl
+
+    def failed(self, now: float) -> None:
+        self._until = now + self.retry
+
+    def info(self, model: str) -> ModelInfo:
+        return self._models.get(model) or self._models.get(migrate(model)[0]) or (
+            fallback_info(model)
+        )  # fmt: skip

@@ -13,13 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-DEFAULT_MODEL = "deepseek-chat"  # what a request without a model asks for
-REASONER_MARKERS = ("reasoner", "thinking", "-r1")
+from dskit._models import MAX_OUTPUT_TOKENS
+
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 USER_ID = re.compile(r"^[a-zA-Z0-9_-]{1,512}$")
 MAX_TOOLS = 128
 MAX_STOP = 16
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "user", "assistant", "tool", "latest_reminder")
 TOOL_CHOICES = ("none", "auto", "required")
 
 
@@ -31,12 +31,6 @@ class Problem:
     message: str
     status: int = 400
     hint: str = ""  # how to fix it, for the client's error (the server sends only message)
-
-
-def is_reasoner(model: str) -> bool:
-    """Whether a model name denotes thinking mode (deepseek-reasoner and the like)."""
-    lowered = model.lower()
-    return any(marker in lowered for marker in REASONER_MARKERS)
 
 
 # requested effort -> the effort the model runs with (thinking_mode guide, Nov 2026)
@@ -98,8 +92,13 @@ def _check_numbers(body: Mapping[str, Any]) -> Problem | None:
         if problem := _range(body, name, low, high):
             return problem
     max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (not is_integer(max_tokens) or max_tokens < 1):
-        return Problem("max_tokens", "Invalid max_tokens value, it must be a positive integer")
+    if max_tokens is not None and (
+        not is_integer(max_tokens) or not 1 <= max_tokens <= MAX_OUTPUT_TOKENS
+    ):
+        return Problem(
+            "max_tokens",
+            f"Invalid max_tokens value, the valid range of max_tokens is [1, {MAX_OUTPUT_TOKENS}]",
+        )
     return None
 
 
@@ -225,7 +224,13 @@ def _check_misc(body: Mapping[str, Any]) -> Problem | None:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         return Problem("stream", "Invalid stream value, it must be a boolean")
+    if body.get("stream_options") is not None and not stream:
+        return Problem("stream_options", "stream_options is only allowed when stream is true")
+    if body.get("n") not in (None, 1):
+        return Problem("n", "Invalid n value (currently only n = 1 is supported)")
     fmt = body.get("response_format")
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        return Problem("response_format", "This response_format type is unavailable now")
     if fmt is not None and (
         not isinstance(fmt, Mapping) or fmt.get("type") not in ("text", "json_object")
     ):
@@ -238,32 +243,31 @@ def _check_misc(body: Mapping[str, Any]) -> Problem | None:
     return None
 
 
-def _check_reasoner(body: Mapping[str, Any]) -> Problem | None:
-    if not is_reasoner(str(body.get("model", ""))):
+PASSBACK = "The `reasoning_content` in the thinking mode must be passed back to the API."
+FORCED_CHOICE = "Thinking mode does not support this tool_choice"
+
+
+def _check_thinking(body: Mapping[str, Any]) -> Problem | None:
+    """DeepSeek's thinking-mode rules (Nov 2026): no forced tool_choice, and with tools the
+    reasoning of every earlier assistant turn must come back."""
+    if not thinking_enabled(body):
         return None
-    if body.get("logprobs") or body.get("top_logprobs") is not None:
-        return Problem("logprobs", "deepseek-reasoner does not support the logprobs parameter")
-    return _check_reasoning_round_trip(body.get("messages") or [])
-
-
-def _check_reasoning_round_trip(messages: Sequence[Mapping[str, Any]]) -> Problem | None:
-    """Thinking mode with tools: reasoning must come back on turns that called tools.
-
-    Only the turns of the current exchange (after the last user message) need it, as with
-    the real API (V3.2): older turns may drop their reasoning.
-    """
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
-    for index in range(last_user + 1, len(messages)):
-        message = messages[index]
-        if (
-            message.get("role") == "assistant"
-            and message.get("tool_calls")
-            and message.get("reasoning_content") is None
-        ):
+    choice = body.get("tool_choice")
+    if choice == "required" or isinstance(choice, Mapping):
+        return Problem(
+            "tool_choice",
+            FORCED_CHOICE,
+            hint="switch thinking off to force a tool call (thinking=False, or "
+            '"thinking": {"type": "disabled"} in the request)',
+        )
+    if not body.get("tools"):
+        return None
+    for index, message in enumerate(body.get("messages") or []):
+        if message.get("role") == "assistant" and message.get("reasoning_content") is None:
             return Problem(
                 f"messages[{index}].reasoning_content",
-                "Missing `reasoning_content` field in the assistant message "
-                f"at message index {index}",
+                PASSBACK,
+                hint="send every earlier assistant turn back with its reasoning_content",
             )
     return None
 
@@ -274,7 +278,7 @@ CHECKS: tuple[Callable[[Mapping[str, Any]], Problem | None], ...] = (
     _check_stop,
     _check_tools,
     _check_misc,
-    _check_reasoner,
+    _check_thinking,
 )
 
 

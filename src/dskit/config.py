@@ -6,11 +6,12 @@ Every key is optional:
 
     api_key = "sk-..."          # refused unless the file is readable by its owner only
     base_url = "https://api.deepseek.com"
-    model = "deepseek-chat"
+    model = "deepseek-flash"    # or deepseek-v4-pro
     system = "You are terse."
     temperature = 0.7
     store = "redis://localhost:6379/0"   # or a SQLite path; default: the user data dir
-    think = true                # show the reasoner's thinking
+    think = true                # thinking mode (DeepSeek's default: on)
+    effort = "high"             # reasoning effort in thinking mode: low, high or max
 
 A key in a file that others can read is a leak waiting to happen, so it is refused with a
 `ConfigError` that says how to fix it (`chmod 600`), never used quietly.
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dskit._validate import EFFORT_ALIASES
 from dskit.client._errors import ConfigError
 
 # setting -> env var that overrides the file
@@ -36,6 +38,7 @@ ENV_VARS: dict[str, str] = {
     "system": "DSKIT_SYSTEM",
     "temperature": "DSKIT_TEMPERATURE",
     "store": "DSKIT_STORE",
+    "effort": "DSKIT_EFFORT",
 }
 SECRETS = frozenset({"api_key"})
 
@@ -51,6 +54,7 @@ class Settings:
     temperature: float | None = None
     store: str | None = None
     think: bool | None = None
+    effort: str | None = None
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in SECRETS and v else v) for k, v in asdict(self).items()}
@@ -92,6 +96,7 @@ _TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     "temperature": _NUMBER,
     "store": _TEXT,
     "think": _BOOL,
+    "effort": _TEXT,
 }
 
 
@@ -100,6 +105,14 @@ def check_temperature(value: float, name: str = "temperature") -> float:
     the environment is refused up front rather than by every later request."""
     if not 0 <= value <= 2:
         raise ConfigError(f"{name} must be between 0 and 2, got {value:g}")
+    return value
+
+
+def check_effort(value: str, name: str = "effort") -> str:
+    """An effort level the API knows (aliases included), checked where it is set."""
+    if value not in EFFORT_ALIASES:
+        levels = ", ".join(sorted(EFFORT_ALIASES))
+        raise ConfigError(f"{name} must be one of {levels}, got {value!r}")
     return value
 
 
@@ -122,6 +135,8 @@ def _check_value(path: Path, key: str, value: Any) -> Any:
     checked: Any = value  # isinstance against a tuple of types narrows it to object
     if key == "temperature":
         return check_temperature(float(checked), f"{path}: temperature")
+    if key == "effort":
+        return check_effort(str(checked), f"{path}: effort")
     return checked
 
 
@@ -163,6 +178,8 @@ def read_env(environ: Mapping[str, str] | None = None) -> Settings:
             values[key] = environ[var]
     if "temperature" in values:
         values["temperature"] = parse_temperature(values["temperature"], "DSKIT_TEMPERATURE")
+    if "effort" in values:
+        values["effort"] = check_effort(values["effort"], "DSKIT_EFFORT")
     return Settings(**values)
 
 

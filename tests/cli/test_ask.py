@@ -46,14 +46,14 @@ def test_json_prints_the_final_result(cli, home, on_sim):
     [record] = home.sessions()
     assert data["content"] == record.messages[1].content
     assert data["finish_reason"] == "stop" and data["incomplete"] is False
-    assert data["model"] == "deepseek-chat"
+    assert data["model"] == "deepseek-flash"
     usage = data["usage"]
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
     assert record.system == "be terse"
 
 
 def test_jsonl_prints_every_event_then_done(cli, on_sim):
-    result = cli("ask", *on_sim, "--jsonl", "-m", "deepseek-reasoner", "think first")
+    result = cli("ask", *on_sim, "--jsonl", "think first")  # thinking: DeepSeek's default
     assert result.exit_code == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     kinds = [e["type"] for e in events]
@@ -118,7 +118,7 @@ def test_timeout_is_exit_5(cli, on_sim):
 
 
 def test_incomplete_answer_is_exit_6_and_keeps_what_arrived(cli, home, on_sim):
-    args = ["--header", "X-Sim-End-After-Events:4", *NO_WAIT]
+    args = ["--no-think", "--header", "X-Sim-End-After-Events:4", *NO_WAIT]
     result = cli("ask", *on_sim, *args, "tell me a story")
     assert result.exit_code == 6, result.stderr
     assert "Incomplete answer" in result.stderr
@@ -129,7 +129,7 @@ def test_incomplete_answer_is_exit_6_and_keeps_what_arrived(cli, home, on_sim):
 
 
 def test_incomplete_json_is_marked(cli, on_sim):
-    args = ["--json", "--header", "X-Sim-End-After-Events:4", *NO_WAIT]
+    args = ["--json", "--no-think", "--header", "X-Sim-End-After-Events:4", *NO_WAIT]
     result = cli("ask", *on_sim, *args, "tell me a story")
     assert result.exit_code == 6
     data = json.loads(result.stdout)
@@ -137,13 +137,15 @@ def test_incomplete_json_is_marked(cli, on_sim):
 
 
 def test_answer_cut_at_max_tokens_is_exit_6(cli, home, on_sim):
-    result = cli("ask", *on_sim, "--max-tokens", "3", "tell me a story")
+    result = cli("ask", *on_sim, "--no-think", "--max-tokens", "3", "tell me a story")
     assert result.exit_code == 6
     assert "reached max_tokens" in result.stderr
     [record] = home.sessions()
     assert record.messages[-1].content + "\n" == result.stdout
-    assert record.params == {}  # the cap is this run's: a later `chat -c` is not capped
-    as_json = json.loads(cli("ask", *on_sim, "--json", "--max-tokens", "3", "again").stdout)
+    # the cap is this run's: a later `chat -c` is not capped (thinking off is kept)
+    assert record.params == {"thinking": False}
+    again = ["--json", "--no-think", "--max-tokens", "3", "again"]
+    as_json = json.loads(cli("ask", *on_sim, *again).stdout)
     assert as_json["finish_reason"] == "length" and as_json["incomplete"] is True
 
 

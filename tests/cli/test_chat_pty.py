@@ -55,7 +55,7 @@ STALL_ONCE = [
 
 
 def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
-    with Terminal(["chat", "--sim-token-ms", "20", *STALL_ONCE], env) as term:
+    with Terminal(["chat", "--no-think", "--sim-token-ms", "20", *STALL_ONCE], env) as term:
         term.expect("No DEEPSEEK_API_KEY set: using the built-in offline simulator")
         term.expect(PROMPT)
         term.send("tell me a story\r")
@@ -90,8 +90,11 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         term.expect(PROMPT)
         assert [m.content for m in latest(home).messages] == ["tell me a story", first.content]
 
-        term.send("/model deepseek-reasoner\r")
-        term.expect(r"Model: deepseek-reasoner \(saved with session")
+        term.send("/model deepseek-v4-pro\r")
+        term.expect(r"Model: deepseek-v4-pro \(saved with session")
+        term.expect(PROMPT)
+        term.send("/think on\r")
+        term.expect(r"Thinking mode on \(saved with session")
         term.expect(PROMPT)
         term.send("\x04")  # Ctrl-D quits
         term.expect("Bye. Session saved")
@@ -101,8 +104,8 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
 
     with Terminal(["chat", "--continue", "--sim-token-ms", "0"], env) as term:
         term.expect(f"Continuing session {session_id[:12]} \\(2 messages\\): tell me a story")
-        term.expect("Settings: model deepseek-reasoner")  # /model survived the restart
-        term.expect("dskit chat · deepseek-reasoner")
+        term.expect("Settings: model deepseek-v4-pro, thinking on")  # survived the restart
+        term.expect("dskit chat · deepseek-v4-pro")
         term.expect(PROMPT)
         assert squash(first.content[-200:]) in squash(term.text)  # the previous answer
         term.send("and then?\x1b\rsecond line\r")  # Esc Enter: a new line, not a send
@@ -115,14 +118,15 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
     expected = ["tell me a story", first.content, "and then?\nsecond line"]
     assert [m.content for m in record.messages[:3]] == expected
     assert record.messages[3].role == "assistant" and not record.messages[3].incomplete
-    assert record.model == "deepseek-reasoner" and record.messages[3].message["reasoning_content"]
+    assert record.model == "deepseek-v4-pro" and record.messages[3].message["reasoning_content"]
 
 
 def test_ask_in_a_terminal_renders_and_ctrl_c_exits_130(home, env):
     with Terminal(["ask", "--sim-token-ms", "0", "quick one"], env) as term:
         term.expect(FOOTER)  # a terminal gets the rich view, footer included
         assert term.wait() == 0
-    with Terminal(["ask", "--sim-token-ms", "20", *STALL_ONCE, "a slow one"], env) as term:
+    slow = ["ask", "--no-think", "--sim-token-ms", "20", *STALL_ONCE, "a slow one"]
+    with Terminal(slow, env) as term:
         wait_until(lambda: answer_growing(home, "a slow one"), timeout=15)
         term.send("\x03")
         term.expect(r"\[interrupted")

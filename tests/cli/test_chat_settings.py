@@ -1,4 +1,4 @@
-"""/model, /temperature and /system change the current session for good (saved in the
+"""/model, /think, /temperature and /system change the current session for good (saved in the
 store), /retry streams a new answer to the same question, and --continue keeps it all."""
 
 from __future__ import annotations
@@ -6,19 +6,31 @@ from __future__ import annotations
 import io
 
 
-def test_model_survives_continue(cli, home, on_sim):
-    first = cli("chat", *on_sim, input="hello\n/model deepseek-reasoner\n")
+def test_model_and_thinking_survive_continue(cli, home, on_sim):
+    script = "hello\n/model deepseek-v4-pro\n/think on\n"
+    first = cli("chat", *on_sim, "--no-think", input=script)
     assert first.exit_code == 0, first.stderr
     [record] = home.sessions()
-    assert f"Model: deepseek-reasoner (saved with session {record.id[:12]})" in first.stdout
-    assert record.model == "deepseek-reasoner"
-    assert not record.messages[1].message.get("reasoning_content")  # asked before /model
+    assert f"Model: deepseek-v4-pro (saved with session {record.id[:12]})" in first.stdout
+    assert f"Thinking mode on (saved with session {record.id[:12]})" in first.stdout
+    assert (record.model, record.params) == ("deepseek-v4-pro", {"thinking": True})
+    assert not record.messages[1].message.get("reasoning_content")  # asked with thinking off
     again = cli("chat", *on_sim, "--continue", input="/model\nwhy?\n")
-    assert "Settings: model deepseek-reasoner, temperature default" in again.stdout
-    assert "Model: deepseek-reasoner\n" in again.stdout
+    assert "Settings: model deepseek-v4-pro, thinking on, temperature default" in again.stdout
+    assert "Model: deepseek-v4-pro\n" in again.stdout
     [record] = home.sessions()
     assert [m.role for m in record.messages] == ["user", "assistant"] * 2
-    assert record.messages[3].message.get("reasoning_content")  # the reasoner answered
+    assert record.messages[3].message.get("reasoning_content")  # thinking on now
+
+
+def test_think_takes_on_off_or_toggles(cli, home, on_sim):
+    result = cli("chat", *on_sim, input="/think\n/think\n/think maybe\n/think off\nhi\n")
+    assert result.stdout.count("Thinking mode off (for the new session") == 2
+    assert "Thinking mode on (for the new session" in result.stdout
+    assert "Usage: /think [on|off]" in result.stdout
+    [record] = home.sessions()
+    assert record.params == {"thinking": False}
+    assert not record.messages[1].message.get("reasoning_content")
 
 
 def test_temperature_and_system_change_the_current_session(cli, home, on_sim):
@@ -32,23 +44,24 @@ def test_temperature_and_system_change_the_current_session(cli, home, on_sim):
     assert [m.content for m in record.messages[::2]] == ["hi", "more"]
     script = "/temperature\n/temperature default\n/system -\n"
     again = cli("chat", *on_sim, "--continue", input=script)
-    assert "Settings: model deepseek-chat, temperature 0.3, system prompt set" in again.stdout
+    settings = "Settings: model deepseek-flash, thinking on, temperature 0.3, system prompt set"
+    assert settings in again.stdout
     assert "Temperature: 0.3\n" in again.stdout and "System prompt removed" in again.stdout
     [record] = home.sessions()
     assert (record.params, record.system) == ({}, None)
 
 
 def test_settings_before_the_first_message_shape_the_new_session(cli, home, on_sim):
-    script = "/model deepseek-reasoner\n/temperature 1.5\n/system sys\nhi\n/new\nagain\n"
+    script = "/model deepseek-v4-pro\n/temperature 1.5\n/think off\n/system sys\nhi\n/new\nagain\n"
     result = cli("chat", *on_sim, input=script)
-    assert "Model: deepseek-reasoner (for the new session, started with your next message)" in (
+    assert "Model: deepseek-v4-pro (for the new session, started with your next message)" in (
         result.stdout
     )
     records = home.sessions()
     assert len(records) == 2  # /new carries the settings over
     for record in records:
         assert (record.model, record.params, record.system) == (
-            "deepseek-reasoner", {"temperature": 1.5}, "sys",
+            "deepseek-v4-pro", {"temperature": 1.5, "thinking": False}, "sys",
         )  # fmt: skip
 
 
@@ -64,14 +77,17 @@ def test_bad_settings_are_refused_and_nothing_changes(cli, home, on_sim):
 
 def test_flags_with_continue_change_the_continued_session(cli, home, on_sim):
     cli("chat", *on_sim, input="hello\n")
-    result = cli("chat", *on_sim, "-c", "-m", "deepseek-reasoner", "-t", "0.5", input="")
-    assert "Session settings changed: model deepseek-reasoner, temperature 0.5" in result.stdout
+    flags = ["-m", "deepseek-v4-pro", "-t", "0.5", "--no-think"]
+    result = cli("chat", *on_sim, "-c", *flags, input="")
+    changed = "Session settings changed: model deepseek-v4-pro, thinking off, temperature 0.5"
+    assert changed in result.stdout
     [record] = home.sessions()
-    assert (record.model, record.params) == ("deepseek-reasoner", {"temperature": 0.5})
+    assert record.model == "deepseek-v4-pro"
+    assert record.params == {"temperature": 0.5, "thinking": False}
     # settings from the environment shape new sessions only
-    env = {"DSKIT_MODEL": "deepseek-chat"}
+    env = {"DSKIT_MODEL": "deepseek-flash"}
     cli("chat", *on_sim, "-c", input="", env=env)
-    assert home.sessions()[0].model == "deepseek-reasoner"
+    assert home.sessions()[0].model == "deepseek-v4-pro"
 
 
 def test_retry_keeps_the_question_and_replaces_the_answer(cli, home, on_sim):
@@ -104,10 +120,10 @@ def test_a_setting_after_another_writer_reloads_the_session(home, sim, tmp_path)
         )  # fmt: skip
         session = state.ensure_session()
         ChatSession.load(client, session.id, store=store).send("from the other terminal")
-        handle_slash(state, "/model deepseek-reasoner")
+        handle_slash(state, "/model deepseek-v4-pro")
         said = " ".join(out.getvalue().split())
         assert "changed elsewhere" in said and "reloaded with 2 messages. Try again." in said
-        assert store.load(session.id).model == "deepseek-chat"  # nothing written
-        handle_slash(state, "/model deepseek-reasoner")
-    assert store.load(session.id).model == "deepseek-reasoner"
+        assert store.load(session.id).model == "deepseek-flash"  # nothing written
+        handle_slash(state, "/model deepseek-v4-pro")
+    assert store.load(session.id).model == "deepseek-v4-pro"
     store.close()

@@ -26,7 +26,7 @@ def test_file_then_env_then_flags(home, monkeypatch):
 
 
 def test_config_show_says_where_each_value_comes_from_and_masks_the_key(cli, home, monkeypatch):
-    home.config.write_text(f'api_key = "{KEY}"\nmodel = "deepseek-reasoner"\n')
+    home.config.write_text(f'api_key = "{KEY}"\nmodel = "deepseek-v4-pro"\n')
     home.config.chmod(0o600)
     monkeypatch.setenv("DSKIT_SYSTEM", "be brief")
     result = cli("config", "show")
@@ -37,7 +37,7 @@ def test_config_show_says_where_each_value_comes_from_and_masks_the_key(cli, hom
     data = json.loads(cli("config", "show", "--json").output)
     assert data["settings"] == {
         "api_key": "****cret",
-        "model": "deepseek-reasoner",
+        "model": "deepseek-v4-pro",
         "system": "be brief",
     }
     assert data["file"] == str(home.config)

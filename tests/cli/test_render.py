@@ -51,9 +51,9 @@ def test_rich_view_renders_markdown_and_footer():
     console, out = rich_console()
     usage = Usage(prompt_tokens=1000, completion_tokens=500, prompt_cache_hit_tokens=640,
                   prompt_cache_miss_tokens=360)  # fmt: skip
-    result = ChatResult(content="x", usage=usage, model="deepseek-chat")
+    result = ChatResult(content="x", usage=usage, model="deepseek-flash")
     pieces = ["# Title\n\n", "Some **bold** text.\n\n", "```python\n", "print(1)\n", "```\n"]
-    with RichView(console, model="deepseek-chat") as view:
+    with RichView(console, model="deepseek-flash") as view:
         view.handle(KeepAlive())
         assert "queueing" in view.status
         for piece in pieces:
@@ -68,7 +68,7 @@ def test_rich_view_renders_markdown_and_footer():
 
 def test_rich_view_status_for_retries_and_resumes():
     console, _ = rich_console()
-    view = RichView(console, model="deepseek-chat")
+    view = RichView(console, model="deepseek-flash")
     view.handle(Retrying(attempt=1, delay=2.0, reason="429: Rate Limit Reached"))
     assert view.status == "retrying in 2s (429: Rate Limit Reached)"
     view.handle(ContentDelta("partial"))
@@ -81,16 +81,16 @@ def test_rich_view_status_for_retries_and_resumes():
 
 def test_reasoning_is_dim_above_the_answer_and_can_be_hidden(sim):
     with DeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
-        events = list(client.stream("why?", model="deepseek-reasoner"))
+        events = list(client.stream("why?", model="deepseek-v4-pro"))
     result = events[-1].result
     for think in (True, False):
         console, out = rich_console(width=200)
-        with RichView(console, model="deepseek-reasoner", think=think) as view:
+        with RichView(console, model="deepseek-v4-pro", think=think) as view:
             for event in events:
                 view.handle(event)
             view.finish(result)
         raw = out.getvalue()
-        first_thought = result.reasoning_content.split()[0]
+        first_thought = " ".join(result.reasoning_content.split()[:6])  # not in the answer
         first_word = result.content.split()[0]
         text = ANSI.sub("", raw)
         assert (first_thought in text) is think
@@ -101,7 +101,7 @@ def test_reasoning_is_dim_above_the_answer_and_can_be_hidden(sim):
 
 def colours_in_render() -> list[str]:
     console, out = rich_console()
-    with RichView(console, model="deepseek-chat") as view:
+    with RichView(console, model="deepseek-flash") as view:
         view.handle(ContentDelta("Some **bold** and `code`.\n\n```python\nx = 1\n```\n"))
         view.finish(ChatResult(usage=Usage(prompt_tokens=1, completion_tokens=1)))
     codes = [c for sgr in re.findall(r"\x1b\[([0-9;]*)m", out.getvalue()) for c in sgr.split(";")]
@@ -117,7 +117,7 @@ def test_no_color_is_respected(monkeypatch):
 
 def test_interrupted_note_and_plain_view(capsys):
     console, out = rich_console()
-    with RichView(console, model="deepseek-chat") as view:
+    with RichView(console, model="deepseek-flash") as view:
         view.handle(ContentDelta("half an ans"))
         view.finish(None, note=INTERRUPTED)
     text = ANSI.sub("", out.getvalue())
@@ -134,7 +134,7 @@ def test_long_answer_render_cost_stays_flat():
     """Finished blocks leave the live area: it never holds more than the growing block."""
     console, _ = rich_console()
     paragraph = "word " * 40 + "\n\n"
-    with RichView(console, model="deepseek-chat") as view:
+    with RichView(console, model="deepseek-flash") as view:
         biggest = 0
         for _ in range(300):
             view.handle(ContentDelta(paragraph))
@@ -157,7 +157,7 @@ def test_cost_estimate_uses_the_v4_prices_off_peak_and_peak():
     pro = 0.5 * 0.022 + 0.5 * 0.66 + 1.98
     assert estimate_cost(usage, "deepseek-v4-pro", OFF_PEAK) == pytest.approx(pro)
     # retired names are priced as what they migrate to; unknown models as Flash
-    assert estimate_cost(usage, "deepseek-chat", OFF_PEAK) == pytest.approx(flash)
+    assert estimate_cost(usage, "deepseek-flash", OFF_PEAK) == pytest.approx(flash)
     unsplit = Usage(prompt_tokens=1_000_000)
     assert estimate_cost(unsplit, "some-new-model", OFF_PEAK) == pytest.approx(0.15)
     assert footer(Usage(prompt_tokens=10, completion_tokens=5), "deepseek-flash").startswith(
@@ -200,7 +200,7 @@ def test_rerendering_is_throttled_for_long_answers():
     REFRESH_HZ times a second, whatever the token rate."""
     console, out = rich_console()
     started = time.monotonic()
-    with CountingRichView(console, model="deepseek-chat") as view:
+    with CountingRichView(console, model="deepseek-flash") as view:
         for _ in range(6000):
             view.handle(ContentDelta("word "))
         view.finish(None)
@@ -213,13 +213,13 @@ def test_rerendering_is_throttled_for_long_answers():
 
 def test_a_reply_without_usage_gets_an_estimated_footer():
     console = make_console(io.StringIO(), force_terminal=False)
-    with RichView(console, model="deepseek-chat") as view:
+    with RichView(console, model="deepseek-flash") as view:
         view.handle(ContentDelta("hello " * 10))
         view.finish(ChatResult(content="hello " * 10, reasoning_content="hmm"), note=INTERRUPTED)
     out = console.file.getvalue()  # type: ignore[attr-defined]
     assert out.index("[interrupted") < out.index("tokens ~19 out (estimated: the usage did not")
     empty = make_console(io.StringIO(), force_terminal=False)
-    with RichView(empty, model="deepseek-chat") as view:
+    with RichView(empty, model="deepseek-flash") as view:
         view.finish(ChatResult(content=""), note=INTERRUPTED)
     assert "tokens" not in empty.file.getvalue()  # type: ignore[attr-defined]
 

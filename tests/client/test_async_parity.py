@@ -21,10 +21,10 @@ TOOL = {
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("plain", {}),
-    ("reasoner", {"model": "deepseek-reasoner"}),
-    ("tools", {"tools": [TOOL], "tool_choice": "required"}),
+    ("reasoner", {"model": "deepseek-flash"}),
+    ("tools", {"tools": [TOOL], "tool_choice": "required", "thinking": False}),
     ("json", {"response_format": {"type": "json_object"}}),
-    ("limited", {"max_tokens": 5}),
+    ("limited", {"max_tokens": 5, "thinking": False}),
 ]
 
 
@@ -81,7 +81,9 @@ async def test_async_errors_match(aclient: AsyncDeepSeek) -> None:
     with pytest.raises(ValidationError):
         await aclient.chat("x", temperature=9)
     with pytest.raises(IncompleteStreamError) as info:
-        await aclient.chat("x", max_resumes=0, extra_headers={"X-Sim-Drop-After-Events": "3"})
+        await aclient.chat(
+            "x", thinking=False, max_resumes=0, extra_headers={"X-Sim-Drop-After-Events": "3"}
+        )
     assert info.value.partial.content
 
 

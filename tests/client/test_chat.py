@@ -59,7 +59,7 @@ def test_repr_never_shows_the_key(client: DeepSeek) -> None:
 
 
 def test_chat_returns_a_whole_typed_result(client: DeepSeek) -> None:
-    result = client.chat("Tell me about the sea")
+    result = client.chat("Tell me about the sea", thinking=False)
     assert result.content.strip()
     assert result.finish_reason == "stop"
     assert result.reasoning_content is None
@@ -68,7 +68,7 @@ def test_chat_returns_a_whole_typed_result(client: DeepSeek) -> None:
     assert result.usage.prompt_tokens == (
         result.usage.prompt_cache_hit_tokens + result.usage.prompt_cache_miss_tokens
     )
-    assert result.id and result.model == "deepseek-chat"
+    assert result.id and result.model == "deepseek-flash"
     assert result.to_message() == {"role": "assistant", "content": result.content}
 
 
@@ -100,7 +100,7 @@ def test_text_iterator_yields_only_text(client: DeepSeek) -> None:
 
 
 def test_reasoner_streams_reasoning_first_and_never_null_text(client: DeepSeek) -> None:
-    with client.stream("why is the sky blue", model="deepseek-reasoner") as stream:
+    with client.stream("why is the sky blue", model="deepseek-flash", thinking=True) as stream:
         kinds = [e.type for e in stream if isinstance(e, ContentDelta | ReasoningDelta)]
         result = stream.final()
     assert kinds[0] == "reasoning"
@@ -115,6 +115,7 @@ def test_tool_calls_merge_by_index_with_id_only_first(client: DeepSeek) -> None:
         "What is the weather in Paris? use get_weather",
         tools=[WEATHER_TOOL],
         tool_choice="required",
+        thinking=False,
     ) as stream:
         deltas = [e for e in stream if isinstance(e, ToolCallDelta)]
         result = stream.final()
@@ -133,7 +134,7 @@ def test_json_mode_gives_a_json_object(client: DeepSeek) -> None:
 
 def test_max_tokens_and_stop(client: DeepSeek) -> None:
     full = client.chat("count words")
-    short = client.chat("count words", max_tokens=3)
+    short = client.chat("count words", max_tokens=3, thinking=False)
     assert short.finish_reason == "length"
     assert full.content.startswith(short.content) and len(short.content) < len(full.content)
     word = full.content.split()[2]
@@ -150,7 +151,13 @@ def test_max_tokens_and_stop(client: DeepSeek) -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": ["x"] * 17}, "stop"),
         ({"tool_choice": "sometimes"}, "tool_choice"),
-        ({"model": "deepseek-reasoner", "logprobs": True}, "logprobs"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"n": 2}, "n"),
+        ({"thinking": "yes"}, "thinking"),
+        ({"effort": "extreme"}, "effort"),
+        ({"temprature": 0.5}, "temprature"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "required"}, "tool_choice"),
+        ({"max_tokens": 393217}, "max_tokens"),
     ],
 )
 def test_invalid_parameters_fail_before_the_network(
@@ -287,7 +294,7 @@ def test_auth_error_never_leaks_the_key(sim_factory: Any, caplog: pytest.LogCapt
 
 
 def test_models_balance_and_fim(client: DeepSeek) -> None:
-    assert "deepseek-chat" in [m.id for m in client.models()]
+    assert [m.id for m in client.models()] == ["deepseek-flash", "deepseek-v4-pro"]
     balance = client.balance()
     assert balance.is_available and balance.balance_infos[0].currency
     fim = client.fim("def add(a, b):\n", suffix="\n    return c\n", max_tokens=20)
@@ -299,7 +306,7 @@ def test_values_json_cannot_carry_fail_before_the_network(client: DeepSeek, sim:
     before = sim.stats["requests"]
     with pytest.raises(ValidationError, match="JSON"):
         client.chat("hi", extra_body={"seed": 2**70})
-    with pytest.raises(ValidationError, match="JSON"):
+    with pytest.raises(ValidationError, match="max_tokens"):
         client.fim("x", max_tokens=2**70)
     assert sim.stats["requests"] == before
 
@@ -321,3 +328,37 @@ def test_invalid_fim_requests_fail_before_the_network(
         client.fim(prompt, **params)
     assert info.value.param == param
     assert sim.stats["requests"] == before
+
+
+def test_a_misspelt_parameter_names_the_right_one(client: DeepSeek) -> None:
+    with pytest.raises(ValidationError, match="did you mean 'temperature'"):
+        client.chat("hi", temprature=0.5)  # type: ignore[call-arg]
+
+
+def test_forced_tool_choice_in_thinking_mode_says_how_to_fix_it(client: DeepSeek) -> None:
+    with pytest.raises(ValidationError) as info:
+        client.chat("hi", tools=[WEATHER_TOOL], tool_choice="required")
+    assert info.value.message == "Thinking mode does not support this tool_choice"
+    assert "thinking=False" in info.value.hint and "thinking=False" in str(info.value)
+
+
+def test_thinking_and_effort_arguments_reach_the_wire(client: DeepSeek) -> None:
+    plain = client.chat("Tell me about the sea", thinking=False)
+    assert plain.reasoning_content is None and plain.content
+    low = client.chat("Tell me about the sea", effort="low")
+    high = client.chat("Tell me about the sea", effort="max")
+    assert low.reasoning_content and high.reasoning_content
+    assert len(low.reasoning_content.split()) < len(high.reasoning_content.split())
+
+
+def test_retired_model_names_are_migrated_and_said_once(
+    client: DeepSeek, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="dskit.client")
+    first = client.chat("hi", model="deepseek-chat")
+    client.chat("hi", model="deepseek-chat")
+    assert first.model == "deepseek-flash" and first.reasoning_content is None
+    reasoner = client.chat("hi", model="deepseek-reasoner")
+    assert reasoner.model == "deepseek-flash" and reasoner.reasoning_content
+    said = [r.getMessage() for r in caplog.records if "retired" in r.getMessage()]
+    assert len([m for m in said if "deepseek-chat" in m]) <= 1

@@ -17,7 +17,8 @@ PROMPT = [{"role": "user", "content": "Write a long answer about rivers and moun
 
 
 def _pieces(client: DeepSeek, **params: Any) -> tuple[list[str], Any]:
-    """The unbroken answer, piece by piece, and its result."""
+    """The unbroken answer, piece by piece, and its result (thinking off unless asked)."""
+    params.setdefault("thinking", False)
     with client.stream(PROMPT, **params) as stream:
         pieces = [e.text for e in stream if e.type == "content"]
         return pieces, stream.final()
@@ -25,6 +26,7 @@ def _pieces(client: DeepSeek, **params: Any) -> tuple[list[str], Any]:
 
 def _continue(client: DeepSeek, content: str, **params: Any) -> tuple[list[Any], Any, Any]:
     """Events, the snapshot before any of them, and the final result of a continuation."""
+    params.setdefault("thinking", False)
     with client.continue_stream(PROMPT, content, **params) as stream:
         before = stream.snapshot()
         events = list(stream)
@@ -93,10 +95,12 @@ def test_a_failure_before_new_output_is_retried_not_resumed(client: DeepSeek) ->
 
 
 def test_a_reasoner_continues_inside_its_reasoning(client: DeepSeek) -> None:
-    unbroken = client.chat(PROMPT, model="deepseek-reasoner")
+    unbroken = client.chat(PROMPT, model="deepseek-flash", thinking=True)
     reasoning = unbroken.reasoning_content or ""
     start = reasoning[: len(reasoning) // 2]
-    with client.continue_stream(PROMPT, "", reasoning=start, model="deepseek-reasoner") as stream:
+    with client.continue_stream(
+        PROMPT, "", reasoning=start, model="deepseek-flash", thinking=True
+    ) as stream:
         rest = "".join(e.text for e in stream if e.type == "reasoning")
         result = stream.final()
     assert start + rest == reasoning == result.reasoning_content
@@ -123,14 +127,16 @@ def test_bad_arguments_fail_before_the_network(
 
 
 def test_the_prefix_message_shape() -> None:
-    assert prefix_message("deepseek-chat", "Hel", "thinking") == {
+    plain = {"model": "deepseek-flash", "thinking": {"type": "disabled"}}
+    thinking = {"model": "deepseek-flash"}
+    assert prefix_message(plain, "Hel", "thinking") == {
         "role": "assistant",
         "content": "Hel",
         "prefix": True,
     }
-    reasoner = prefix_message("deepseek-reasoner", "", "thinking")
+    reasoner = prefix_message(thinking, "", "thinking")
     assert reasoner["reasoning_content"] == "thinking" and reasoner["content"] == ""
-    assert "reasoning_content" not in prefix_message("deepseek-reasoner", "Hel", "thinking")
+    assert "reasoning_content" not in prefix_message(thinking, "Hel", "thinking")
 
 
 def _sync_continue(sim: Any, start: str, params: dict[str, Any]) -> tuple[list[Any], Any]:

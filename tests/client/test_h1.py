@@ -263,8 +263,8 @@ async def test_async_client_keeps_one_connection_alive_against_the_simulator(
     async with AsyncDeepSeek("sk-test-000000", base_url=sim.base_url) as client:
         pool = client._http
         assert isinstance(pool, H1Pool)
-        first = await client.chat("first over h1", max_tokens=8)
-        second = await client.chat("second over h1", max_tokens=8)
+        first = await client.chat("first over h1", max_tokens=8, thinking=False)
+        second = await client.chat("second over h1", max_tokens=8, thinking=False)
         assert first.content and second.content
         assert [m.id for m in await client.models()]
         assert pool.connections == 1  # three calls, one kept-alive connection
@@ -281,7 +281,9 @@ async def test_paced_streams_reuse_their_connection(
         pool = client._http
         assert isinstance(pool, H1Pool)
         for turn in range(5):
-            result = await client.chat(f"paced {turn}", max_tokens=8, extra_headers=paced)
+            result = await client.chat(
+                f"paced {turn}", max_tokens=8, thinking=False, extra_headers=paced
+            )
             assert result.content
             assert pool.connections == 1 and pool.idle == 1  # back before chat() returns
     assert pool.connections == 0
@@ -521,7 +523,7 @@ async def test_a_stream_broken_off_early_leaves_no_connection_in_use(
         # closed (half-read) by the time aclose() returns, not later by a finalizer
         assert pool.connections == 0
         # the only slot is free again: the next call goes through
-        result = await client.chat("again", max_tokens=5)
+        result = await client.chat("again", max_tokens=5, thinking=False)
         assert result.content
         assert pool.connections == 1
 
@@ -537,7 +539,7 @@ async def test_an_exception_in_the_consumer_of_a_client_stream_releases_it(
                 async for _ in stream:
                     raise LookupError("consumer failed")
         assert pool.connections == 0
-        assert (await client.chat("again", max_tokens=5)).content
+        assert (await client.chat("again", max_tokens=5, thinking=False)).content
 
 
 # ---- 5. bodies ------------------------------------------------------------------------------

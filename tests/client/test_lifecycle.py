@@ -55,7 +55,7 @@ def test_pacing_spreads_text_at_the_configured_rate(sim: Any) -> None:
     clock = FakeClock()
     pace = Pace(chars_per_second=100.0, burst=10)
     with DeepSeek("sk-test-000000", base_url=sim.base_url, clock=clock, pace=pace) as client:
-        with client.stream("pace me") as stream:
+        with client.stream("pace me", thinking=False) as stream:
             text = "".join(e.text for e in stream if isinstance(e, ContentDelta))
     # the bucket starts full (10 chars), then delivers 100 chars per (fake) second
     assert sum(clock.sleeps) == pytest.approx((len(text) - 10) / 100.0, abs=0.05)
@@ -111,7 +111,8 @@ def replay_server() -> Iterator[type[_ReplayHandler]]:
 
 def _recorded_stream(sim: Any) -> bytes:
     body = {
-        "model": "deepseek-chat",
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
         "messages": [{"role": "user", "content": "gz"}],
         "stream": True,
     }

@@ -91,10 +91,12 @@ def gateway(gateway_factory: Callable[..., GatewayServer]) -> GatewayServer:
 
 
 class RecordingUpstream:
-    """A pass-through to the simulator that keeps every chat request body it relayed."""
+    """A pass-through to the simulator that keeps every chat request body it relayed;
+    `models`, when set, is what it answers to `GET /models` instead."""
 
     def __init__(self, target: str) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.models: list[dict[str, Any]] | None = None
         forward = httpx2.Client(base_url=target, timeout=30)
         recorder = self
 
@@ -107,11 +109,23 @@ class RecordingUpstream:
                     recorder.bodies.append(orjson.loads(body))
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 reply = forward.post(self.path, content=body, headers=headers)
-                self.send_response(reply.status_code)
-                self.send_header("Content-Type", reply.headers.get("content-type", ""))
-                self.send_header("Content-Length", str(len(reply.content)))
+                self._reply(reply.status_code, reply.headers.get("content-type", ""), reply.content)
+
+            def do_GET(self) -> None:
+                if self.path.endswith("/models") and recorder.models is not None:
+                    body = orjson.dumps({"object": "list", "data": recorder.models})
+                    self._reply(200, "application/json", body)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                reply = forward.get(self.path, headers=headers)
+                self._reply(reply.status_code, reply.headers.get("content-type", ""), reply.content)
+
+            def _reply(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(reply.content)
+                self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass

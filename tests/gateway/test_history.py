@@ -88,7 +88,7 @@ def test_summary_cut_off_answers_and_extra_keys_are_sent_as_a_session_sends_them
 def test_old_turns_are_dropped_to_fit_the_window(
     relayed: GatewayServer, recording_upstream: RecordingUpstream, tmp_path: Path
 ) -> None:
-    huge = "word " * 90_000  # about 135K tokens: more than deepseek-chat's window
+    huge = "word " * 800_000  # about 1.2M tokens: more than deepseek-flash's window (1M)
     history = [
         StoredMessage({"role": "user", "content": huge}),
         StoredMessage({"role": "assistant", "content": "noted"}),
@@ -109,10 +109,13 @@ def test_old_turns_are_dropped_to_fit_the_window(
 def test_a_question_that_cannot_fit_is_refused_and_not_stored(
     relayed: GatewayServer, recording_upstream: RecordingUpstream
 ) -> None:
+    # the window comes from the upstream's GET /models: here a small self-hosted model
+    small = {"id": "deepseek-flash", "context_window": 32_768, "max_output_tokens": 4096}
+    recording_upstream.models = [small]
     with relayed.client() as http:
         sid = http.post("/v1/sessions", json={"system": SYSTEM}).json()["id"]
         for stream in (False, True):
-            body = {"content": "word " * 90_000, "stream": stream}
+            body = {"content": "word " * 30_000, "stream": stream}  # about 45K tokens
             refused = http.post(f"/v1/sessions/{sid}/messages", json=body)
             assert refused.status_code == 400, refused.text
             assert refused.json()["error"]["code"] == "context_length_exceeded"

@@ -13,13 +13,17 @@ from schemathesis.checks import not_a_server_error
 from dskit.gateway import GatewaySettings
 from tests.gateway.conftest import GatewayServer
 
-CHAT = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
+CHAT = {
+    "model": "deepseek-flash",
+    "thinking": {"type": "disabled"},
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
-        ({"model": "deepseek-chat"}, 422, "messages"),
+        ({"model": "deepseek-flash", "thinking": {"type": "disabled"}}, 422, "messages"),
         ({**CHAT, "temperature": 5}, 422, "temperature"),
         ({**CHAT, "messages": []}, 422, "messages"),
         ({**CHAT, "messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0.role"),
@@ -67,7 +71,8 @@ def test_body_size_limit(gateway_factory: Any) -> None:
         assert declared.json()["error"]["code"] == "body_too_large"
 
         def chunks() -> Iterator[bytes]:
-            yield b'{"model": "deepseek-chat", "messages": [{"role": "user", "content": "'
+            yield b'{"model": "deepseek-flash", "thinking": {"type": "disabled"}, '
+            yield b'"messages": [{"role": "user", "content": "'
             yield b"x" * 10_000
             yield b'"}]}'
 

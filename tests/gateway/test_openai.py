@@ -21,7 +21,12 @@ def _openai(gateway: GatewayServer, **kwargs: Any) -> openai.OpenAI:
 
 
 def _direct(sim: Any, **params: Any) -> Any:
-    body = {"model": "deepseek-chat", "messages": MESSAGES, **params}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": MESSAGES,
+        **params,
+    }
     response = httpx2.post(
         f"{sim.base_url}/chat/completions", json=body,
         headers={"Authorization": "Bearer sk-x"}, timeout=30,
@@ -31,7 +36,9 @@ def _direct(sim: Any, **params: Any) -> Any:
 
 def test_plain_completion_matches_the_upstream(gateway: GatewayServer, sim: Any) -> None:
     with _openai(gateway) as client:
-        completion = client.chat.completions.create(model="deepseek-chat", messages=MESSAGES)
+        completion = client.chat.completions.create(
+            model="deepseek-flash", extra_body={"thinking": {"type": "disabled"}}, messages=MESSAGES
+        )
     direct = _direct(sim)
     assert completion.choices[0].message.content == direct["choices"][0]["message"]["content"]
     assert completion.choices[0].finish_reason == "stop"
@@ -41,8 +48,8 @@ def test_plain_completion_matches_the_upstream(gateway: GatewayServer, sim: Any)
 def test_streaming_gives_the_same_text(gateway: GatewayServer, sim: Any) -> None:
     with _openai(gateway) as client:
         stream = client.chat.completions.create(
-            model="deepseek-chat", messages=MESSAGES, stream=True,
-            stream_options={"include_usage": True},
+            model="deepseek-flash", extra_body={"thinking": {"type": "disabled"}},
+            messages=MESSAGES, stream=True, stream_options={"include_usage": True},
         )  # fmt: skip
         chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -54,7 +61,12 @@ def test_streaming_gives_the_same_text(gateway: GatewayServer, sim: Any) -> None
 
 
 def test_stream_wire_format_is_plain_data_lines(gateway: GatewayServer) -> None:
-    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": True}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": MESSAGES,
+        "stream": True,
+    }
     with gateway.client() as http:
         raw = http.post("/v1/chat/completions", json=body).text
     assert "\r" not in raw
@@ -72,10 +84,19 @@ def test_tools_stream_and_parse(gateway: GatewayServer) -> None:
     ask: Any = [{"role": "user", "content": "Use get_weather for Paris."}]
     with _openai(gateway) as client:
         plain = client.chat.completions.create(
-            model="deepseek-chat", messages=ask, tools=tools, tool_choice="required"
+            model="deepseek-flash",
+            extra_body={"thinking": {"type": "disabled"}},
+            messages=ask,
+            tools=tools,
+            tool_choice="required",
         )
         stream = client.chat.completions.create(
-            model="deepseek-chat", messages=ask, tools=tools, tool_choice="required", stream=True
+            model="deepseek-flash",
+            extra_body={"thinking": {"type": "disabled"}},
+            messages=ask,
+            tools=tools,
+            tool_choice="required",
+            stream=True,
         )
         fragments = [c.choices[0].delta.tool_calls for c in stream if c.choices]
     call = plain.choices[0].message.tool_calls[0]  # type: ignore[index]
@@ -88,13 +109,23 @@ def test_tools_stream_and_parse(gateway: GatewayServer) -> None:
 
 def test_openai_stream_survives_queue_heartbeats(gateway: GatewayServer, sim: Any) -> None:
     headers = {"X-Sim-Queue-Ms": "600", "X-Sim-Keepalive-Ms": "50"}
-    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": True}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": MESSAGES,
+        "stream": True,
+    }
     with gateway.client() as http:
         raw = http.post("/v1/chat/completions", json=body, headers=headers).text
     assert raw.count(": keep-alive\n\n") >= 3
     with _openai(gateway, default_headers=headers) as client:
         chunks = list(
-            client.chat.completions.create(model="deepseek-chat", messages=MESSAGES, stream=True)
+            client.chat.completions.create(
+                model="deepseek-flash",
+                extra_body={"thinking": {"type": "disabled"}},
+                messages=MESSAGES,
+                stream=True,
+            )
         )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == _direct(sim)["choices"][0]["message"]["content"]
@@ -103,7 +134,7 @@ def test_openai_stream_survives_queue_heartbeats(gateway: GatewayServer, sim: An
 def test_models_list(gateway: GatewayServer) -> None:
     with _openai(gateway) as client:
         ids = [m.id for m in client.models.list()]
-    assert "deepseek-chat" in ids
+    assert {"deepseek-flash", "deepseek-v4-pro"} <= set(ids)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +150,12 @@ def test_upstream_errors_map_to_statuses(
 ) -> None:
     gateway = gateway_factory(upstream_max_retries=0)
     with _openai(gateway, default_headers=headers) as client, pytest.raises(error_class) as info:
-        client.chat.completions.create(model="deepseek-chat", messages=MESSAGES, stream=True)
+        client.chat.completions.create(
+            model="deepseek-flash",
+            extra_body={"thinking": {"type": "disabled"}},
+            messages=MESSAGES,
+            stream=True,
+        )
     assert getattr(info.value, "status_code", None) == status
     assert "sk-test-upstream" not in str(info.value)
 
@@ -128,7 +164,12 @@ def test_broken_upstream_stream_is_resumed_seamlessly(gateway: GatewayServer, si
     headers = {"X-Sim-Drop-After-Events": "5", "X-Sim-Fault-Key": "drop-once-relay"}
     with _openai(gateway, default_headers=headers) as client:
         chunks = list(
-            client.chat.completions.create(model="deepseek-chat", messages=MESSAGES, stream=True)
+            client.chat.completions.create(
+                model="deepseek-flash",
+                extra_body={"thinking": {"type": "disabled"}},
+                messages=MESSAGES,
+                stream=True,
+            )
         )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == _direct(sim)["choices"][0]["message"]["content"]
@@ -147,7 +188,11 @@ def test_a_resumed_relay_is_one_completion(gateway_factory: Any, sim_factory: An
     with _openai(gateway, default_headers=headers) as client:
         options: Any = {"include_usage": True}
         stream = client.chat.completions.create(
-            model="deepseek-chat", messages=MESSAGES, stream=True, stream_options=options
+            model="deepseek-flash",
+            extra_body={"thinking": {"type": "disabled"}},
+            messages=MESSAGES,
+            stream=True,
+            stream_options=options,
         )
         chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -167,7 +212,12 @@ def test_client_leaving_a_relay_closes_the_upstream_request(
 
     sim = sim_factory(token_ms=30)
     gateway = gateway_factory(upstream=sim.base_url)
-    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": True}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": MESSAGES,
+        "stream": True,
+    }
     with gateway.client() as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             lines = response.iter_lines()
@@ -187,7 +237,13 @@ def test_relays_in_a_row_reuse_one_upstream_connection(
 
     gateway = gateway_factory(upstream=sim_factory(token_ms=1).base_url)
     pool = gateway.gw.client._http
-    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": True, "max_tokens": 8}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": MESSAGES,
+        "stream": True,
+        "max_tokens": 8,
+    }
     with gateway.client() as http:
         for _ in range(4):
             with http.stream("POST", "/v1/chat/completions", json=body) as response:

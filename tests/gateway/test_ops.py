@@ -17,7 +17,11 @@ from dskit.gateway._logging import JsonFormatter, RequestIdFilter
 from tests.conftest import free_port, wait_until
 from tests.gateway.conftest import GatewayServer
 
-CHAT = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
+CHAT = {
+    "model": "deepseek-flash",
+    "thinking": {"type": "disabled"},
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 def _metric(text: str, line_start: str) -> float:

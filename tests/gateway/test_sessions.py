@@ -17,7 +17,9 @@ SLOW = {"X-Sim-Token-Ms": "3"}
 
 
 def _session(http: httpx2.Client, **body: Any) -> str:
-    response = http.post("/v1/sessions", json={"system": "You are terse.", **body})
+    """A session of plain answers (thinking off) unless `parameters` say otherwise."""
+    plain = {"system": "You are terse.", "parameters": {"thinking": False}}
+    response = http.post("/v1/sessions", json={**plain, **body})
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 

@@ -91,7 +91,7 @@ def test_which_errors_count_against_the_upstream() -> None:
 
 def test_chooser_falls_back_in_order_and_degrades() -> None:
     clock = FakeClock()
-    main, backup = Upstream("main", "http://a"), Upstream("backup", model="deepseek-chat")
+    main, backup = Upstream("main", "http://a"), Upstream("backup", model="deepseek-flash")
     chooser = UpstreamChooser([main, backup], SETTINGS, clock)
     assert chooser.next() == main
     assert chooser.next(tried=["main"]) == backup

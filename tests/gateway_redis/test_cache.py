@@ -23,11 +23,11 @@ from dskit.gateway._cache import (
 )
 from dskit.gateway._redis_log import connect
 
-PARAMS = {"model": "deepseek-reasoner", "temperature": 0}
+PARAMS = {"model": "deepseek-flash", "temperature": 0}
 RESULT = ChatResult(
     content="Paris is the capital.", reasoning_content="The user asks about France.",
     tool_calls=[ToolCall("call_0", "lookup", '{"q": "France"}', 0)], finish_reason="stop",
-    usage=Usage(12, 7, 19, 4, 8, 3), id="id-1", model="deepseek-reasoner", created=1700000000,
+    usage=Usage(12, 7, 19, 4, 8, 3), id="id-1", model="deepseek-flash", created=1700000000,
     system_fingerprint="fp_1",
 )  # fmt: skip
 
@@ -51,7 +51,10 @@ def test_key_covers_model_every_parameter_and_every_message() -> None:
     assert request_key(conversation("hi"), dict(reversed(PARAMS.items()))) == base
     assert request_key(conversation("hi"), {**PARAMS, "stream": True, "top_p": None}) == base
     different = [
-        request_key(conversation("hi"), {**PARAMS, "model": "deepseek-chat"}),
+        request_key(
+            conversation("hi"),
+            {**PARAMS, "model": "deepseek-flash", "thinking": {"type": "disabled"}},
+        ),
         request_key(conversation("hi"), {**PARAMS, "temperature": 0.5}),
         request_key(conversation("hi"), {**PARAMS, "max_tokens": 10}),
         request_key(conversation("hi"), {**PARAMS, "extra_body": {"thinking": True}}),

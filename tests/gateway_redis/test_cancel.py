@@ -22,7 +22,9 @@ def test_a_cancel_always_stops_the_generation(
     rng = random.Random(5)
     with gateway.client() as http:
         for _ in range(40):
-            sid = http.post("/v1/sessions", json={"model": "deepseek-chat"}).json()["id"]
+            sid = http.post(
+                "/v1/sessions", json={"model": "deepseek-flash", "parameters": {"thinking": False}}
+            ).json()["id"]
             handle = http.post(
                 f"/v1/sessions/{sid}/messages",
                 json={"content": "Tell me a long story about rivers", "background": True},

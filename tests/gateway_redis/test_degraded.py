@@ -19,7 +19,12 @@ QUESTION = [{"role": "user", "content": "Name three rivers"}]
 
 def ask(http: Any, content: str = "Name three rivers", **extra: Any) -> Any:
     headers = extra.pop("headers", {})
-    body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": content}], **extra}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": [{"role": "user", "content": content}],
+        **extra,
+    }
     return http.post("/v1/chat/completions", json=body, headers=headers)
 
 
@@ -65,7 +70,9 @@ def test_all_down_serves_cached_answers_else_a_quick_503(
         assert refused.status_code == 503
         assert 25 <= int(refused.headers["Retry-After"]) <= 30
         assert refused.json()["error"]["code"] == "upstream_unavailable"
-        sid = http.post("/v1/sessions", json={"model": "deepseek-chat"}).json()["id"]
+        sid = http.post(
+            "/v1/sessions", json={"model": "deepseek-flash", "parameters": {"thinking": False}}
+        ).json()["id"]
         answer = http.post(f"/v1/sessions/{sid}/messages", json={"content": "new question"})
         assert answer.status_code == 503
 
@@ -80,12 +87,16 @@ def test_redis_away_is_a_503_and_service_returns_by_itself(
     try:
         gateway = gateway_factory(redis=server.url, store=server.url, redis_namespace="away")
         with gateway.client() as http:
-            sid = http.post("/v1/sessions", json={"model": "deepseek-chat"}).json()["id"]
+            sid = http.post(
+                "/v1/sessions", json={"model": "deepseek-flash", "parameters": {"thinking": False}}
+            ).json()["id"]
             first = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"})
             assert first.status_code == 200
             server.kill()
             began = time.monotonic()
-            down = http.post("/v1/sessions", json={"model": "deepseek-chat"})
+            down = http.post(
+                "/v1/sessions", json={"model": "deepseek-flash", "parameters": {"thinking": False}}
+            )
             assert down.status_code == 503 and time.monotonic() - began < 5
             assert down.headers["Retry-After"] and "Redis" in down.json()["error"]["message"]
             assert http.get(f"/v1/sessions/{sid}").status_code == 503
@@ -111,7 +122,7 @@ def test_session_answers_at_temperature_zero_come_from_the_cache(
     dones, texts = [], []
     with gateway.client() as http:
         for _ in range(2):
-            body = {"model": "deepseek-chat", "parameters": {"temperature": 0}}
+            body = {"model": "deepseek-flash", "parameters": {"temperature": 0, "thinking": False}}
             sid = http.post("/v1/sessions", json=body).json()["id"]
             reply = http.post(
                 f"/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}

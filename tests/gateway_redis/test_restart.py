@@ -39,7 +39,9 @@ class Load:
                         self.failures.append(repr(exc))
 
     def one(self, http: httpx2.Client, url: str) -> None:
-        created = http.post("/v1/sessions", json={"model": "deepseek-chat"})
+        created = http.post(
+            "/v1/sessions", json={"model": "deepseek-flash", "parameters": {"thinking": False}}
+        )
         self.note(created.status_code)
         if created.status_code != 201:
             return

@@ -32,7 +32,9 @@ def content_of(entries: list[Any]) -> str:
 
 async def unbroken(sim: Any) -> str:
     async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
-        return (await client.chat(MESSAGES, model="deepseek-chat", temperature=0.0)).content
+        return (
+            await client.chat(MESSAGES, model="deepseek-flash", thinking=False, temperature=0.0)
+        ).content
 
 
 async def dead_writer(
@@ -46,7 +48,9 @@ async def dead_writer(
     await log.create(answer_id, "s1", job=job.encode())
     assert await log.lease(answer_id, "dead", 1.0)
     async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
-        async with client.stream(MESSAGES, model="deepseek-chat", temperature=0.0) as stream:
+        async with client.stream(
+            MESSAGES, model="deepseek-flash", thinking=False, temperature=0.0
+        ) as stream:
             logged = 0
             async for event in stream:
                 if event.type == "content" and logged < pieces:
@@ -137,8 +141,10 @@ async def test_continuation_keeps_the_original_max_tokens(sim: Any) -> None:
 
     params = {"temperature": 0.0, "max_tokens": 8}
     async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
-        whole = await client.chat(MESSAGES, model="deepseek-chat", **params)
-        async with client.stream(MESSAGES, model="deepseek-chat", **params) as stream:
+        whole = await client.chat(MESSAGES, model="deepseek-flash", thinking=False, **params)
+        async with client.stream(
+            MESSAGES, model="deepseek-flash", thinking=False, **params
+        ) as stream:
             pieces = [e.text async for e in stream if e.type == "content"][:3]
     assert whole.finish_reason == "length"
     partial = PartialAnswer(3, "".join(pieces), "", False, False, "content", pieces=3)

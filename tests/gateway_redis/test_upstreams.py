@@ -52,7 +52,9 @@ async def test_dead_upstream_falls_over_then_its_breaker_skips_it(sim: Any) -> N
     pool = UpstreamPool(chooser, clients)
     try:
         for _ in range(3):
-            upstream, stream, first = await pool.open(MESSAGES, {"model": "deepseek-chat"})
+            upstream, stream, first = await pool.open(
+                MESSAGES, {"model": "deepseek-flash", "thinking": False}
+            )
             async with stream:
                 assert upstream.name == "backup" and first is not None
                 result = await stream.final()
@@ -63,7 +65,7 @@ async def test_dead_upstream_falls_over_then_its_breaker_skips_it(sim: Any) -> N
         chooser.breakers["backup"].failure()
         began = time.monotonic()
         with pytest.raises(AllUpstreamsDownError) as caught:
-            await pool.open(MESSAGES, {"model": "deepseek-chat"})
+            await pool.open(MESSAGES, {"model": "deepseek-flash", "thinking": False})
         assert time.monotonic() - began < 0.1, "an open breaker answers at once"
         assert 25 < caught.value.retry_after <= 30
     finally:
@@ -89,7 +91,12 @@ def test_an_upstream_503_retried_once_counts_one_retry(
     """The retry happens before the first event, inside `UpstreamPool.open`, which
     consumes the `retrying` event: the pool counts it itself."""
     gateway = gateway_factory()
-    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": stream}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": MESSAGES,
+        "stream": stream,
+    }
     with gateway.client() as http:
         answer = http.post("/v1/chat/completions", json=body, headers=faults_once(Status=503))
         assert answer.status_code == 200
@@ -107,7 +114,12 @@ def test_answers_broken_mid_stream_open_the_breaker(
         upstream_max_resumes=0, breaker=BreakerSettings(failure_threshold=2, cooldown=30)
     )
     chooser = gateway.gw.pool.chooser
-    body = {"model": "deepseek-chat", "messages": MESSAGES, "stream": stream}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": MESSAGES,
+        "stream": stream,
+    }
     broken = faults_once(times=2, Drop_After_Events=3)
     with gateway.client() as http:
         for _ in range(2):

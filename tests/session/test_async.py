@@ -114,7 +114,7 @@ async def test_async_stream_saves_partial_when_left_early(
     aclient: AsyncDeepSeek, tmp_path: Path
 ) -> None:
     store = SQLiteStore(tmp_path / "s.db")
-    s = AsyncChatSession(aclient, store=store)
+    s = AsyncChatSession(aclient, store=store, params={"thinking": False})
     async with await s.stream("a long answer please") as st:
         async for event in st:
             if isinstance(event, ContentDelta):

@@ -27,18 +27,18 @@ def test_configure_persists_model_system_and_params(
     s = ChatSession(client, system="old", store=any_store, params={"temperature": 0.2})
     s.send("hello")
     version = s.version
-    s.configure(model="deepseek-reasoner", system="new prompt", params={"top_p": 0.5})
+    s.configure(model="deepseek-v4-pro", system="new prompt", params={"top_p": 0.5})
     assert s.version == version + 1
-    assert (s.model, s.system) == ("deepseek-reasoner", "new prompt")
+    assert (s.model, s.system) == ("deepseek-v4-pro", "new prompt")
     assert s.params == {"temperature": 0.2, "top_p": 0.5}
     assert s.messages[0] == {"role": "system", "content": "new prompt"}
     stored = any_store.load(s.id)
     assert (stored.model, stored.system, stored.params) == (
-        "deepseek-reasoner", "new prompt", {"temperature": 0.2, "top_p": 0.5},
+        "deepseek-v4-pro", "new prompt", {"temperature": 0.2, "top_p": 0.5},
     )  # fmt: skip
     again = ChatSession.load(client, s.id, store=any_store)
     assert (again.model, again.system, again.params) == (s.model, s.system, s.params)
-    assert again.send("and now?").model == "deepseek-reasoner"  # the request used it
+    assert again.send("and now?").model == "deepseek-v4-pro"  # the request used it
 
 
 def test_configure_none_drops_a_param_and_empty_system_removes_the_prompt(
@@ -48,7 +48,7 @@ def test_configure_none_drops_a_param_and_empty_system_removes_the_prompt(
     s.configure(system="", params={"temperature": None})
     assert s.system is None and s.params == {"top_p": 0.9}
     assert s.messages == []
-    s.configure(model="deepseek-chat")  # keeps everything else
+    s.configure(model="deepseek-flash")  # keeps everything else
     assert s.system is None and s.params == {"top_p": 0.9}
     version = s.version
     s.configure()  # nothing to change: nothing written
@@ -65,7 +65,9 @@ def test_configure_none_drops_a_param_and_empty_system_removes_the_prompt(
         ({"params": "temperature=1"}, "params"),
         ({"model": ""}, "model"),
         ({"system": 42}, "system"),
-        ({"model": "deepseek-reasoner", "params": {"logprobs": True}}, "logprobs"),
+        ({"params": {"thinking": "on"}}, "thinking"),
+        ({"params": {"effort": "extreme"}}, "effort"),
+        ({"params": {"tool_choice": "required"}}, "tool_choice"),  # thinking is on
     ],
 )
 def test_bad_configure_is_refused_before_anything_is_stored(
@@ -78,7 +80,7 @@ def test_bad_configure_is_refused_before_anything_is_stored(
     assert info.value.param == param
     stored = store.load(s.id)
     assert stored.version == 0 and stored.params == {"temperature": 1}
-    assert s.version == 0 and s.params == {"temperature": 1} and s.model == "deepseek-chat"
+    assert s.version == 0 and s.params == {"temperature": 1} and s.model == "deepseek-flash"
     store.close()
 
 
@@ -87,7 +89,9 @@ def test_bad_configure_is_refused_before_anything_is_stored(
     [
         ({"params": {"temperature": 5}}, "temperature"),
         ({"params": {"stop": {"a", "b"}}}, "params"),  # not JSON: once a crash in the store
-        ({"model": "deepseek-reasoner", "params": {"logprobs": True}}, "logprobs"),
+        ({"params": {"thinking": "on"}}, "thinking"),
+        ({"params": {"effort": "extreme"}}, "effort"),
+        ({"params": {"tool_choice": "required"}}, "tool_choice"),  # thinking is on
         ({"model": ""}, "model"),
         ({"system": 42}, "system"),
     ],
@@ -115,11 +119,11 @@ def test_configure_by_a_stale_writer_is_a_conflict(client: DeepSeek, tmp_path: P
     b = ChatSession.load(client, a.id, store=store)
     a.send("from a")
     with pytest.raises(SessionConflictError):
-        b.configure(model="deepseek-reasoner")
-    assert store.load(a.id).model == "deepseek-chat" and b.model == "deepseek-chat"
+        b.configure(model="deepseek-v4-pro")
+    assert store.load(a.id).model == "deepseek-flash" and b.model == "deepseek-flash"
     b.reload()
-    b.configure(model="deepseek-reasoner")
-    assert store.load(a.id).model == "deepseek-reasoner"
+    b.configure(model="deepseek-v4-pro")
+    assert store.load(a.id).model == "deepseek-v4-pro"
     store.close()
 
 
@@ -187,7 +191,7 @@ async def test_async_configure_retry_stream_and_snapshot_match_sync(
     asession = AsyncChatSession(aclient, system="sys", store=SQLiteStore(tmp_path / "b.db"))
     await asyncio.to_thread(sync.send, "hello")
     await asession.send("hello")
-    changes = {"model": "deepseek-reasoner", "system": "", "params": {"temperature": 0.7}}
+    changes = {"model": "deepseek-v4-pro", "system": "", "params": {"temperature": 0.7}}
     await asyncio.to_thread(lambda: sync.configure(**changes))
     await asession.configure(**changes)
     assert (asession.model, asession.system, asession.params, asession.version) == (
@@ -202,9 +206,9 @@ async def test_async_configure_retry_stream_and_snapshot_match_sync(
         assert st.snapshot() is result
     expected = await asyncio.to_thread(sync.retry)
     assert "".join(texts) == result.content == expected.content
-    assert result.model == "deepseek-reasoner"
+    assert result.model == "deepseek-v4-pro"
     assert [m.role for m in asession.history] == [m.role for m in sync.history]
     reloaded = await AsyncChatSession.load(aclient, asession.id, store=asession.store)
     assert (reloaded.model, reloaded.system, reloaded.params) == (
-        "deepseek-reasoner", None, {"temperature": 0.7},
+        "deepseek-v4-pro", None, {"temperature": 0.7},
     )  # fmt: skip

@@ -119,13 +119,15 @@ def test_latest_turn_that_cannot_fit_is_an_overflow_whatever_the_strategy() -> N
 
 def test_policy_budget_uses_window_reserve_and_margin() -> None:
     policy = ContextPolicy()
-    assert policy.budget("deepseek-chat") == 131072 - 4096 - 512
-    assert policy.budget("deepseek-reasoner") == 131072 - 32768 - 512
-    assert policy.budget("deepseek-chat", max_tokens=1000) == 131072 - 1000 - 512
-    assert policy.budget("deepseek-v4-pro") == 1048576 - 4096 - 512
-    assert policy.budget("some-new-model") == 65536 - 4096 - 512
-    custom = ContextPolicy(windows={"deepseek-chat": 8000}, reserve_output=1000, margin=0)
-    assert custom.budget("deepseek-chat", max_tokens=4000) == 7000
+    window = 1048576  # both V4 models
+    assert policy.budget("deepseek-flash") == window - 65536 - 512  # thinking on: 64K out
+    assert policy.budget("deepseek-flash", thinking=False) == window - 8192 - 512
+    assert policy.budget("deepseek-v4-pro", effort="max") == window - 131072 - 512
+    assert policy.budget("deepseek-flash", max_tokens=1000) == window - 1000 - 512
+    assert policy.budget("deepseek-chat", thinking=False) == window - 8192 - 512  # migrated
+    assert policy.budget("some-new-model", thinking=False) == 65536 - 8192 - 512
+    custom = ContextPolicy(windows={"deepseek-flash": 8000}, reserve_output=1000, margin=0)
+    assert custom.budget("deepseek-flash", max_tokens=4000) == 7000
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,10 +63,10 @@ def test_token_counts_become_exact_from_usage(client: DeepSeek) -> None:
 
 def test_load_continues_a_stored_session(client: DeepSeek, tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    s = ChatSession(client, system="sys", store=SQLiteStore(path), model="deepseek-chat")
+    s = ChatSession(client, system="sys", store=SQLiteStore(path), model="deepseek-flash")
     s.send("remember the word kiwi")
     again = ChatSession.load(client, s.id, store=SQLiteStore(path))
-    assert again.messages == s.messages and again.model == "deepseek-chat"
+    assert again.messages == s.messages and again.model == "deepseek-flash"
     again.send("what was the word?")
     assert len(again.history) == 4
     with pytest.raises(SessionNotFoundError):
@@ -186,7 +187,7 @@ def test_two_writers_never_lose_a_message(client: DeepSeek, tmp_path: Path) -> N
 
 
 def test_window_keeps_requests_under_budget(client: DeepSeek, any_store: SessionStore) -> None:
-    policy = ContextPolicy(windows={"deepseek-chat": 400}, reserve_output=150, margin=0)
+    policy = ContextPolicy(windows={"deepseek-flash": 400}, reserve_output=150, margin=0)
     s = ChatSession(client, system="You are terse.", store=any_store, context=policy)
     for i in range(8):
         result = s.send(f"question number {i} about something long enough to count")
@@ -208,7 +209,7 @@ def test_summarize_replaces_old_turns_with_a_stored_summary(
     client: DeepSeek, any_store: SessionStore
 ) -> None:
     policy = ContextPolicy(
-        strategy="summarize", windows={"deepseek-chat": 500}, reserve_output=150, margin=0
+        strategy="summarize", windows={"deepseek-flash": 500}, reserve_output=150, margin=0
     )
     s = ChatSession(client, system="sys", store=any_store, context=policy)
     for i in range(8):
@@ -228,7 +229,7 @@ def test_summarize_replaces_old_turns_with_a_stored_summary(
 
 def test_error_strategy_raises_and_takes_the_question_back(client: DeepSeek) -> None:
     policy = ContextPolicy(
-        strategy="error", windows={"deepseek-chat": 300}, reserve_output=100, margin=0
+        strategy="error", windows={"deepseek-flash": 300}, reserve_output=100, margin=0
     )
     s = ChatSession(client, context=policy)
     with pytest.raises(ContextOverflowError, match="budget"):
@@ -238,16 +239,31 @@ def test_error_strategy_raises_and_takes_the_question_back(client: DeepSeek) -> 
     assert len(s.store.load(s.id).messages) == len(s.history)
 
 
-def test_reasoner_keeps_reasoning_for_display_and_resends_it_only_when_required(
-    client: DeepSeek,
+def test_reasoning_is_stored_always_and_sent_back_only_with_tools(client: DeepSeek) -> None:
+    plain = ChatSession(client, model="deepseek-v4-pro")
+    plain.send("first question")
+    plain.send("second question")
+    assert plain.history[1].message["reasoning_content"]  # stored for display
+    assert not any("reasoning_content" in m for m in plain._core.plan().messages)
+
+
+def test_six_tool_turns_in_thinking_mode_send_back_every_reasoning(
+    client: DeepSeek, sim: Any
 ) -> None:
-    s = ChatSession(client, model="deepseek-reasoner", tools=[get_weather])
-    s.send("what does get_weather say for Rome?")  # the simulator checks the round trip
-    assert s.history[1].message["tool_calls"] and s.history[1].message["reasoning_content"]
-    assert s.history[-1].message.get("reasoning_content")
-    s.send("thanks")
-    sent = s._core.plan().messages
-    assert not any("reasoning_content" in m for m in sent)
+    """DeepSeek's rule (Nov 2026): with tools in thinking mode, every earlier assistant
+    turn carries its reasoning_content (the simulator answers 400 otherwise)."""
+    s = ChatSession(client, tools=[get_weather])
+    for turn in range(6):
+        question = (
+            f"turn {turn}: what does get_weather say for Rome?"
+            if turn % 2 == 0
+            else (f"turn {turn}: thanks, and in general?")
+        )
+        assert s.send(question).content
+        sent = s._core.plan().messages
+        assistants = [m for m in sent if m["role"] == "assistant"]
+        assert assistants and all("reasoning_content" in m for m in assistants)
+    assert any(m.message.get("tool_calls") for m in s.history)
 
 
 def test_bad_input_is_a_clear_error(client: DeepSeek) -> None:
@@ -292,7 +308,7 @@ def test_concurrent_sessions_in_threads_share_one_store(client: DeepSeek, tmp_pa
 
 
 def test_tool_round_limit_forces_an_answer(client: DeepSeek) -> None:
-    params = {"tool_choice": "required"}
+    params = {"tool_choice": "required", "thinking": False}  # forcing needs thinking off
     s = ChatSession(client, tools=[get_weather], max_tool_rounds=1, params=params)
     result = s.send("get_weather for Oslo")
     assert result.content
@@ -306,7 +322,7 @@ def test_a_broken_stream_keeps_the_partial_answer_and_raises(
 ) -> None:
     from dskit import IncompleteStreamError
 
-    s = ChatSession(client, store=any_store)
+    s = ChatSession(client, store=any_store, params={"thinking": False})
     with pytest.raises(IncompleteStreamError) as info:
         s.send("tell me", extra_headers={"X-Sim-Drop-After-Events": "5"}, max_resumes=0)
     stored = any_store.load(s.id).messages

@@ -10,7 +10,12 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def chat_body(text: str = "Hello there", **extra: Any) -> dict[str, Any]:
-    return {"model": "deepseek-chat", "messages": [{"role": "user", "content": text}], **extra}
+    return {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": [{"role": "user", "content": text}],
+        **extra,
+    }
 
 
 def sse_events(raw: bytes) -> list[str]:

@@ -14,7 +14,7 @@ SYSTEM = {"role": "system", "content": "You are a careful assistant. " * 40}
 
 
 def usage_of(
-    http: httpx2.Client, messages: list[dict[str, Any]], model: str = "deepseek-chat"
+    http: httpx2.Client, messages: list[dict[str, Any]], model: str = "deepseek-flash"
 ) -> Any:
     response = http.post("/chat/completions", json={"model": model, "messages": messages})
     assert response.status_code == 200, response.text
@@ -51,7 +51,7 @@ def test_only_a_repeated_prefix_hits(sim_factory: Any) -> None:
         usage, _ = usage_of(http, [*changed_start, {"role": "user", "content": "one"}])
         assert usage["prompt_cache_hit_tokens"] == 0
         other_model, _ = usage_of(
-            http, [SYSTEM, {"role": "user", "content": "one"}], "deepseek-reasoner"
+            http, [SYSTEM, {"role": "user", "content": "one"}], "deepseek-v4-pro"
         )
         assert other_model["prompt_cache_hit_tokens"] == 0
         short, _ = usage_of(http, [{"role": "user", "content": "tiny"}])

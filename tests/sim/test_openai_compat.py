@@ -31,7 +31,9 @@ def openai_client(sim: Any) -> Iterator[OpenAI]:
 
 def test_plain(openai_client: OpenAI) -> None:
     completion = openai_client.chat.completions.create(
-        model="deepseek-chat", messages=[{"role": "user", "content": "Hello from openai"}]
+        model="deepseek-flash",
+        extra_body={"thinking": {"type": "disabled"}},
+        messages=[{"role": "user", "content": "Hello from openai"}],
     )
     choice = completion.choices[0]
     assert choice.message.role == "assistant" and choice.message.content
@@ -42,14 +44,17 @@ def test_plain(openai_client: OpenAI) -> None:
 def test_streaming(openai_client: OpenAI) -> None:
     messages: Any = [{"role": "user", "content": "Stream to openai"}]
     stream = openai_client.chat.completions.create(
-        model="deepseek-chat",
+        model="deepseek-flash",
+        extra_body={"thinking": {"type": "disabled"}},
         messages=messages,
         stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    whole = openai_client.chat.completions.create(model="deepseek-chat", messages=messages)
+    whole = openai_client.chat.completions.create(
+        model="deepseek-flash", extra_body={"thinking": {"type": "disabled"}}, messages=messages
+    )
     assert text == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[-1].usage is not None
@@ -59,7 +64,8 @@ def test_streaming(openai_client: OpenAI) -> None:
 def test_tool_calls(openai_client: OpenAI) -> None:
     messages: Any = [{"role": "user", "content": "use lookup_city for Lima"}]
     completion = openai_client.chat.completions.create(
-        model="deepseek-chat",
+        model="deepseek-flash",
+        extra_body={"thinking": {"type": "disabled"}},
         messages=messages,
         tools=[TOOL],  # type: ignore[list-item]
     )
@@ -68,7 +74,8 @@ def test_tool_calls(openai_client: OpenAI) -> None:
     args = json.loads(call.function.arguments)  # type: ignore[union-attr]
     assert isinstance(args["name"], str) and isinstance(args["limit"], int)
     stream = openai_client.chat.completions.create(
-        model="deepseek-chat",
+        model="deepseek-flash",
+        extra_body={"thinking": {"type": "disabled"}},
         messages=messages,
         tools=[TOOL],
         stream=True,  # type: ignore[list-item]
@@ -83,11 +90,11 @@ def test_tool_calls(openai_client: OpenAI) -> None:
 
 def test_reasoner_fields(openai_client: OpenAI) -> None:
     messages: Any = [{"role": "user", "content": "Think first"}]
-    completion = openai_client.chat.completions.create(model="deepseek-reasoner", messages=messages)
+    completion = openai_client.chat.completions.create(model="deepseek-flash", messages=messages)
     message: Any = completion.choices[0].message
     assert message.reasoning_content and message.content
     stream = openai_client.chat.completions.create(
-        model="deepseek-reasoner", messages=messages, stream=True
+        model="deepseek-flash", messages=messages, stream=True
     )
     reasoning, content = "", ""
     for chunk in stream:
@@ -109,7 +116,9 @@ def test_errors_map_to_openai_exceptions(sim: Any) -> None:
     )
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(
-            model="deepseek-chat", messages=[{"role": "user", "content": "x"}]
+            model="deepseek-flash",
+            extra_body={"thinking": {"type": "disabled"}},
+            messages=[{"role": "user", "content": "x"}],
         )
     assert caught.value.status_code == 429
     client.close()

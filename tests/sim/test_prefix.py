@@ -43,7 +43,7 @@ def continue_from(client: httpx2.Client, body: dict[str, Any], prefix: dict[str,
 @HYPO
 @given(conversation=st.sampled_from(CONVERSATIONS), data=st.data())
 def test_prefix_at_piece_boundaries(client: httpx2.Client, conversation: Any, data: Any) -> None:
-    body = {"model": "deepseek-chat", "messages": conversation}
+    body = {"model": "deepseek-flash", "thinking": {"type": "disabled"}, "messages": conversation}
     pieces, reply, _ = pieces_and_text(client, body)
     cut = data.draw(st.integers(0, len(pieces)))
     prefix = "".join(pieces[:cut])
@@ -55,7 +55,7 @@ def test_prefix_at_piece_boundaries(client: httpx2.Client, conversation: Any, da
 @HYPO
 @given(conversation=st.sampled_from(CONVERSATIONS), data=st.data())
 def test_prefix_at_any_character(client: httpx2.Client, conversation: Any, data: Any) -> None:
-    body = {"model": "deepseek-chat", "messages": conversation}
+    body = {"model": "deepseek-flash", "thinking": {"type": "disabled"}, "messages": conversation}
     _, reply, _ = pieces_and_text(client, body)
     cut = data.draw(st.integers(0, len(reply)))
     choice = continue_from(client, body, {"content": reply[:cut]})
@@ -63,7 +63,11 @@ def test_prefix_at_any_character(client: httpx2.Client, conversation: Any, data:
 
 
 def test_stream_continuation_counts_only_new_pieces(client: httpx2.Client) -> None:
-    body = {"model": "deepseek-chat", "messages": CONVERSATIONS[0]}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": CONVERSATIONS[0],
+    }
     pieces, reply, last = pieces_and_text(client, body)
     prefix = "".join(pieces[:7]) + pieces[7][:2]  # cut inside a piece
     messages = [*body["messages"], {"role": "assistant", "content": prefix, "prefix": True}]
@@ -80,7 +84,11 @@ def test_stream_continuation_counts_only_new_pieces(client: httpx2.Client) -> No
 
 
 def test_stop_applies_as_for_the_whole_reply(client: httpx2.Client) -> None:
-    base = {"model": "deepseek-chat", "messages": CONVERSATIONS[2]}
+    base = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": CONVERSATIONS[2],
+    }
     _, reply, _ = pieces_and_text(client, base)
     word = reply.split()[6]
     body = {**base, "stop": word}
@@ -91,7 +99,11 @@ def test_stop_applies_as_for_the_whole_reply(client: httpx2.Client) -> None:
 
 
 def test_unknown_prefix_gets_a_deterministic_continuation(client: httpx2.Client) -> None:
-    body = {"model": "deepseek-chat", "messages": CONVERSATIONS[0]}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": CONVERSATIONS[0],
+    }
     first = continue_from(client, body, {"content": "Once upon a time"})
     again = continue_from(client, body, {"content": "Once upon a time"})
     other = continue_from(client, body, {"content": "In a galaxy"})
@@ -101,7 +113,7 @@ def test_unknown_prefix_gets_a_deterministic_continuation(client: httpx2.Client)
 
 
 def test_reasoner_resumes_reasoning_then_content(client: httpx2.Client) -> None:
-    body = {"model": "deepseek-reasoner", "messages": CONVERSATIONS[0]}
+    body = {"model": "deepseek-flash", "messages": CONVERSATIONS[0]}
     whole = client.post("/chat/completions", json=body).json()["choices"][0]["message"]
     thought, answer = whole["reasoning_content"], whole["content"]
     cut = len(thought) // 3
@@ -128,7 +140,8 @@ def test_reasoner_resumes_reasoning_then_content(client: httpx2.Client) -> None:
 def test_prefix_requests_are_counted(sim_factory: Any) -> None:
     sim = sim_factory()
     body = {
-        "model": "deepseek-chat",
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
         "messages": [*CONVERSATIONS[0], {"role": "assistant", "content": "A", "prefix": True}],
     }
     with httpx2.Client(base_url=sim.base_url, headers={"Authorization": "Bearer k"}) as http:

@@ -143,7 +143,16 @@ def test_disconnect_frees_the_stream(sim_factory: Any) -> None:
     ("path", "body", "lead"),
     [
         ("/chat/completions", chat_body(stream=True), 2),  # the role and the first piece
-        ("/beta/completions", {"model": "deepseek-chat", "prompt": "def f(", "stream": True}, 1),
+        (
+            "/beta/completions",
+            {
+                "model": "deepseek-flash",
+                "thinking": {"type": "disabled"},
+                "prompt": "def f(",
+                "stream": True,
+            },
+            1,
+        ),
     ],
 )
 def test_the_first_token_carries_only_what_belongs_to_it(

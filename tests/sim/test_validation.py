@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from tests.conftest import wait_until
 from tests.sim.sim_helpers import AUTH, chat_body
 
+MODELS_MSG = "The supported API model names are deepseek-flash, deepseek-v4-pro, but you passed "
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
 
 def error_of(response: httpx2.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
@@ -25,22 +28,98 @@ def error_of(response: httpx2.Response, status: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [
-        ({**chat_body(), "model": "deepseek-nope"}, 400, "Model Not Exist"),
+        ({**chat_body(), "model": "deepseek-nope"}, 400, MODELS_MSG + "deepseek-nope."),
+        ({**chat_body(), "model": "deepseek-chat"}, 400, MODELS_MSG + "deepseek-chat."),
+        ({**chat_body(), "model": "deepseek-reasoner"}, 400, MODELS_MSG + "deepseek-reasoner."),
+        ({**chat_body(), "model": "deepseek-v4-flash"}, 200, ""),
         (chat_body(temperature=3), 400, "valid range of temperature is [0, 2]"),
+        (chat_body(temperature=False), 422, "Failed to deserialize the JSON body"),
         (chat_body(top_p=1.5), 400, "top_p"),
-        (chat_body(max_tokens=8193), 400, "[1, 8192]"),
-        ({**chat_body(max_tokens=65536), "model": "deepseek-reasoner"}, 200, ""),
-        ({**chat_body(max_tokens=65537), "model": "deepseek-reasoner"}, 400, "[1, 65536]"),
-        ({**chat_body(logprobs=True), "model": "deepseek-reasoner"}, 400, "logprobs"),
-        ({"model": "deepseek-chat", "messages": []}, 400, "messages"),
+        (chat_body(max_tokens=393216), 200, ""),
+        (chat_body(max_tokens=393217), 400, "[1, 393216]"),
+        (chat_body(n=2), 400, "Invalid n value (currently only n = 1 is supported)"),
+        (
+            chat_body(response_format={"type": "json_schema"}),
+            400,
+            "This response_format type is unavailable now",
+        ),
+        (chat_body(stream_options={"include_usage": True}), 400, "stream_options"),
+        (chat_body(thinking=False), 422, "expected struct ThinkingOptions"),
+        (chat_body(reasoning_effort="extreme"), 422, "reasoning_effort: unknown variant"),
+        (chat_body(reasoning_effort="medium"), 200, ""),
+        (
+            {**chat_body(), "messages": [{"role": "developer", "content": "x"}]},
+            422,
+            "messages[0].role: unknown variant `developer`, expected one of `system`, `user`, "
+            "`assistant`, `tool`, `latest_reminder`",
+        ),
+        (
+            {
+                **chat_body(),
+                "messages": [
+                    {"role": "latest_reminder", "content": "2026-12-03"},
+                    {"role": "user", "content": "x"},
+                ],
+            },
+            200,
+            "",
+        ),
+        (
+            {**chat_body(tool_choice="required", tools=[TOOL]), "thinking": {"type": "enabled"}},
+            400,
+            "Thinking mode does not support this tool_choice",
+        ),
+        (
+            {
+                **chat_body(tools=[TOOL]),
+                "thinking": {"type": "enabled"},
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ],
+            },
+            400,
+            "The `reasoning_content` in the thinking mode must be passed back to the API.",
+        ),
+        (
+            {
+                **chat_body(tools=[TOOL]),
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ],
+            },
+            200,
+            "",
+        ),  # thinking off: not needed
+        ({**chat_body(logprobs=True, top_logprobs=21)}, 400, "top_logprobs"),
+        (
+            {"model": "deepseek-flash", "thinking": {"type": "disabled"}, "messages": []},
+            400,
+            "messages",
+        ),
         (chat_body(stop=["a"] * 17), 400, "stop"),
         (chat_body(tool_choice={"type": "function", "function": {"name": "x"}}), 400, "tool"),
         (chat_body(temperature="hot"), 422, "Failed to deserialize the JSON body"),
         (chat_body(max_tokens=1.5), 422, "max_tokens"),
         (chat_body(stream="yes"), 422, "stream"),
         ({"messages": [{"role": "user", "content": "x"}]}, 422, "missing field `model`"),
-        ({"model": "deepseek-chat", "messages": [{"content": "x"}]}, 422, "missing field `role`"),
-        ({"model": "deepseek-chat", "messages": "hello"}, 422, "messages"),
+        (
+            {
+                "model": "deepseek-flash",
+                "thinking": {"type": "disabled"},
+                "messages": [{"content": "x"}],
+            },
+            422,
+            "missing field `role`",
+        ),
+        (
+            {"model": "deepseek-flash", "thinking": {"type": "disabled"}, "messages": "hello"},
+            422,
+            "messages",
+        ),
         ([1, 2, 3], 422, "expected struct"),
     ],
 )
@@ -57,7 +136,7 @@ def test_prefix_only_on_beta(client: httpx2.Client) -> None:
         {"role": "user", "content": "Write a poem"},
         {"role": "assistant", "content": "Roses", "prefix": True},
     ]
-    body = {"model": "deepseek-chat", "messages": messages}
+    body = {"model": "deepseek-flash", "thinking": {"type": "disabled"}, "messages": messages}
     assert "beta" in error_of(client.post("/chat/completions", json=body), 400)["message"]
     assert client.post("/beta/chat/completions", json=body).status_code == 200
 
@@ -77,7 +156,8 @@ def test_transport_level_errors(client: httpx2.Client, sim_factory: Any) -> None
         assert "limit" in error_of(http.post("/chat/completions", json=big), 413)["message"]
 
         def body() -> Any:
-            yield b'{"model": "deepseek-chat", "messages": [{"role": "user", "content": "'
+            yield b'{"model": "deepseek-flash", "thinking": {"type": "disabled"}, '
+            yield b'"messages": [{"role": "user", "content": "'
             yield b"y" * 1500
             yield b'"}]}'
 
@@ -185,7 +265,8 @@ BODIES = st.one_of(
     st.dictionaries(FIELDS, JSON, max_size=6),
     st.builds(
         lambda base, extra, messages: {**base, **extra, "messages": messages},
-        st.just({"model": "deepseek-chat"}) | st.just({"model": "deepseek-reasoner"}),
+        st.just({"model": "deepseek-flash", "thinking": {"type": "disabled"}})
+        | st.just({"model": "deepseek-flash"}),
         st.dictionaries(FIELDS.filter(lambda f: f != "messages"), JSON, max_size=4),
         st.lists(MESSAGE, min_size=1, max_size=4),
     ),
@@ -232,10 +313,15 @@ def test_junk_bytes_never_5xx(client: httpx2.Client, raw: bytes) -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": 4097}, "[1, 4096]"),
         ({"stop": ["a"] * 17}, "at most 16"),
-        ({"model": "deepseek-nope"}, "Model Not Exist"),
-        ({"model": "deepseek-reasoner"}, "only available for deepseek-chat"),
+        ({"model": "deepseek-nope"}, "but you passed deepseek-nope."),
+        ({"thinking": {"type": "enabled"}}, "not available in thinking mode"),
     ],
 )
 def test_fim_validation_errors(client: httpx2.Client, extra: dict[str, Any], words: str) -> None:
-    body = {"model": "deepseek-chat", "prompt": "def f():", **extra}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "prompt": "def f():",
+        **extra,
+    }
     assert words in error_of(client.post("/beta/completions", json=body), 400)["message"]

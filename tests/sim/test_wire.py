@@ -92,7 +92,7 @@ def test_chat_stream_shape(client: httpx2.Client, include_usage: bool) -> None:
     assert response.headers["cache-control"] == "no-cache"
     assert len(response.headers["x-ds-trace-id"]) >= 16
     chunks = sse_chunks(response.content)
-    check_envelope(chunks, "deepseek-chat", include_usage)
+    check_envelope(chunks, "deepseek-flash", include_usage)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     for chunk in chunks[1:-1]:
         delta = chunk["choices"][0]["delta"]
@@ -105,9 +105,9 @@ def test_chat_stream_shape(client: httpx2.Client, include_usage: bool) -> None:
 
 
 def test_reasoner_stream_shape(client: httpx2.Client) -> None:
-    body = {**chat_body("Why is the sky blue?"), "model": "deepseek-reasoner"}
+    body = {**chat_body("Why is the sky blue?"), "thinking": {"type": "enabled"}}
     chunks = sse_chunks(stream(client, body).content)
-    check_envelope(chunks, "deepseek-reasoner", False)
+    check_envelope(chunks, "deepseek-flash", False)
     first = chunks[0]["choices"][0]["delta"]
     assert first == {"role": "assistant", "content": None, "reasoning_content": ""}
     deltas = [c["choices"][0]["delta"] for c in chunks[1:-1]]
@@ -125,7 +125,7 @@ def test_reasoner_stream_shape(client: httpx2.Client) -> None:
 
 
 def test_stream_and_whole_agree(client: httpx2.Client) -> None:
-    body = {**chat_body("Same text either way"), "model": "deepseek-reasoner"}
+    body = {**chat_body("Same text either way"), "thinking": {"type": "enabled"}}
     chunks = sse_chunks(stream(client, body).content)
     whole = client.post("/chat/completions", json=body).json()
     assert whole["object"] == "chat.completion"
@@ -220,7 +220,12 @@ def test_answer_uses_tool_results(client: httpx2.Client) -> None:
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_0_x", "content": "It is 10:42 in Oslo"},
     ]
-    body = {"model": "deepseek-chat", "messages": messages, "tools": TOOLS}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "messages": messages,
+        "tools": TOOLS,
+    }
     choice = client.post("/chat/completions", json=body).json()["choices"][0]
     assert choice["finish_reason"] == "stop"
     assert "It is 10:42 in Oslo" in choice["message"]["content"]
@@ -237,7 +242,12 @@ def test_json_mode(client: httpx2.Client) -> None:
 
 
 def test_fim(client: httpx2.Client) -> None:
-    body = {"model": "deepseek-chat", "prompt": "def add(a, b):\n", "suffix": "\n    return c"}
+    body = {
+        "model": "deepseek-flash",
+        "thinking": {"type": "disabled"},
+        "prompt": "def add(a, b):\n",
+        "suffix": "\n    return c",
+    }
     whole = client.post("/beta/completions", json=body).json()
     assert whole["object"] == "text_completion"
     (choice,) = whole["choices"]
@@ -251,7 +261,7 @@ def test_fim(client: httpx2.Client) -> None:
     assert limited["choices"][0]["finish_reason"] == "length"
     too_many = client.post("/beta/completions", json={**body, "max_tokens": 4097})
     assert too_many.status_code == 400
-    reasoner = client.post("/beta/completions", json={**body, "model": "deepseek-reasoner"})
+    reasoner = client.post("/beta/completions", json={**body, "thinking": {"type": "enabled"}})
     assert reasoner.status_code == 400
 
 
@@ -259,7 +269,14 @@ def test_models_and_balance(client: httpx2.Client) -> None:
     for path in ("/models", "/v1/models"):
         models = client.get(path).json()
         assert models["object"] == "list"
-        assert {"id": "deepseek-chat", "object": "model", "owned_by": "deepseek"} in models["data"]
+        ids = [m["id"] for m in models["data"]]
+        assert ids == ["deepseek-flash", "deepseek-v4-pro"]
+        flash = models["data"][0]
+        assert flash["context_window"] == 1048576 and flash["max_output_tokens"] == 393216
+        assert flash["effort"] == {
+            "supported_levels": ["low", "high", "max"],
+            "default_level": "high",
+        }
     balance = client.get("/user/balance").json()
     assert balance["is_available"] is True
     info = balance["balance_infos"][0]

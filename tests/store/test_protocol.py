@@ -37,7 +37,7 @@ def test_store_is_a_session_store(store: SessionStore) -> None:
 def test_create_and_load_round_trip_keeps_metadata(store: SessionStore) -> None:
     usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
     record = SessionRecord(
-        model="deepseek-reasoner",
+        model="deepseek-v4-pro",
         system="be brief",
         params={"temperature": 0.5},
         messages=[
@@ -48,7 +48,7 @@ def test_create_and_load_round_trip_keeps_metadata(store: SessionStore) -> None:
     )
     store.create(record)
     loaded = store.load(record.id)
-    assert loaded.model == "deepseek-reasoner"
+    assert loaded.model == "deepseek-v4-pro"
     assert loaded.system == "be brief"
     assert loaded.params == {"temperature": 0.5}
     assert loaded.version == 0

@@ -15,17 +15,17 @@ from tests.store.test_protocol import user
 
 
 def made(store: SessionStore) -> SessionRecord:
-    record = SessionRecord(model="deepseek-chat", system="be brief", params={"temperature": 0.5})
+    record = SessionRecord(model="deepseek-flash", system="be brief", params={"temperature": 0.5})
     return store.create(record)
 
 
 def test_update_changes_only_the_named_fields_and_bumps_the_version(store: SessionStore) -> None:
     record = made(store)
     v1 = store.append(record.id, [user("hello there")], expected_version=0)
-    v2 = store.update(record.id, model="deepseek-reasoner", expected_version=v1)
+    v2 = store.update(record.id, model="deepseek-v4-pro", expected_version=v1)
     assert v2 == v1 + 1
     loaded = store.load(record.id)
-    assert loaded.model == "deepseek-reasoner"
+    assert loaded.model == "deepseek-v4-pro"
     assert loaded.system == "be brief" and loaded.params == {"temperature": 0.5}
     assert loaded.title == "hello there" and [m.content for m in loaded.messages] == ["hello there"]
     assert loaded.version == v2
@@ -40,7 +40,7 @@ def test_update_all_fields_and_clear_the_system_prompt(store: SessionStore) -> N
     loaded = store.load(record.id)
     assert loaded.system is None
     assert loaded.params == {"top_p": 0.9, "stop": ["x"]}
-    assert loaded.title == "Renamed" and loaded.model == "deepseek-chat"
+    assert loaded.title == "Renamed" and loaded.model == "deepseek-flash"
     store.update(record.id, system="new prompt 你好", expected_version=v)
     assert store.load(record.id).system == "new prompt 你好"
 
@@ -57,10 +57,10 @@ def test_stale_update_is_a_conflict_and_writes_nothing(store: SessionStore) -> N
     record = made(store)
     store.append(record.id, [user("from A")], expected_version=0)
     with pytest.raises(SessionConflictError) as info:
-        store.update(record.id, model="deepseek-reasoner", system="x", expected_version=0)
+        store.update(record.id, model="deepseek-v4-pro", system="x", expected_version=0)
     assert (info.value.expected, info.value.actual) == (0, 1)
     loaded = store.load(record.id)
-    assert (loaded.model, loaded.system, loaded.version) == ("deepseek-chat", "be brief", 1)
+    assert (loaded.model, loaded.system, loaded.version) == ("deepseek-flash", "be brief", 1)
 
 
 def test_update_of_a_missing_session(store: SessionStore) -> None:
@@ -87,36 +87,36 @@ def test_bad_update_is_refused_before_anything_is_written(
         store.update(record.id, expected_version=0, **fields)  # type: ignore[arg-type]
     assert info.value.param == param
     loaded = store.load(record.id)
-    assert loaded.version == 0 and loaded.model == "deepseek-chat"
+    assert loaded.version == 0 and loaded.model == "deepseek-flash"
 
 
 def test_export_and_import_carry_the_updated_header(store: SessionStore) -> None:
     record = made(store)
     v = store.append(record.id, [user("q")], expected_version=0)
     store.update(
-        record.id, model="deepseek-reasoner", system="", params={"temperature": 1.3},
+        record.id, model="deepseek-v4-pro", system="", params={"temperature": 1.3},
         title="T", expected_version=v,
     )  # fmt: skip
     data = store.export_session(record.id)
     session = data["session"]
     assert (session["model"], session["system"], session["params"], session["title"]) == (
-        "deepseek-reasoner", None, {"temperature": 1.3}, "T",
+        "deepseek-v4-pro", None, {"temperature": 1.3}, "T",
     )  # fmt: skip
     copy = store.import_session(data, new_id=True)
     loaded = store.load(copy.id)
     assert (loaded.model, loaded.system, loaded.params, loaded.title) == (
-        "deepseek-reasoner", None, {"temperature": 1.3}, "T",
+        "deepseek-v4-pro", None, {"temperature": 1.3}, "T",
     )  # fmt: skip
 
 
 async def test_aupdate_behaves_like_update(store: SessionStore) -> None:
     record = await store.acreate(SessionRecord(system="s"))
-    v = await store.aupdate(record.id, model="deepseek-reasoner", system="", expected_version=0)
+    v = await store.aupdate(record.id, model="deepseek-v4-pro", system="", expected_version=0)
     with pytest.raises(SessionConflictError):
         await store.aupdate(record.id, params={"temperature": 0}, expected_version=0)
     v = await store.aupdate(record.id, params={"temperature": 0}, expected_version=v)
     loaded = await store.aload(record.id)
     assert (loaded.model, loaded.system, loaded.params, loaded.version) == (
-        "deepseek-reasoner", None, {"temperature": 0}, v,
+        "deepseek-v4-pro", None, {"temperature": 0}, v,
     )  # fmt: skip
     await store.aclose()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dskit._validate import DEFAULT_MODEL
+from dskit._models import DEFAULT_MODEL
 from dskit.cli._common import (
     EXIT_CODES_HELP,
     EXIT_INCOMPLETE,
@@ -19,6 +19,7 @@ from dskit.cli._common import (
     fail,
     invocation,
     open_backend,
+    session_params,
     store_option,
 )
 from dskit.cli._render import (
@@ -50,7 +51,8 @@ text. Each question is saved as a session (see `dskit sessions`) unless --no-sav
 Examples:
   dskit ask "What is a KV cache?"
   cat notes.md | dskit ask "summarise in 3 bullets"
-  git diff | dskit ask -m deepseek-reasoner "review this change" > review.md
+  git diff | dskit ask -m deepseek-v4-pro --effort max "review this change" > review.md
+  dskit ask --no-think "translate to French: good morning"
   dskit ask --json "2+2?" | jq -r .content
   dskit ask --jsonl "tell me a story" | jq -c 'select(.type=="content")'
 
@@ -76,7 +78,6 @@ def question_from(words: tuple[str, ...]) -> str:
 @api_options
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object.")
 @click.option("--jsonl", is_flag=True, help="Print every stream event as a JSON line.")
-@click.option("--think/--no-think", default=None, help="Show the reasoner's thinking.")
 @click.option("--no-save", is_flag=True, help="Do not store this exchange as a session.")
 @store_option
 def ask(
@@ -122,11 +123,10 @@ def _session(backend: Backend, settings: Settings, no_save: bool) -> ChatSession
     in `dskit chat`, so a later `dskit chat --continue` is not capped)."""
     from dskit.session import ChatSession
 
-    params = {} if settings.temperature is None else {"temperature": settings.temperature}
     store = None if no_save else open_store(settings.store)
     return ChatSession(
         backend.client, system=settings.system, model=settings.model or DEFAULT_MODEL,
-        store=store, params=params,
+        store=store, params=session_params(settings),
     )  # fmt: skip
 
 

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from dskit._validate import DEFAULT_MODEL, is_number
+from dskit._models import DEFAULT_MODEL, migrate
+from dskit._validate import is_number
 from dskit.cli._common import (
     Backend,
     api_options,
     fail,
     invocation,
     open_backend,
+    session_params,
     store_option,
 )
 from dskit.cli._render import PlainView, RichView, View, make_console
@@ -43,6 +45,10 @@ HISTORY_FILE = "chat_history"
 RECAP_CHARS = 600
 
 
+# what a new session (`/new`) takes over from the one left
+CARRIED = ("temperature", "thinking", "effort")
+
+
 @dataclass(slots=True)
 class ChatState:
     """Everything the REPL and its slash commands share."""
@@ -55,7 +61,8 @@ class ChatState:
     session: ChatSession | None = None
     # the settings of the next new session; a current session keeps its own, in the store
     model: str | None = None
-    temperature: float | None = None
+    # request params of the next new session (temperature, thinking, effort)
+    params: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     max_tokens: int | None = None  # this run's cap, sent with each request
     running: bool = True
@@ -71,7 +78,16 @@ class ChatState:
         if self.session is not None:
             value = self.session.params.get("temperature")
             return float(value) if is_number(value) else None
-        return self.temperature
+        value = self.params.get("temperature")
+        return float(value) if is_number(value) else None
+
+    @property
+    def current_thinking(self) -> bool:
+        """Whether answers come in thinking mode (the API's default: on)."""
+        if self.session is not None:
+            return self.session.thinking
+        chosen = self.params.get("thinking")
+        return chosen if isinstance(chosen, bool) else migrate(self.current_model)[1] is not False
 
     @property
     def current_system(self) -> str | None:
@@ -86,10 +102,9 @@ class ChatState:
         if self.session is None:
             from dskit.session import ChatSession
 
-            params = {} if self.temperature is None else {"temperature": self.temperature}
             self.session = ChatSession(
                 self.backend.client, system=self.system, model=self.current_model,
-                store=self.store, params=params,
+                store=self.store, params=self.params,
             )  # fmt: skip
         return self.session
 
@@ -104,7 +119,7 @@ class ChatState:
         if self.session is not None:
             self.model = self.session.model
             self.system = self.session.system
-            self.temperature = self.current_temperature
+            self.params = {k: v for k, v in self.session.params.items() if k in CARRIED}
         self.session = None
 
     def view(self) -> View:
@@ -152,7 +167,7 @@ simulator and says so.
 \b
 Examples:
   dskit chat
-  dskit chat -m deepseek-reasoner --think
+  dskit chat -m deepseek-v4-pro --effort max
   dskit chat --system "You are a terse Rust expert." -t 0.3
   dskit chat --continue              # pick up the most recent session
   dskit chat --session 3f2a          # a session by id (or a unique prefix)
@@ -165,12 +180,11 @@ Examples:
 @api_options
 @click.option("--session", "session_id", metavar="ID", help="Continue this session.")
 @click.option("-c", "--continue", "cont", is_flag=True, help="Continue the latest session.")
-@click.option("--think/--no-think", default=None, help="Show the reasoner's thinking.")
 @store_option
 def chat(session_id: str | None, cont: bool, **shared: Any) -> None:
     if session_id and cont:
         raise click.UsageError("--session and --continue cannot be used together")
-    flags = {name: shared.get(name) for name in ("model", "temperature", "system")}
+    flags = {name: shared.get(name) for name in ("model", "temperature", "system", "think")}
     run = invocation(shared)
     try:
         with open_backend(run.settings, run.backend) as backend:
@@ -189,7 +203,7 @@ def _state(backend: Backend, settings: Settings, max_tokens: int | None) -> Chat
     return ChatState(
         backend=backend, store=open_store(settings.store), settings=settings,
         console=make_console(), think=True if settings.think is None else settings.think,
-        temperature=settings.temperature, system=settings.system, max_tokens=max_tokens,
+        params=session_params(settings), system=settings.system, max_tokens=max_tokens,
     )  # fmt: skip
 
 
@@ -212,11 +226,11 @@ def _apply_flags(state: ChatState, flags: dict[str, Any]) -> None:
     """`-m`, `-t`, `-s` given with --continue/--session change that session, for good
     (settings from the environment or the config file only shape new sessions)."""
     session = state.session
-    model, temperature, system = flags["model"], flags["temperature"], flags["system"]
-    if session is None or (model, temperature, system) == (None, None, None):
+    if session is None or all(v is None for v in flags.values()):
         return
-    params = None if temperature is None else {"temperature": temperature}
-    session.configure(model=model, system=system, params=params)
+    chosen = {"temperature": flags["temperature"], "thinking": flags["think"]}
+    params = {k: v for k, v in chosen.items() if v is not None}
+    session.configure(model=flags["model"], system=flags["system"], params=params or None)
     state.say(f"Session settings changed: {_settings_line(state)}")
 
 
@@ -224,7 +238,11 @@ def _settings_line(state: ChatState) -> str:
     temperature = state.current_temperature
     shown = "default" if temperature is None else f"{temperature:g}"
     system = "set" if state.current_system else "none"
-    return f"model {state.current_model}, temperature {shown}, system prompt {system}"
+    thinking = "on" if state.current_thinking else "off"
+    return (
+        f"model {state.current_model}, thinking {thinking}, temperature {shown}, "
+        f"system prompt {system}"
+    )
 
 
 def _recap(state: ChatState) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from dskit._validate import EFFORT_ALIASES
 from dskit.client._errors import (
     APIConnectionError,
     AuthenticationError,
@@ -222,7 +223,17 @@ def store_option(func: F) -> F:
 def api_options(func: F) -> F:
     """Options every command that talks to the API takes (some hidden, for tests)."""
     decorators = [
-        click.option("-m", "--model", help="Model name (default deepseek-chat)."),
+        click.option("-m", "--model", help="deepseek-flash (the default) or deepseek-v4-pro."),
+        click.option(
+            "--think/--no-think",
+            default=None,
+            help="Thinking mode (DeepSeek's default: on); the thinking is shown dim.",
+        ),
+        click.option(
+            "--effort",
+            type=click.Choice(sorted(EFFORT_ALIASES)),
+            help="Reasoning effort in thinking mode (default high).",
+        ),
         click.option("--base-url", help="Any DeepSeek-compatible server (env DEEPSEEK_BASE_URL)."),
         click.option(
             "-t", "--temperature", type=click.FloatRange(0, 2), help="Sampling temperature, 0..2."
@@ -238,7 +249,17 @@ def api_options(func: F) -> F:
     return func
 
 
-SETTING_FLAGS = ("model", "base_url", "system", "temperature", "think", "store")
+SETTING_FLAGS = ("model", "base_url", "system", "temperature", "think", "effort", "store")
+
+
+def session_params(settings: Settings) -> dict[str, Any]:
+    """What a new session saves of the settings (sent with each of its turns)."""
+    chosen = {
+        "temperature": settings.temperature,
+        "thinking": settings.think,
+        "effort": settings.effort,
+    }
+    return {k: v for k, v in chosen.items() if v is not None}
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dskit.client._errors import ConfigError
 from dskit.config import (
     ENV_VARS,
     Settings,
+    check_effort,
     config_path,
     load_settings,
     parse_temperature,
@@ -38,7 +39,7 @@ def config() -> None:
     \b
     Examples:
       dskit config show
-      dskit config set model deepseek-reasoner
+      dskit config set model deepseek-v4-pro
       dskit config set temperature 0.3
       dskit config unset system
       dskit config path
@@ -53,7 +54,7 @@ def show_cmd(as_json: bool) -> None:
     \b
     Examples:
       dskit config show
-      DSKIT_MODEL=deepseek-reasoner dskit config show --json
+      DSKIT_MODEL=deepseek-v4-pro dskit config show --json
     """
     try:
         shown, origin = load_settings().public(), sources()
@@ -86,6 +87,11 @@ def _parse(key: str, value: str) -> object:
             return parse_temperature(value)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="VALUE") from None
+    if key == "effort":
+        try:
+            return check_effort(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="VALUE") from None
     if key == "think":
         if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise click.BadParameter("expected true or false", param_hint="VALUE")
@@ -101,7 +107,7 @@ def set_cmd(key: str, value: str) -> None:
 
     \b
     Examples:
-      dskit config set model deepseek-reasoner
+      dskit config set model deepseek-v4-pro
       dskit config set store redis://localhost:6379/0
     """
     parsed = _parse(key, value)

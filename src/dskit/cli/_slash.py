@@ -93,7 +93,7 @@ def cmd_temperature(state: ChatState, arg: str) -> None:
         if state.session is not None:
             state.session.configure(params={"temperature": value})
         else:
-            state.temperature = value
+            state.params["temperature"] = value
     current = state.current_temperature
     shown = "default" if current is None else f"{current:g}"
     where = f" ({_saved_where(state)})" if arg else ""
@@ -101,8 +101,17 @@ def cmd_temperature(state: ChatState, arg: str) -> None:
 
 
 def cmd_think(state: ChatState, arg: str) -> None:
-    state.think = not state.think
-    state.say(f"Thinking {'shown' if state.think else 'hidden'} (reasoner models).")
+    """Thinking mode on or off (`/think on|off`; no argument toggles it)."""
+    if arg not in ("", "on", "off"):
+        state.say("Usage: /think [on|off]")
+        return
+    value = arg == "on" if arg else not state.current_thinking
+    if state.session is not None:
+        state.session.configure(params={"thinking": value})
+    else:
+        state.params["thinking"] = value
+    state.think = value
+    state.say(f"Thinking mode {'on' if value else 'off'} ({_saved_where(state)}).")
 
 
 def cmd_undo(state: ChatState, arg: str) -> None:
@@ -176,7 +185,7 @@ COMMANDS: dict[str, tuple[Handler, str]] = {
     "system": (cmd_system, "show, set (/system TEXT) or remove (/system -); saved"),
     "model": (cmd_model, "show or set the model, saved: /model deepseek-reasoner"),
     "temperature": (cmd_temperature, "show or set, saved: /temperature 0.7 (or default)"),
-    "think": (cmd_think, "show or hide the reasoner's thinking"),
+    "think": (cmd_think, "thinking mode on or off: /think [on|off]"),
     "retry": (cmd_retry, "ask the last question again (replaces the answer)"),
     "undo": (cmd_undo, "remove the last question and its answer"),
     "export": (cmd_export, "write the session to FILE (.json, or .md for a transcript)"),

@@ -6,16 +6,18 @@ and hand back what they receive.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import orjson
 
-from dskit._validate import DEFAULT_MODEL, check_chat_request, check_fim_request, is_integer
+from dskit._models import DEFAULT_MODEL, ModelCache, migrate
+from dskit._validate import EFFORT_ALIASES, check_chat_request, check_fim_request, is_integer
 from dskit._version import __version__
 from dskit.client._accumulate import Seed
 from dskit.client._config import (
@@ -61,9 +63,15 @@ API_PARAMS = (
 
 
 class ChatParams(TypedDict, total=False):
-    """Keyword parameters of `chat()` and `stream()`."""
+    """Keyword parameters of `chat()` and `stream()`.
+
+    `thinking` switches thinking mode (the API's default is on) and `effort` sets how
+    hard it thinks ("low", "high", "max"; the API's aliases such as "medium" map).
+    """
 
     model: str
+    thinking: bool | None
+    effort: str | None
     temperature: float | None
     top_p: float | None
     max_tokens: int | None
@@ -121,6 +129,7 @@ class ClientCore:
     default_headers: dict[str, str]
     clock: Clock
     limits: Limits
+    models: ModelCache = field(default_factory=ModelCache, repr=False, compare=False)
 
     @classmethod
     def create(
@@ -213,22 +222,76 @@ def normalize_messages(messages: Messages) -> list[Message]:
     return copied
 
 
+CHAT_PARAM_NAMES = frozenset(ChatParams.__annotations__)
+_migrated: set[str] = set()
+
+
+def check_param_names(params: Mapping[str, Any]) -> None:
+    """A misspelt keyword (`temprature=0.5`) is an error naming the closest valid one."""
+    for name in params:
+        if name not in CHAT_PARAM_NAMES:
+            close = difflib.get_close_matches(name, sorted(CHAT_PARAM_NAMES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValidationError(f"unknown parameter {name!r}{hint}", param=name)
+
+
+def resolve_model(model: str | None) -> tuple[str, bool | None]:
+    """The model name to send, and the thinking switch a retired name implied.
+
+    `deepseek-chat` / `deepseek-reasoner` were retired on 2026-07-24; they become
+    `deepseek-flash` with thinking off / on, said once per process at INFO.
+    """
+    name, implied = migrate(model or DEFAULT_MODEL)
+    if implied is not None and model not in _migrated:
+        _migrated.add(str(model))
+        logger.info(
+            "model %s was retired by DeepSeek on 2026-07-24; using %s with thinking %s",
+            model, name, "on" if implied else "off",
+        )  # fmt: skip
+    return name, implied
+
+
+def thinking_fields(thinking: Any, effort: Any) -> dict[str, Any]:
+    """The request fields for the `thinking=` and `effort=` arguments."""
+    fields: dict[str, Any] = {}
+    if thinking is not None:
+        if not isinstance(thinking, bool):
+            raise ValidationError("thinking must be True or False", param="thinking")
+        fields["thinking"] = {"type": "enabled" if thinking else "disabled"}
+    if effort is not None:
+        if effort not in EFFORT_ALIASES:
+            levels = ", ".join(sorted(EFFORT_ALIASES))
+            raise ValidationError(f"effort must be one of {levels}", param="effort")
+        fields["reasoning_effort"] = EFFORT_ALIASES[effort]
+    return fields
+
+
 def chat_body(messages: Messages, params: ChatParams, *, stream: bool = True) -> dict[str, Any]:
     """The JSON body of a chat request, validated before anything is sent."""
-    body: dict[str, Any] = {"model": params.get("model") or DEFAULT_MODEL}
+    check_param_names(params)
+    model, implied = resolve_model(params.get("model"))
+    body: dict[str, Any] = {"model": model}
     body["messages"] = normalize_messages(messages)
     for name in API_PARAMS:
         value = params.get(name)
         if value is not None:
             body[name] = value
+    thinking = params.get("thinking")
+    body.update(thinking_fields(implied if thinking is None else thinking, params.get("effort")))
     body.update(params.get("extra_body") or {})
     body["stream"] = stream
     if stream:
         body["stream_options"] = {"include_usage": True}
     problem = check_chat_request(body)
     if problem is not None:
-        raise ValidationError(problem.message, param=problem.param)
+        raise ValidationError(problem.message, param=problem.param, hint=problem.hint)
     return body
+
+
+def check_chat_params(params: Mapping[str, Any]) -> None:
+    """Parameters to be kept for later requests (a session's), under the request rules
+    now: a bad value stored would make every later request fail."""
+    chat_body([{"role": "user", "content": " "}], cast(ChatParams, dict(params)))
 
 
 def continuation_seed(content: str, reasoning: str | None, pieces: int) -> Seed:

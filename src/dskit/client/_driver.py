@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from dskit._validate import is_reasoner
+from dskit._validate import thinking_enabled
 from dskit.client._accumulate import Accumulator, Seed
 from dskit.client._config import Pace
 from dskit.client._core import (
@@ -51,14 +51,15 @@ KEEP_ALIVE = KeepAlive()
 PLAIN_KEYS = frozenset(("role", "content", "reasoning_content"))
 
 
-def prefix_message(model: str, content: str, reasoning: str | None) -> dict[str, Any]:
+def prefix_message(body: Mapping[str, Any], content: str, reasoning: str | None) -> dict[str, Any]:
     """The assistant message that asks Chat Prefix Completion to continue an answer.
 
-    A reasoner cut before any content continues its reasoning, so that goes back too.
+    In thinking mode an answer cut before any content continues its reasoning, so that
+    goes back too (`body` is the request the answer was asked with).
     Used by the client's own resume and by the gateway's takeover of orphaned answers.
     """
     prefix: dict[str, Any] = {"role": "assistant", "content": content, "prefix": True}
-    if is_reasoner(model) and reasoning and not content:
+    if thinking_enabled(body) and reasoning and not content:
         prefix["reasoning_content"] = reasoning
     return prefix
 
@@ -201,7 +202,7 @@ class StreamDriver:
         return SSEDecoder(max_event_size=self.core.limits.max_event_bytes)
 
     def _resume_body(self) -> dict[str, Any]:
-        prefix = prefix_message(self.body["model"], self.acc.content, self.acc.reasoning)
+        prefix = prefix_message(self.body, self.acc.content, self.acc.reasoning)
         body = {**self.body, "messages": [*self.body["messages"], prefix]}
         if "max_tokens" in body:
             body["max_tokens"] = max(1, body["max_tokens"] - self.acc.pieces)

@@ -49,9 +49,11 @@ class DSKitError(Exception):
 class ValidationError(DSKitError, ValueError):
     """A parameter is invalid; raised before anything is sent."""
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, param: str | None = None, hint: str = "") -> None:
+        super().__init__(f"{message}. {hint}" if hint else message)
+        self.message = message
         self.param = param
+        self.hint = hint  # how to fix it, when there is more to say than the message
 
 
 class ContextOverflowError(DSKitError):

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
+from dskit._models import DEFAULT_MODEL, ModelInfo, models_from_wire
 from dskit.client._base import ClientBase, httpx_timeout
 from dskit.client._core import (
     ChatParams,
@@ -17,10 +18,12 @@ from dskit.client._core import (
     continuation_seed,
     fim_request,
     get_request,
+    logger,
 )
 from dskit.client._driver import CallDriver, StreamDriver
+from dskit.client._errors import DSKitError
 from dskit.client._streams import EventStream
-from dskit.client._types import Balance, ChatResult, FimResult, ModelInfo, StreamEvent
+from dskit.client._types import Balance, ChatResult, FimResult, StreamEvent
 
 if TYPE_CHECKING:
     import httpx2
@@ -72,7 +75,23 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
     # ---- other endpoints -----------------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
-        return ModelInfo.list_from(self._call(get_request(self._core, "/models")))
+        """`GET /models`: the models with their windows, output limits and effort levels
+        (kept for `model_info`)."""
+        found = models_from_wire(self._call(get_request(self._core, "/models")))
+        self._core.models.store(found, self._core.clock.now())
+        return found
+
+    def model_info(self, model: str = DEFAULT_MODEL) -> ModelInfo:
+        """What `GET /models` says of `model`, fetched once an hour; the figures of
+        DeepSeek's docs when the server cannot be asked or does not list it."""
+        cache, now = self._core.models, self._core.clock.now()
+        if cache.stale(now):
+            try:
+                self.models()
+            except DSKitError as exc:
+                logger.info("GET /models failed (%s): using the documented figures", exc)
+                cache.failed(now)
+        return cache.info(model)
 
     def balance(self) -> Balance:
         return Balance.from_dict(self._call(get_request(self._core, "/user/balance")))

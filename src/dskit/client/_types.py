@@ -202,17 +202,6 @@ StreamEvent: TypeAlias = (
 
 
 @dataclass(slots=True, frozen=True)
-class ModelInfo:
-    id: str
-    owned_by: str = ""
-
-    @classmethod
-    def list_from(cls, data: Any) -> list[ModelInfo]:
-        items = data.get("data") if isinstance(data, dict) else None
-        return [cls(str(m.get("id", "")), str(m.get("owned_by", ""))) for m in items or ()]
-
-
-@dataclass(slots=True, frozen=True)
 class BalanceInfo:
     currency: str
     total_balance: str

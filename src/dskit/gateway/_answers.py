@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dskit._validate import is_integer
+from dskit._models import ModelInfo
 from dskit.client._types import ChatResult, StreamEvent
 from dskit.gateway._breaker import AllUpstreamsDownError
 from dskit.gateway._errors import logged_error
@@ -58,16 +58,26 @@ class AnswerJob:
     started: float
 
 
-def upstream_messages(record: SessionRecord) -> list[dict[str, Any]]:
+# what the session core needs of a gateway session's parameters to plan its messages
+PLANNING_PARAMS = frozenset({"max_tokens", "thinking", "effort"})
+
+
+def upstream_messages(record: SessionRecord, info: ModelInfo | None) -> list[dict[str, Any]]:
     """The conversation as `ChatSession` sends it, planned by the same session core: the
     latest summary in the system head instead of the turns it covers, cut-off answers as
     text only (or left out), API keys only, old turns dropped to fit the model's window
-    (ContextOverflowError when even the latest turn cannot fit)."""
-    # The core checks params as a session's own, and a gateway session's may hold raw
-    # `tools` definitions; only the messages are planned here, so it gets none.
-    max_tokens = record.params.get("max_tokens")
-    core = SessionCore(dataclasses.replace(record, params={}))
-    return core.plan(max_tokens if is_integer(max_tokens) else None).messages
+    (ContextOverflowError when even the latest turn cannot fit); `info`: what the
+    upstream's `GET /models` says of the model (None: the sheet's figures)."""
+    # A gateway session's `tools` are raw definitions its client runs: the core gets
+    # them as such (they count against the window and decide the reasoning rule).
+    params = {k: v for k, v in record.params.items() if k in PLANNING_PARAMS}
+    tools = record.params.get("tools")
+    core = SessionCore(
+        dataclasses.replace(record, params=params),
+        wire_tools=tools if isinstance(tools, list) else (),
+    )
+    core.model_info = info
+    return core.plan().messages
 
 
 def event_payload(event: StreamEvent) -> tuple[str, bytes] | None:

@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
+from dskit.client._core import check_chat_params
 from dskit.gateway._answers import upstream_messages
 from dskit.gateway._callbacks import check_callback_url
 from dskit.gateway._deps import (
@@ -68,6 +69,7 @@ async def create_session(body: SessionCreate, gw: GatewayDep, who: Limited) -> S
     """Start a conversation owned by the caller."""
     params = body.parameters.model_dump(exclude_none=True)
     check_encodable([], params)
+    check_chat_params({"model": body.model, **params})
     record = SessionRecord(
         title=body.title or "", model=body.model, system=body.system, params=params
     )
@@ -124,7 +126,8 @@ async def post_message(
         )  # fmt: skip
     user = StoredMessage({"role": "user", "content": body.content})
     record.messages.append(user)
-    messages = upstream_messages(record)  # as ChatSession would; too big: a 400, unstored
+    info = await gw.client.model_info(record.model)
+    messages = upstream_messages(record, info)  # as ChatSession would; too big: a 400, unstored
     await charge_tokens(gw.token_limiter, who, messages)  # what is sent, as for /v1/chat
     record.version = await gw.store.aappend(session_id, [user], expected_version=record.version)
     answer_id = await gw.runner.start(record, messages, upstream_headers(request, gw), callback)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from dskit._validate import DEFAULT_MODEL
+from dskit._models import DEFAULT_MODEL
 
 MAX_CONTENT = 1_000_000
 
@@ -92,6 +92,12 @@ class SessionParams(BaseModel):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    thinking: bool | None = Field(
+        default=None, description="Thinking mode (DeepSeek's default: on)"
+    )
+    effort: Literal["low", "high", "max", "minimal", "medium", "xhigh", "ultra"] | None = Field(
+        default=None, description="Reasoning effort in thinking mode (aliases map to low/high/max)"
+    )
 
 
 class SessionCreate(BaseModel):

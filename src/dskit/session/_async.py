@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dskit._validate import DEFAULT_MODEL
+from dskit._models import DEFAULT_MODEL
 from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._streams import AsyncEventStream
 from dskit.client._types import ChatResult, StreamEvent, ToolCall
@@ -176,6 +176,7 @@ class AsyncChatSession(SessionViews):
 
     async def _plan(self, params: Mapping[str, Any]) -> Plan:
         core = self._core
+        core.model_info = await self.client.model_info(core.record.model)
         plan = core.plan(params.get("max_tokens"))
         if not plan.summarize:
             return plan

@@ -21,25 +21,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dskit._models import (
+    KNOWN_MODELS,
+    UNKNOWN_CONTEXT_WINDOW,
+    ModelInfo,
+    default_max_tokens,
+    migrate,
+)
 from dskit._tokens import estimate_message_tokens
-from dskit._validate import is_integer, is_reasoner
+from dskit._validate import is_integer
 from dskit.client._errors import ContextOverflowError, ValidationError
 
 Strategy = Literal["window", "summarize", "error"]
 STRATEGIES = ("window", "summarize", "error")
 
-# Context windows in tokens. deepseek-chat/-reasoner: 128K since V3.1 (64K on early V3);
-# the 2026 v4 models: 1M. Unknown models get the smallest documented window.
-DEFAULT_WINDOWS: dict[str, int] = {
-    "deepseek-chat": 128 * 1024,
-    "deepseek-reasoner": 128 * 1024,
-    "deepseek-v4-flash": 1024 * 1024,
-    "deepseek-v4-pro": 1024 * 1024,
-}
-UNKNOWN_WINDOW = 64 * 1024
-# Default max_tokens of the API, reserved for the reply when the caller sets none.
-CHAT_OUTPUT = 4 * 1024
-REASONER_OUTPUT = 32 * 1024
+# A model's window comes from `GET /models` (the client's `model_info`, cached); these
+# are the sheet's figures for a policy used without one (docs/sessions.md). Retired names
+# read as what they became; unknown models get `default_window`.
+DEFAULT_WINDOWS: dict[str, int] = {m.id: m.context_window for m in KNOWN_MODELS.values()}
+UNKNOWN_WINDOW = UNKNOWN_CONTEXT_WINDOW
 
 
 def _positive(name: str, value: Any, *, zero: bool = False) -> None:
@@ -74,15 +74,30 @@ class ContextPolicy:
         if self.reserve_output is not None:
             _positive("reserve_output", self.reserve_output, zero=True)
 
-    def window(self, model: str) -> int:
-        return self.windows.get(model) or DEFAULT_WINDOWS.get(model) or self.default_window
+    def window(self, model: str, info: ModelInfo | None = None) -> int:
+        """`windows[model]`, else what `GET /models` said (`info`), else the sheet's."""
+        known = info.context_window if info else DEFAULT_WINDOWS.get(migrate(model)[0])
+        return self.windows.get(model) or known or self.default_window
 
-    def budget(self, model: str, max_tokens: int | None = None) -> int:
-        """Tokens the prompt may use: window - reserved output - margin."""
+    def budget(
+        self,
+        model: str,
+        max_tokens: int | None = None,
+        *,
+        thinking: bool = True,
+        effort: str | None = None,
+        info: ModelInfo | None = None,
+    ) -> int:
+        """Tokens the prompt may use: window - reserved output - margin. Without
+        `max_tokens` the API's own default output budget is reserved (8K without
+        thinking, 64K with it, 128K at effort max), never more than the model's
+        largest output."""
         reserve = self.reserve_output
         if reserve is None:
-            reserve = max_tokens or (REASONER_OUTPUT if is_reasoner(model) else CHAT_OUTPUT)
-        return self.window(model) - reserve - self.margin
+            reserve = max_tokens or default_max_tokens(thinking, effort)
+            if info is not None:
+                reserve = min(reserve, info.max_output_tokens)
+        return self.window(model, info) - reserve - self.margin
 
 
 def group_turns(messages: Sequence[Mapping[str, Any]]) -> list[range]:

@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
+from dskit._models import ModelInfo, migrate
 from dskit._tokens import estimate_tokens
-from dskit._validate import check_chat_request, is_number, is_reasoner
-from dskit.client._core import API_PARAMS
+from dskit._validate import EFFORT_ALIASES, is_number
+from dskit.client._core import API_PARAMS, check_chat_params
 from dskit.client._errors import ToolError, ValidationError
 from dskit.client._types import ChatResult, ToolCall, Usage
 from dskit.session._context import ContextPolicy, Fit, TokenCounter, fit_turns, group_turns
@@ -32,7 +33,7 @@ SUMMARY_PROMPT = (
     "decisions, open questions and what the user wants. Write plain prose, at most 200 words."
 )
 # every API parameter but `tools`, which the session builds from its own tool table
-SESSION_PARAMS = frozenset(API_PARAMS) - {"tools"}
+SESSION_PARAMS = (frozenset(API_PARAMS) - {"tools"}) | {"thinking", "effort"}
 DEFAULT_TOOL_ROUNDS = 8
 
 
@@ -64,6 +65,7 @@ class SessionCore:
         record: SessionRecord,
         *,
         tools: Iterable[Tool | Any] = (),
+        wire_tools: Sequence[Mapping[str, Any]] = (),
         policy: ContextPolicy | None = None,
         max_tool_rounds: int = DEFAULT_TOOL_ROUNDS,
     ) -> None:
@@ -72,7 +74,9 @@ class SessionCore:
         self.record = record
         self.tools = tool_table(tools)
         # The `tools` entries sent with every request, built once: the tools are fixed.
+        # `wire_tools`: definitions in API form whose calls someone else runs (the gateway).
         self.definitions = [t.definition() for t in self.tools.values()]
+        self.definitions += [dict(d) for d in wire_tools]
         # ...and as a pseudo-message (none without tools): they count against the prompt too.
         self._tools_wire: list[dict[str, Any]] = (
             [{"role": "system", "content": orjson.dumps(self.definitions).decode()}]
@@ -87,6 +91,9 @@ class SessionCore:
         # summary or tool set changes the text, and the size is estimated again.
         self.fixed_tokens: dict[str, int] = {}
         self.usage_total = Usage()
+        # what `GET /models` says of the model (the shells ask the client before each
+        # turn); None: the sheet's figures
+        self.model_info: ModelInfo | None = None
 
     # ---- views -----------------------------------------------------------------------
 
@@ -114,12 +121,26 @@ class SessionCore:
         text = "\n\n".join(p for p in parts if p)
         return [{"role": "system", "content": text}] if text else []
 
+    @property
+    def thinking(self) -> bool:
+        """Whether this session's turns run in thinking mode (the API's default is on;
+        a session saved under a retired name keeps what that name meant)."""
+        chosen = self.record.params.get("thinking")
+        if isinstance(chosen, bool):
+            return chosen
+        implied = migrate(self.record.model)[1]
+        return True if implied is None else implied
+
+    @property
+    def effort(self) -> str | None:
+        effort = self.record.params.get("effort")
+        return EFFORT_ALIASES.get(effort) if isinstance(effort, str) else None
+
     def _wires(self, indices: Sequence[int]) -> list[dict[str, Any] | None]:
-        stored = self.record.messages
-        users = [i for i in indices if stored[i].role == "user"]
-        last_user = users[-1] if users else -1
-        thinking = is_reasoner(self.record.model)
-        return [wire_message(stored[i], thinking and i > last_user) for i in indices]
+        # DeepSeek's rule (Nov 2026): with tools in thinking mode, the reasoning of every
+        # earlier assistant turn goes back; otherwise none does.
+        keep = self.thinking and bool(self.definitions)
+        return [wire_message(self.record.messages[i], keep) for i in indices]
 
     def plan(self, max_tokens: int | None = None, *, allow_summary: bool = True) -> Plan:
         """What to send now, fitted to the budget (may ask for a summary first)."""
@@ -133,7 +154,7 @@ class SessionCore:
         strategy = self.policy.strategy
         if strategy == "summarize" and not allow_summary:
             strategy = "window"
-        budget = self.policy.budget(self.record.model, max_tokens or self._max_tokens())
+        budget = self._budget(max_tokens or self._max_tokens())
         fit = fit_turns(
             costs, group_turns(wires), fixed=fixed, budget=budget,
             max_turns=self.policy.max_turns, strategy=strategy,
@@ -147,6 +168,12 @@ class SessionCore:
     def _fixed_cost(self, wire: Mapping[str, Any]) -> int:
         """The size of the system head or the tool definitions (exact once observed)."""
         return self.counter.cost(self.fixed_tokens.get(wire["content"]), wire)
+
+    def _budget(self, max_tokens: int | None) -> int:
+        return self.policy.budget(
+            self.record.model, max_tokens, thinking=self.thinking, effort=self.effort,
+            info=self.model_info,
+        )  # fmt: skip
 
     def _max_tokens(self) -> int | None:
         value = self.record.params.get("max_tokens")
@@ -197,13 +224,10 @@ class SessionCore:
     def _check_values(self, params: Mapping[str, Any], model: str) -> None:
         """The client's own request rules, applied now: a bad value stored would make
         every later turn of the session fail."""
-        probe: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": " "}]}
-        probe.update(params)
+        probe: dict[str, Any] = {"model": model, **params}
         if self.tools:
             probe["tools"] = self.definitions
-        problem = check_chat_request(probe)
-        if problem is not None:
-            raise ValidationError(problem.message, param=problem.param)
+        check_chat_params(probe)
 
     def configured(self, changes: Mapping[str, Any], version: int) -> None:
         """Mirror a successful store `update`."""
@@ -321,7 +345,7 @@ class SessionCore:
 
     def summary_params(self) -> dict[str, Any]:
         """A short summary: at most a quarter of the budget, so the rest still fits."""
-        budget = self.policy.budget(self.record.model, self._max_tokens())
+        budget = self._budget(self._max_tokens())
         return {"model": self.record.model, "max_tokens": max(64, min(budget // 4, 1024))}
 
     def summary_message(self, plan: Plan, result: ChatResult) -> StoredMessage:
@@ -335,13 +359,16 @@ class SessionCore:
 def wire_message(stored: StoredMessage, keep_reasoning: bool) -> dict[str, Any] | None:
     """The dict sent to the API for a stored message, or None when it must be left out.
 
-    Reasoning is shown to the user but not resent, except on thinking-mode turns of the
-    current exchange that called tools, where the API requires it. An incomplete answer
-    is resent as text only: its tool calls never got results.
+    Reasoning is always stored; it is resent only when `keep_reasoning` (tools in
+    thinking mode, where the API requires it on every assistant turn: a turn that had
+    none sends an empty one). An incomplete answer is resent as text only: its tool
+    calls never got results.
     """
     wire = {k: v for k, v in stored.message.items() if k in WIRE_KEYS}
-    if not (keep_reasoning and wire.get("tool_calls")):
+    if not keep_reasoning:
         wire.pop("reasoning_content", None)
+    elif wire.get("role") == "assistant" and wire.get("reasoning_content") is None:
+        wire["reasoning_content"] = ""
     if stored.incomplete:
         wire.pop("tool_calls", None)
         if not wire.get("content"):
@@ -444,6 +471,11 @@ class SessionViews:
     @property
     def params(self) -> dict[str, Any]:
         return dict(self._core.record.params)
+
+    @property
+    def thinking(self) -> bool:
+        """Whether this session's answers come in thinking mode (DeepSeek's default)."""
+        return self._core.thinking
 
     @property
     def title(self) -> str:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dskit._validate import DEFAULT_MODEL
+from dskit._models import DEFAULT_MODEL
 from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._streams import EventStream
 from dskit.client._types import ChatResult, StreamEvent, ToolCall
@@ -168,6 +168,7 @@ class ChatSession(SessionViews):
 
     def _plan(self, params: Mapping[str, Any]) -> Plan:
         core = self._core
+        core.model_info = self.client.model_info(core.record.model)
         plan = core.plan(params.get("max_tokens"))
         if not plan.summarize:
             return plan

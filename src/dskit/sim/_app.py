@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from dskit._models import CURRENT_MODELS
 from dskit.sim._cache import PrefixCache
 from dskit.sim._completions import chat, fim
 from dskit.sim._config import SimConfig
@@ -91,7 +92,7 @@ class Request:
 
 
 async def _models(app: SimApp, request: Request, send: Send) -> None:
-    data = [{"id": m, "object": "model", "owned_by": "deepseek"} for m in app.config.models]
+    data = [m.to_wire() for m in CURRENT_MODELS if m.id in app.config.models]
     await app.send_json(send, request, 200, orjson.dumps({"object": "list", "data": data}))
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from dskit._tokens import estimate_tokens
-from dskit._validate import is_reasoner
+from dskit._validate import thinking_enabled
 from dskit.sim._cache import CacheResult
 from dskit.sim._faults import ControlError, Controls, parse_controls, random_fault
 from dskit.sim._plan import Reply, is_prefix_message, plan_chat, plan_fim, truncate
@@ -167,7 +167,7 @@ async def _respond(
     encoder = (
         TextChunkEncoder(env, include)
         if fim
-        else ChunkEncoder(env, include, is_reasoner(data["model"]))
+        else ChunkEncoder(env, include, thinking_enabled(data))
     )
     await _stream(app, request, send, shape(encoder, encoder.events(reply, usage), c), timing)
 

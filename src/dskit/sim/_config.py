@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dskit._validate import is_reasoner
+from dskit._models import KNOWN_MODELS, MAX_OUTPUT_TOKENS
 
-DEFAULT_MODELS = ("deepseek-chat", "deepseek-reasoner")
+# the names the API accepts (current and legacy flash names); retired ones get 400
+DEFAULT_MODELS = tuple(KNOWN_MODELS)
 
 # Fault kinds that `fault_rate` draws from (also the `--fault` choices of `dskit sim`).
 FAULT_KINDS = (
@@ -22,8 +23,6 @@ FAULT_KINDS = (
     "queue",  # held in the queue with keep-alives before inference
 )
 
-CHAT_MAX_TOKENS = 8192
-REASONER_MAX_TOKENS = 65536
 FIM_MAX_TOKENS = 4096
 
 
@@ -70,5 +69,6 @@ class SimConfig:
         return self.faults or FAULT_KINDS
 
     def max_tokens_limit(self, model: str) -> int:
-        """The largest max_tokens a model accepts (the reasoner's includes its thinking)."""
-        return REASONER_MAX_TOKENS if is_reasoner(model) else CHAT_MAX_TOKENS
+        """The largest max_tokens a model accepts (reasoning counts inside it)."""
+        known = KNOWN_MODELS.get(model)
+        return known.max_output_tokens if known else MAX_OUTPUT_TOKENS

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from dskit._tokens import content_text
-from dskit._validate import is_reasoner
+from dskit._validate import effort_of, thinking_enabled
 from dskit.sim._schema import value_for
 from dskit.sim._text import apply_stop, cut_chars, digest, generate, is_mostly_cjk, rng_for
 from dskit.sim._text import split_pieces as pieces_of
@@ -91,13 +91,18 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
+# how long the simulated reasoning runs, in words, by effort (documented in docs/simulator.md)
+REASONING_WORDS = {"low": (10, 40), "high": (30, 150), "max": (120, 300)}
+
+
 def _natural(
     body: Mapping[str, Any], base: Sequence[Mapping[str, Any]], seed: bytes, chinese: bool
 ) -> Reply:
     reasoning: list[str] = []
-    if is_reasoner(body["model"]):
+    if thinking_enabled(body):
         rng = rng_for(seed, "reasoning")
-        reasoning = generate(rng, rng.randint(30, 150), chinese)
+        low, high = REASONING_WORDS[effort_of(body) or "high"]
+        reasoning = generate(rng, rng.randint(low, high), chinese)
     if base and base[-1].get("role") == "tool":
         return Reply(reasoning, _quote_results(base, seed, chinese))
     calls = _plan_calls(body, base, seed)

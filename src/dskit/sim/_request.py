@@ -13,19 +13,23 @@ from typing import Any
 
 import orjson
 
+from dskit._models import CURRENT_MODELS
 from dskit._validate import (
+    EFFORT_ALIASES,
+    ROLES,
     Problem,
     check_chat_request,
     check_fim_request,
     is_integer,
     is_number,
-    is_reasoner,
+    thinking_enabled,
 )
 from dskit.sim._config import FIM_MAX_TOKENS, SimConfig
 from dskit.sim._plan import is_prefix_message
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 _DESERIALIZE = "Failed to deserialize the JSON body into the target type"
+CURRENT_IDS = frozenset(m.id for m in CURRENT_MODELS)
 
 
 class RequestError(Exception):
@@ -99,6 +103,10 @@ def _obj(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+def _thinking(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") in ("enabled", "disabled")
+
+
 def _content(value: Any) -> bool:
     return isinstance(value, str | list)
 
@@ -121,6 +129,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "user_id": (_optional(_str), "a string"),
     "suffix": (_optional(_str), "a string"),
     "echo": (_optional(lambda v: isinstance(v, bool)), "a boolean"),
+    "thinking": (_optional(_thinking), "struct ThinkingOptions"),
 }
 _MESSAGE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "role": (_str, "a string"),
@@ -162,8 +171,26 @@ def _check_message_types(index: int, message: Any) -> None:
     if "role" not in message:
         raise RequestError(422, f"{_DESERIALIZE}: {where}: missing field `role`")
     _check_fields(message, _MESSAGE_FIELDS, f"{where}.")
+    if message["role"] not in ROLES:
+        expected = ", ".join(f"`{r}`" for r in ROLES)
+        raise RequestError(
+            422,
+            f"{_DESERIALIZE}: {where}.role: unknown variant `{message['role']}`, "
+            f"expected one of {expected} at line 1 column 1",
+        )
     for position, call in enumerate(message.get("tool_calls") or ()):
         _check_call(f"{where}.tool_calls[{position}]", call)
+
+
+def _check_effort(effort: Any) -> None:
+    if effort is None or effort in EFFORT_ALIASES or effort == "none":
+        return
+    variants = ", ".join(f"`{e}`" for e in (*EFFORT_ALIASES, "none"))
+    raise RequestError(
+        422,
+        f"{_DESERIALIZE}: reasoning_effort: unknown variant {_kind(effort)}, "
+        f"expected one of {variants}",
+    )
 
 
 def check_types(body: Mapping[str, Any], required: tuple[str, ...]) -> None:
@@ -174,6 +201,7 @@ def check_types(body: Mapping[str, Any], required: tuple[str, ...]) -> None:
     if not isinstance(body.get("model", ""), str):
         raise _bad("model", body["model"], "a string")
     _check_fields(body, _FIELDS, "")
+    _check_effort(body.get("reasoning_effort"))
     if "messages" in body:
         if not isinstance(body["messages"], list):
             raise _bad("messages", body["messages"], "a sequence")
@@ -195,7 +223,10 @@ def check_types(body: Mapping[str, Any], required: tuple[str, ...]) -> None:
 def _known_model(body: Mapping[str, Any], config: SimConfig) -> str:
     model: str = body["model"]
     if model not in config.models:
-        raise RequestError(400, "Model Not Exist", "model")
+        supported = ", ".join(m for m in config.models if m in CURRENT_IDS) or "none"
+        raise RequestError(
+            400, f"The supported API model names are {supported}, but you passed {model}."
+        )
     return model
 
 
@@ -234,6 +265,7 @@ def check_fim(body: dict[str, Any], config: SimConfig) -> None:
     if not isinstance(body["prompt"], str):
         raise _bad("prompt", body["prompt"], "a string")
     _raise_problem(check_fim_request(body))
-    if is_reasoner(_known_model(body, config)):
-        raise RequestError(400, "FIM completion is only available for deepseek-chat", "model")
+    _known_model(body, config)
+    if "thinking" in body and thinking_enabled(body):
+        raise RequestError(400, "FIM completion is not available in thinking mode", "thinking")
     _max_tokens_within(body, FIM_MAX_TOKENS)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dskit._validate import DEFAULT_MODEL
+from dskit._models import DEFAULT_MODEL
 from dskit.client._errors import DSKitError
 
 EXPORT_FORMAT = "dskit-session"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dskit._validate import DEFAULT_MODEL
+from dskit._models import DEFAULT_MODEL
 from dskit.store._base import DEFAULT_LIMIT, ExportMixin, check_limit
 from dskit.store._model import (
     SessionConflictError,
