@@ -89,8 +89,28 @@ def main(argv: list[str]) -> int:
     if command == "test":
         return run_tests(rest)
     dskit_args = rest if command == "dskit" else ["chat", *rest]
-    return _run(BIN / "dskit", *dskit_args, check=False)
+    return _become(BIN / "dskit", *dskit_args)
+
+
+def _become(program: Path, *args: str) -> int:
+    """Run `program` as this very process (exec), so Ctrl-C, exit codes and the terminal
+    behave exactly as when it is run directly; where exec is not native (Windows), a
+    child that alone handles Ctrl-C."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name != "nt":
+        os.execv(program, [str(program), *args])
+    with subprocess.Popen([str(program), *args], cwd=ROOT) as child:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # the child got it too and decides what it means
+                continue
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        _say("interrupted")
+        sys.exit(130)

@@ -26,6 +26,11 @@ BOOT = (
     "faulthandler.register(signal.SIGUSR1, all_threads=True); "
     "sys.argv = ['dskit', *sys.argv[1:]]; from dskit.cli import main; main()"
 )
+# The same terminal set-up, then exec any program (`argv[1:]`), e.g. `python3 dev.py chat`.
+EXEC = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 ANSI = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: titles, links
@@ -45,13 +50,16 @@ def squash(text: str) -> str:
 
 class Terminal:
     def __init__(
-        self, args: Sequence[str], env: Mapping[str, str], *, cols: int = 120, rows: int = 40
-    ) -> None:
+        self, args: Sequence[str], env: Mapping[str, str], *, cols: int = 120, rows: int = 40,
+        program: Sequence[str] = (), cwd: str | None = None,
+    ) -> None:  # fmt: skip
+        """`dskit ARGS` in a new terminal; with `program`, that command line instead."""
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        boot = ["-c", EXEC, *program] if program else ["-c", BOOT]
         self.process = subprocess.Popen(
-            [sys.executable, "-c", BOOT, *args], stdin=slave, stdout=slave, stderr=slave,
-            env=dict(env), start_new_session=True, close_fds=True,
+            [sys.executable, *boot, *args], stdin=slave, stdout=slave, stderr=slave,
+            env=dict(env), start_new_session=True, close_fds=True, cwd=cwd,
         )  # fmt: skip
         os.close(slave)
         self.fd = master

@@ -8,7 +8,10 @@ Ctrl-D, then `dskit chat --continue` picking the conversation up in a new proces
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import termios
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +186,23 @@ def test_spinner_says_queueing_and_retrying(home, env, faults, status):
         term.expect(status)
         term.expect(FOOTER)  # and then the answer came
         assert term.wait() == 0
+
+
+def test_the_quick_start_command_handles_ctrl_c_like_dskit_itself(home, env):
+    """`python3 dev.py chat` becomes `dskit chat` (exec): Ctrl-C stops the answer, not
+    dev.py, and Ctrl-D exits 0 with no traceback."""
+    root = Path(__file__).resolve().parents[2]
+    python3 = shutil.which("python3") or sys.executable
+    command = [python3, str(root / "dev.py"), "chat"]
+    args = ["--no-think", "--sim-token-ms", "20", *STALL_ONCE]
+    with Terminal(args, env, program=command, cwd=str(root)) as term:
+        term.expect(PROMPT)
+        term.send("tell me a story\r")
+        wait_until(lambda: answer_growing(home, "tell me a story"), timeout=15)
+        term.send("\x03")
+        term.expect(r"\[interrupted: the answer stopped here; the partial answer is kept\]")
+        term.expect(PROMPT)
+        term.send("\x04")
+        term.expect("Bye. Session saved")
+        assert term.wait() == 0
+        assert "Traceback" not in term.text and "KeyboardInterrupt" not in term.text
