@@ -7,9 +7,14 @@ simulator and the gateway are imported only where they are used).
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from dskit._version import __version__
+
+# A library leaves its log to the application: without a handler of its own, Python's
+# last-resort handler would print every warning (a retry, a resume) on stderr.
+logging.getLogger("dskit").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from dskit._models import ModelInfo

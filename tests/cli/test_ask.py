@@ -7,6 +7,9 @@ Faults come from the simulator's X-Sim-* request headers, passed with the hidden
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -165,3 +168,34 @@ def test_base_url_without_a_key_talks_to_that_server(cli, sim):
 def test_deepseek_without_a_key_is_a_config_error(cli):
     result = cli("ask", "--base-url", "https://api.deepseek.com", "hi")
     assert result.exit_code == 2 and "Error:" in result.stderr
+
+
+def _dskit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`dskit ARGS` in a process of its own: logging as a user gets it (pytest's own log
+    capture is not there to hide what the library prints)."""
+    command = [sys.executable, "-c", "from dskit.cli import main; main()", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def sim_env(sim, home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEK_")}
+    env.update(DSKIT_HOME=str(home.root), DSKIT_CONFIG=str(home.config))
+    env.update(DEEPSEEK_API_KEY="sk-test-0123456789abcdef", DEEPSEEK_BASE_URL=sim.base_url)
+    return env
+
+
+def test_each_retry_is_reported_once_by_the_cli_not_by_library_logging(sim_env):
+    args = ["--max-retries", "2", *NO_WAIT, "--header", "X-Sim-Status:503"]
+    result = _dskit("ask", *args, "hi", env=sim_env)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.count("retrying in") == 2  # the CLI's own line, once per retry
+    assert "retry 1 in" not in result.stderr  # the library's log stays the application's
+
+
+def test_debug_shows_the_librarys_log_and_the_traceback(sim_env):
+    args = ["--max-retries", "1", *NO_WAIT, "--header", "X-Sim-Status:503"]
+    result = _dskit("--debug", "ask", *args, "hi", env=sim_env)
+    assert result.returncode == 5
+    assert "retry 1 in" in result.stderr and "Traceback" in result.stderr
+    assert "sk-test-0123456789abcdef" not in result.stderr

@@ -38,8 +38,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dskit")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Print dskit's log and the traceback of errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """dskit: chat with DeepSeek from the terminal, serve it to front ends, or simulate it.
 
     Without DEEPSEEK_API_KEY every command runs on the built-in offline simulator.
     """
+    if debug:
+        from dskit.cli._common import enable_debug
+
+        enable_debug(ctx)

@@ -3,7 +3,9 @@ store, exit codes and error output. Heavy imports stay inside the functions."""
 
 from __future__ import annotations
 
+import logging
 import os
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,9 +93,34 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_ERROR
 
 
+DEBUG = "dskit.debug"  # the click context's meta key set by `dskit --debug`
+
+
+def enable_debug(ctx: click.Context) -> None:
+    """`--debug`: dskit's log on stderr (the configured key scrubbed), and tracebacks."""
+    ctx.meta[DEBUG] = True
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("dskit")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines with API keys scrubbed: key-shaped text and the configured key itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), os.environ.get("DEEPSEEK_API_KEY"))
+
+
 def fail(exc: BaseException, settings: Settings | None = None) -> click.exceptions.Exit:
-    """Print a one-line error (key scrubbed) on stderr; return the exit to raise."""
+    """Print a one-line error (key scrubbed) on stderr; return the exit to raise. With
+    `--debug` the traceback comes first."""
     key = settings.api_key if settings else None
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().meta.get(DEBUG):
+        trace = "".join(traceback.format_exception(exc))
+        click.echo(redact(trace, key or os.environ.get("DEEPSEEK_API_KEY")), err=True)
     click.echo(f"Error: {redact(str(exc), key)}", err=True)
     return click.exceptions.Exit(exit_code_for(exc))
 
