@@ -20,6 +20,7 @@ from dskit._validate import effort_of, thinking_enabled
 from dskit.sim._schema import value_for
 from dskit.sim._text import apply_stop, cut_chars, digest, generate, is_mostly_cjk, rng_for
 from dskit.sim._text import split_pieces as pieces_of
+from dskit.sim._tools import Hints, choose_tools
 
 MAX_QUOTE = 4000
 
@@ -160,32 +161,21 @@ def _plan_calls(
     choice = body.get("tool_choice") or "auto"
     if not tools or choice == "none":
         return []
+    text = _last_user_text(base)
     if isinstance(choice, Mapping):
         chosen = [t for t in tools if t["function"]["name"] == choice["function"]["name"]][:1]
     else:
-        chosen = _mentioned(tools, _last_user_text(base))
+        chosen = choose_tools(tools, text)
         if not chosen and choice == "required":
             chosen = tools[:1]
     rng = rng_for(seed, "tools")
-    return [_call(tool["function"], index, rng) for index, tool in enumerate(chosen)]
+    hints = Hints.of(text)
+    return [_call(tool["function"], index, rng, hints) for index, tool in enumerate(chosen)]
 
 
-def _mentioned(tools: list[Mapping[str, Any]], text: str) -> list[Mapping[str, Any]]:
-    """The tools whose names the text mentions, in the order it mentions them."""
-    lowered = text.lower()
-    found = []
-    for tool in tools:
-        name = str(tool["function"]["name"]).lower()
-        spaced = name.replace("_", " ")
-        positions = [p for p in (lowered.find(name), lowered.find(spaced)) if p >= 0]
-        if positions:
-            found.append((min(positions), tool))
-    return [tool for _, tool in sorted(found, key=lambda pair: pair[0])]
-
-
-def _call(function: Mapping[str, Any], index: int, rng: Any) -> PlannedCall:
+def _call(function: Mapping[str, Any], index: int, rng: Any, hints: Hints) -> PlannedCall:
     schema = function.get("parameters") or {"type": "object", "properties": {}}
-    value = value_for(schema, rng)
+    value = hints.fill(schema, value_for(schema, rng))
     arguments = orjson.dumps(value if isinstance(value, dict) else {}).decode()
     fragments = []
     position = 0
