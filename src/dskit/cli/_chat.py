@@ -28,6 +28,7 @@ from dskit.cli._common import (
     store_option,
 )
 from dskit.cli._render import PlainView, RichView, View, make_console
+from dskit.cli._safe import visible
 from dskit.cli._turn import run_turn
 from dskit.client._errors import DSKitError, redact
 from dskit.config import Settings
@@ -128,7 +129,7 @@ class ChatState:
         return PlainView(think=self.think)
 
     def say(self, text: str, style: str = "dim") -> None:
-        self.console.print(text, style=style, markup=False, highlight=False)
+        self.console.print(visible(text), style=style, markup=False, highlight=False)
 
     def error(self, exc: BaseException) -> None:
         self.say(f"Error: {redact(str(exc), self.settings.api_key)}", style="bold red")

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import click
 
 from dskit._validate import EFFORT_ALIASES
+from dskit.cli._safe import visible
 from dskit.client._errors import (
     APIConnectionError,
     AuthenticationError,
@@ -121,7 +122,7 @@ def fail(exc: BaseException, settings: Settings | None = None) -> click.exceptio
     if ctx is not None and ctx.find_root().meta.get(DEBUG):
         trace = "".join(traceback.format_exception(exc))
         click.echo(redact(trace, key or os.environ.get("DEEPSEEK_API_KEY")), err=True)
-    click.echo(f"Error: {redact(str(exc), key)}", err=True)
+    click.echo(f"Error: {visible(redact(str(exc), key))}", err=True)
     return click.exceptions.Exit(exit_code_for(exc))
 
 

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import orjson
 
 from dskit.cli._pricing import estimated_footer, footer
+from dskit.cli._safe import json_visible, visible
 from dskit.client._types import (
     ChatResult,
     ContentDelta,
@@ -90,7 +91,7 @@ def event_dict(event: StreamEvent) -> dict[str, Any]:
 
 
 def dumps_line(data: Any) -> str:
-    return orjson.dumps(data).decode()
+    return json_visible(orjson.dumps(data).decode())
 
 
 class JsonLinesView:
@@ -134,13 +135,13 @@ class PlainView:
 
     def handle(self, event: StreamEvent) -> None:
         if isinstance(event, ContentDelta) and event.text:
-            self.out.write(event.text)
+            self.out.write(visible(event.text))
             self.out.flush()
             self.ended_with_newline = event.text.endswith("\n")
         elif isinstance(event, ReasoningDelta) and self.think:
-            sys.stderr.write(event.text)
+            sys.stderr.write(visible(event.text))
         elif isinstance(event, Retrying):
-            sys.stderr.write(f"retrying in {event.delay:.1f}s: {event.reason}\n")
+            sys.stderr.write(f"retrying in {event.delay:.1f}s: {visible(event.reason)}\n")
 
     def finish(self, result: ChatResult | None, *, note: str | None = None) -> None:
         if not self.ended_with_newline:
@@ -241,7 +242,7 @@ class RichView:
     def _print_reasoning(self, text: str) -> None:
         from rich.text import Text
 
-        self.console.print(Text(text.rstrip("\n"), style="dim italic"))
+        self.console.print(Text(visible(text.rstrip("\n")), style="dim italic"))
 
     def _print_markdown(self, text: str) -> None:
         if text.strip():
@@ -255,7 +256,7 @@ class RichView:
 
         parts: list[RenderableType] = []
         if self.reasoning:
-            parts.append(Text(self.reasoning, style="dim italic"))
+            parts.append(Text(visible(self.reasoning), style="dim italic"))
         if self.content.strip():
             parts.append(_markdown(self.content))
         if self.status or not self.started:
@@ -292,10 +293,11 @@ class RichView:
 def _markdown(text: str) -> RenderableType:
     from rich.markdown import Markdown
 
-    return Markdown(text, code_theme="monokai")
+    return Markdown(visible(text), code_theme="monokai")
 
 
 def _short(reason: str, limit: int = 60) -> str:
+    reason = visible(reason)
     return reason if len(reason) <= limit else reason[: limit - 1] + "…"
 
 

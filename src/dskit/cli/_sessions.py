@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from dskit.cli._common import EXIT_USAGE, fail, store_from, store_option
+from dskit.cli._common import fail, store_from, store_option
+from dskit.cli._safe import json_visible, visible
 from dskit.client._errors import DSKitError
 from dskit.store import (
     SessionConflictError,
@@ -96,12 +97,12 @@ def list_cmd(limit: int, search: str | None, as_json: bool, store: str | None) -
         except DSKitError as exc:
             raise fail(exc) from None
     if as_json:
-        click.echo(json.dumps([asdict(info) for info in found], ensure_ascii=False, indent=2))
+        _echo_json([asdict(info) for info in found])
         return
     if not found:
         click.echo("No sessions yet. Start one with: dskit chat", err=True)
     for info in found:
-        title = info.title or "(untitled)"
+        title = visible(info.title) or "(untitled)"
         click.echo(f"{info.id[:12]}  {when(info.updated)}  {info.message_count:>4} msgs  {title}")
 
 
@@ -120,9 +121,9 @@ def show_cmd(session_id: str, as_json: bool, store: str | None) -> None:
     with store_from(store) as backend:
         record = _load(backend, session_id)
     if as_json:
-        click.echo(json.dumps(export_record(record), ensure_ascii=False, indent=2))
+        _echo_json(export_record(record))
         return
-    text = to_markdown(record)
+    text = visible(to_markdown(record))
     if sys.stdout.isatty():
         from rich.markdown import Markdown
 
@@ -131,6 +132,11 @@ def show_cmd(session_id: str, as_json: bool, store: str | None) -> None:
         make_console().print(Markdown(text))
     else:
         click.echo(text, nl=False)
+
+
+def _echo_json(data: Any) -> None:
+    """JSON on stdout, readable (not ASCII-escaped) yet safe for a terminal."""
+    click.echo(json_visible(json.dumps(data, ensure_ascii=False, indent=2)))
 
 
 def _load(store: SessionStore, ref: str) -> SessionRecord:
@@ -154,9 +160,10 @@ def delete_cmd(session_id: str, yes: bool, store: str | None) -> None:
     """
     with store_from(store) as backend:
         record = _load(backend, session_id)
-        label = f"{record.id[:12]} ({record.title or 'untitled'})"
+        label = f"{record.id[:12]} ({visible(record.title) or 'untitled'})"
         if not yes and not click.confirm(f"Delete session {label}?", err=True):
-            raise click.exceptions.Exit(EXIT_USAGE)
+            click.echo("Kept it.", err=True)  # an answer, not an error
+            return
         backend.delete(record.id)
     click.echo(f"Deleted session {label}.", err=True)
 
@@ -177,8 +184,8 @@ def export_cmd(session_id: str, output: str | None, markdown: bool, store: str |
     with store_from(store) as backend:
         record = _load(backend, session_id)
     text = to_markdown(record) if markdown else json.dumps(export_record(record), indent=2) + "\n"
-    if output is None:
-        click.echo(text, nl=False)
+    if output is None:  # a terminal or a pipe: shown safely; a file keeps the bytes
+        click.echo(visible(text) if markdown else json_visible(text), nl=False)
         return
     with open(output, "w", encoding="utf-8") as handle:
         handle.write(text)
