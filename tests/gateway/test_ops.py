@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,52 @@ def test_dskit_serve_runs_the_simulator_and_says_so(tmp_path: Path) -> None:
     assert "simulator-banner" in page
     lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any("OFFLINE SIMULATOR" in x["message"] and x["level"] == "warning" for x in lines)
+
+
+def _serve(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "DSKIT_HOME": str(tmp_path), "DSKIT_CONFIG": str(tmp_path / "c.toml")}
+    for name in ("DEEPSEEK_API_KEY", "DEEPSEEK_BASE_URL", "DSKIT_GATEWAY_REDIS"):
+        env.pop(name, None)
+    command = [str(Path(sys.executable).parent / "dskit"), "serve", *args]
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_serve_on_port_0_says_where_it_listens_and_what_it_uses(tmp_path: Path) -> None:
+    seen: list[str] = []
+    with _serve(tmp_path, "--port", "0") as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the process's own log, read as it comes
+            seen.append(line)
+            found = re.search(r"running on (http://127\.0\.0\.1:(\d+))", line)
+            if found:
+                break
+        assert found is not None and found.group(2) != "0", "".join(seen)
+        ok = httpx2.get(found.group(1) + "/healthz", timeout=5).status_code == 200
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert ok
+    said = "".join(seen)
+    assert "OFFLINE SIMULATOR" in said and "sessions: SQLiteStore(" in said
+    assert "auth: off" in said
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--store", "{tmp}"], 1, "is a directory"),
+        (["--fallback", "bogus"], 2, "a fallback is http(s)://URL, model:NAME"),
+        (["--redis", "redis://127.0.0.1:{dead}/0"], 1, "cannot reach Redis at"),
+    ],
+)
+def test_serve_refuses_what_cannot_work_in_one_line(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    filled = [a.format(tmp=tmp_path, dead=free_port()) for a in args]
+    proc = _serve(tmp_path, "--port", "0", *filled)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err
+    assert message in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("Error:")
 
 
 def test_alert_rules_parse_and_use_exported_metrics(gateway: GatewayServer) -> None:

@@ -26,15 +26,16 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 
 def test_fallback_specs() -> None:
     upstreams = parse_upstreams(
-        "http://main", ["http://b:1", "model:deepseek-chat", "http://c#model:x"]
+        "http://main", ["http://b:1", "model:deepseek-v4-pro", "http://c#model:x"]
     )
     assert upstreams == [
         Upstream("primary", "http://main"), Upstream("fallback1", "http://b:1"),
-        Upstream("fallback2", "http://main", "deepseek-chat"),
+        Upstream("fallback2", "http://main", "deepseek-v4-pro"),
         Upstream("fallback3", "http://c", "x"),
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="URL or model"):
-        parse_upstreams(None, [""])
+    for bad in ("", "bogus", "model:", "http://c#bogus"):  # a bare word was taken as a model
+        with pytest.raises(ValueError, match="a fallback is http"):
+            parse_upstreams(None, [bad])
     with pytest.raises(ValueError, match="invalid fallback URL"):
         parse_upstreams(None, ["ftp://x#model:y"])
 

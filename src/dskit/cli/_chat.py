@@ -284,12 +284,13 @@ def _reader(state: ChatState) -> Callable[[], str]:
     def _newline(event: Any) -> None:
         event.current_buffer.insert_text("\n")
 
+    from dskit._files import private_file
     from dskit.store import default_store_path
 
-    directory = default_store_path().parent  # $DSKIT_HOME, else the user data dir
-    directory.mkdir(parents=True, exist_ok=True)
+    history = default_store_path().parent / HISTORY_FILE  # $DSKIT_HOME, else the data dir
+    private_file(history)  # what you typed is as private as the conversations
     prompt: PromptSession[str] = PromptSession(
-        history=FileHistory(str(directory / HISTORY_FILE)), key_bindings=bindings
+        history=FileHistory(str(history)), key_bindings=bindings
     )
     return lambda: prompt.prompt(PROMPT)
 

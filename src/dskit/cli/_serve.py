@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dskit.cli._common import freeze_startup_heap
+from dskit.cli._common import fail, freeze_startup_heap
 from dskit.cli._keys import KEYS_DB
 
 if TYPE_CHECKING:
@@ -91,12 +91,35 @@ def serve(
         raise click.UsageError(str(exc)) from None
     configure_logging(settings.log_format, getattr(logging, log_level.upper()))
     _check_bind(settings)
-    from dskit.client._errors import ConfigError
+    from dskit.client._errors import ConfigError, DSKitError
 
     try:
+        _preflight(settings)
         run(settings)
     except ConfigError as exc:  # a bad --store or --redis URL: one line, not a traceback
         raise click.UsageError(str(exc)) from None
+    except DSKitError as exc:  # a store that cannot open, a Redis that does not answer
+        raise fail(exc) from None
+
+
+def _preflight(settings: GatewaySettings) -> None:
+    """Fail at once, in one line, on what would otherwise fail every request: a Redis
+    that does not answer (the store is opened by `create_app`, before serving)."""
+    if not settings.redis:
+        return
+    import redis
+
+    from dskit.store import StoreUnavailableError
+    from dskit.store._model import redact_url
+
+    client = redis.Redis.from_url(settings.redis, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        where = redact_url(settings.redis)
+        raise StoreUnavailableError(f"cannot reach Redis at {where}: {exc}") from None
+    finally:
+        client.close()
 
 
 def _check_bind(settings: GatewaySettings) -> None:

@@ -23,7 +23,7 @@ from dskit.gateway._ratelimit import RateLimiter
 from dskit.gateway._routes_openai import FastChatCompletions
 from dskit.gateway._routes_openai import router as openai_router
 from dskit.gateway._routes_sessions import router as sessions_router
-from dskit.gateway._scale import outage_errors
+from dskit.gateway._scale import REDIS_RETRY_AFTER, outage_errors, redis_answers
 from dskit.gateway._schemas import ErrorResponse, GatewayInfo, LoginRequest
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._state import Gateway
@@ -140,9 +140,14 @@ def _install_operations(app: FastAPI) -> None:
 
     @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorResponse}})
     async def readyz(gw: GatewayDep) -> Response:
-        """Readiness: the upstream client is set up."""
+        """Readiness: the upstream client is set up and, with --redis, Redis answers."""
         if not gw.ready:
             return error_response(GatewayError(503, "starting", "server_error", code="starting"))
+        if gw.redis is not None and not await redis_answers(gw.redis.client):
+            return error_response(GatewayError(
+                503, "the shared store (Redis) is unavailable", "server_error",
+                code="store_unavailable", retry_after=REDIS_RETRY_AFTER,
+            ))  # fmt: skip
         return JSONResponse({"status": "ready", "upstream": gw.mode})
 
     @app.get("/metrics", tags=["operations"], response_class=Response)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from dskit._files import private_file
 from dskit.client._errors import ValidationError
 
 KEY_PREFIX = "sk-gw-"
@@ -71,7 +72,7 @@ class KeyStore:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_keys_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # key hashes and who owns which session: the owner's only
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")

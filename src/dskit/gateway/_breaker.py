@@ -136,11 +136,13 @@ def parse_upstreams(primary: str | None, fallbacks: Sequence[str]) -> list[Upstr
     upstreams = [Upstream("primary", primary)]
     for index, spec in enumerate(fallbacks, 1):
         url, _, model = spec.partition("#") if "://" in spec else ("", "", spec)
-        model = model.removeprefix("model:") if model else ""
         if url and not re.match(r"^https?://[^\s/]+", url):
             raise ValueError(f"invalid fallback URL {url!r}")
-        if not url and not model:
-            raise ValueError(f"a fallback needs a URL or model:NAME, got {spec!r}")
+        if (model and not model.startswith("model:")) or model == "model:" or not (url or model):
+            raise ValueError(
+                f"a fallback is http(s)://URL, model:NAME or URL#model:NAME, got {spec!r}"
+            )
+        model = model.removeprefix("model:")
         upstreams.append(Upstream(f"fallback{index}", url or primary, model or None))
     return upstreams
 

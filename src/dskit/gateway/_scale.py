@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dskit.gateway")
 CACHE_HEADER = "X-Dskit-Cache"
 REDIS_RETRY_AFTER = 2.0
+READY_PING_SECONDS = 1.0
 
 
 # ---- Redis ---------------------------------------------------------------------------------
@@ -86,13 +87,25 @@ class RedisParts:
         await self.log.aclose()
 
 
+async def redis_answers(client: redis.asyncio.Redis) -> bool:
+    """Whether Redis answers a PING within a second (for /readyz)."""
+    try:
+        async with asyncio.timeout(READY_PING_SECONDS):
+            await client.ping()
+    except Exception:  # unreachable, timed out, refused: not ready, whatever the reason
+        return False
+    return True
+
+
 def redis_down(exc: BaseException) -> GatewayError | None:
     """A 503 for a Redis that cannot be reached (None: not a Redis connection problem)."""
     try:
         from redis.exceptions import ConnectionError, TimeoutError
     except ImportError:  # pragma: no cover - redis is an optional extra
         return None
-    if not isinstance(exc, ConnectionError | TimeoutError):
+    from dskit.store import StoreUnavailableError
+
+    if not isinstance(exc, ConnectionError | TimeoutError | StoreUnavailableError):
         return None
     return GatewayError(
         503, "the shared store (Redis) is unavailable; retry shortly", "server_error",

@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from dskit._net import is_loopback
 from dskit.gateway._breaker import BreakerSettings, parse_upstreams
 from dskit.gateway._redis_log import DEFAULT_LEASE, DEFAULT_NAMESPACE
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 ENV_PREFIX = "DSKIT_GATEWAY_"
 NOT_FROM_ENV = ("rate_limit", "callbacks", "api_key", "tokens_limit", "fallbacks", "breaker")
 
@@ -97,7 +97,7 @@ class GatewaySettings:
 
     @property
     def loopback_only(self) -> bool:
-        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+        return is_loopback(self.host)
 
     def with_overrides(self, **overrides: Any) -> GatewaySettings:
         """A copy with the given fields replaced (None values are ignored)."""

@@ -39,6 +39,7 @@ from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._streamlog import MemoryStreamLog, StreamLog
 from dskit.gateway._takeover import TakeoverLoop
 from dskit.store import SessionStore, open_store
+from dskit.store._model import redact_url
 
 if TYPE_CHECKING:
     from dskit.sim import SimServer
@@ -175,6 +176,11 @@ class Gateway:
             )  # fmt: skip
         else:
             logger.info("upstream: %s (%s)", self.client.base_url, self.mode)
+        for fallback in self.settings.fallbacks:
+            logger.info("fallback: %s", fallback)
+        logger.info("sessions: %r", self.store)
+        if self.settings.redis:
+            logger.info("redis: %s (answer log, limits, cache)", redact_url(self.settings.redis))
         logger.info("auth: %s", "gateway API keys required" if self.auth_required else "off")
 
     async def stop(self) -> None:

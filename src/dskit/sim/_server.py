@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 from types import TracebackType
@@ -44,6 +45,18 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class QuietThread(logging.Filter):
+    """Drops the records below WARNING logged from one thread: the simulator's own
+    uvicorn chatter ("Uvicorn running on ...") in a process that runs its own server."""
+
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno >= logging.WARNING
 
 
 class SimServer:
@@ -150,6 +163,9 @@ class SimServer:
     def _run(self) -> None:
         loop = _new_loop()
         self._loop = loop
+        quiet = QuietThread(threading.get_ident())
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.addFilter(quiet)
         try:
             loop.run_until_complete(self._serve())
         except BaseException as exc:  # reported by start(); the thread must not die loudly
@@ -158,6 +174,7 @@ class SimServer:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            uvicorn_log.removeFilter(quiet)
 
     async def _serve(self) -> None:
         assert self._sock is not None
@@ -167,7 +184,7 @@ class SimServer:
             lifespan="off",
             ws="none",
             log_config=None,
-            log_level="warning",
+            log_level=None,  # a level set here would silence the host process's uvicorn too
             access_log=False,
             timeout_graceful_shutdown=2,
             timeout_keep_alive=75,  # pooled client connections outlive short test pauses

@@ -25,6 +25,7 @@ from dskit.store._model import (
     SessionRecord,
     StoredMessage,
     StoreError,
+    StoreUnavailableError,
     export_record,
     import_record,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "SessionRecord",
     "SessionStore",
     "StoreError",
+    "StoreUnavailableError",
     "StoredMessage",
     "default_store_path",
     "export_record",

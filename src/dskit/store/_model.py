@@ -31,6 +31,22 @@ class StoreError(DSKitError):
     """A session store could not do what was asked."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store's server cannot be reached (or did not answer in time)."""
+
+
+def redact_url(url: str) -> str:
+    """A store URL fit to show: its password (if any) replaced by `***`."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class SessionNotFoundError(StoreError, LookupError):
     """No session with this id exists in the store."""
 

@@ -11,9 +11,10 @@ hide a live one. An optional TTL expires idle sessions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
@@ -26,7 +27,9 @@ from dskit.store._model import (
     SessionRecord,
     StoredMessage,
     StoreError,
+    StoreUnavailableError,
     matches,
+    redact_url,
     title_from,
 )
 
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+P = ParamSpec("P")
+T = TypeVar("T")
 RETRIES = 2  # a command's retries on a connection error, each on a fresh connection
 
 
@@ -174,6 +179,51 @@ class _Keys:
         return code
 
 
+def _unreachable(store: RedisStore, exc: Exception) -> StoreUnavailableError:
+    where = redact_url(store._url)
+    return StoreUnavailableError(f"cannot reach the session store {where}: {exc}")
+
+
+def _reachable(
+    method: Callable[Concatenate[RedisStore, P], T],
+) -> Callable[Concatenate[RedisStore, P], T]:
+    """Redis' connection and timeout errors as one StoreUnavailableError."""
+
+    @functools.wraps(method)
+    def call(store: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(store, *args, **kwargs)
+        except Exception as exc:
+            if not _cannot_reach(exc):
+                raise
+            raise _unreachable(store, exc) from None
+
+    return call
+
+
+def _areachable(
+    method: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]]:
+    """`_reachable` for the async methods."""
+
+    @functools.wraps(method)
+    async def call(store: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(store, *args, **kwargs)
+        except Exception as exc:
+            if not _cannot_reach(exc):
+                raise
+            raise _unreachable(store, exc) from None
+
+    return call
+
+
+def _cannot_reach(exc: Exception) -> bool:
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
 class RedisStore(ExportMixin):
     """Sessions in Redis (a server or a cluster), shared by every process that uses it."""
 
@@ -199,6 +249,7 @@ class RedisStore(ExportMixin):
 
     # ---- sync -----------------------------------------------------------------------
 
+    @_reachable
     def create(self, record: SessionRecord) -> SessionRecord:
         keys = self.keys.session(record.id)
         if not self._create_sync(keys=keys, args=self.keys.create_args(record)):
@@ -206,6 +257,7 @@ class RedisStore(ExportMixin):
         self._sync.zadd(self.keys.index, {record.id: record.updated})
         return self.load(record.id)
 
+    @_reachable
     def load(self, session_id: str) -> SessionRecord:
         meta, messages = self.keys.session(session_id)
         with self._sync.pipeline(transaction=True) as pipe:
@@ -214,6 +266,7 @@ class RedisStore(ExportMixin):
             head, items = pipe.execute()
         return self.keys.record(session_id, head, items)
 
+    @_reachable
     def _write(self, session_id: str, expected: int, args: list[Any]) -> int:
         reply = self._write_sync(keys=self.keys.session(session_id), args=args)
         version = self.keys.outcome(session_id, expected, reply, args)
@@ -240,6 +293,7 @@ class RedisStore(ExportMixin):
         args = self.keys.update_args(expected_version, changes)
         return self._write(session_id, expected_version, args)
 
+    @_reachable
     def _records(self, limit: int | None = None) -> list[SessionRecord]:
         """The newest `limit` live sessions (all when None); drops index entries of
         expired ones. Stops loading once it has enough: a listing reads what it shows."""
@@ -262,6 +316,7 @@ class RedisStore(ExportMixin):
         check_limit(limit)
         return [r.info() for r in self._records() if matches(r, text)][:limit]
 
+    @_reachable
     def delete(self, session_id: str) -> bool:
         removed = int(self._sync.delete(*self.keys.session(session_id)))
         self._sync.zrem(self.keys.index, session_id)
@@ -283,6 +338,7 @@ class RedisStore(ExportMixin):
             self._async_loop = loop
         return self._async
 
+    @_areachable
     async def acreate(self, record: SessionRecord) -> SessionRecord:
         client = self._aclient()
         script = client.register_script(CREATE_SCRIPT)
@@ -291,6 +347,7 @@ class RedisStore(ExportMixin):
         await client.zadd(self.keys.index, {record.id: record.updated})
         return await self.aload(record.id)
 
+    @_areachable
     async def aload(self, session_id: str) -> SessionRecord:
         meta, messages = self.keys.session(session_id)
         async with self._aclient().pipeline(transaction=True) as pipe:
@@ -299,6 +356,7 @@ class RedisStore(ExportMixin):
             head, items = await pipe.execute()
         return self.keys.record(session_id, head, items)
 
+    @_areachable
     async def _awrite(self, session_id: str, expected: int, args: list[Any]) -> int:
         client = self._aclient()
         script = client.register_script(WRITE_SCRIPT)
@@ -329,6 +387,7 @@ class RedisStore(ExportMixin):
         args = self.keys.update_args(expected_version, changes)
         return await self._awrite(session_id, expected_version, args)
 
+    @_areachable
     async def _arecords(self, limit: int | None = None) -> list[SessionRecord]:
         client = self._aclient()
         records: list[SessionRecord] = []
@@ -349,6 +408,7 @@ class RedisStore(ExportMixin):
         check_limit(limit)
         return [r.info() for r in await self._arecords() if matches(r, text)][:limit]
 
+    @_areachable
     async def adelete(self, session_id: str) -> bool:
         client = self._aclient()
         removed = int(await client.delete(*self.keys.session(session_id)))

@@ -9,6 +9,7 @@ processes on one file cannot both win.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from dskit._files import private_file, tighten
 from dskit.store._base import (
     DEFAULT_LIMIT,
     ThreadedAsyncMixin,
@@ -83,7 +85,9 @@ class SQLiteStore(ThreadedAsyncMixin):
 
     def __init__(self, path: str | Path | None = None, *, timeout: float = 10.0) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if path is None and self.path.parent.exists():
+            tighten(self.path.parent)  # dskit's own data directory
+        self._damaged: str | None = None  # set once corruption is seen: no more writes
         self._lock = threading.RLock()
         self._conn = self._connect(timeout)
 
@@ -91,7 +95,10 @@ class SQLiteStore(ThreadedAsyncMixin):
         return f"SQLiteStore({str(self.path)!r})"
 
     def _connect(self, timeout: float) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise StoreError(f"cannot open session store {str(self.path)!r}: it is a directory")
         try:
+            private_file(self.path)
             conn = sqlite3.connect(
                 self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
@@ -99,19 +106,43 @@ class SQLiteStore(ThreadedAsyncMixin):
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"cannot open session store {str(self.path)!r}: {exc}") from None
         return conn
 
     @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """SQLite's errors as one StoreError; a damaged file is never written again."""
+        if self._damaged:
+            raise StoreError(self._damaged)
+        try:
+            yield
+        except sqlite3.OperationalError as exc:  # busy, read-only, disk full: not damage
+            raise StoreError(f"session store {str(self.path)!r}: {exc}") from None
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            self._damaged = (
+                f"the session store {str(self.path)!r} is damaged ({exc}); nothing more is "
+                "written to it: move it aside to start afresh, or restore a backup"
+            )
+            raise StoreError(self._damaged) from None
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._guard(), self._lock:
+            yield self._conn
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction holding the database's write lock from the start."""
-        with self._lock:
+        with self._guard(), self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
 
@@ -160,19 +191,20 @@ class SQLiteStore(ThreadedAsyncMixin):
         return self.load(record.id)
 
     def load(self, session_id: str) -> SessionRecord:
-        with self._lock:
-            self._conn.execute("BEGIN")
+        with self._read() as conn:
+            conn.execute("BEGIN")
             try:
-                head = self._conn.execute(
+                head = conn.execute(
                     "SELECT id, title, model, system, params, created, updated, version "
                     "FROM sessions WHERE id = ?",
                     (session_id,),
                 ).fetchone()
-                rows = self._conn.execute(
+                rows = conn.execute(
                     "SELECT data FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
                 ).fetchall()
             finally:
-                self._conn.execute("COMMIT")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
         if head is None:
             raise SessionNotFoundError(session_id)
         return SessionRecord(
@@ -227,8 +259,8 @@ class SQLiteStore(ThreadedAsyncMixin):
 
     def _infos(self, where: str, args: tuple[object, ...], limit: int) -> list[SessionInfo]:
         sql = f"{INFO_SQL} {where} ORDER BY s.updated DESC LIMIT ?"
-        with self._lock:
-            rows = self._conn.execute(sql, (*args, check_limit(limit))).fetchall()
+        with self._read() as conn:
+            rows = conn.execute(sql, (*args, check_limit(limit))).fetchall()
         return [SessionInfo(*row) for row in rows]
 
     def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
