@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -201,8 +202,6 @@ def test_streamed_tool_use_input_json_deltas(raw: httpx2.Client) -> None:
     assert start["content_block"]["type"] == "tool_use" and start["content_block"]["input"] == {}
     assert start["content_block"]["id"] == whole["content"][0]["id"]
     parts = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta"]
-    import json
-
     assert json.loads("".join(parts)) == whole["content"][0]["input"]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 
@@ -621,3 +620,10 @@ def test_insufficient_after_events(raw: httpx2.Client) -> None:
     message = post(raw, body(), **{"X-Sim-Insufficient-After-Events": "3"}).json()
     assert message["stop_reason"] == "insufficient_system_resource"
     assert message["usage"]["output_tokens"] == 3
+
+
+def test_unknown_anthropic_path_is_404_in_anthropic_shape(raw: httpx2.Client) -> None:
+    response = raw.post("/anthropic/v1/complete", json={})
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert raw.get(PATH).json()["type"] == "error"  # 405, also Anthropic's shape
