@@ -40,3 +40,19 @@ def sse_chunks(raw: bytes) -> list[dict[str, Any]]:
 def joined(chunks: list[dict[str, Any]], field: str = "content") -> str:
     parts = [c["choices"][0]["delta"].get(field) for c in chunks if c["choices"]]
     return "".join(p for p in parts if p)
+
+
+def named_events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, JSON data) of an SSE body whose events are `event:` + `data:` pairs
+    (the Anthropic and Responses formats); checks the name matches the data's `type`."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        if not lines:
+            continue
+        assert len(lines) == 2 and lines[0].startswith("event: "), block
+        assert lines[1].startswith("data: "), block
+        name, data = lines[0][7:], json.loads(lines[1][6:])
+        assert data["type"] == name, block
+        events.append((name, data))
+    return events

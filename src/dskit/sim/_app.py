@@ -1,6 +1,9 @@
 """The simulator as a raw ASGI 3 application (no framework on the hot path).
 
-`SimApp` routes, authenticates, counts, and hands chat and FIM requests to `_completions`.
+`SimApp` routes, authenticates, counts, and hands chat and FIM requests to `_completions`,
+Anthropic Messages to `_anthropic` and OpenAI Responses to `_responses` (each a
+translation onto the same planning). Each route belongs to a surface: where its API key
+is read from and how its error bodies are worded.
 It can be served by any ASGI server or embedded (the gateway's default upstream); every
 bad input becomes a DeepSeek-shaped 4xx, never a 500.
 """
@@ -18,16 +21,20 @@ from typing import Any
 import orjson
 
 from dskit._models import CURRENT_MODELS
+from dskit.sim._anthropic import count_tokens, messages
+from dskit.sim._anthropic_wire import anthropic_error_body
 from dskit.sim._cache import PrefixCache
 from dskit.sim._completions import chat, fim
 from dskit.sim._config import SimConfig
 from dskit.sim._faults import FaultKeys
 from dskit.sim._request import RequestError
+from dskit.sim._responses import responses
 from dskit.sim._stream import Abort, Send, body, start
 from dskit.sim._wire import error_body
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Handler = Callable[["SimApp", "Request", Send], Awaitable[None]]
+ErrorBody = Callable[[int, str | None, str | None], bytes]
 
 BALANCE = {
     "is_available": True,
@@ -81,6 +88,7 @@ class Request:
     receive: Receive
     trace_id: str = field(default_factory=lambda: secrets.token_hex(16))
     gone: bool = False
+    errors: ErrorBody = error_body  # how this request's surface words an error body
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any], receive: Receive) -> Request:
@@ -108,15 +116,53 @@ async def _beta_chat(app: SimApp, request: Request, send: Send) -> None:
     await chat(app, request, send, beta=True)
 
 
-ROUTES: dict[str, tuple[str, Handler]] = {
-    "/chat/completions": ("POST", _chat),
-    "/v1/chat/completions": ("POST", _chat),
-    "/beta/chat/completions": ("POST", _beta_chat),
-    "/beta/completions": ("POST", fim),
-    "/models": ("GET", _models),
-    "/v1/models": ("GET", _models),
-    "/user/balance": ("GET", _balance),
-    "/v1/user/balance": ("GET", _balance),
+def bearer_key(headers: Mapping[str, str]) -> str | None:
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else None
+
+
+def anthropic_key(headers: Mapping[str, str]) -> str | None:
+    """The Anthropic surface also takes `x-api-key`; when both are sent, Bearer wins."""
+    if "authorization" in headers:
+        return bearer_key(headers)
+    return headers.get("x-api-key", "").strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """One wire format's conventions: where its key is and how it words an error."""
+
+    errors: ErrorBody = error_body
+    key_of: Callable[[Mapping[str, str]], str | None] = bearer_key
+
+
+DEEPSEEK = Surface()
+ANTHROPIC = Surface(anthropic_error_body, anthropic_key)
+ANTHROPIC_PREFIX = "/anthropic/"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    handler: Handler
+    surface: Surface = DEEPSEEK
+
+
+ROUTES: dict[str, Route] = {
+    "/chat/completions": Route("POST", _chat),
+    "/v1/chat/completions": Route("POST", _chat),
+    "/beta/chat/completions": Route("POST", _beta_chat),
+    "/beta/completions": Route("POST", fim),
+    "/models": Route("GET", _models),
+    "/v1/models": Route("GET", _models),
+    "/user/balance": Route("GET", _balance),
+    "/v1/user/balance": Route("GET", _balance),
+    "/anthropic/v1/messages": Route("POST", messages, ANTHROPIC),
+    "/anthropic/messages": Route("POST", messages, ANTHROPIC),
+    "/anthropic/v1/messages/count_tokens": Route("POST", count_tokens, ANTHROPIC),
+    "/anthropic/messages/count_tokens": Route("POST", count_tokens, ANTHROPIC),
+    "/responses": Route("POST", responses),
+    "/v1/responses": Route("POST", responses),
 }
 
 
@@ -164,28 +210,28 @@ class SimApp:
         stats.requests += 1
         stats.by_path[request.path] = stats.by_path.get(request.path, 0) + 1
         route = ROUTES.get(request.path)
+        if request.path.startswith(ANTHROPIC_PREFIX):
+            request.errors = ANTHROPIC.errors
         if route is None:
             await self.send_error(send, request, 404, f"Not Found: {request.path}")
             return
-        method, handler = route
-        if request.method != method:
-            await self.send_error(send, request, 405, f"Method Not Allowed: use {method}")
+        if request.method != route.method:
+            await self.send_error(send, request, 405, f"Method Not Allowed: use {route.method}")
             return
-        if (problem := self._auth_problem(request.headers)) is not None:
+        request.errors = route.surface.errors
+        if (problem := self._auth_problem(route.surface.key_of(request.headers))) is not None:
             await self.send_error(send, request, 401, problem)
             return
         try:
-            await handler(self, request, send)
+            await route.handler(self, request, send)
         except RequestError as exc:
             await self.send_error(send, request, exc.status, exc.message, exc.param)
 
-    def _auth_problem(self, headers: Mapping[str, str]) -> str | None:
-        scheme, _, key = headers.get("authorization", "").partition(" ")
-        key = key.strip()
+    def _auth_problem(self, key: str | None) -> str | None:
         keys = self.config.api_keys
-        if scheme.lower() == "bearer" and key and (not keys or key in keys):
+        if key and (not keys or key in keys):
             return None
-        return f"Authentication Fails, Your api key: ****{key[-4:]} is invalid"
+        return f"Authentication Fails, Your api key: ****{(key or '')[-4:]} is invalid"
 
     async def send_json(
         self,
@@ -205,7 +251,7 @@ class SimApp:
     async def send_error(
         self, send: Send, request: Request, status: int, message: str, param: str | None = None
     ) -> None:
-        await self.send_json(send, request, status, error_body(status, message, param))
+        await self.send_json(send, request, status, request.errors(status, message, param))
 
     def count_status(self, status: int) -> None:
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1

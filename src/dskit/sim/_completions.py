@@ -1,11 +1,17 @@
-"""Chat and FIM completions: controls, validation, planning, and the response itself."""
+"""Chat and FIM completions: controls, validation, planning, and the response itself.
+
+The pipeline is shared by every format the simulator speaks: `read_request` (controls,
+body, a status fault), the format's own translation and checks, then `answer_chat` (a
+concurrency slot, the plan, the context cache) and `answer` (faults, latency, streamed or
+whole), which renders the plan through the format's `Renderer`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dskit._tokens import estimate_tokens
 from dskit._validate import thinking_enabled
@@ -16,6 +22,7 @@ from dskit.sim._request import RequestError, check_chat, check_fim, parse_json, 
 from dskit.sim._stream import (
     Send,
     Shaped,
+    StreamEncoder,
     Timing,
     keep_alive,
     shape,
@@ -30,7 +37,6 @@ from dskit.sim._wire import (
     Envelope,
     TextChunkEncoder,
     chat_completion,
-    error_body,
     text_completion,
     usage_dict,
 )
@@ -39,6 +45,41 @@ if TYPE_CHECKING:
     from dskit.sim._app import Request, SimApp
 
 SSE = b"text/event-stream; charset=utf-8"
+T = TypeVar("T")
+
+
+class Renderer(StreamEncoder, Protocol):
+    """One response in one wire format: the plan as a whole body or as stream events."""
+
+    def whole(self, reply: Reply, cache: CacheResult) -> bytes: ...
+
+    def events(self, reply: Reply, cache: CacheResult) -> list[bytes]: ...
+
+
+class ChatRenderer:
+    """DeepSeek's own format: `chat.completion` (or FIM `text_completion`) and chunks."""
+
+    def __init__(self, data: dict[str, Any], *, fim: bool) -> None:
+        self.env = Envelope.new(data["model"])
+        self.fim = fim
+        include = bool((data.get("stream_options") or {}).get("include_usage"))
+        self.encoder = (
+            TextChunkEncoder(self.env, include)
+            if fim
+            else ChunkEncoder(self.env, include, thinking_enabled(data))
+        )
+        self.LEAD = self.encoder.LEAD
+        self.TAIL = self.encoder.TAIL
+
+    def whole(self, reply: Reply, cache: CacheResult) -> bytes:
+        render = text_completion if self.fim else chat_completion
+        return render(self.env, reply, usage_dict(reply, cache))
+
+    def events(self, reply: Reply, cache: CacheResult) -> list[bytes]:
+        return self.encoder.events(reply, usage_dict(reply, cache))
+
+    def malformed(self) -> bytes:
+        return self.encoder.malformed()
 
 
 def _controls(app: SimApp, request: Request) -> Controls:
@@ -74,7 +115,7 @@ async def _status_fault(app: SimApp, request: Request, send: Send, c: Controls) 
         extra.append((b"retry-after", c.retry_after.encode("latin-1")))
     if c.retry_after_ms is not None:
         extra.append((b"retry-after-ms", c.retry_after_ms.encode("latin-1")))
-    data = error_body(status)
+    data = request.errors(status, None, None)
     content_type = b"application/json"
     if c.error_body is not None:
         plain = c.error_body.lower() in ("", "1", "true", "yes", "text")
@@ -84,7 +125,7 @@ async def _status_fault(app: SimApp, request: Request, send: Send, c: Controls) 
     await app.send_json(send, request, status, data, extra, content_type)
 
 
-async def _read(app: SimApp, request: Request, send: Send) -> tuple[Controls, Any]:
+async def read_request(app: SimApp, request: Request, send: Send) -> tuple[Controls, Any]:
     """The request's controls and JSON body; None as body when a status fault answered."""
     controls = _controls(app, request)
     raw = await read_body(request.receive, request.headers, app.config.max_body_bytes)
@@ -94,10 +135,11 @@ async def _read(app: SimApp, request: Request, send: Send) -> tuple[Controls, An
     return controls, parse_json(raw, request.headers)
 
 
-def _checked(check: Callable[[], None]) -> None:
-    """Run a check; anything unexpected in it is still the client's bad input (400)."""
+def checked(check: Callable[[], T]) -> T:
+    """Run a check (or a translation); anything unexpected in it is still the client's bad
+    input (400)."""
     try:
-        check()
+        return check()
     except RequestError:
         raise
     except Exception as exc:  # never a 500 for a body we could not make sense of
@@ -118,58 +160,66 @@ async def _slot(app: SimApp) -> AsyncIterator[None]:
 
 
 async def chat(app: SimApp, request: Request, send: Send, *, beta: bool) -> None:
-    controls, data = await _read(app, request, send)
+    controls, data = await read_request(app, request, send)
     if data is None:
         return
-    _checked(lambda: check_chat(data, app.config, beta))
+    checked(lambda: check_chat(data, app.config, beta))
     if is_prefix_message(data["messages"][-1]):
         app.stats.prefix_requests += 1
-    async with _slot(app):
-        reply = plan_chat(data, app.config.seed)
-        cache = app.cache.lookup_and_store(data["model"], data["messages"])
-        await _respond(app, request, send, data, reply, cache, controls, fim=False)
+    await answer_chat(app, request, send, data, controls, ChatRenderer(data, fim=False))
 
 
 async def fim(app: SimApp, request: Request, send: Send) -> None:
-    controls, data = await _read(app, request, send)
+    controls, data = await read_request(app, request, send)
     if data is None:
         return
-    _checked(lambda: check_fim(data, app.config))
+    checked(lambda: check_fim(data, app.config))
     async with _slot(app):
         reply = plan_fim(data, app.config.seed)
         prompt = estimate_tokens(data["prompt"]) + estimate_tokens(data.get("suffix") or "")
-        await _respond(app, request, send, data, reply, CacheResult(prompt, 0), controls, fim=True)
+        renderer = ChatRenderer(data, fim=True)
+        stream = bool(data.get("stream"))
+        cache = CacheResult(prompt, 0)
+        await answer(app, request, send, reply, cache, controls, renderer, stream=stream)
 
 
-async def _respond(
+async def answer_chat(
     app: SimApp,
     request: Request,
     send: Send,
     data: dict[str, Any],
+    controls: Controls,
+    renderer: Renderer,
+) -> None:
+    """Plan the reply to a checked chat body (any format's, translated) and answer it."""
+    async with _slot(app):
+        reply = plan_chat(data, app.config.seed)
+        cache = app.cache.lookup_and_store(data["model"], data["messages"])
+        stream = bool(data.get("stream"))
+        await answer(app, request, send, reply, cache, controls, renderer, stream=stream)
+
+
+async def answer(
+    app: SimApp,
+    request: Request,
+    send: Send,
     reply: Reply,
     cache: CacheResult,
     c: Controls,
+    renderer: Renderer,
     *,
-    fim: bool,
+    stream: bool,
 ) -> None:
-    """Render the planned reply as a chat or FIM response, streamed or whole."""
+    """Render the planned reply in the renderer's format, streamed or whole."""
     if c.insufficient_after_events is not None:
         reply = truncate(reply, c.insufficient_after_events, "insufficient_system_resource")
-    env = Envelope.new(data["model"])
-    usage = usage_dict(reply, cache)
     timing = _timing(app, c)
-    if not data.get("stream"):
-        render = text_completion if fim else chat_completion
+    if not stream:
         delay = timing.ttft + timing.token * reply.completion_tokens
-        await _whole(app, request, send, render(env, reply, usage), delay, timing, c)
+        await _whole(app, request, send, renderer.whole(reply, cache), delay, timing, c)
         return
-    include = bool((data.get("stream_options") or {}).get("include_usage"))
-    encoder = (
-        TextChunkEncoder(env, include)
-        if fim
-        else ChunkEncoder(env, include, thinking_enabled(data))
-    )
-    await _stream(app, request, send, shape(encoder, encoder.events(reply, usage), c), timing)
+    shaped = shape(renderer, renderer.events(reply, cache), c)
+    await _stream(app, request, send, shaped, timing)
 
 
 async def _stream(

@@ -104,16 +104,30 @@ def _natural(
         rng = rng_for(seed, "reasoning")
         low, high = REASONING_WORDS[effort_of(body) or "high"]
         reasoning = generate(rng, rng.randint(low, high), chinese)
+    fmt = body.get("response_format")
+    schema_answer = _schema_answer(fmt, seed)
     if base and base[-1].get("role") == "tool":
-        return Reply(reasoning, _quote_results(base, seed, chinese))
+        return Reply(reasoning, schema_answer or _quote_results(base, seed, chinese))
     calls = _plan_calls(body, base, seed)
     if calls:
         return Reply(reasoning, [], calls, "tool_calls")
-    fmt = body.get("response_format")
+    if schema_answer:
+        return Reply(reasoning, schema_answer)
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
         return Reply(reasoning, _json_object(seed, chinese))
     rng = rng_for(seed, "content")
     return Reply(reasoning, generate(rng, rng.randint(20, 120), chinese))
+
+
+def _schema_answer(fmt: Any, seed: bytes) -> list[str]:
+    """For `{"type": "json_schema", "json_schema": {"schema": ...}}` (the Responses API's
+    `text.format`; chat refuses it at validation): JSON valid against the schema."""
+    if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema":
+        return []
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    value = value_for(schema if schema is not None else {"type": "object"}, rng_for(seed, "schema"))
+    return pieces_of(orjson.dumps(value).decode())
 
 
 def _json_object(seed: bytes, chinese: bool) -> list[str]:

@@ -10,13 +10,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dskit.sim._faults import Controls
-from dskit.sim._wire import ChunkEncoder
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+
+class StreamEncoder(Protocol):
+    """What shaping needs from a format's stream encoder.
+
+    `LEAD`: events sent together at the first token; `TAIL`: trailing events that close
+    the stream (no token delay); `malformed()`: an event with broken JSON.
+    """
+
+    @property
+    def LEAD(self) -> int: ...
+
+    @property
+    def TAIL(self) -> int: ...
+
+    def malformed(self) -> bytes: ...
 
 
 class Abort(Exception):
@@ -51,9 +66,12 @@ class Shaped:
     drop_bytes: int | None = None
 
 
-def shape(encoder: ChunkEncoder, events: list[bytes], controls: Controls) -> Shaped:
-    """Apply the stream faults (malformed, no [DONE], early end, drop) to the events."""
-    pieces_end = len(events) - 2
+def shape(encoder: StreamEncoder, events: list[bytes], controls: Controls) -> Shaped:
+    """Apply the stream faults (malformed, no [DONE], early end, drop) to the events.
+
+    `no_done` drops the last event: `[DONE]` in chat, the terminal event in other formats.
+    """
+    pieces_end = len(events) - encoder.TAIL
     if controls.malformed_at and controls.malformed_at <= len(events):
         events[controls.malformed_at - 1] = encoder.malformed()
     if controls.no_done:

@@ -133,6 +133,7 @@ class ChunkEncoder:
     CHOICE_REST = b',"logprobs":null,"finish_reason":'  # after it, then the finish reason
     EMPTY = b'{"content":""}'  # the variable part of the finish chunk
     LEAD = 2  # events sent together at the first token: the role and the first piece
+    TAIL = 2  # the finish chunk and [DONE]
 
     def __init__(self, env: Envelope, include_usage: bool, reasoner: bool = False) -> None:
         self._head = (
