@@ -199,3 +199,13 @@ def test_markers_are_read() -> None:
     assert {b.language for b in ALL} == {"python", "sh"}
     assert any(b.mode == "sim" for b in ALL)
     assert all(b.code.strip() for b in ALL)
+
+
+def test_blocks_run_this_checkout(tmp_path: Path) -> None:
+    """`python` and `dskit` in a block import this checkout's dskit, not another install."""
+    code = 'python -c "import dskit; print(dskit.__file__)"; command -v dskit'
+    block = Block(ROOT / "README.md", 0, "sh", code)
+    done = _run(block, _env(tmp_path), tmp_path)
+    module, script = done.stdout.split()
+    assert Path(module).is_relative_to(ROOT / "src"), done.stdout
+    assert Path(script).parent == Path(sys.executable).parent, done.stdout
