@@ -167,6 +167,13 @@ class ModelCache:
     def failed(self, now: float) -> None:
         self._until = now + self.retry
 
+    def unlisted(self, model: str) -> str | None:
+        """Why `model` is not offered (None: it is, or there is no list to tell)."""
+        if not self._models or migrate(model)[0] in self._models:
+            return None
+        offered = ", ".join(sorted(self._models))
+        return f"unknown model {model!r}: the server offers {offered}"
+
     def info(self, model: str) -> ModelInfo:
         return self._models.get(model) or self._models.get(migrate(model)[0]) or (
             fallback_info(model)

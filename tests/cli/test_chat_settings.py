@@ -127,3 +127,25 @@ def test_a_setting_after_another_writer_reloads_the_session(home, sim, tmp_path)
         handle_slash(state, "/model deepseek-v4-pro")
     assert store.load(session.id).model == "deepseek-v4-pro"
     store.close()
+
+
+def test_an_unknown_model_is_refused_and_nothing_is_saved(cli, home, on_sim):
+    cli("chat", *on_sim, input="hi\n")
+    [before] = home.sessions()
+    result = cli("chat", *on_sim, "-c", input="/model bogus-model\n/model\n")
+    said = " ".join(result.stdout.split())  # the console wraps long lines
+    assert "unknown model 'bogus-model': the server offers deepseek-flash, deepseek-v4-pro" in said
+    assert "Model: deepseek-flash\n" in result.stdout
+    [after] = home.sessions()
+    assert (after.model, after.version) == ("deepseek-flash", before.version)
+
+
+def test_effort_is_shown_set_saved_and_reset(cli, home, on_sim):
+    script = "/effort\n/effort max\nhi\n/effort extreme\n/effort\n/effort default\n"
+    result = cli("chat", *on_sim, input=script)
+    assert "Effort: default (high)\n" in result.stdout
+    assert "Effort: max (for the new session" in result.stdout
+    assert "effort must be one of" in result.stdout  # refused, nothing changed
+    assert "Effort: max\n" in result.stdout
+    [record] = home.sessions()
+    assert record.params == {}  # `default` removed it again

@@ -25,6 +25,8 @@ CHAT = {
     [
         ({"model": "deepseek-flash", "thinking": {"type": "disabled"}}, 422, "messages"),
         ({**CHAT, "temperature": 5}, 422, "temperature"),
+        ({**CHAT, "temperature": False}, 422, "temperature"),  # not coerced to 0
+        ({**CHAT, "max_tokens": "100"}, 422, "max_tokens"),
         ({**CHAT, "messages": []}, 422, "messages"),
         ({**CHAT, "messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0.role"),
         ({**CHAT, "messages": [{"role": "user", "content": ""}]}, 400, "messages[0].content"),

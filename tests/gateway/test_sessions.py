@@ -275,3 +275,22 @@ async def test_memory_log_expires_finished_answers_and_keeps_its_cap() -> None:
     await ttl_log.finish("x")
     await ttl_log.create("y", "s-y")  # a finished answer past its TTL is dropped
     assert await ttl_log.info("x") is None and len(ttl_log) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "bogus-model"}, "model"),
+        ({"parameters": {"response_format": {"type": "xml"}}}, "response_format"),
+        ({"parameters": {"temperature": False}}, "temperature"),
+        ({"parameters": {"effort": "extreme"}}, "effort"),
+    ],
+)
+def test_a_session_with_a_bad_model_or_parameter_is_refused_and_not_stored(
+    gateway: GatewayServer, body: dict[str, Any], param: str
+) -> None:
+    with gateway.client() as http:
+        refused = http.post("/v1/sessions", json=body)
+        assert refused.status_code in (400, 422), refused.text
+        assert param in refused.text
+        assert http.get("/v1/sessions").json()["data"] == []

@@ -82,6 +82,19 @@ class ChatState:
         value = self.params.get("temperature")
         return float(value) if is_number(value) else None
 
+    def set_param(self, name: str, value: Any) -> None:
+        """A setting of the next new session (None: back to the default)."""
+        if value is None:
+            self.params.pop(name, None)
+        else:
+            self.params[name] = value
+
+    @property
+    def current_effort(self) -> str | None:
+        params = self.session.params if self.session is not None else self.params
+        effort = params.get("effort")
+        return effort if isinstance(effort, str) else None
+
     @property
     def current_thinking(self) -> bool:
         """Whether answers come in thinking mode (the API's default: on)."""

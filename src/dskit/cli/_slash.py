@@ -13,7 +13,7 @@ from dskit.cli._pricing import estimate_cost, format_cost
 from dskit.cli._sessions import resolve, to_markdown, when
 from dskit.client._errors import DSKitError
 from dskit.client._types import Usage
-from dskit.config import parse_temperature
+from dskit.config import check_effort, parse_temperature
 from dskit.store._model import SessionConflictError
 
 if TYPE_CHECKING:
@@ -80,11 +80,25 @@ def cmd_model(state: ChatState, arg: str) -> None:
     if not arg:
         state.say(f"Model: {state.current_model}")
         return
+    state.backend.client.require_model(arg)  # a typo is refused, not saved
     if state.session is not None:
         state.session.configure(model=arg)
     else:
         state.model = arg
     state.say(f"Model: {state.current_model} ({_saved_where(state)})")
+
+
+def cmd_effort(state: ChatState, arg: str) -> None:
+    """Show or set the reasoning effort (`/effort low|high|max`, or `default`); saved."""
+    if not arg:
+        state.say(f"Effort: {state.current_effort or 'default (high)'}")
+        return
+    value = None if arg == "default" else check_effort(arg)
+    if state.session is not None:
+        state.session.configure(params={"effort": value})
+    else:
+        state.set_param("effort", value)
+    state.say(f"Effort: {state.current_effort or 'default (high)'} ({_saved_where(state)})")
 
 
 def cmd_temperature(state: ChatState, arg: str) -> None:
@@ -93,7 +107,7 @@ def cmd_temperature(state: ChatState, arg: str) -> None:
         if state.session is not None:
             state.session.configure(params={"temperature": value})
         else:
-            state.params["temperature"] = value
+            state.set_param("temperature", value)
     current = state.current_temperature
     shown = "default" if current is None else f"{current:g}"
     where = f" ({_saved_where(state)})" if arg else ""
@@ -109,7 +123,7 @@ def cmd_think(state: ChatState, arg: str) -> None:
     if state.session is not None:
         state.session.configure(params={"thinking": value})
     else:
-        state.params["thinking"] = value
+        state.set_param("thinking", value)
     state.think = value
     state.say(f"Thinking mode {'on' if value else 'off'} ({_saved_where(state)}).")
 
@@ -183,7 +197,8 @@ COMMANDS: dict[str, tuple[Handler, str]] = {
     "sessions": (cmd_sessions, "list recent sessions (/sessions N)"),
     "load": (cmd_load, "switch to a session: /load ID"),
     "system": (cmd_system, "show, set (/system TEXT) or remove (/system -); saved"),
-    "model": (cmd_model, "show or set the model, saved: /model deepseek-reasoner"),
+    "model": (cmd_model, "show or set the model, saved: /model deepseek-v4-pro"),
+    "effort": (cmd_effort, "reasoning effort, saved: /effort low|high|max (or default)"),
     "temperature": (cmd_temperature, "show or set, saved: /temperature 0.7 (or default)"),
     "think": (cmd_think, "thinking mode on or off: /think [on|off]"),
     "retry": (cmd_retry, "ask the last question again (replaces the answer)"),

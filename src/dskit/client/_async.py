@@ -21,7 +21,7 @@ from dskit.client._core import (
     logger,
 )
 from dskit.client._driver import CallDriver, StreamDriver
-from dskit.client._errors import DSKitError
+from dskit.client._errors import DSKitError, ValidationError
 from dskit.client._streams import AsyncEventStream
 from dskit.client._types import Balance, ChatResult, FimResult, StreamEvent
 
@@ -134,6 +134,15 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
                 logger.info("GET /models failed (%s): using the documented figures", exc)
                 cache.failed(now)
         return cache.info(model)
+
+    async def require_model(self, model: str) -> ModelInfo:
+        """`model_info`, and a ValidationError when the server lists its models and
+        `model` is not among them (retired names count as what they became)."""
+        info = await self.model_info(model)
+        problem = self._core.models.unlisted(model)
+        if problem:
+            raise ValidationError(problem, param="model")
+        return info
 
     async def balance(self) -> Balance:
         return Balance.from_dict(await self._call(get_request(self._core, "/user/balance")))

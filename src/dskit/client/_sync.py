@@ -21,7 +21,7 @@ from dskit.client._core import (
     logger,
 )
 from dskit.client._driver import CallDriver, StreamDriver
-from dskit.client._errors import DSKitError
+from dskit.client._errors import DSKitError, ValidationError
 from dskit.client._streams import EventStream
 from dskit.client._types import Balance, ChatResult, FimResult, StreamEvent
 
@@ -92,6 +92,15 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
                 logger.info("GET /models failed (%s): using the documented figures", exc)
                 cache.failed(now)
         return cache.info(model)
+
+    def require_model(self, model: str) -> ModelInfo:
+        """`model_info`, and a ValidationError when the server lists its models and
+        `model` is not among them (retired names count as what they became)."""
+        info = self.model_info(model)
+        problem = self._core.models.unlisted(model)
+        if problem:
+            raise ValidationError(problem, param="model")
+        return info
 
     def balance(self) -> Balance:
         return Balance.from_dict(self._call(get_request(self._core, "/user/balance")))

@@ -70,6 +70,7 @@ async def create_session(body: SessionCreate, gw: GatewayDep, who: Limited) -> S
     params = body.parameters.model_dump(exclude_none=True)
     check_encodable([], params)
     check_chat_params({"model": body.model, **params})
+    await gw.client.require_model(body.model)  # a typo fails now, not at the first turn
     record = SessionRecord(
         title=body.title or "", model=body.model, system=body.system, params=params
     )

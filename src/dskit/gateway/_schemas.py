@@ -45,9 +45,10 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """An OpenAI/DeepSeek chat completion request; unknown fields pass through upstream."""
+    """An OpenAI/DeepSeek chat completion request; unknown fields pass through upstream.
+    Strict: `temperature: false` is an error, not 0 (as the API answers it)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -79,9 +80,9 @@ class ModelList(BaseModel):
 
 
 class SessionParams(BaseModel):
-    """Request parameters a session sends with every turn."""
+    """Request parameters a session sends with every turn (strict: no coercion)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -101,7 +102,7 @@ class SessionParams(BaseModel):
 
 
 class SessionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     system: str | None = Field(default=None, max_length=MAX_CONTENT)
     model: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=200)
@@ -113,7 +114,7 @@ class MessageCreate(BaseModel):
     """A user turn. `stream`: SSE now; `background`: 202 at once (then poll or stream);
     `callback_url`: 202 at once and the result POSTed there when done."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     content: str = Field(min_length=1, max_length=MAX_CONTENT)
     stream: bool = False
