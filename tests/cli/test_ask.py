@@ -199,3 +199,19 @@ def test_debug_shows_the_librarys_log_and_the_traceback(sim_env):
     assert result.returncode == 5
     assert "retry 1 in" in result.stderr and "Traceback" in result.stderr
     assert "sk-test-0123456789abcdef" not in result.stderr
+
+
+def test_json_mode_prints_an_error_object_too(cli, on_sim):
+    result = cli("ask", *on_sim, "--json", "--header", "X-Sim-Status:400", "hi")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["error"]["type"] == "BadRequestError" and data["error"]["message"]
+    assert data["exit_code"] == 1 and result.stderr.startswith("Error:")
+
+
+def test_a_server_that_wants_a_key_says_so_without_naming_a_placeholder(cli, sim):
+    args = ["--base-url", sim.base_url, "--header", "X-Sim-Status:401", "--max-retries", "0"]
+    result = cli("ask", *args, "hi")
+    assert result.exit_code == 3
+    assert "wants an API key" in result.stderr and "DEEPSEEK_API_KEY" in result.stderr
+    assert "sk-none" not in result.stderr and "****none" not in result.stderr

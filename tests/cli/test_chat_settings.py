@@ -149,3 +149,21 @@ def test_effort_is_shown_set_saved_and_reset(cli, home, on_sim):
     assert "Effort: max\n" in result.stdout
     [record] = home.sessions()
     assert record.params == {}  # `default` removed it again
+
+
+def test_continue_opens_the_session_left_last_not_the_latest_updated(cli, home, on_sim):
+    cli("chat", *on_sim, input="first\n")
+    cli("chat", *on_sim, input="second\n")
+    first, second = sorted(home.sessions(), key=lambda r: r.created)
+    from dskit.store import SQLiteStore, StoredMessage
+
+    store = SQLiteStore(home.store)  # another writer touches the first session
+    note = [StoredMessage({"role": "user", "content": "from the gateway"})]
+    store.append(first.id, note, expected_version=first.version)
+    store.close()
+    result = cli("chat", *on_sim, "--continue", input="")
+    assert f"Continuing session {second.id[:12]}" in result.stdout
+    cli("ask", *on_sim, "a quick one")  # ask counts as leaving a session too
+    asked = next(r for r in home.sessions() if r.title == "a quick one")
+    again = cli("chat", *on_sim, "--continue", input="")
+    assert f"Continuing session {asked.id[:12]}" in again.stdout

@@ -115,3 +115,13 @@ def test_write_file_round_trips_awkward_strings(home):
 def test_repr_never_shows_the_key():
     assert KEY not in repr(Settings(api_key=KEY))
     assert mask("short") == "****"
+
+
+def test_config_show_lists_the_defaults_in_effect(cli, home):
+    result = cli("config", "show")
+    assert 'model = "deepseek-flash"    # default' in result.output
+    assert "# api_key not set: the built-in offline simulator answers" in result.output
+    assert 'effort = "high"    # default' in result.output and "think = true" in result.output
+    data = json.loads(cli("config", "show", "--json").output)
+    assert data["settings"] == {} and data["defaults"]["model"] == "deepseek-flash"
+    assert data["defaults"]["store"] == str(home.store)

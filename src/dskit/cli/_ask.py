@@ -15,6 +15,7 @@ from dskit.cli._common import (
     EXIT_OK,
     Backend,
     api_options,
+    error_text,
     exit_code_for,
     fail,
     invocation,
@@ -22,6 +23,7 @@ from dskit.cli._common import (
     session_params,
     store_option,
 )
+from dskit.cli._last import remember
 from dskit.cli._render import (
     INTERRUPTED,
     JsonLinesView,
@@ -33,7 +35,7 @@ from dskit.cli._render import (
     result_dict,
 )
 from dskit.cli._turn import CUT_REASONS, Outcome, run_turn
-from dskit.client._errors import DSKitError, IncompleteStreamError
+from dskit.client._errors import DSKitError, IncompleteStreamError, redact
 from dskit.config import Settings
 from dskit.store import open_store
 
@@ -91,8 +93,16 @@ def ask(
         with open_backend(run.settings, run.backend) as backend:
             session = _session(backend, run.settings, no_save)
             request = {} if run.max_tokens is None else {"max_tokens": run.max_tokens}
-            code = _answer(session, run.settings, text, _mode(as_json, jsonl), request)
+            try:
+                code = _answer(session, run.settings, text, _mode(as_json, jsonl), request)
+            finally:
+                if not no_save:  # `chat --continue` goes on from this question
+                    remember(run.settings.store, session.id)
     except DSKitError as exc:
+        if as_json:  # a script reading stdout gets JSON either way
+            message = redact(error_text(exc, run.settings), run.settings.api_key)
+            error = {"type": type(exc).__name__, "message": message}
+            click.echo(dumps_line({"error": error, "exit_code": exit_code_for(exc)}))
         raise fail(exc, run.settings) from None
     except OSError as exc:  # stdout on a full disk; a closed pipe is click's to handle
         if exc.errno == errno.EPIPE:

@@ -227,13 +227,28 @@ def _pick_session(state: ChatState, session_id: str | None, cont: bool) -> None:
     if session_id:
         state.load(resolve(state.store, session_id).id)
     elif cont:
-        latest = state.store.list_sessions(1)
-        if not latest:
+        target = _to_continue(state)
+        if target is None:
             state.say("No session to continue yet: starting a new one.")
             return
-        state.load(latest[0].id)
+        state.load(target)
     if state.session is not None:
         _recap(state)
+
+
+def _to_continue(state: ChatState) -> str | None:
+    """The session left last in this store, else the most recently updated one."""
+    from dskit.cli._last import last_left
+    from dskit.store import SessionNotFoundError
+
+    left = last_left(state.settings.store)
+    if left is not None:
+        try:
+            return state.store.load(left).id
+        except SessionNotFoundError:  # deleted since
+            pass
+    latest = state.store.list_sessions(1)
+    return latest[0].id if latest else None
 
 
 def _apply_flags(state: ChatState, flags: dict[str, Any]) -> None:
@@ -327,6 +342,10 @@ def _repl(state: ChatState) -> None:
             handle_slash(state, text)
             continue
         _ask(state, line)
+    if state.session is not None:
+        from dskit.cli._last import remember
+
+        remember(state.settings.store, state.session.id)
     state.say("Bye." + (f" Session saved: {state.session.id[:12]}" if state.session else ""))
 
 

@@ -122,8 +122,24 @@ def fail(exc: BaseException, settings: Settings | None = None) -> click.exceptio
     if ctx is not None and ctx.find_root().meta.get(DEBUG):
         trace = "".join(traceback.format_exception(exc))
         click.echo(redact(trace, key or os.environ.get("DEEPSEEK_API_KEY")), err=True)
-    click.echo(f"Error: {visible(redact(str(exc), key))}", err=True)
+    click.echo(f"Error: {visible(redact(error_text(exc, settings), key))}", err=True)
     return click.exceptions.Exit(exit_code_for(exc))
+
+
+def error_text(exc: BaseException, settings: Settings | None) -> str:
+    """What to tell the user: the error, or what it means when it was caused by dskit
+    sending no key of theirs (a 401 naming our placeholder is no help to anyone)."""
+    if isinstance(exc, AuthenticationError) and settings and not settings.api_key:
+        where = settings.base_url or "the server"
+        return (
+            (
+                f"{where} wants an API key (401: {exc.message}): set DEEPSEEK_API_KEY or run "
+                "`dskit config set api_key KEY`"
+            )
+            .replace(PLACEHOLDER_KEY, "(none)")
+            .replace("****" + PLACEHOLDER_KEY[-4:], "(none)")
+        )
+    return str(exc)
 
 
 def parse_headers(values: tuple[str, ...]) -> dict[str, str]:

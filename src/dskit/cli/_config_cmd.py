@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, fields
+from typing import Any
 
 import click
 
@@ -60,14 +61,43 @@ def show_cmd(as_json: bool) -> None:
         shown, origin = load_settings().public(), sources()
     except ConfigError as exc:
         raise fail(exc) from None
+    defaults = {k: v for k, v in defaults_in_effect().items() if k not in shown}
     if as_json:
-        click.echo(json.dumps({"file": str(config_path()), "settings": shown}, indent=2))
+        data = {"file": str(config_path()), "settings": shown, "defaults": defaults}
+        click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"# file: {config_path()}")
-    if not shown:
-        click.echo("# nothing set: defaults everywhere (no key: the offline simulator)")
     for key, value in shown.items():
         click.echo(f"{key} = {json.dumps(value)}    # from {origin.get(key, '?')}")
+    for key, value in defaults.items():
+        if value is None:
+            click.echo(f"# {key} not set: {UNSET_MEANS[key]}")
+        else:
+            click.echo(f"{key} = {json.dumps(value)}    # default")
+
+
+UNSET_MEANS = {
+    "api_key": "the built-in offline simulator answers",
+    "system": "no system prompt",
+    "temperature": "the API's default",
+}
+
+
+def defaults_in_effect() -> dict[str, Any]:
+    """What each unset setting means right now (`None`: the API's own default)."""
+    from dskit._models import DEFAULT_EFFORT, DEFAULT_MODEL
+    from dskit.store import default_store_path
+
+    return {
+        "api_key": None,  # none: the built-in offline simulator
+        "base_url": "https://api.deepseek.com",
+        "model": DEFAULT_MODEL,
+        "system": None,
+        "temperature": None,
+        "store": str(default_store_path()),
+        "think": True,
+        "effort": DEFAULT_EFFORT,
+    }
 
 
 @config.command("path")
