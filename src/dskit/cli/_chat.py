@@ -151,8 +151,11 @@ class ChatState:
         """One answer, shown as it streams; errors are reported and the REPL goes on."""
         try:
             run_turn(start, self.view())
-        except SessionConflictError:
-            self.reloaded("Send your message again.")
+        except SessionConflictError as conflict:
+            if conflict.question_stored:
+                self.reloaded("Your question is saved; /retry answers it again.")
+            else:
+                self.reloaded("Nothing was saved: send your message again.")
         except DSKitError as exc:
             self.error(exc)
 

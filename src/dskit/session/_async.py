@@ -20,6 +20,7 @@ from dskit.session._context import ContextPolicy
 from dskit.session._core import (
     DEFAULT_TOOL_ROUNDS,
     GROWING,
+    MAX_REBASES,
     SAVE_INTERVAL,
     Plan,
     SessionCore,
@@ -32,7 +33,12 @@ from dskit.session._core import (
 )
 from dskit.session._tools import Tool, format_error, format_result
 from dskit.store._memory import MemoryStore
-from dskit.store._model import SessionNotFoundError, StoredMessage
+from dskit.store._model import (
+    SessionConflictError,
+    SessionNotFoundError,
+    SessionRecord,
+    StoredMessage,
+)
 
 if TYPE_CHECKING:
     from dskit.client._async import AsyncDeepSeek, AsyncStream
@@ -98,7 +104,10 @@ class AsyncChatSession(SessionViews):
         """`async with await session.stream(text) as s: async for event in s: ...`"""
         message = self._core.user_message(text)
         await self.open()
-        await self._append([message])
+        try:
+            await self._append([message])
+        except SessionConflictError as conflict:  # nothing of this turn was written
+            raise conflict.in_turn(await self._reloaded(), question_stored=False) from None
         return AsyncSessionStream(self, params, fresh=True)
 
     async def retry(self, **params: Any) -> ChatResult:
@@ -152,6 +161,10 @@ class AsyncChatSession(SessionViews):
     async def reload(self) -> None:
         self._core.record = await self.store.aload(self.id)
         self._opened = True
+
+    async def _reloaded(self) -> SessionRecord:
+        await self.reload()
+        return self._core.record
 
     # ---- store writes ----------------------------------------------------------------
 
@@ -231,6 +244,16 @@ class AsyncSessionStream(AsyncEventStream[StreamEvent]):
         return self._result
 
     async def _run(self) -> AsyncGenerator[StreamEvent, None]:
+        try:
+            async for event in self._turn():
+                yield event
+        except SessionConflictError as conflict:  # the question is in the store
+            if conflict.record is not None:
+                raise
+            fresh = await self._session._reloaded()
+            raise conflict.in_turn(fresh, question_stored=True) from None
+
+    async def _turn(self) -> AsyncGenerator[StreamEvent, None]:
         session, core = self._session, self._session._core
         tool_round = 0
         while True:
@@ -305,6 +328,20 @@ class _AsyncSaver:
         self.index: int | None = None
 
     async def save(self, message: StoredMessage) -> None:
+        """Write the answer, onto the fresh session after a harmless conflict (see
+        `_Saver.save`)."""
+        for _ in range(MAX_REBASES):
+            try:
+                await self._write(message)
+                return
+            except SessionConflictError:
+                fresh = await self.session.store.aload(self.session.id)
+                if not self.session._core.can_rebase(fresh, self.index):
+                    raise
+                self.session._core.record = fresh
+        await self._write(message)
+
+    async def _write(self, message: StoredMessage) -> None:
         if self.index is None:
             await self.session._append([message])
             self.index = len(self.session._core.record.messages) - 1

@@ -35,6 +35,7 @@ SUMMARY_PROMPT = (
 # every API parameter but `tools`, which the session builds from its own tool table
 SESSION_PARAMS = (frozenset(API_PARAMS) - {"tools"}) | {"thinking", "effort"}
 DEFAULT_TOOL_ROUNDS = 8
+MAX_REBASES = 3  # an answer's save retried onto a fresh session after harmless conflicts
 
 
 @dataclass(slots=True)
@@ -259,6 +260,19 @@ class SessionCore:
         self.record.version = version
         del self.record.messages[length:]
 
+    def can_rebase(self, fresh: SessionRecord, index: int | None) -> bool:
+        """After a conflict while saving an answer: whether the save may go onto `fresh`.
+
+        It may when the other writer left alone what the save depends on: for the first
+        save (`index` None, an append) the history still ends with this turn's last
+        message; for a later one, the message at `index` is still this answer as last
+        saved. Then the answer lands where it belongs and no orphan partial is left.
+        """
+        mine, theirs = self.record.messages, fresh.messages
+        if index is None:
+            return len(theirs) == len(mine) and _same(theirs[-1:], mine[-1:])
+        return index < len(theirs) and index < len(mine) and _same([theirs[index]], [mine[index]])
+
     def user_message(self, text: Any) -> StoredMessage:
         if not isinstance(text, str) or not text.strip():
             raise ValidationError("a message must be a non-empty string", param="text")
@@ -354,6 +368,10 @@ class SessionCore:
         message = {"role": "system", "content": result.content.strip() or "(empty summary)"}
         usage = result.usage.to_dict() if result.usage else None
         return StoredMessage(message, summary=True, covers=plan.covers, usage=usage)
+
+
+def _same(a: Sequence[StoredMessage], b: Sequence[StoredMessage]) -> bool:
+    return [m.to_dict() for m in a] == [m.to_dict() for m in b]
 
 
 def wire_message(stored: StoredMessage, keep_reasoning: bool) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from dskit.session._context import ContextPolicy
 from dskit.session._core import (
     DEFAULT_TOOL_ROUNDS,
     GROWING,
+    MAX_REBASES,
     SAVE_INTERVAL,
     Plan,
     SessionCore,
@@ -26,7 +27,12 @@ from dskit.session._core import (
 )
 from dskit.session._tools import Tool, format_error, format_result
 from dskit.store._memory import MemoryStore
-from dskit.store._model import SessionNotFoundError, SessionRecord, StoredMessage
+from dskit.store._model import (
+    SessionConflictError,
+    SessionNotFoundError,
+    SessionRecord,
+    StoredMessage,
+)
 
 if TYPE_CHECKING:
     from dskit.client._sync import DeepSeek, Stream
@@ -88,7 +94,11 @@ class ChatSession(SessionViews):
 
     def stream(self, text: str, **params: Any) -> SessionStream:
         """Like `send`, as the client's stream events; the answer is saved as it grows."""
-        self._append([self._core.user_message(text)])
+        message = self._core.user_message(text)
+        try:
+            self._append([message])
+        except SessionConflictError as conflict:  # nothing of this turn was written
+            raise conflict.in_turn(self._reloaded(), question_stored=False) from None
         return SessionStream(self, params, fresh=True)
 
     def retry(self, **params: Any) -> ChatResult:
@@ -146,6 +156,10 @@ class ChatSession(SessionViews):
     def reload(self) -> None:
         """Read the session again from the store (after a SessionConflictError)."""
         self._core.record = self.store.load(self.id)
+
+    def _reloaded(self) -> SessionRecord:
+        self.reload()
+        return self._core.record
 
     # ---- store writes ----------------------------------------------------------------
 
@@ -227,6 +241,15 @@ class SessionStream(EventStream[StreamEvent]):
         return self._result
 
     def _run(self) -> Generator[StreamEvent, None, None]:
+        try:
+            yield from self._turn()
+        except SessionConflictError as conflict:  # the question is in the store
+            if conflict.record is not None:
+                raise
+            fresh = self._session._reloaded()
+            raise conflict.in_turn(fresh, question_stored=True) from None
+
+    def _turn(self) -> Generator[StreamEvent, None, None]:
         session, core = self._session, self._session._core
         tool_round = 0
         while True:
@@ -291,6 +314,20 @@ class _Saver:
         self.index: int | None = None
 
     def save(self, message: StoredMessage) -> None:
+        """Write the answer; after another writer's change that left this answer's place
+        alone (see `SessionCore.can_rebase`), write it onto the fresh session."""
+        for _ in range(MAX_REBASES):
+            try:
+                self._write(message)
+                return
+            except SessionConflictError:
+                fresh = self.session.store.load(self.session.id)
+                if not self.session._core.can_rebase(fresh, self.index):
+                    raise
+                self.session._core.record = fresh
+        self._write(message)
+
+    def _write(self, message: StoredMessage) -> None:
         if self.index is None:
             self.session._append([message])
             self.index = len(self.session._core.record.messages) - 1

@@ -58,11 +58,17 @@ class SessionNotFoundError(StoreError, LookupError):
 class SessionConflictError(StoreError):
     """Another writer changed the session since this one last read it.
 
-    Nothing was written. Reload the session (its history now includes the other writer's
-    messages) and try again: this is how two writers never lose a message.
+    The write that failed wrote nothing. Reload the session (its history now includes the
+    other writer's messages) and try again: this is how two writers never lose a message.
+    Raised by a session's turn, it also says what to do: `question_stored` is whether the
+    question of that turn is in the store (then do not send it again) and `record` is the
+    session as the store holds it now.
     """
 
-    def __init__(self, session_id: str, expected: int, actual: int | None) -> None:
+    def __init__(
+        self, session_id: str, expected: int, actual: int | None, *,
+        record: SessionRecord | None = None, question_stored: bool | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(
             f"session {session_id!r} was changed by another writer "
             f"(expected version {expected}, found {actual}); reload it and retry"
@@ -70,6 +76,15 @@ class SessionConflictError(StoreError):
         self.session_id = session_id
         self.expected = expected
         self.actual = actual
+        self.record = record
+        self.question_stored = question_stored
+
+    def in_turn(self, record: SessionRecord, *, question_stored: bool) -> SessionConflictError:
+        """The same conflict, as a turn reports it (see the class docstring)."""
+        return SessionConflictError(
+            self.session_id, self.expected, self.actual, record=record,
+            question_stored=question_stored,
+        )  # fmt: skip
 
 
 class SessionFormatError(StoreError, ValueError):
