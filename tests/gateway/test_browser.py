@@ -96,3 +96,68 @@ def test_simulator_banner_and_safe_markdown(gateway_factory: Any, browser: Any) 
     assert "<img" not in html and "&lt;img" in html and "<strong>bold</strong>" in html
     assert "href" not in html and "&lt;b&gt;code&lt;/b&gt;" in html
     page.close()
+
+
+def _store_session(gateway: GatewayServer, path: Path, model: str, params: dict[str, Any]) -> str:
+    from dskit.store import SQLiteStore, StoredMessage
+
+    with gateway.client() as http:
+        created = http.post("/v1/sessions", json={"model": model, "parameters": params})
+        assert created.status_code == 201, created.text
+        session_id = str(created.json()["id"])
+    store = SQLiteStore(path)
+    record = store.load(session_id)
+    messages = [
+        StoredMessage({"role": "user", "content": "a question"}),
+        StoredMessage({"role": "assistant", "content": "half an ans"}, incomplete=True),
+    ]
+    store.append(session_id, messages, expected_version=record.version)
+    store.close()
+    return session_id
+
+
+def test_a_link_to_a_session_opens_it_with_its_own_settings_and_marks(
+    gateway_factory: Any, browser: Any, tmp_path: Path
+) -> None:
+    gateway: GatewayServer = gateway_factory()
+    sid = _store_session(
+        gateway, tmp_path / "sessions.sqlite3", "deepseek-v4-pro", {"thinking": False}
+    )
+    page = browser.new_page()
+    page.goto(f"{gateway.url}/#{sid}")  # the bare id, as a user would paste it
+    page.wait_for_selector(".msg.assistant .mark", timeout=10_000)
+    for _ in range(2):  # as opened, and again after a reload
+        assert page.eval_on_selector("#model", "el => el.value") == "deepseek-v4-pro"
+        assert page.eval_on_selector("#think", "el => el.checked") is False
+        assert "(incomplete" in page.locator(".msg.assistant").last.inner_text()
+        page.reload()
+        page.wait_for_selector(".msg.assistant .mark", timeout=10_000)
+    page.click("#new-chat")  # a new chat: the menu is live again, thinking on by default
+    assert page.eval_on_selector("#model", "el => el.disabled") is False
+    assert page.eval_on_selector("#think", "el => el.checked") is True
+    page.close()
+
+
+def test_a_wrong_key_says_so_and_sign_out_forgets_the_right_one(
+    gateway_factory: Any, browser: Any, tmp_path: Path
+) -> None:
+    from tests.gateway.test_auth import _create_key
+
+    db = tmp_path / "keys.sqlite3"
+    key = _create_key(db, "dana")
+    gateway: GatewayServer = gateway_factory(keys_path=str(db))
+    page = browser.new_page()
+    page.goto(gateway.url)
+    page.wait_for_selector("#login", state="visible", timeout=10_000)
+    page.fill("#login-key", "sk-gw-not-a-key")
+    page.click("#login button")
+    page.wait_for_selector("#login-error", state="visible")
+    assert page.inner_text("#login-error") == "That key was not accepted."
+    page.fill("#login-key", key)
+    page.click("#login button")
+    page.wait_for_selector("#logout", state="visible", timeout=10_000)
+    page.click("#logout")
+    page.wait_for_selector("#login", state="visible", timeout=10_000)
+    page.reload()  # the cookie is gone: the page asks again
+    page.wait_for_selector("#login", state="visible", timeout=10_000)
+    page.close()

@@ -17,7 +17,11 @@
       init.body = JSON.stringify(body);
     }
     const response = await fetch(path, init);
-    if (response.status === 401) { showLogin(); throw new Error("sign in first"); }
+    if (response.status === 401) {
+      if (path === "/v1/login") throw new Error("That key was not accepted.");
+      showLogin();
+      throw new Error("Sign in with a gateway key first.");
+    }
     if (response.status === 204) return null;
     const data = await response.json();
     if (!response.ok) throw new Error((data.error && data.error.message) || response.statusText);
@@ -26,7 +30,34 @@
 
   function setStatus(text) { $("status").textContent = text || ""; }
 
-  function showLogin() { $("login").hidden = false; }
+  function showLogin() { $("login").hidden = false; $("logout").hidden = true; }
+
+  // A note under an answer that did not finish (stopped, cut by an error or a crash).
+  function markIncomplete(el, text) {
+    el.dataset.state = "incomplete";
+    const note = document.createElement("p");
+    note.className = "mark";
+    note.textContent = text;
+    el.appendChild(note);
+  }
+
+  // The header shows the open session's own settings; they shape new chats only.
+  const MIGRATED = { "deepseek-chat": ["deepseek-flash", false], "deepseek-reasoner": ["deepseek-flash", true] };
+  function showSettings(detail) {
+    const open = detail !== null;
+    const params = open ? (detail.parameters || {}) : {};
+    let model = open ? detail.model : (localStorage.getItem("dskit.model") || "deepseek-flash");
+    let implied = null;
+    if (MIGRATED[model]) { implied = MIGRATED[model][1]; model = MIGRATED[model][0]; }
+    const select = $("model");
+    if (!Array.from(select.options).some((o) => o.value === model)) select.add(new Option(model, model));
+    select.value = model;
+    const think = open ? (typeof params.thinking === "boolean" ? params.thinking : implied !== false)
+      : localStorage.getItem("dskit.think") !== "false";
+    $("think").checked = think;
+    select.disabled = open;
+    $("think").disabled = open;
+  }
 
   // ---- rendering -------------------------------------------------------------------
 
@@ -66,8 +97,8 @@
       else if (m.role === "assistant") {
         const el = addMessage("assistant", m.content || "");
         el.dataset.thinking = m.reasoning_content || "";
-        if (m.incomplete) el.dataset.state = "incomplete";
         paint(el);
+        if (m.incomplete) markIncomplete(el, "(incomplete: this answer was stopped or cut off)");
       }
     }
   }
@@ -95,6 +126,7 @@
     location.hash = "s=" + id;
     const detail = await api("GET", "/v1/sessions/" + id);
     renderSession(detail);
+    showSettings(detail);
     refreshList();
     if (detail.active_answer) follow(id, detail.active_answer);
   }
@@ -104,6 +136,7 @@
     state.session = null;
     history.replaceState(null, "", location.pathname);
     $("messages").innerHTML = "";
+    showSettings(null);
     refreshList();
     $("input").focus();
   }
@@ -168,12 +201,16 @@
       }
       if (!fresh(e)) return;
       const error = JSON.parse(e.data);
-      el.dataset.state = error.type === "cancelled" ? "incomplete" : "error";
-      const note = document.createElement("p");
-      note.className = "error";
-      note.textContent = error.type === "cancelled" ? "(stopped)" : "Error: " + error.message;
       paint(el);
-      el.appendChild(note);
+      if (error.type === "cancelled") {
+        markIncomplete(el, "(stopped)");
+      } else {
+        el.dataset.state = "error";
+        const note = document.createElement("p");
+        note.className = "error";
+        note.textContent = "Error: " + error.message;
+        el.appendChild(note);
+      }
       closeStream();
     });
     source.addEventListener("open", () => setStatus(""));
@@ -182,9 +219,12 @@
   async function send(text) {
     setStatus("");
     if (!state.session) {
-      const created = await api("POST", "/v1/sessions", { model: $("model").value });
+      const created = await api("POST", "/v1/sessions", {
+        model: $("model").value, parameters: { thinking: $("think").checked },
+      });
       state.session = created.id;
       location.hash = "s=" + created.id;
+      showSettings(created);
     }
     addMessage("user", text);
     const handle = await api("POST", "/v1/sessions/" + state.session + "/messages",
@@ -212,8 +252,22 @@
     if (state.session) api("POST", "/v1/sessions/" + state.session + "/cancel").catch((e) => setStatus(e.message));
   });
   $("new-chat").addEventListener("click", newChat);
+  function showThinking(on) {
+    $("show-thinking").checked = on;
+    document.body.classList.toggle("show-thinking", on);
+  }
   $("show-thinking").addEventListener("change", (e) => {
-    document.body.classList.toggle("show-thinking", e.target.checked);
+    localStorage.setItem("dskit.showThinking", String(e.target.checked));
+    showThinking(e.target.checked);
+  });
+  $("model").addEventListener("change", (e) => localStorage.setItem("dskit.model", e.target.value));
+  $("think").addEventListener("change", (e) => localStorage.setItem("dskit.think", String(e.target.checked)));
+  $("logout").addEventListener("click", async () => {
+    await api("POST", "/v1/logout").catch(() => null);
+    newChat();
+    $("session-list").innerHTML = "";
+    $("logout").hidden = true;
+    start();
   });
   $("login").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -230,13 +284,21 @@
   });
 
   async function start() {
+    showThinking(localStorage.getItem("dskit.showThinking") !== "false");
+    showSettings(null);
+    let info = null;
     try {
-      const info = await api("GET", "/v1/gateway");
+      info = await api("GET", "/v1/gateway");
       $("simulator-banner").hidden = info.upstream !== "simulator";
     } catch (e) { /* the banner stays hidden */ }
     await refreshList();
-    const match = location.hash.match(/^#s=([A-Za-z0-9_-]+)$/);
+    if (info && info.auth && $("login").hidden) $("logout").hidden = false;
+    const match = location.hash.match(/^#(?:s=)?([A-Za-z0-9_-]+)$/);  // #s=<id> or #<id>
     if (match) openSession(match[1]).catch((e) => setStatus(e.message));
   }
+  window.addEventListener("hashchange", () => {
+    const match = location.hash.match(/^#(?:s=)?([A-Za-z0-9_-]+)$/);
+    if (match && match[1] !== state.session) openSession(match[1]).catch((e) => setStatus(e.message));
+  });
   start();
 })();
