@@ -152,6 +152,10 @@ class TextCounter:
         """Whether counts come from the tokenizer (False: the rule of thumb)."""
         return self._tokenizer() is not None
 
+    def load(self) -> bool:
+        """Load the tokenizer now rather than on the first count; whether it loaded."""
+        return self.exact
+
     def _tokenizer(self) -> Tokenizer | None:
         if not self._loaded:
             with self._lock:
