@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dskit._tokens import estimate_tokens
+from dskit._tokens import count_text
 from dskit.store import SessionRecord, SQLiteStore
 from tests.cli._pty import Terminal, squash
 from tests.conftest import wait_until
@@ -71,7 +71,7 @@ def test_stream_interrupt_retry_undo_quit_then_continue(home, env):
         term.expect(PROMPT)
         [_, partial] = latest(home).messages
         assert partial.incomplete and partial.content
-        assert estimated == estimate_tokens(partial.content)
+        assert estimated == count_text(partial.content)
         assert squash(partial.content) in squash(term.text)
 
         term.send("/retry\r")

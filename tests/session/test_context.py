@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dskit import ContextOverflowError, ValidationError
+from dskit._tokens import count_message
 from dskit.session._context import (
     ContextPolicy,
     Fit,
@@ -147,15 +148,19 @@ def test_policy_rejects_bad_values(bad: dict[str, Any]) -> None:
 
 def test_counter_calibrates_from_real_usage() -> None:
     counter = TokenCounter()
-    wires = [{"role": "system", "content": "x" * 100}, {"role": "user", "content": "y" * 100}]
-    assert [counter.estimate(w) for w in wires] == [34, 34]
-    exact = counter.attribute([None, None], wires, prompt_tokens=136)
-    assert exact == [68, 68] and sum(exact) == 136
-    assert counter.factor == 2.0
+    system = {"role": "system", "content": "You answer in one short sentence."}
+    user = {"role": "user", "content": "What is a context window?"}
+    wires = [system, user]
+    counts = [count_message(w) for w in wires]  # the tokenizer's, template markers included
+    assert [counter.estimate(w) for w in wires] == counts
+    exact = counter.attribute([None, None], wires, prompt_tokens=2 * sum(counts))
+    assert exact == [2 * c for c in counts] and counter.factor == 2.0
     # Known counts stay as they are; only the new message is attributed.
-    wires.append({"role": "assistant", "content": "z" * 10})
-    assert counter.attribute([68, 68, None], wires, prompt_tokens=150) == [68, 68, 14]
+    wires.append({"role": "assistant", "content": "The tokens a model sees at once."})
+    reply = count_message(wires[2])
+    known = [*exact, None]
+    assert counter.attribute(known, wires, sum(exact) + reply) == [*exact, reply]
+    assert counter.factor == 1.0
     # Known counts that turn out too big are scaled down to the real total.
-    assert sum(counter.attribute([68, 68, 14], wires, prompt_tokens=100)) == 100
-    assert counter.factor == 2.0  # 14 real tokens for 7 estimated
-    assert counter.estimate({"role": "user", "content": "y" * 100}) == 68
+    assert sum(counter.attribute([*exact, reply], wires, prompt_tokens=10)) == 10
+    assert counter.estimate(user) == counts[1]

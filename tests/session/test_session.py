@@ -16,6 +16,7 @@ from dskit import (
     SQLiteStore,
     ValidationError,
 )
+from dskit._tokens import prompt_overhead
 from dskit.client import ContentDelta, Done
 from dskit.session import ContextPolicy
 from dskit.store import SessionConflictError, SessionNotFoundError, SessionStore
@@ -54,11 +55,14 @@ def test_token_counts_become_exact_from_usage(client: DeepSeek) -> None:
     second = s.send("more please")
     history = s.history
     # Everything sent is now counted exactly; only the newest answer is still estimated.
+    # The rest of `prompt_tokens` is the prompt's own start and generation prompt.
     assert all(m.tokens is not None for m in history[:-1]) and history[-1].tokens is None
     system = s._core.fixed_tokens["Be brief."]
     assert first.usage is not None and second.usage is not None
-    assert system + history[0].tokens == first.usage.prompt_tokens  # type: ignore[operator]
-    assert system + sum(m.tokens for m in history[:-1]) == second.usage.prompt_tokens  # type: ignore[misc]
+    overhead = prompt_overhead(s.thinking)
+    assert overhead + system + history[0].tokens == first.usage.prompt_tokens  # type: ignore[operator]
+    sent = sum(m.tokens for m in history[:-1])  # type: ignore[misc]
+    assert overhead + system + sent == second.usage.prompt_tokens
 
 
 def test_load_continues_a_stored_session(client: DeepSeek, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from dskit._models import (
     default_max_tokens,
     migrate,
 )
-from dskit._tokens import estimate_message_tokens
+from dskit._tokens import count_message
 from dskit._validate import is_integer
 from dskit.client._errors import ContextOverflowError, ValidationError
 
@@ -172,10 +172,13 @@ def _overflow(used: int, budget: int, what: str) -> None:
 class TokenCounter:
     """Token counts that get exact as the conversation goes.
 
-    A message starts with the documented per-character estimate (times this session's
-    calibration factor). Each reply's `usage.prompt_tokens` is the exact size of what was
-    sent, so the messages whose size was still estimated get the exact remainder, spread
-    in proportion to their estimates; from then on only new text is ever estimated.
+    A message starts with the tokenizer's count of it, template markers included
+    (`dskit._tokens`), times this session's calibration factor: 1 until the API says
+    otherwise. Each reply's `usage.prompt_tokens`, less the prompt's own overhead, is the
+    exact size of the messages sent, so the messages whose size was still estimated get
+    the exact remainder, spread in proportion to their estimates, and the factor becomes
+    remainder / count (the API's tokenizer or template may differ from ours); from then on
+    only new text is ever counted.
     """
 
     MIN_FACTOR = 0.25
@@ -185,7 +188,10 @@ class TokenCounter:
         self.factor = 1.0
 
     def estimate(self, wire: Mapping[str, Any]) -> int:
-        return max(1, math.ceil(estimate_message_tokens(wire) * self.factor))
+        return self._scaled(count_message(wire))
+
+    def _scaled(self, count: int) -> int:
+        return max(1, math.ceil(count * self.factor))
 
     def cost(self, known: int | None, wire: Mapping[str, Any]) -> int:
         return known if known is not None else self.estimate(wire)
@@ -193,16 +199,18 @@ class TokenCounter:
     def attribute(
         self, known: Sequence[int | None], wires: Sequence[Mapping[str, Any]], prompt_tokens: int
     ) -> list[int]:
-        """Exact counts for every sent message, given the real prompt size."""
-        costs = [self.cost(k, w) for k, w in zip(known, wires, strict=True)]
+        """Exact counts for every sent message, given the real size of the messages
+        (`prompt_tokens` less `prompt_overhead`)."""
         unknown = [i for i, k in enumerate(known) if k is None]
+        counts = {i: count_message(wires[i]) for i in unknown}
+        costs = [self._scaled(counts[i]) if k is None else k for i, k in enumerate(known)]
         known_total = sum(c for c, k in zip(costs, known, strict=True) if k is not None)
         remainder = prompt_tokens - known_total
         if prompt_tokens <= 0 or not costs:
             return costs
         if not unknown or remainder < len(unknown):
             return _spread(costs, range(len(costs)), prompt_tokens)
-        raw = sum(estimate_message_tokens(wires[i]) for i in unknown)
+        raw = sum(counts.values())
         self.factor = min(max(remainder / max(raw, 1), self.MIN_FACTOR), self.MAX_FACTOR)
         return _spread(costs, unknown, remainder)
 

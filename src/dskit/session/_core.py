@@ -13,10 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from dskit._models import ModelInfo, migrate
-from dskit._tokens import estimate_tokens
+from dskit._tokens import COUNTER, prompt_overhead, tools_text
 from dskit._validate import EFFORT_ALIASES, is_number
 from dskit.client._core import API_PARAMS, check_chat_params
 from dskit.client._errors import ToolError, ValidationError
@@ -80,7 +78,7 @@ class SessionCore:
         self.definitions += [dict(d) for d in wire_tools]
         # ...and as a pseudo-message (none without tools): they count against the prompt too.
         self._tools_wire: list[dict[str, Any]] = (
-            [{"role": "system", "content": orjson.dumps(self.definitions).decode()}]
+            [{"role": "system", "content": tools_text(self.definitions)}]
             if self.definitions
             else []
         )
@@ -151,6 +149,7 @@ class SessionCore:
         stored = [self.record.messages[i] for i, _ in pairs]
         head = self._head(summary)
         fixed = sum(self._fixed_cost(w) for w in (*head, *self._tools_wire))
+        fixed += prompt_overhead(self.thinking)
         costs = [self.counter.cost(s.tokens, w) for s, w in zip(stored, wires, strict=True)]
         strategy = self.policy.strategy
         if strategy == "summarize" and not allow_summary:
@@ -289,7 +288,8 @@ class SessionCore:
             s.tokens if s is not None else self.fixed_tokens.get(w["content"])
             for s, w in zip(sources, wires, strict=True)
         ]
-        exact = self.counter.attribute(known, wires, result.usage.prompt_tokens)
+        sent = result.usage.prompt_tokens - prompt_overhead(self.thinking)
+        exact = self.counter.attribute(known, wires, sent)
         self.fixed_tokens = {}
         for source, wire, tokens in zip(sources, wires, exact, strict=True):
             if source is None:
@@ -402,11 +402,8 @@ def transcript_line(stored: StoredMessage) -> str:
 
 
 def _cut_to_tokens(text: str, tokens: int) -> str:
-    """Keep the end of `text` (the most recent part) within about `tokens` tokens."""
-    if estimate_tokens(text) <= tokens:
-        return text
-    keep = max(tokens, 1) * 3  # at least 1/3 token per character, so this is safe
-    return text[-keep:]
+    """Keep the end of `text` (the most recent part) within `tokens` tokens."""
+    return COUNTER.tail(text, tokens)
 
 
 def new_record(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from dskit._tokens import content_text, count_prompt
-from dskit._validate import PASSBACK
+from dskit._validate import PASSBACK, thinking_enabled
 from dskit.sim._anthropic_wire import MessageEncoder
 from dskit.sim._completions import answer_chat, checked, read_request
 from dskit.sim._plan import plan_chat
@@ -297,5 +297,5 @@ async def count_tokens(app: SimApp, request: Request, send: Send) -> None:
     if data is None:
         return
     chat = _translated(app, request, data, count=True)
-    tokens = count_prompt(chat["messages"])
+    tokens = count_prompt(chat["messages"], chat.get("tools"), thinking=thinking_enabled(chat))
     await app.send_json(send, request, 200, orjson.dumps({"input_tokens": tokens}))

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from dskit._models import CURRENT_MODELS
+from dskit._tokens import COUNTER
 from dskit.sim._anthropic import count_tokens, messages
 from dskit.sim._anthropic_wire import anthropic_error_body
 from dskit.sim._cache import PrefixCache
@@ -171,6 +172,7 @@ class SimApp:
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
+        COUNTER.load()  # now, in the caller's thread, not on the first request's loop
         self.stats = SimStats()
         self.cache = PrefixCache(self.config.cache_blocks)
         self.fault_keys = FaultKeys()

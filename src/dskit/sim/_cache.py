@@ -1,7 +1,10 @@
 """A real prefix cache of prompts, in DeepSeek's 64-token storage units.
 
-The prompt is a token sequence: each message contributes as many tokens as
-`dskit._tokens` estimates for it, all identified by the message's digest and position.
+The prompt is a token sequence: its start, the tool definitions and each message
+contribute as many tokens as `dskit._tokens` counts for them (the tokenizer, template
+markers included), all identified by their digest and position; the generation prompt
+at the end counts in `prompt_tokens` but is never cached (the next turn's prompt has the
+answer there).
 Blocks of 64 tokens are hashed as a chain (each block's hash covers everything before
 it), so a block hits only when the whole prompt up to its end was seen before, exactly
 like a repeated prefix. A partial last block is never cached.
@@ -11,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dskit._tokens import estimate_message_tokens
+from dskit._tokens import COUNTER, GENERATION_OVERHEAD
 from dskit.sim._text import digest
 
 BLOCK = 64
@@ -64,15 +67,23 @@ class PrefixCache:
     def clear(self) -> None:
         self._blocks.clear()
 
-    def lookup_and_store(self, model: str, messages: Iterable[Mapping[str, Any]]) -> CacheResult:
-        """Count the cached leading blocks of this prompt, then remember all its blocks."""
-        segments = [(digest(m), estimate_message_tokens(m)) for m in messages]
+    def lookup_and_store(
+        self,
+        model: str,
+        messages: Iterable[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        thinking: bool = True,
+    ) -> CacheResult:
+        """Count the cached leading blocks of this prompt, then remember all its blocks.
+        `prompt_tokens` is `dskit._tokens.count_prompt` of the same request."""
+        segments = [(digest(what), n) for what, n in COUNTER.pieces(messages, tools)]
         hashes, total = block_hashes(model.encode(), segments)
         hits = 0
         while hits < len(hashes) and hashes[hits] in self._blocks:
             hits += 1
         self._store(hashes)
-        return CacheResult(total, hits * BLOCK)
+        return CacheResult(total + GENERATION_OVERHEAD[thinking], hits * BLOCK)
 
     def _store(self, hashes: list[bytes]) -> None:
         if self.capacity <= 0:

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from dskit._tokens import estimate_tokens
+from dskit._tokens import COUNTER
 from dskit._validate import thinking_enabled
 from dskit.sim._cache import CacheResult
 from dskit.sim._faults import ControlError, Controls, parse_controls, random_fault
@@ -176,7 +176,7 @@ async def fim(app: SimApp, request: Request, send: Send) -> None:
     checked(lambda: check_fim(data, app.config))
     async with _slot(app):
         reply = plan_fim(data, app.config.seed)
-        prompt = estimate_tokens(data["prompt"]) + estimate_tokens(data.get("suffix") or "")
+        prompt = COUNTER.fim(data["prompt"], data.get("suffix") or "")
         renderer = ChatRenderer(data, fim=True)
         stream = bool(data.get("stream"))
         cache = CacheResult(prompt, 0)
@@ -194,7 +194,9 @@ async def answer_chat(
     """Plan the reply to a checked chat body (any format's, translated) and answer it."""
     async with _slot(app):
         reply = plan_chat(data, app.config.seed)
-        cache = app.cache.lookup_and_store(data["model"], data["messages"])
+        cache = app.cache.lookup_and_store(
+            data["model"], data["messages"], data.get("tools"), thinking=thinking_enabled(data)
+        )
         stream = bool(data.get("stream"))
         await answer(app, request, send, reply, cache, controls, renderer, stream=stream)
 
