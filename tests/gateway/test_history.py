@@ -88,7 +88,7 @@ def test_summary_cut_off_answers_and_extra_keys_are_sent_as_a_session_sends_them
 def test_old_turns_are_dropped_to_fit_the_window(
     relayed: GatewayServer, recording_upstream: RecordingUpstream, tmp_path: Path
 ) -> None:
-    huge = "word " * 800_000  # about 1.2M tokens: more than deepseek-flash's window (1M)
+    huge = "word " * 1_100_000  # 1.1M tokens: more than deepseek-flash's window (1M)
     history = [
         StoredMessage({"role": "user", "content": huge}),
         StoredMessage({"role": "assistant", "content": "noted"}),

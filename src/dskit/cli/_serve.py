@@ -109,9 +109,11 @@ def _preflight(settings: GatewaySettings) -> None:
         return
     import redis
 
+    from dskit.gateway._redis_log import check_redis_url
     from dskit.store import StoreUnavailableError
     from dskit.store._model import redact_url
 
+    check_redis_url(settings.redis)
     client = redis.Redis.from_url(settings.redis, socket_connect_timeout=3, socket_timeout=3)
     try:
         client.ping()

@@ -167,6 +167,14 @@ class PartialAnswer:
         return self.finished or self.last_kind in ("done", "error")
 
 
+def check_redis_url(url: str) -> None:
+    """A ConfigError for a URL that is not Redis' (redis://, rediss:// or unix://)."""
+    from dskit.client._errors import ConfigError
+
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://, rediss:// or unix://")
+
+
 def connect(url: str) -> redis.asyncio.Redis:
     """An asyncio Redis client with bounded connect time (a down Redis fails fast)."""
     from dskit.client._errors import ConfigError
@@ -175,8 +183,7 @@ def connect(url: str) -> redis.asyncio.Redis:
         import redis.asyncio
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError("Redis support needs redis-py: pip install 'dskit[redis]'") from None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://, rediss:// or unix://")
+    check_redis_url(url)
     from dskit.store._redis import client_options
 
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **client_options(is_async=True))
