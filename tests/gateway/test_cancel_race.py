@@ -109,8 +109,12 @@ def check_ended_once(http: httpx2.Client, handle: dict[str, Any], where: str) ->
     _until(finished, where, "the next answer did not end after its cancel")
 
 
-def race_cancels(gateway: GatewayServer, seed: int, rounds: int = ROUNDS) -> dict[str, int]:
-    """The rounds against one gateway; returns how the answers ended (for the message)."""
+def race_cancels(
+    gateway: GatewayServer, seed: int, rounds: int = ROUNDS,
+    also: Callable[[dict[str, Any], str], None] | None = None,
+) -> dict[str, int]:  # fmt: skip
+    """The rounds against one gateway (`also`: more checks of each ended answer); returns
+    how the answers ended."""
     ended = {"cancels": 0, "done": 0, "error": 0}
     with gateway.client() as http:
         for index in range(rounds):
@@ -127,6 +131,8 @@ def race_cancels(gateway: GatewayServer, seed: int, rounds: int = ROUNDS) -> dic
             handle = posted.json()
             ended["cancels"] += _fire(gateway, handle, rng)
             check_ended_once(http, handle, where)
+            if also is not None:
+                also(handle, where)
             last = http.get(handle["events_url"]).json()["events"][-1]["type"]
             ended[last] += 1
     return ended
