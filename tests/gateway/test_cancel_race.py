@@ -155,7 +155,8 @@ def _start_and_cancel_at_once(
         user = StoredMessage({"role": "user", "content": "never answered"})
         record.messages.append(user)
         record.version = await gw.store.aappend(sid, [user], expected_version=record.version)
-        answer_id = await gw.runner.start(record, upstream_messages(record, None), {}, None)
+        messages = upstream_messages(record, None)
+        answer_id = await gw.runner.start(record, messages, {}, None, "local")
         # no await yields to the loop before the first cancel: the answer's task has not
         # run yet; the others are queued behind it
         others = [asyncio.ensure_future(gw.runner.cancel(answer_id)) for _ in range(cancels - 1)]

@@ -78,13 +78,13 @@ def _takeover_job(job: AnswerJob) -> bytes:
 
 async def open_answer(
     gw: Gateway, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
-    headers: Mapping[str, str],
+    headers: Mapping[str, str], principal: str,
 ) -> Opened:  # fmt: skip
     """The cache, then the upstreams in order; degraded (all down): a stored answer, else
     `AllUpstreamsDownError`. `params` are the client's (`extra_headers` included: no part
-    of the cache key); `headers` are the caller's cache policy (`X-Dskit-Cache`, max-age).
-    Both surfaces open their answers here."""
-    key = gw.cache.key_for(messages, params, headers)
+    of the cache key); `headers` are the caller's cache policy (`X-Dskit-Cache`, max-age);
+    `principal`: who asks (the cache is per principal). Both surfaces open answers here."""
+    key = gw.cache.key_for(messages, params, headers, principal)
     lookup = None
     if key is not None:
         found = await gw.cache.lookup(key, headers)
@@ -95,7 +95,7 @@ async def open_answer(
     try:
         upstream, stream, first = await gw.pool.open(messages, params)
     except AllUpstreamsDownError:
-        cached = await gw.cache.fallback(messages, params)
+        cached = await gw.cache.fallback(messages, params, principal)
         if cached is None:
             raise
         return Opened(ReplaySource(cached), None, lookup)
@@ -114,11 +114,14 @@ class AnswerRunner:
 
     async def start(
         self, record: SessionRecord, messages: list[dict[str, Any]], headers: Mapping[str, str],
-        callback_url: str | None,
+        callback_url: str | None, principal: str,
     ) -> str:  # fmt: skip
-        """Answer `record` (its last message the new question) by sending `messages`."""
+        """Answer `record` (its last message the new question, asked by `principal`) by
+        sending `messages`."""
         answer_id = uuid.uuid4().hex
-        job = AnswerJob(answer_id, record, messages, headers, callback_url, time.monotonic())
+        job = AnswerJob(
+            answer_id, record, messages, headers, callback_url, time.monotonic(), principal
+        )
         log = self.gw.log
         if isinstance(log, RedisStreamLog):  # what another instance needs to take it over
             await log.create(answer_id, record.id, self.worker, job=_takeover_job(job))
@@ -216,4 +219,4 @@ class AnswerRunner:
     async def _open(self, job: AnswerJob) -> Opened:
         record = job.record
         call = {"model": record.model, **record.params, "extra_headers": dict(job.extra_headers)}
-        return await open_answer(self.gw, job.messages, call, {})
+        return await open_answer(self.gw, job.messages, call, {}, job.principal)

@@ -67,6 +67,7 @@ class AnswerJob:
     extra_headers: Mapping[str, str]
     callback_url: str | None
     started: float
+    principal: str = ""  # who asked (the cache is theirs); "" for a takeover (no cache)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,8 @@ async def post_message(
     messages = upstream_messages(record, info)  # as ChatSession would; too big: a 400, unstored
     await charge_tokens(gw.token_limiter, who, messages)  # what is sent, as for /v1/chat
     record.version = await gw.store.aappend(session_id, [user], expected_version=record.version)
-    answer_id = await gw.runner.start(record, messages, upstream_headers(request, gw), callback)
+    headers = upstream_headers(request, gw)
+    answer_id = await gw.runner.start(record, messages, headers, callback, who)
     if body.stream:
         return _sse(gw, answer_id, 0)
     if body.background or callback:
