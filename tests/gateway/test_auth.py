@@ -141,3 +141,26 @@ def test_the_answer_cache_is_per_principal(gateway_factory: Any, tmp_path: Path)
             events = http.get(f"/v1/sessions/{sid}/answers/{result['answer_id']}/events").json()
             done.append(events["events"][-1]["data"])
         assert [d.get("cached", False) for d in done] == [False, False]
+
+
+def test_listing_reads_the_callers_own_sessions(gateway_factory: Any, tmp_path: Path) -> None:
+    """A principal with more sessions than the old scan window (1,000) does not empty
+    anyone else's list: each lists its own, most recently updated first."""
+    from dskit.store import SessionRecord
+
+    db = tmp_path / "gateway.sqlite3"
+    alice, bob = _create_key(db, "alice"), _create_key(db, "bob")
+    gateway: GatewayServer = gateway_factory(keys_path=str(db))
+    gw = gateway.gw
+    with gateway.client(alice) as a, gateway.client(bob) as b:
+        mine = b.post("/v1/sessions", json={"title": "bob's"}).json()["id"]
+        many = []
+        for n in range(1005):  # newer than bob's, straight into the gateway's stores
+            record = gw.store.create(SessionRecord(title=f"alice {n}"))
+            gw.keys.own(record.id, "alice")
+            many.append(record.id)
+        assert [s["id"] for s in b.get("/v1/sessions").json()["data"]] == [mine]
+        listed = a.get("/v1/sessions", params={"limit": 500}).json()["data"]
+        assert [s["id"] for s in listed] == many[::-1][:500]
+        a.post(f"/v1/sessions/{many[0]}/messages", json={"content": "hi"})
+        assert a.get("/v1/sessions", params={"limit": 1}).json()["data"][0]["id"] == many[0]
