@@ -113,3 +113,54 @@ def test_rate_limit_per_principal_answers_429_with_retry_after(gateway_factory: 
     assert statuses == [201, 201, 429]
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"]["code"] == "rate_limited"
+
+
+def test_the_answer_cache_is_per_principal(gateway_factory: Any, tmp_path: Path) -> None:
+    """A temperature-0 answer is cached for the principal that asked, never shared: the
+    same question from another key is a miss (and its own upstream call), then a hit."""
+    db = tmp_path / "gateway.sqlite3"
+    alice, bob = _create_key(db, "alice"), _create_key(db, "bob")
+    gateway: GatewayServer = gateway_factory(keys_path=str(db))
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    body = {"model": "deepseek-flash", "temperature": 0, "messages": question}
+    with gateway.client(alice) as a, gateway.client(bob) as b:
+        first = a.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200 and first.headers["X-Dskit-Cache"] == "miss"
+        again = a.post("/v1/chat/completions", json=body)
+        assert again.headers["X-Dskit-Cache"] == "hit" and again.json()["cached"] is True
+        other = b.post("/v1/chat/completions", json=body)
+        assert other.status_code == 200 and other.headers["X-Dskit-Cache"] == "miss"
+        assert "cached" not in other.json()
+        assert b.post("/v1/chat/completions", json=body).headers["X-Dskit-Cache"] == "hit"
+        # the sessions surface: alice's session answer is not bob's either
+        asked = {"content": "Name a river.", "background": False}
+        done = []
+        for http in (a, b):
+            sid = http.post("/v1/sessions", json={"parameters": {"temperature": 0}}).json()["id"]
+            result = http.post(f"/v1/sessions/{sid}/messages", json=asked).json()
+            events = http.get(f"/v1/sessions/{sid}/answers/{result['answer_id']}/events").json()
+            done.append(events["events"][-1]["data"])
+        assert [d.get("cached", False) for d in done] == [False, False]
+
+
+def test_listing_reads_the_callers_own_sessions(gateway_factory: Any, tmp_path: Path) -> None:
+    """A principal with more sessions than the old scan window (1,000) does not empty
+    anyone else's list: each lists its own, most recently updated first."""
+    from dskit.store import SessionRecord
+
+    db = tmp_path / "gateway.sqlite3"
+    alice, bob = _create_key(db, "alice"), _create_key(db, "bob")
+    gateway: GatewayServer = gateway_factory(keys_path=str(db))
+    gw = gateway.gw
+    with gateway.client(alice) as a, gateway.client(bob) as b:
+        mine = b.post("/v1/sessions", json={"title": "bob's"}).json()["id"]
+        many = []
+        for n in range(1005):  # newer than bob's, straight into the gateway's stores
+            record = gw.store.create(SessionRecord(title=f"alice {n}"))
+            gw.keys.own(record.id, "alice")
+            many.append(record.id)
+        assert [s["id"] for s in b.get("/v1/sessions").json()["data"]] == [mine]
+        listed = a.get("/v1/sessions", params={"limit": 500}).json()["data"]
+        assert [s["id"] for s in listed] == many[::-1][:500]
+        a.post(f"/v1/sessions/{many[0]}/messages", json={"content": "hi"})
+        assert a.get("/v1/sessions", params={"limit": 1}).json()["data"][0]["id"] == many[0]

@@ -166,6 +166,18 @@ def test_semantic_cache_is_keyed_on_the_context() -> None:
     assert cache.get(conversation("What is the capital of France?"), PARAMS).status == "miss"
 
 
+def test_keys_are_per_principal() -> None:
+    asked = conversation("What is the capital of France?")
+    alice = request_key(asked, PARAMS, "alice")
+    assert alice == request_key(asked, PARAMS, "alice")
+    assert alice != request_key(asked, PARAMS, "bob") != request_key(asked, PARAMS)
+    cache = SemanticCache(threshold=0.9, embedder=bag_of_words)
+    cache.put(asked, PARAMS, RESULT, "alice")
+    near = conversation("what is the capital of France")
+    assert cache.get(near, PARAMS, principal="alice").status == "hit"
+    assert cache.get(near, PARAMS, principal="bob").status == "miss"
+
+
 def test_semantic_cache_bounded() -> None:
     cache = SemanticCache(max_entries=3, embedder=bag_of_words)
     for i in range(5):
@@ -213,24 +225,24 @@ async def test_cache_front_tries_the_semantic_cache_after_an_exact_miss() -> Non
     metrics = Metrics()
     semantic = SemanticCache(threshold=0.9, embedder=bag_of_words)
     front = CacheFront(MemoryCache(), 60, metrics, semantic)
-    asked = front.key_for(conversation("What is the capital of France?"), PARAMS, {})
+    asked = front.key_for(conversation("What is the capital of France?"), PARAMS, {}, "local")
     assert asked is not None
     assert (await front.lookup(asked, {})).status == "miss"
     await front.store(asked, RESULT)
-    near = front.key_for(conversation("what is the capital of france"), PARAMS, {})
+    near = front.key_for(conversation("what is the capital of france"), PARAMS, {}, "local")
     assert near is not None and near.key != asked.key
     found = await front.lookup(near, {})
     assert found.status == "hit" and found.answer is not None
     assert found.answer.kind == "semantic" and found.answer.result == RESULT
     other = front.key_for(
-        conversation("Italy?", "Rome.", "what is the capital of france"), PARAMS, {}
+        conversation("Italy?", "Rome.", "what is the capital of france"), PARAMS, {}, "local"
     )
     assert other is not None and (await front.lookup(other, {})).status == "miss"
     text = metrics.render().decode()
     assert 'dskit_gateway_cache_total{result="hit"} 1.0' in text
     assert 'dskit_gateway_cache_total{result="miss"} 2.0' in text
-    assert front.key_for(conversation("x"), {**PARAMS, "temperature": 0.5}, {}) is None
+    assert front.key_for(conversation("x"), {**PARAMS, "temperature": 0.5}, {}, "local") is None
     opted = front.key_for(
-        conversation("x"), {**PARAMS, "temperature": 0.5}, {"x-dskit-cache": "on"}
+        conversation("x"), {**PARAMS, "temperature": 0.5}, {"x-dskit-cache": "on"}, "local"
     )
     assert opted is not None

@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until
+from tests.gateway.test_cancel_race import SEED, race_cancels
+
 pytestmark = pytest.mark.redis
 
 
@@ -37,3 +40,27 @@ def test_a_cancel_always_stops_the_generation(
             assert time.monotonic() - began < 1.0, "a cancel returns when the generation stopped"
             result = http.get(f"/v1/sessions/{sid}/answers/{handle['answer_id']}").json()
             assert result["status"] == ("cancelled" if cancel["cancelled"] else "completed")
+
+
+def test_racing_cancels_end_every_answer_once_and_release_its_lease(
+    gateway_factory: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """The race of tests/gateway/test_cancel_race.py on the Redis log: besides ending
+    once, no answer keeps its lease (no renewer left running, no lease key in Redis)."""
+    import redis
+
+    gateway = gateway_factory(redis=redis_url, redis_namespace=redis_prefix)
+    log = gateway.gw.log
+    direct = redis.Redis.from_url(redis_url)
+
+    def released(handle: dict[str, Any], where: str) -> None:
+        answer_id = handle["answer_id"]
+        lease = f"{redis_prefix}:answer:{{{answer_id}}}:lease"
+        wait_until(lambda: not log.holds(answer_id) and not direct.exists(lease), timeout=10)
+        assert not log.holds(answer_id), f"{where}: the lease is still held"
+
+    try:
+        ended = race_cancels(gateway, SEED, also=released)
+    finally:
+        direct.close()
+    assert ended["error"] > 0, f"seed {SEED}: no round was cancelled: {ended}"

@@ -144,6 +144,15 @@ def test_list_newest_first_with_limit(store: SessionStore) -> None:
         store.list_sessions(limit=0)
 
 
+def test_list_only_the_given_ids_newest_first(store: SessionStore) -> None:
+    ids = [new(store).id for _ in range(4)]
+    store.append(ids[1], [user("touch")], expected_version=0)
+    chosen = {ids[0], ids[1], ids[3], "no-such-session"}
+    assert [i.id for i in store.list_sessions(ids=chosen)] == [ids[1], ids[3], ids[0]]
+    assert [i.id for i in store.list_sessions(2, ids=chosen)] == [ids[1], ids[3]]
+    assert store.list_sessions(ids=set()) == []
+
+
 def test_search_by_text(store: SessionStore) -> None:
     a, b = new(store), new(store)
     messages = [user("Weather in Paris?"), assistant("Sunny, 100% dry")]
@@ -225,6 +234,7 @@ async def test_async_twins_behave_like_sync(store: SessionStore) -> None:
     assert loaded.version == v == 3 and loaded.title == "async hello"
     assert [i.id for i in await store.asearch("ASYNC")] == [record.id]
     assert record.id in {i.id for i in await store.alist_sessions()}
+    assert [i.id for i in await store.alist_sessions(5, ids=[record.id, "gone"])] == [record.id]
     v = await store.atruncate(record.id, 1, expected_version=v)
     assert len((await store.aload(record.id)).messages) == 1
     assert await store.adelete(record.id) is True

@@ -2,32 +2,34 @@
 
 The task that generates an answer is the only writer of its log; whoever wants the
 answer (an SSE stream, a long poll, a blocking request, a callback) reads the log. So a
-client that goes away costs nothing, a client that comes back reads what it missed, and
-cancel is one `task.cancel()` that closes the upstream request through the client's
-context manager. The finished answer is saved to the session store before `done` is
-logged, so anyone who sees `done` can also load it.
+client that goes away costs nothing and a client that comes back reads what it missed.
+Each answer's life is an `Answer` (`_lifecycle.py`): a cancel is a request to it, and
+however many arrive, whenever, the answer ends once. The finished answer is saved to the
+session store before `done` is logged, so anyone who sees `done` can also load it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from dskit._models import ModelInfo
-from dskit.client._types import ChatResult, StreamEvent
 from dskit.gateway._breaker import AllUpstreamsDownError
-from dskit.gateway._errors import logged_error
-from dskit.gateway._redis_log import LeaseLostError, RedisStreamLog, stop_if_cancelled
-from dskit.gateway._scale import AnswerSource, CacheRequest, ReplaySource, UpstreamSource
+from dskit.gateway._lifecycle import (
+    Answer,
+    AnswerJob,
+    AnswerState,
+    Opened,
+    close_answer,
+    error_payload,
+)
+from dskit.gateway._redis_log import RedisStreamLog
+from dskit.gateway._scale import ReplaySource, UpstreamSource
 from dskit.gateway._takeover import (
     PrefixContinuation,
     RemainderSource,
@@ -35,27 +37,13 @@ from dskit.gateway._takeover import (
     job_headers,
     saved_answer,
 )
-from dskit.session._core import SessionCore, worth_keeping
-from dskit.store import SessionConflictError, SessionRecord, StoredMessage
+from dskit.session._core import SessionCore
+from dskit.store import SessionRecord
 
 if TYPE_CHECKING:
     from dskit.gateway._state import Gateway
 
 logger = logging.getLogger("dskit.gateway")
-CANCELLED = orjson.dumps({"message": "the answer was cancelled", "type": "cancelled",
-                          "code": "cancelled", "status": 499})  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerJob:
-    """What a background answer needs: the session as it stands and how to call upstream."""
-
-    answer_id: str
-    record: SessionRecord
-    messages: list[dict[str, Any]]  # what is sent upstream (see `upstream_messages`)
-    extra_headers: Mapping[str, str]
-    callback_url: str | None
-    started: float
 
 
 # what the session core needs of a gateway session's parameters to plan its messages
@@ -80,34 +68,6 @@ def upstream_messages(record: SessionRecord, info: ModelInfo | None) -> list[dic
     return core.plan().messages
 
 
-def event_payload(event: StreamEvent) -> tuple[str, bytes] | None:
-    """The log entry for a client event (None: not logged)."""
-    kind = event.type
-    if kind in ("content", "reasoning"):
-        return kind, orjson.dumps({"text": event.text})  # type: ignore[union-attr]
-    if kind == "tool_call":
-        return kind, orjson.dumps(
-            {"index": event.index, "id": event.id, "name": event.name,  # type: ignore[union-attr]
-             "arguments": event.arguments}  # type: ignore[union-attr]
-        )  # fmt: skip
-    if kind == "usage":
-        return kind, orjson.dumps(event.usage.to_dict())  # type: ignore[union-attr]
-    return None
-
-
-def turn_of(result: ChatResult, incomplete: bool = False) -> dict[str, Any]:
-    message = result.to_message()
-    return {**message, "incomplete": incomplete, "usage": _usage(result)}
-
-
-def _usage(result: ChatResult) -> dict[str, Any] | None:
-    return result.usage.to_dict() if result.usage else None
-
-
-def _snapshot(source: AnswerSource | None) -> ChatResult:
-    return source.snapshot() if source is not None else ChatResult()
-
-
 def _takeover_job(job: AnswerJob) -> bytes:
     record = job.record
     return TakeoverJob(
@@ -116,24 +76,15 @@ def _takeover_job(job: AnswerJob) -> bytes:
     ).encode()  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """Where an answer comes from, and what it is cached under once it ends well."""
-
-    source: AnswerSource
-    key: CacheRequest | None  # None: not to be stored (no cache, or it came from there)
-    lookup: str | None  # the cache lookup's result; None: the request skips the cache
-
-
 async def open_answer(
     gw: Gateway, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
-    headers: Mapping[str, str],
+    headers: Mapping[str, str], principal: str,
 ) -> Opened:  # fmt: skip
     """The cache, then the upstreams in order; degraded (all down): a stored answer, else
     `AllUpstreamsDownError`. `params` are the client's (`extra_headers` included: no part
-    of the cache key); `headers` are the caller's cache policy (`X-Dskit-Cache`, max-age).
-    Both surfaces open their answers here."""
-    key = gw.cache.key_for(messages, params, headers)
+    of the cache key); `headers` are the caller's cache policy (`X-Dskit-Cache`, max-age);
+    `principal`: who asks (the cache is per principal). Both surfaces open answers here."""
+    key = gw.cache.key_for(messages, params, headers, principal)
     lookup = None
     if key is not None:
         found = await gw.cache.lookup(key, headers)
@@ -144,7 +95,7 @@ async def open_answer(
     try:
         upstream, stream, first = await gw.pool.open(messages, params)
     except AllUpstreamsDownError:
-        cached = await gw.cache.fallback(messages, params)
+        cached = await gw.cache.fallback(messages, params, principal)
         if cached is None:
             raise
         return Opened(ReplaySource(cached), None, lookup)
@@ -152,58 +103,68 @@ async def open_answer(
 
 
 class AnswerRunner:
-    """Starts, tracks and cancels the background tasks of one gateway instance."""
+    """Starts, tracks and cancels the answers of one gateway instance."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.worker = uuid.uuid4().hex
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._answers: dict[str, Answer] = {}
+        self._preparing: set[asyncio.Task[None]] = set()  # takeovers not yet answering
         self._handing_over = False
 
     async def start(
         self, record: SessionRecord, messages: list[dict[str, Any]], headers: Mapping[str, str],
-        callback_url: str | None,
+        callback_url: str | None, principal: str,
     ) -> str:  # fmt: skip
-        """Answer `record` (its last message the new question) by sending `messages`."""
+        """Answer `record` (its last message the new question, asked by `principal`) by
+        sending `messages`."""
         answer_id = uuid.uuid4().hex
-        job = AnswerJob(answer_id, record, messages, headers, callback_url, time.monotonic())
+        job = AnswerJob(
+            answer_id, record, messages, headers, callback_url, time.monotonic(), principal
+        )
         log = self.gw.log
         if isinstance(log, RedisStreamLog):  # what another instance needs to take it over
             await log.create(answer_id, record.id, self.worker, job=_takeover_job(job))
         else:
             await log.create(answer_id, record.id, self.worker)
-        self._track(answer_id, self._run(job))
+        self._begin(job, lambda: self._open(job))
         return answer_id
 
-    def _track(self, answer_id: str, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work, name=f"answer-{answer_id}")
-        self._tasks[answer_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(answer_id, None))
+    def _begin(self, job: AnswerJob, opener: Callable[[], Awaitable[Opened]]) -> None:
+        answer = Answer(self.gw, job, self.worker, opener, lambda: self._handing_over)
+        self._answers[job.answer_id] = answer
+        answer.start().add_done_callback(lambda _: self._forget(answer))
+
+    def _forget(self, answer: Answer) -> None:
+        if self._answers.get(answer.answer_id) is answer:
+            del self._answers[answer.answer_id]
 
     async def adopt(self, answer_id: str) -> None:
         """Continue an answer whose instance died (this instance now holds its lease)."""
-        self._track(answer_id, self._continue(answer_id))
+        task = asyncio.create_task(self._continue(answer_id), name=f"takeover-{answer_id}")
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
 
     async def cancel(self, answer_id: str) -> bool:
-        """Stop a generation (and its upstream request); False when it is not running here."""
-        task = self._tasks.get(answer_id)
-        if task is None:
+        """Stop a generation (and its upstream request) and wait for its end; True when it
+        ended cancelled, False when it is not running here or ended otherwise."""
+        answer = self._answers.get(answer_id)
+        if answer is None:
             return False
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-        return True
+        answer.cancel()
+        return await answer.ended() is AnswerState.CANCELLED
 
     async def shutdown(self) -> None:
         """Stop every generation. With a shared log they are handed over, not ended:
         their leases are released and another instance continues them."""
         self._handing_over = isinstance(self.gw.log, RedisStreamLog)
-        for answer_id in list(self._tasks):
-            await self.cancel(answer_id)
-
-    async def _run(self, job: AnswerJob) -> None:
-        """A new answer (leased to this instance since `create`)."""
-        await self._produce(job, lambda: self._open(job))
+        for task in list(self._preparing):
+            task.cancel()
+        await asyncio.gather(*self._preparing, return_exceptions=True)
+        answers = list(self._answers.values())
+        for answer in answers:
+            answer.cancel()
+        await asyncio.gather(*(answer.ended() for answer in answers))
 
     async def _continue(self, answer_id: str) -> None:
         """The takeover: the text logged so far, continued through prefix completion."""
@@ -216,29 +177,33 @@ class AnswerRunner:
         except (LookupError, TypeError, ValueError) as exc:  # no session, an unreadable job
             await self._abandon(answer_id, exc)
             return
-        except Exception as exc:  # Redis or the store out of reach: a later scan retries
-            logger.warning("cannot take over answer %s: %s", answer_id, exc)
-            await log.release(answer_id, self.worker)
-            return
+        except BaseException as exc:  # Redis or the store out of reach: a later scan retries
+            logger.warning("cannot take over answer %s: %r", answer_id, exc)
+            await asyncio.shield(log.release(answer_id, self.worker))
+            if isinstance(exc, Exception):
+                return
+            raise
         job = AnswerJob(
             answer_id, record, taken.messages, taken.headers, taken.callback_url,
             time.monotonic(),
         )  # fmt: skip
         if partial.ended:  # its instance died between its last event and finishing
-            await self._close(job, "completed")
+            await close_answer(self.gw, job, self.worker, "completed")
             return
         logger.warning("answer %s: taking over after event %d", answer_id, partial.seq)
-        await self._produce(job, lambda: self._continuation(taken, partial, record))
+        self._begin(job, lambda: self._continuation(taken, partial, record))
 
     async def _abandon(self, answer_id: str, exc: Exception) -> None:
         """A takeover that can never work (the session was deleted while its instance was
         down, the job cannot be read): end the answer with an error, or every instance
         would take it over again on every scan until the log forgets it."""
         log = self.gw.log
-        payload = self._error_payload(exc, answer_id, "cannot be taken over; ending it")
-        await log.append(answer_id, "error", payload)
-        await log.finish(answer_id)
-        await log.release(answer_id, self.worker)
+        payload = error_payload(self.gw, exc, answer_id, "cannot be taken over; ending it")
+        try:
+            await log.append(answer_id, "error", payload)
+            await log.finish(answer_id)
+        finally:
+            await log.release(answer_id, self.worker)
 
     async def _continuation(
         self, taken: TakeoverJob, partial: Any, record: SessionRecord
@@ -251,106 +216,7 @@ class AnswerRunner:
         resumes = self.gw.settings.upstream_max_resumes
         return Opened(PrefixContinuation(self.gw.client, taken, partial, resumes), None, None)
 
-    async def _produce(self, job: AnswerJob, opener: Callable[[], Awaitable[Opened]]) -> None:
-        gw = self.gw
-        gw.metrics.active_generations.inc()
-        status, source = "completed", None
-        try:
-            opened = await opener()
-            source = opened.source
-            await self._generate(job, source, opened.key)
-        except asyncio.CancelledError:
-            if self._handing_over:  # shutting down: another instance continues it
-                await self._hand_over(job)
-                raise
-            status = "cancelled"
-            await self._fail(job, asyncio.CancelledError(), _snapshot(source))
-        except LeaseLostError as exc:  # another instance writes this answer now: stop
-            logger.warning("answer %s: %s", job.answer_id, exc)
-            status = "lost"
-        except Exception as exc:  # every failure ends in an event
-            status = "failed"
-            await self._fail(job, exc, _snapshot(source))
-        finally:
-            gw.metrics.active_generations.dec()
-            if source is not None:
-                await source.aclose()
-        if status != "lost":
-            await self._close(job, status)
-
-    async def _close(self, job: AnswerJob, status: str) -> None:
-        log = self.gw.log
-        await log.finish(job.answer_id)
-        await log.release(job.answer_id, self.worker)
-        logger.info("answer %s %s", job.answer_id, status)
-        if job.callback_url:
-            await self.gw.send_callback(job.callback_url, job.answer_id, job.record.id)
-
-    async def _hand_over(self, job: AnswerJob) -> None:
-        with contextlib.suppress(Exception):  # the source is closed by `_produce`
-            await self.gw.log.release(job.answer_id, self.worker)
-        logger.info("answer %s handed over to another instance", job.answer_id)
-
     async def _open(self, job: AnswerJob) -> Opened:
         record = job.record
         call = {"model": record.model, **record.params, "extra_headers": dict(job.extra_headers)}
-        return await open_answer(self.gw, job.messages, call, {})
-
-    async def _generate(
-        self, job: AnswerJob, source: AnswerSource, key: CacheRequest | None
-    ) -> None:
-        gw, append, answer_id = self.gw, self.gw.log.append, job.answer_id
-        first = True
-        async for event in source.events():
-            entry = event_payload(event)
-            if entry is not None:
-                if first and entry[0] != "usage":
-                    first = False
-                    gw.metrics.ttft.labels("sessions").observe(time.monotonic() - job.started)
-                await append(answer_id, *entry)
-                stop_if_cancelled()
-            elif event.type == "resumed":
-                gw.metrics.resumes.inc()
-            elif event.type == "retrying":
-                gw.metrics.retries.inc()
-        result = await source.final()
-        if not source.saved:
-            await self._save(job, SessionCore.reply_message(result))
-        await gw.cache.store(key, result)
-        gw.metrics.count_usage(result.usage)
-        gw.metrics.latency.labels("sessions").observe(time.monotonic() - job.started)
-        done = self._done_payload(result)
-        if source.cached:
-            done["cached"] = True
-        await append(answer_id, "done", orjson.dumps(done))
-
-    @staticmethod
-    def _done_payload(result: ChatResult) -> dict[str, Any]:
-        return {"finish_reason": result.finish_reason, "usage": _usage(result),
-                "message": turn_of(result)}  # fmt: skip
-
-    async def _fail(self, job: AnswerJob, exc: BaseException, partial: ChatResult) -> None:
-        message = SessionCore.reply_message(partial, incomplete=True)
-        if worth_keeping(message):  # the session's rule for a cut-off answer
-            with contextlib.suppress(Exception):
-                await self._save(job, message)
-        cancelled = isinstance(exc, asyncio.CancelledError)
-        payload = CANCELLED if cancelled else self._error_payload(exc, job.answer_id)
-        await self.gw.log.append(job.answer_id, "error", payload)
-
-    def _error_payload(self, exc: BaseException, answer_id: str, what: str = "failed") -> bytes:
-        """An answer's `error` event for a failure: the gateway's error shape, counted and
-        logged once."""
-        error = logged_error(exc, f"answer {answer_id}")
-        self.gw.metrics.errors.labels(error.kind).inc()
-        logger.warning("answer %s %s: %s", answer_id, what, error.message)
-        return orjson.dumps({**error.body()["error"], "status": error.status})
-
-    async def _save(self, job: AnswerJob, message: StoredMessage) -> None:
-        """Append the assistant turn, reloading once if another writer got there first."""
-        store, record = self.gw.store, job.record
-        try:
-            await store.aappend(record.id, [message], expected_version=record.version)
-        except SessionConflictError:
-            current = await store.aload(record.id)
-            await store.aappend(record.id, [message], expected_version=current.version)
+        return await open_answer(self.gw, job.messages, call, {}, job.principal)

@@ -4,6 +4,7 @@ Exact: the key is a SHA-256 over the whole normalised request (model, every para
 that changes the answer, every message with every field), so two requests share an
 answer only when the API would have seen the same thing. The value is the whole result,
 reasoning, tool calls and usage included, so a hit can be replayed as a stream or as JSON.
+Every key includes the principal that asked (`_auth.py`): tenants never share answers.
 
 Semantic (`pip install 'dskit[semantic]'`): near-duplicate questions share an answer when
 their embeddings are close enough. It is keyed on the conversation context: the model,
@@ -45,7 +46,7 @@ from dskit.client._types import (
 if TYPE_CHECKING:
     import redis.asyncio
 
-KEY_VERSION = "dskit-cache-v1"
+KEY_VERSION = "dskit-cache-v2"  # v2: keys are per principal
 # Parameters that only steer delivery, never the answer: not part of the key.
 DELIVERY_PARAMS = frozenset(
     {"stream", "stream_options", "extra_headers", "timeout", "retry", "max_resumes", "pace",
@@ -68,22 +69,30 @@ def _clean(mapping: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if v is not None and k not in DELIVERY_PARAMS}
 
 
-def _normalise(messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+def _normalise(
+    messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], principal: str
+) -> dict[str, Any]:
     flat = dict(params)
     flat.update(flat.pop("extra_body", None) or {})  # extra_body reaches the API too
-    return {"v": KEY_VERSION, "params": _clean(flat), "messages": [_clean(m) for m in messages]}
+    return {"v": KEY_VERSION, "principal": principal, "params": _clean(flat),
+            "messages": [_clean(m) for m in messages]}  # fmt: skip
 
 
-def request_key(messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> str:
-    """The exact-cache key: a hash of the whole normalised request (model in `params`)."""
+def request_key(
+    messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], principal: str = ""
+) -> str:
+    """The exact-cache key: a hash of the whole normalised request (model in `params`) and
+    of the principal asking (answers are never shared across tenants)."""
     if "model" not in params:
         raise ValueError("the cache key needs the model among the parameters")
-    return hashlib.sha256(_canonical(_normalise(messages, params))).hexdigest()
+    return hashlib.sha256(_canonical(_normalise(messages, params, principal))).hexdigest()
 
 
-def context_key(messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> str:
-    """The semantic partition: everything but the last message, exactly."""
-    return request_key(messages[:-1], {**params, "__context__": True})
+def context_key(
+    messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], principal: str = ""
+) -> str:
+    """The semantic partition: the principal and everything but the last message, exactly."""
+    return request_key(messages[:-1], {**params, "__context__": True}, principal)
 
 
 def cache_wanted(params: Mapping[str, Any], opt_in: bool | None = None) -> bool:
@@ -299,9 +308,9 @@ class SemanticCache:
 
     def get(
         self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
-        max_age: float | None = None,
+        max_age: float | None = None, principal: str = "",
     ) -> CacheLookup:  # fmt: skip
-        entries = self._live(context_key(messages, params))
+        entries = self._live(context_key(messages, params, principal))
         if not entries:
             return CacheLookup("miss")
         vector = self._embed(_last_text(messages))
@@ -311,9 +320,10 @@ class SemanticCache:
         return _lookup(best.answer, max_age)
 
     def put(
-        self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], result: ChatResult
-    ) -> None:
-        entries = self._partitions.setdefault(context_key(messages, params), [])
+        self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], result: ChatResult,
+        principal: str = "",
+    ) -> None:  # fmt: skip
+        entries = self._partitions.setdefault(context_key(messages, params, principal), [])
         answer = CachedAnswer(result, time.time(), "semantic")
         entries.append(_Entry(self._embed(_last_text(messages)), answer, self.clock() + self.ttl))
         self._count += 1

@@ -76,7 +76,7 @@ async def relay_response(
     params["extra_headers"] = upstream_headers(request, gw)
     started = time.monotonic()
     try:
-        opened = await open_answer(gw, messages, params, request.headers)
+        opened = await open_answer(gw, messages, params, request.headers, who)
     except Exception as exc:
         raise _counted(gw, exc) from None
     source = opened.source

@@ -83,10 +83,11 @@ async def create_session(body: SessionCreate, gw: GatewayDep, who: Limited) -> S
 async def list_sessions(
     gw: GatewayDep, who: Principal, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> SessionList:
-    """The caller's sessions, most recently updated first."""
+    """The caller's sessions (by its own ids, whoever else has many), most recently
+    updated first."""
     mine = gw.keys.sessions_of(who)
-    infos = [i for i in await gw.store.alist_sessions(max(1000, limit)) if i.id in mine]
-    return SessionList(data=[summary(i, await gw.log.active(i.id)) for i in infos[:limit]])
+    infos = await gw.store.alist_sessions(limit, ids=mine) if mine else []
+    return SessionList(data=[summary(i, await gw.log.active(i.id)) for i in infos])
 
 
 @router.get("/v1/sessions/{session_id}", response_model=SessionDetail)
@@ -131,7 +132,8 @@ async def post_message(
     messages = upstream_messages(record, info)  # as ChatSession would; too big: a 400, unstored
     await charge_tokens(gw.token_limiter, who, messages)  # what is sent, as for /v1/chat
     record.version = await gw.store.aappend(session_id, [user], expected_version=record.version)
-    answer_id = await gw.runner.start(record, messages, upstream_headers(request, gw), callback)
+    headers = upstream_headers(request, gw)
+    answer_id = await gw.runner.start(record, messages, headers, callback, who)
     if body.stream:
         return _sse(gw, answer_id, 0)
     if body.background or callback:

@@ -200,6 +200,7 @@ class CacheRequest:
     key: str
     messages: Sequence[Mapping[str, Any]]
     params: Mapping[str, Any]
+    principal: str  # who asked: part of the key, so tenants never share answers
 
 
 class CacheFront:
@@ -226,12 +227,13 @@ class CacheFront:
 
     def key_for(
         self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
-        headers: Mapping[str, str],
+        headers: Mapping[str, str], principal: str,
     ) -> CacheRequest | None:  # fmt: skip
-        """The request's cache entry, or None when this request does not use the cache."""
+        """The request's cache entry (the principal's own), or None when this request does
+        not use the cache."""
         if self.cache is None or not cache_wanted(params, _opt_in(headers)):
             return None
-        return CacheRequest(request_key(messages, params), messages, params)
+        return CacheRequest(request_key(messages, params, principal), messages, params, principal)
 
     async def lookup(self, request: CacheRequest, headers: Mapping[str, str]) -> CacheLookup:
         assert self.cache is not None
@@ -245,13 +247,16 @@ class CacheFront:
     def _semantic_get(self, request: CacheRequest, max_age: float | None) -> CacheLookup:
         assert self.semantic is not None
         with self._semantic_lock:
-            return self.semantic.get(request.messages, request.params, max_age)
+            return self.semantic.get(request.messages, request.params, max_age, request.principal)
 
-    async def fallback(self, messages: Any, params: Mapping[str, Any]) -> ChatResult | None:
-        """Degraded mode: any stored answer for this request, whatever the policy said."""
+    async def fallback(
+        self, messages: Any, params: Mapping[str, Any], principal: str
+    ) -> ChatResult | None:
+        """Degraded mode: any answer stored for this request of this principal, whatever
+        the policy said."""
         if self.cache is None:
             return None
-        found = await self.cache.get(request_key(messages, params))
+        found = await self.cache.get(request_key(messages, params, principal))
         return found.answer.result if found.answer is not None else None
 
     async def store(self, request: CacheRequest | None, result: ChatResult) -> None:
@@ -267,7 +272,7 @@ class CacheFront:
     def _semantic_put(self, request: CacheRequest, result: ChatResult) -> None:
         assert self.semantic is not None
         with self._semantic_lock:
-            self.semantic.put(request.messages, request.params, result)
+            self.semantic.put(request.messages, request.params, result, request.principal)
 
 
 def make_semantic(enabled: bool, threshold: float, ttl: float) -> SemanticCache | None:

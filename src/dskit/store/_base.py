@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -67,7 +67,11 @@ class SessionStore(Protocol):
         title: str | None = None,
         expected_version: int,
     ) -> int: ...
-    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
+    def list_sessions(
+        self, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
+    ) -> list[SessionInfo]:
+        """The newest sessions first; with `ids`, only those (unknown ids are skipped)."""
+
     def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
     def delete(self, session_id: str) -> bool: ...
     def export_session(self, session_id: str) -> dict[str, Any]: ...
@@ -93,7 +97,9 @@ class SessionStore(Protocol):
         title: str | None = None,
         expected_version: int,
     ) -> int: ...
-    async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
+    async def alist_sessions(
+        self, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
+    ) -> list[SessionInfo]: ...
     async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]: ...
     async def adelete(self, session_id: str) -> bool: ...
     async def aclose(self) -> None: ...
@@ -189,8 +195,10 @@ class ThreadedAsyncMixin(ExportMixin):
             self.truncate, session_id, length, expected_version=expected_version
         )
 
-    async def alist_sessions(self: SessionStore, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
-        return await asyncio.to_thread(self.list_sessions, limit)
+    async def alist_sessions(
+        self: SessionStore, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
+    ) -> list[SessionInfo]:
+        return await asyncio.to_thread(self.list_sessions, limit, ids)
 
     async def asearch(
         self: SessionStore, text: str, limit: int = DEFAULT_LIMIT

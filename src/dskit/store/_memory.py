@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit
@@ -95,10 +95,15 @@ class MemoryStore(ThreadedAsyncMixin):
                 setattr(record, name, value)
             return record.version
 
-    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
+    def list_sessions(
+        self, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
+    ) -> list[SessionInfo]:
         check_limit(limit)
         with self._lock:
-            records = sorted(self._sessions.values(), key=lambda r: r.updated, reverse=True)
+            chosen = self._sessions.values() if ids is None else (
+                self._sessions[i] for i in set(ids) if i in self._sessions
+            )  # fmt: skip
+            records = sorted(chosen, key=lambda r: r.updated, reverse=True)
             return [r.info() for r in records[:limit]]
 
     def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
@@ -109,6 +109,12 @@ return 1
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _newest(ids: Sequence[str], scores: Sequence[float | None]) -> list[str]:
+    """The indexed ones of `ids`, by their index score (update time), newest first."""
+    scored = [(score, i) for i, score in zip(ids, scores, strict=True) if score is not None]
+    return [i for _, i in sorted(scored, reverse=True)]
 
 
 def _text(value: bytes | str) -> str:
@@ -294,11 +300,19 @@ class RedisStore(ExportMixin):
         return self._write(session_id, expected_version, args)
 
     @_reachable
-    def _records(self, limit: int | None = None) -> list[SessionRecord]:
-        """The newest `limit` live sessions (all when None); drops index entries of
-        expired ones. Stops loading once it has enough: a listing reads what it shows."""
+    def _records(
+        self, limit: int | None = None, only: Collection[str] | None = None
+    ) -> list[SessionRecord]:
+        """The newest `limit` live sessions (all when None; of `only`, when given); drops
+        index entries of expired ones. Stops loading once it has enough: a listing reads
+        what it shows."""
         records: list[SessionRecord] = []
-        ids: list[bytes] = self._sync.zrevrange(self.keys.index, 0, -1)  # type: ignore[assignment]
+        if only is None:
+            ids: list[Any] = self._sync.zrevrange(self.keys.index, 0, -1)
+        else:
+            chosen = list(only)
+            scores = self._sync.zmscore(self.keys.index, chosen) if chosen else []
+            ids = _newest(chosen, scores)
         for raw in ids:
             if limit is not None and len(records) >= limit:
                 break
@@ -308,8 +322,10 @@ class RedisStore(ExportMixin):
                 self._sync.zrem(self.keys.index, raw)
         return records
 
-    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
-        return [r.info() for r in self._records(check_limit(limit))]
+    def list_sessions(
+        self, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
+    ) -> list[SessionInfo]:
+        return [r.info() for r in self._records(check_limit(limit), ids)]
 
     def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         """A scan of every session: fine for thousands; index elsewhere for millions."""
@@ -388,10 +404,17 @@ class RedisStore(ExportMixin):
         return await self._awrite(session_id, expected_version, args)
 
     @_areachable
-    async def _arecords(self, limit: int | None = None) -> list[SessionRecord]:
+    async def _arecords(
+        self, limit: int | None = None, only: Collection[str] | None = None
+    ) -> list[SessionRecord]:
         client = self._aclient()
         records: list[SessionRecord] = []
-        ids: list[bytes] = await client.zrevrange(self.keys.index, 0, -1)  # type: ignore[assignment]
+        if only is None:
+            ids: list[Any] = await client.zrevrange(self.keys.index, 0, -1)
+        else:
+            chosen = list(only)
+            scores = await client.zmscore(self.keys.index, chosen) if chosen else []
+            ids = _newest(chosen, scores)
         for raw in ids:
             if limit is not None and len(records) >= limit:
                 break
@@ -401,8 +424,10 @@ class RedisStore(ExportMixin):
                 await client.zrem(self.keys.index, raw)
         return records
 
-    async def alist_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
-        return [r.info() for r in await self._arecords(check_limit(limit))]
+    async def alist_sessions(
+        self, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
+    ) -> list[SessionInfo]:
+        return [r.info() for r in await self._arecords(check_limit(limit), ids)]
 
     async def asearch(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         check_limit(limit)

@@ -13,7 +13,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -263,8 +263,14 @@ class SQLiteStore(ThreadedAsyncMixin):
             rows = conn.execute(sql, (*args, check_limit(limit))).fetchall()
         return [SessionInfo(*row) for row in rows]
 
-    def list_sessions(self, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
-        return self._infos("", (), limit)
+    def list_sessions(
+        self, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
+    ) -> list[SessionInfo]:
+        if ids is None:
+            return self._infos("", (), limit)
+        # one JSON parameter, however many ids (no limit on bound variables)
+        where = "WHERE s.id IN (SELECT value FROM json_each(?))"
+        return self._infos(where, (orjson.dumps(list(ids)).decode(),), limit)
 
     def search(self, text: str, limit: int = DEFAULT_LIMIT) -> list[SessionInfo]:
         """Sessions whose title or any message contains `text` (case-insensitive for ASCII)."""
