@@ -174,10 +174,12 @@ class ClientCore:
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
+    def root_url(self, path: str) -> str:
+        """Endpoints that live beside `/v1`, never under it (beta, the Anthropic format)."""
+        return f"{self.base_url.removesuffix('/v1')}{path}"
+
     def beta_url(self, path: str) -> str:
-        """Beta endpoints live beside `/v1`, never under it."""
-        root = self.base_url.removesuffix("/v1")
-        return f"{root}/beta{path}"
+        return self.root_url(f"/beta{path}")
 
     def headers(
         self, extra: Mapping[str, str] | None = None, *, stream: bool = False
