@@ -56,9 +56,11 @@ class GatewayError(Exception):
         return orjson.dumps(self.body())
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        """`Retry-After` when there is a wait to tell; `WWW-Authenticate` on every 401."""
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        return headers
 
     @property
     def kind(self) -> str:
