@@ -28,7 +28,7 @@ from starlette.types import Send
 
 from dskit.client._async import RawResponse
 from dskit.gateway._deps import authenticate, take_token, upstream_headers
-from dskit.gateway._errors import GatewayError, from_exception, logged_error
+from dskit.gateway._errors import GatewayError, from_exception, logged_error, malformed_json
 from dskit.gateway._middleware import BodyTooLarge
 from dskit.gateway._response import EventStreamResponse, body_message
 from dskit.gateway._scale import charge_tokens
@@ -120,12 +120,6 @@ def parse_object(content: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise GatewayError(400, "the request body must be a JSON object", code="invalid_json")
     return data
-
-
-def malformed_json(exc: Exception) -> GatewayError:
-    return GatewayError(
-        400, f"Failed to parse the request body as JSON: {exc}", code="invalid_json"
-    )
 
 
 def _passed(request: Request) -> dict[str, str]:
