@@ -493,3 +493,14 @@ def test_openapi_documents_the_formats(gateway: GatewayServer) -> None:
     assert messages["responses"]["401"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "AnthropicErrorResponse"
     )
+
+
+def test_docs_examples_run(gateway: GatewayServer, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (Path(__file__).parents[2] / "docs" / "gateway.md").read_text()
+    section = text.split("## Other formats")[1].split("\n## ")[0]
+    blocks = [b.split("```")[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 2
+    for block in blocks:
+        code = block.replace("http://127.0.0.1:8000", gateway.url).replace("sk-gw-...", "x")
+        exec(compile(code, "docs/gateway.md", "exec"), {})
+        assert len(capsys.readouterr().out.strip()) > 10
