@@ -64,6 +64,7 @@ class Accumulator:
 
     __slots__ = (
         "_content",
+        "_logprobs",
         "_reasoning",
         "_tools",
         "created",
@@ -79,6 +80,7 @@ class Accumulator:
         self._content: list[str] = [seed.content] if seed and seed.content else []
         self._reasoning: list[str] | None = [seed.reasoning] if seed and seed.reasoning else None
         self._tools: dict[int, _ToolCallParts] = {}
+        self._logprobs: dict[str, list[Any]] | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.id = ""
@@ -129,16 +131,28 @@ class Accumulator:
         reasoning = delta.get("reasoning_content")
         if reasoning is not None:
             self._add_reasoning(reasoning, events)
+        logprobs = self._add_logprobs(choice.get("logprobs"))
         content = delta.get("content")
         if content:
             self._content.append(content)
             self.pieces += 1
-            events.append(ContentDelta(content))
+            events.append(ContentDelta(content, logprobs=logprobs))
         for fragment in delta.get("tool_calls") or ():
             events.append(self._tool(fragment).add(fragment))
         finish = choice.get("finish_reason")
         if finish:
             self.finish_reason = finish
+
+    def _add_logprobs(self, logprobs: Any) -> dict[str, Any] | None:
+        """A chunk's `logprobs` (`{"content": [...]}`): its lists joined onto the answer's."""
+        if not isinstance(logprobs, dict):
+            return None
+        if self._logprobs is None:
+            self._logprobs = {}
+        for key, value in logprobs.items():
+            if isinstance(value, list):
+                self._logprobs.setdefault(key, []).extend(value)
+        return logprobs
 
     def _add_reasoning(self, text: str, events: list[StreamEvent]) -> None:
         if self._reasoning is None:
@@ -167,4 +181,7 @@ class Accumulator:
             created=self.created,
             system_fingerprint=self.system_fingerprint,
             resumes=resumes,
+            logprobs=None
+            if self._logprobs is None
+            else {k: list(v) for k, v in self._logprobs.items()},
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
@@ -37,6 +37,20 @@ class AsyncHTTP(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class RawResponse(Protocol):
+    """A response whose head has arrived (`AsyncDeepSeek.send`): `H1Response` or httpx2's."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aread(self) -> bytes: ...
 
 
 class HttpxIO:
@@ -151,6 +165,26 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
         """Fill in the middle between `prompt` and `suffix` (beta endpoint)."""
         request = fim_request(self._core, prompt, suffix, params)
         return FimResult.from_dict(await self._call(request))
+
+    def send(
+        self, path: str, content: bytes, *, headers: Mapping[str, str] | None = None,
+        root: bool = False,
+    ) -> AbstractAsyncContextManager[RawResponse]:  # fmt: skip
+        """POST `content` to `path` under the base URL (`root`: beside `/v1`, as the
+        Anthropic format is) with this client's key, once, as it is: no retries, no
+        parsing, for a relay of formats dskit does not speak. Inside `async with` the
+        response's head has arrived; leaving the block closes an unfinished response."""
+        core = self._core
+        url = core.root_url(path) if root else core.url(path)
+        request = HTTPRequest("POST", url, core.headers(headers), content)
+        return cast(
+            "AbstractAsyncContextManager[RawResponse]",
+            self._http.stream(request, (core.timeout.connect, core.timeout.read)),
+        )
+
+    def redact(self, text: str) -> str:
+        """`text` without this client's key (whatever its shape) or anything key-shaped."""
+        return self._core.redact(text)
 
     async def _call(self, request: HTTPRequest) -> Any:
         driver = CallDriver(self._core, self._core.options({}))

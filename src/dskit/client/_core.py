@@ -174,10 +174,12 @@ class ClientCore:
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
+    def root_url(self, path: str) -> str:
+        """Endpoints that live beside `/v1`, never under it (beta, the Anthropic format)."""
+        return f"{self.base_url.removesuffix('/v1')}{path}"
+
     def beta_url(self, path: str) -> str:
-        """Beta endpoints live beside `/v1`, never under it."""
-        root = self.base_url.removesuffix("/v1")
-        return f"{root}/beta{path}"
+        return self.root_url(f"/beta{path}")
 
     def headers(
         self, extra: Mapping[str, str] | None = None, *, stream: bool = False
@@ -344,13 +346,16 @@ def _seconds_until_http_date(value: str) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def error_from_status(status: int, headers: Mapping[str, str], body: bytes) -> APIStatusError:
-    """The typed exception for an error response, keeping the server's message."""
+def error_from_status(
+    status: int, headers: Mapping[str, str], body: bytes, key: str | None = None
+) -> APIStatusError:
+    """The typed exception for an error response, keeping the server's message (without
+    `key`, the key it was sent with, whatever its shape)."""
     message, error_type, code, parsed = _error_details(body)
     if not message:
         message = f"HTTP {status} with an empty body"
     return status_error_class(status)(
-        redact(message),
+        redact(message, key),
         status_code=status,
         body=parsed,
         error_type=error_type,

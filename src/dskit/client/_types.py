@@ -111,6 +111,7 @@ class ChatResult:
     created: int = 0
     system_fingerprint: str | None = None
     resumes: int = 0
+    logprobs: dict[str, list[Any]] | None = None  # the chunks' lists joined, when asked for
 
     def to_message(self) -> Message:
         """The assistant message to append to a conversation's history."""
@@ -129,6 +130,7 @@ class ChatResult:
 class ContentDelta:
     text: str
     type: Literal["content"] = "content"
+    logprobs: dict[str, Any] | None = None  # the chunk's, when asked for (`logprobs=True`)
 
 
 @dataclass(slots=True, frozen=True)

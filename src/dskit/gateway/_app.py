@@ -20,6 +20,7 @@ from dskit.gateway._deps import COOKIE, GatewayDep
 from dskit.gateway._errors import GatewayError, error_response, logged_error, validation_error
 from dskit.gateway._middleware import GatewayMiddleware
 from dskit.gateway._ratelimit import RateLimiter
+from dskit.gateway._routes_formats import router as formats_router
 from dskit.gateway._routes_openai import FastChatCompletions
 from dskit.gateway._routes_openai import router as openai_router
 from dskit.gateway._routes_sessions import router as sessions_router
@@ -72,6 +73,7 @@ def create_app(
     _install_handlers(app, gw)
     app.include_router(openai_router)
     app.include_router(sessions_router)
+    app.include_router(formats_router)
     _install_operations(app)
     _install_web(app)
     return app

@@ -32,19 +32,31 @@ def _refresh_auth(gw: Gateway) -> None:
         gw.auth_required = gw.keys.has_keys()
 
 
-def authenticate(gw: Gateway, request: Request) -> str:
-    """The caller: the principal of its key (bearer header or login cookie), or `local`."""
+def authenticate(gw: Gateway, request: Request, *, x_api_key: bool = False) -> str:
+    """The caller: the principal of its key, or `local` when auth is off. The key is the
+    bearer header's, else (`x_api_key`: the Anthropic format's header) `x-api-key`'s,
+    else the login cookie's."""
     _refresh_auth(gw)
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        key = request.cookies.get(COOKIE, "")
-    who = gw.principal_for(key.strip() or None)
+    who = gw.principal_for(request_key(request, x_api_key=x_api_key) or None)
     if who is None:
+        where = "Authorization: Bearer <key> or x-api-key: <key>" if x_api_key else (
+            "Authorization: Bearer <key>"
+        )  # fmt: skip
         raise GatewayError(
-            401, "a valid gateway API key is required (Authorization: Bearer sk-gw-...)",
-            "authentication_error", code="invalid_api_key",
+            401, f"a valid gateway API key is required ({where}; keys come from "
+            "`dskit keys create`)", "authentication_error", code="invalid_api_key",
         )  # fmt: skip
     return who
+
+
+def request_key(request: Request, *, x_api_key: bool = False) -> str:
+    """The key a request carries (Bearer wins over `x-api-key`, as at DeepSeek)."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        return key.strip()
+    if x_api_key and request.headers.get("x-api-key", "").strip():
+        return request.headers["x-api-key"].strip()
+    return request.cookies.get(COOKIE, "").strip()
 
 
 async def take_token(gw: Gateway, who: str) -> None:

@@ -56,9 +56,11 @@ class GatewayError(Exception):
         return orjson.dumps(self.body())
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        """`Retry-After` when there is a wait to tell; `WWW-Authenticate` on every 401."""
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        return headers
 
     @property
     def kind(self) -> str:
@@ -102,10 +104,27 @@ def _upstream_status(exc: APIStatusError) -> GatewayError:
             retry_after=exc.retry_after or 1.0,
         )  # fmt: skip
     if status in (400, 404, 422):
-        return GatewayError(status, exc.message, "invalid_request_error", code=exc.code)
+        return GatewayError(
+            status, exc.message, "invalid_request_error", param=_upstream_param(exc),
+            code=exc.code,
+        )  # fmt: skip
     if status == 503:
         return GatewayError(503, message, "upstream_error", code="upstream_overloaded")
     return GatewayError(502, message, "upstream_error", code=f"upstream_{status}")
+
+
+def _upstream_param(exc: APIStatusError) -> str | None:
+    """The parameter the upstream's error body names, if any."""
+    error = exc.body.get("error") if isinstance(exc.body, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return None if param is None else str(param)
+
+
+def malformed_json(exc: Exception) -> GatewayError:
+    """A body that is not JSON at all: 400, as DeepSeek answers it."""
+    return GatewayError(
+        400, f"Failed to parse the request body as JSON: {exc}", code="invalid_json"
+    )
 
 
 def from_exception(exc: BaseException) -> GatewayError:

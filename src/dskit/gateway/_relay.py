@@ -43,6 +43,7 @@ def client_params(request: ChatCompletionRequest) -> tuple[list[dict[str, Any]],
     for name in LOCAL_FIELDS:
         data.pop(name, None)
     params: dict[str, Any] = {"model": data.pop("model")}
+    _max_tokens(data)
     params.update({name: data.pop(name) for name in API_PARAMS if name in data})
     if request.user and USER_ID.match(request.user) and "user_id" not in params:
         params["user_id"] = request.user
@@ -50,6 +51,19 @@ def client_params(request: ChatCompletionRequest) -> tuple[list[dict[str, Any]],
         params["extra_body"] = data
     check_encodable(messages, params)
     return messages, params
+
+
+def _max_tokens(data: dict[str, Any]) -> None:
+    """`max_completion_tokens` (OpenAI's newer name) becomes DeepSeek's `max_tokens`."""
+    newer = data.pop("max_completion_tokens", None)
+    if newer is None:
+        return
+    if data.get("max_tokens", newer) != newer:
+        raise GatewayError(
+            400, f"max_tokens ({data['max_tokens']}) and max_completion_tokens ({newer}) "
+            "differ; send one of them", param="max_completion_tokens", code="invalid_parameter",
+        )  # fmt: skip
+    data["max_tokens"] = newer
 
 
 def check_encodable(messages: list[dict[str, Any]], params: dict[str, Any]) -> None:
@@ -80,7 +94,7 @@ def completion_body(result: ChatResult, model: str) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": result.logprobs,
                 "finish_reason": result.finish_reason,
             }
         ],
@@ -125,6 +139,13 @@ class ChunkEncoder:
             return self.delta({"content": text})
         return self._content_open + orjson.dumps(text) + self._content_close
 
+    def scored(self, text: str, logprobs: Mapping[str, Any]) -> bytes:
+        """A content delta with the upstream's `logprobs` for it."""
+        delta = {"content": text} if self.role_sent else {"role": "assistant", "content": text}
+        self.role_sent = True
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
+        return self._head + b"," + orjson.dumps({"choices": [choice]})[1:] + b"\n\n"
+
     def finish(self, reason: str | None, usage: Usage | None) -> bytes:
         delta = {"content": ""} if self.role_sent else {"role": "assistant", "content": ""}
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
@@ -136,6 +157,8 @@ def encode_event(encoder: ChunkEncoder, event: StreamEvent) -> bytes | None:
     """The wire bytes for one delta event (None: not a delta)."""
     kind = event.type
     if kind == "content":
+        if event.logprobs is not None:  # type: ignore[union-attr]
+            return encoder.scored(event.text, event.logprobs)  # type: ignore[union-attr]
         return encoder.content(event.text)  # type: ignore[union-attr]
     if kind == "reasoning":
         return encoder.delta({"content": None, "reasoning_content": event.text})  # type: ignore[union-attr]

@@ -27,6 +27,7 @@ from dskit.gateway._errors import (
     error_response,
     from_exception,
     logged_error,
+    malformed_json,
     validation_error,
 )
 from dskit.gateway._middleware import BodyTooLarge
@@ -138,7 +139,10 @@ class FastChatCompletions:
             body = ChatCompletionRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as exc:
             gw.metrics.errors.labels("validation").inc()
-            raise validation_error(exc.errors(include_url=False)) from None
+            errors = exc.errors(include_url=False)
+            if errors and errors[0]["type"] == "json_invalid":
+                raise malformed_json(ValueError(errors[0]["msg"])) from None
+            raise validation_error(errors) from None
         return await relay_response(gw, body, request, who)
 
 

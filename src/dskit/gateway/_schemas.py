@@ -57,6 +57,9 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="OpenAI's newer name: sent upstream as `max_tokens`"
+    )
     stop: str | list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -201,3 +204,68 @@ class GatewayInfo(BaseModel):
     upstream_url: str
     auth: bool
     version: str
+
+
+# ---- relayed formats: documented, not parsed (the bodies go upstream as they are) ------
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Errors of the Anthropic routes, in Anthropic's shape."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail
+
+
+class AnthropicCountTokensRequest(BaseModel):
+    """An Anthropic Messages request without generation settings."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="A DeepSeek name, or `claude*` (mapped by DeepSeek)")
+    messages: list[dict[str, Any]] = Field(description="`{role: user|assistant, content}`")
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class AnthropicMessagesRequest(AnthropicCountTokensRequest):
+    """An Anthropic Messages request (DeepSeek's supported subset: docs/deepseek-api §6);
+    unknown fields pass through to the upstream."""
+
+    max_tokens: int = Field(ge=1)
+    stream: bool = False
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = None
+    thinking: dict[str, Any] | None = Field(
+        default=None, description="`{type: enabled|disabled}` (default enabled)"
+    )
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(default=None, description="only `user_id`")
+    output_config: dict[str, Any] | None = Field(default=None, description="only `effort`")
+
+
+class ResponsesRequest(BaseModel):
+    """An OpenAI Responses request, stateless (docs/deepseek-api §7); unknown fields pass
+    through to the upstream (which ignores what it does not support)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    input: str | list[dict[str, Any]] | None = Field(
+        default=None, description="A string or input items (message, function_call, ...)"
+    )
+    instructions: str | None = None
+    stream: bool = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = Field(default=None, description="`{effort}`")
+    text: dict[str, Any] | None = Field(default=None, description="`{format}`")
+    user: str | None = None
