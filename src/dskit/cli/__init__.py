@@ -13,6 +13,7 @@ _COMMANDS: dict[str, str] = {
     "sim": "dskit.cli._sim:sim",
     "chat": "dskit.cli._chat:chat",
     "ask": "dskit.cli._ask:ask",
+    "batch": "dskit.cli._batch:batch",
     "sessions": "dskit.cli._sessions:sessions",
     "config": "dskit.cli._config_cmd:config",
     "serve": "dskit.cli._serve:serve",

@@ -1,5 +1,6 @@
 """The DeepSeek client: sync and async, streaming with resume. See `_errors` for the tree."""
 
+from dskit.client._batch import BatchError, BatchResult, Concurrency
 from dskit.client._errors import (
     APIConnectionError,
     APIError,
@@ -45,7 +46,10 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchError",
+    "BatchResult",
     "ChatResult",
+    "Concurrency",
     "ConfigError",
     "ContentDelta",
     "ContextOverflowError",

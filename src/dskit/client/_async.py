@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
 
 from dskit._models import DEFAULT_MODEL, ModelInfo, models_from_wire
 from dskit.client._base import ClientBase, httpx_timeout
+from dskit.client._batch import BatchResult, BatchRun, Concurrency, Unit
 from dskit.client._core import (
     ChatParams,
     HTTPRequest,
@@ -129,6 +131,50 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
         against `max_tokens`. Breaks are resumed as in `stream()`."""
         seed = continuation_seed(content, reasoning, pieces)
         return AsyncStream(self._http, self._stream_driver(messages, params, seed))
+
+    async def batch(
+        self,
+        requests: Iterable[Any],
+        *,
+        concurrency: Concurrency | int | None = None,
+        pack: int | None = None,
+        system: str | None = None,
+        on_result: Callable[[BatchResult], object] | None = None,
+        **params: Unpack[ChatParams],
+    ) -> list[BatchResult]:
+        """`DeepSeek.batch` with asyncio tasks: the same results, in the same order."""
+        run = BatchRun.plan(
+            requests, concurrency=concurrency, pack=pack, system=system, params=params
+        )
+        report = on_result or (lambda result: None)
+        running: dict[asyncio.Task[tuple[ChatResult | None, BaseException | None]], Unit] = {}
+        try:
+            while True:
+                for result in run.drain():
+                    report(result)
+                if run.finished:
+                    return run.ordered()
+                while run.ready():
+                    unit = run.start(self._core.clock.now())
+                    running[asyncio.create_task(self._batch_unit(run, unit))] = unit
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    run.finish(running.pop(task), *task.result())
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _batch_unit(
+        self, run: BatchRun, unit: Unit
+    ) -> tuple[ChatResult | None, BaseException | None]:
+        try:
+            async with self.stream(unit.messages, **unit.chat_params) as stream:
+                async for event in stream:
+                    run.observe(unit, event, self._core.clock.now())
+                return await stream.final(), None
+        except Exception as exc:  # a failed request is that request's result
+            return None, exc
 
     async def models(self) -> list[ModelInfo]:
         """`GET /models`: the models with their windows, output limits and effort levels

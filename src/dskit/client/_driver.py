@@ -349,7 +349,8 @@ class StreamDriver:
         error = to_api_error(exc, self.core)
         if not self.delivered:
             delay = self.attempts.next_retry(error)
-            self._pending.append(Retrying(self.attempts.retries, delay, str(error)))
+            status = error.status_code if isinstance(error, APIStatusError) else None
+            self._pending.append(Retrying(self.attempts.retries, delay, str(error), status))
             return delay
         return self._plan_resume(error)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Generator, Iterator
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
 from dskit._models import DEFAULT_MODEL, ModelInfo, models_from_wire
 from dskit.client._base import ClientBase, httpx_timeout
+from dskit.client._batch import BatchResult, BatchRun, Concurrency, Unit
 from dskit.client._core import (
     ChatParams,
     HTTPRequest,
@@ -71,6 +74,61 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
         against `max_tokens`. Breaks are resumed as in `stream()`."""
         seed = continuation_seed(content, reasoning, pieces)
         return Stream(self._http, self._stream_driver(messages, params, seed))
+
+    # ---- batches -------------------------------------------------------------------
+
+    def batch(
+        self,
+        requests: Iterable[Any],
+        *,
+        concurrency: Concurrency | int | None = None,
+        pack: int | None = None,
+        system: str | None = None,
+        on_result: Callable[[BatchResult], object] | None = None,
+        **params: Unpack[ChatParams],
+    ) -> list[BatchResult]:
+        """Answer many independent requests (question strings, `{"id", "question"}` or
+        `{"messages": [...], ...params}`), one result per request in their order; a
+        failed one has `error` and does not stop the rest. `concurrency`: a fixed int, or
+        a `Concurrency` that adapts (AIMD; the default). `pack`: up to that many short
+        questions per JSON-mode request. `on_result` sees each result as it finishes (on
+        the calling thread). `params` go with every request."""
+        run = BatchRun.plan(
+            requests, concurrency=concurrency, pack=pack, system=system, params=params
+        )
+        report = on_result or (lambda result: None)
+        lock = threading.Lock()
+        with ThreadPoolExecutor(run.controller.config.maximum, "dskit-batch") as pool:
+            running: dict[Future[tuple[ChatResult | None, BaseException | None]], Unit] = {}
+            try:
+                while True:
+                    for result in run.drain():
+                        report(result)
+                    if run.finished:
+                        return run.ordered()
+                    with lock:
+                        while run.ready():
+                            unit = run.start(self._core.clock.now())
+                            running[pool.submit(self._batch_unit, run, unit, lock)] = unit
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    with lock:
+                        for future in done:
+                            run.finish(running.pop(future), *future.result())
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _batch_unit(
+        self, run: BatchRun, unit: Unit, lock: threading.Lock
+    ) -> tuple[ChatResult | None, BaseException | None]:
+        """One unit's request, on a worker thread: its events feed the controller."""
+        try:
+            with self.stream(unit.messages, **unit.chat_params) as stream:
+                for event in stream:
+                    with lock:
+                        run.observe(unit, event, self._core.clock.now())
+                return stream.final(), None
+        except Exception as exc:  # a failed request is that request's result
+            return None, exc
 
     # ---- other endpoints -----------------------------------------------------------
 

@@ -165,11 +165,13 @@ class KeepAlive:
 
 @dataclass(slots=True, frozen=True)
 class Retrying:
-    """A request failed before any output and will be sent again after `delay` seconds."""
+    """A request failed before any output and will be sent again after `delay` seconds;
+    `status` is the HTTP status that failed it (None for a connection failure)."""
 
     attempt: int
     delay: float
     reason: str
+    status: int | None = None
     type: Literal["retrying"] = "retrying"
 
 

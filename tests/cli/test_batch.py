@@ -1,0 +1,207 @@
+"""`dskit batch`: one output line per input line, in order; errors per line; resume from
+the journal (also after a real SIGKILL); --pack against a server that follows the
+requested shape and against the simulator, which does not."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.client.test_batch import PackingServer
+from tests.conftest import LocalHTTPServer, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+QUESTIONS = [f"ticket {i}: my invoice is wrong" for i in range(10)]
+
+
+def _write(path: Path, items: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def own_sim(sim_factory: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A simulator of this test's own (its request count is this test's), with a key."""
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-test-0123456789abcdef")
+    return sim_factory()
+
+
+def test_every_line_answered_in_order_with_errors_per_line(cli, tmp_path, on_sim):
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '"plain question"\n'
+        '{"id": "t-7", "question": "a ticket"}\n'
+        "{not json\n"
+        '{"messages": [{"role": "user", "content": "hi"}], "temperature": 9}\n'
+        '{"messages": [{"role": "user", "content": "hello"}], "thinking": false}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    result = cli("batch", *on_sim, str(source), "-o", str(out))
+    assert result.exit_code == 1, result.stderr  # some line failed
+    lines = _read(out)
+    assert [line["index"] for line in lines] == [0, 1, 2, 3, 4]
+    assert [line["error"] is None for line in lines] == [True, True, False, False, True]
+    assert lines[1]["id"] == "t-7" and lines[1]["content"]
+    assert (
+        lines[2]["error"]["type"] == "ValidationError"
+        and "not JSON" in lines[2]["error"]["message"]
+    )
+    assert "temperature" in lines[3]["error"]["message"]
+    assert lines[0]["usage"]["completion_tokens"] > 0
+    assert "5/5 done, 2 failed" in result.stderr and "(estimate)" in result.stderr
+    assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_all_answered_exits_0_and_a_rerun_asks_nothing(cli, tmp_path, own_sim):
+    source, out = _write(tmp_path / "in.jsonl", QUESTIONS), tmp_path / "out.jsonl"
+    args = ("batch", "--base-url", own_sim.base_url, str(source), "-o", str(out))
+    assert cli(*args).exit_code == 0
+    first = out.read_text()
+    assert own_sim.stats.requests == len(QUESTIONS)
+    assert cli(*args).exit_code == 0
+    assert out.read_text() == first and own_sim.stats.requests == len(QUESTIONS)
+
+
+def test_a_rerun_asks_only_what_has_no_answer(cli, tmp_path, own_sim):
+    """A journal of a run cut short (three answers and a torn line): the rerun asks the
+    other seven, and the output is what one whole run gives."""
+    source, out = _write(tmp_path / "in.jsonl", QUESTIONS), tmp_path / "out.jsonl"
+    args = ("batch", "--base-url", own_sim.base_url, str(source), "-o", str(out))
+    assert cli(*args).exit_code == 0
+    whole = _read(out)
+    journal = tmp_path / "out.jsonl.partial"
+    kept = [whole[7], whole[2], whole[4]]  # completion order, not input order
+    prints = [_print(QUESTIONS[line["index"]]) for line in kept]
+    journal.write_text(
+        "".join(
+            json.dumps({**line, "input": p}) + "\n" for line, p in zip(kept, prints, strict=True)
+        )
+        + '{"index": 5, "content": "torn'
+    )
+    out.unlink()
+    own_sim.reset_stats()
+    assert cli(*args).exit_code == 0
+    assert own_sim.stats.requests == 7
+    assert _read(out) == whole
+
+
+def _print(question: str) -> str:
+    from dskit.cli._batch_files import fingerprint
+
+    return fingerprint(json.dumps(question))
+
+
+def test_a_journal_entry_for_a_changed_line_is_not_trusted(cli, tmp_path, own_sim):
+    source, out = _write(tmp_path / "in.jsonl", QUESTIONS[:3]), tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.partial"
+    entry = {"index": 0, "content": "stale", "error": None, "input": _print("another question")}
+    journal.write_text(json.dumps(entry) + "\n")
+    assert cli("batch", "--base-url", own_sim.base_url, str(source), "-o", str(out)).exit_code == 0
+    assert own_sim.stats.requests == 3 and _read(out)[0]["content"] != "stale"
+
+
+def test_failed_lines_are_asked_again_on_the_next_run(cli, tmp_path, own_sim):
+    once = {"X-Sim-Status": "503", "X-Sim-Retry-After": "0", "X-Sim-Fault-Key": f"f{os.getpid()}"}
+    items: list[Any] = [*QUESTIONS[:3], {"question": "flaky", "extra_headers": once}]
+    source, out = _write(tmp_path / "in.jsonl", items), tmp_path / "out.jsonl"
+    args = (
+        "batch",
+        "--base-url",
+        own_sim.base_url,
+        "--max-retries",
+        "0",
+        str(source),
+        "-o",
+        str(out),
+    )
+    first = cli(*args)
+    assert first.exit_code == 1 and _read(out)[3]["error"]["type"] == "ServiceUnavailableError"
+    own_sim.reset_stats()
+    assert cli(*args).exit_code == 0
+    assert own_sim.stats.requests == 1 and _read(out)[3]["content"]
+
+
+def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, own_sim):
+    """A real process, killed with SIGKILL once some answers are journalled: every
+    journalled line is whole, the rerun asks exactly the lines not journalled, and the
+    output has each line once."""
+    questions = [f"slow question {i}" for i in range(40)]
+    source, out = _write(tmp_path / "in.jsonl", questions), tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.partial"
+    command = [sys.executable, "-c", "from dskit.cli import main; main()", "batch",
+               "--base-url", own_sim.base_url, "--concurrency-start", "4",
+               "--concurrency-max", "4", str(source), "-o", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
+           "DEEPSEEK_API_KEY": "sk-test-0123456789abcdef"}  # fmt: skip
+    slow = ["--sim-token-ms", "4"]
+    process = subprocess.Popen(command[:4] + slow + command[4:], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _journalled(journal, process) >= 8, timeout=60)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL and not out.exists()
+    data = journal.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1].splitlines()
+    kept = {json.loads(line)["index"] for line in complete}
+    assert len(kept) == len(complete) < len(questions)  # no line twice, some left
+    own_sim.reset_stats()
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert own_sim.stats.requests == len(questions) - len(kept)
+    lines = _read(out)
+    assert [line["index"] for line in lines] == list(range(len(questions)))
+    assert all(line["content"] and line["error"] is None for line in lines)
+    assert not journal.exists()
+
+
+def _journalled(journal: Path, process: subprocess.Popen[bytes]) -> int:
+    assert process.poll() is None, "the batch ended before it was killed"
+    return journal.read_bytes().count(b"\n") if journal.exists() else 0
+
+
+def test_pack_against_the_simulator_falls_back_to_single_requests(cli, tmp_path, own_sim):
+    source, out = _write(tmp_path / "in.jsonl", QUESTIONS), tmp_path / "out.jsonl"
+    args = ("batch", "--base-url", own_sim.base_url, "--pack", "5", str(source), "-o", str(out))
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    lines = _read(out)
+    assert all(line["content"] and line["packed"] == 0 for line in lines)
+    assert own_sim.stats.requests == 2 + 10  # two packs that did not verify, then singles
+    assert "packed" not in result.stderr
+
+
+def test_pack_against_a_server_that_follows_the_shape(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-test-0123456789abcdef")
+    PackingServer.bodies = []
+    server = LocalHTTPServer(PackingServer)
+    try:
+        source, out = _write(tmp_path / "in.jsonl", QUESTIONS), tmp_path / "out.jsonl"
+        system = "Classify each ticket as billing, bug or other; say only the label. " * 5
+        url = f"http://127.0.0.1:{server.port}"
+        result = cli(
+            "batch", "--base-url", url, "-s", system, "--pack", "5", str(source), "-o", str(out)
+        )
+    finally:
+        server.close()
+    assert result.exit_code == 0, result.stderr
+    lines = _read(out)
+    assert [line["content"] for line in lines] == [
+        f"A{i % 5}: {q}" for i, q in enumerate(QUESTIONS)
+    ]
+    assert len(PackingServer.bodies) == 2
+    saved = sum(line["prompt_tokens_saved"] for line in lines)
+    assert saved > 0 and f"10 packed, ~{saved} prompt tokens saved" in result.stderr

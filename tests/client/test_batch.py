@@ -1,0 +1,317 @@
+"""`client.batch`: order, per-line errors, AIMD concurrency, packing (verified or not).
+
+Against the simulator over real HTTP, and for packs answered correctly a little local
+server speaking DeepSeek's SSE wire format. The controller is also driven by a scripted,
+seeded schedule, so its recorded limits are asserted exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+
+from dskit import AsyncDeepSeek, BatchResult, Concurrency, DeepSeek, RateLimitError
+from dskit._tokens import count_prompt
+from dskit.client._batch import AIMD, BatchRun
+from dskit.client._batch_pack import pack_messages, split_answers
+from dskit.client._types import ChatResult, Retrying, Usage
+from tests.conftest import LocalHTTPServer
+
+from .conftest import FIXED_JITTER, faults_once
+
+QUESTIONS = [f"question number {i}: is {i} even?" for i in range(12)]
+
+
+# ---- against the simulator --------------------------------------------------------
+
+
+def test_results_are_in_input_order_and_match_single_requests(client: DeepSeek) -> None:
+    requests: list[Any] = [
+        "plain string",
+        {"id": "t-1", "question": "a ticket"},
+        {
+            "messages": [{"role": "user", "content": "messages form"}],
+            "max_tokens": 5,
+            "thinking": False,
+        },
+        *QUESTIONS,
+    ]
+    results = client.batch(requests, concurrency=Concurrency(start=2, maximum=6))
+    assert [r.index for r in results] == list(range(len(requests)))
+    assert all(r.ok and r.content and r.usage for r in results)
+    assert results[1].id == "t-1" and results[0].id is None
+    assert results[2].finish_reason == "length"
+    assert results[0].content == client.chat("plain string").content
+    assert results[5].content == client.chat(QUESTIONS[2]).content
+
+
+def test_a_failed_line_has_its_error_and_does_not_stop_the_batch(client: DeepSeek) -> None:
+    bad_request = {"X-Sim-Status": "400"}
+    requests: list[Any] = [
+        "fine",
+        {"question": "too hot", "temperature": 5},  # refused before sending
+        42,  # not a request at all
+        {"question": "server says no", "extra_headers": bad_request},
+        {"messages": "not a list"},
+        "also fine",
+    ]
+    results = client.batch(requests, concurrency=3)
+    assert [r.ok for r in results] == [True, False, False, False, False, True]
+    errors = [r.error.type for r in results if r.error]
+    assert errors == ["ValidationError", "ValidationError", "BadRequestError", "ValidationError"]
+    assert "temperature" in (results[1].error.message if results[1].error else "")
+
+
+def test_on_result_sees_every_result_once_as_it_finishes(client: DeepSeek) -> None:
+    seen: list[BatchResult] = []
+    results = client.batch(QUESTIONS, concurrency=4, on_result=seen.append)
+    assert sorted(r.index for r in seen) == list(range(len(QUESTIONS)))
+    assert {r.index: r for r in seen} == {r.index: r for r in results}
+
+
+def test_a_429_halves_the_limit_then_successes_raise_it_again(client: DeepSeek) -> None:
+    fault = faults_once(times=1, Status=429, Retry_After=0)  # the first request only
+    requests = [{"question": q, "extra_headers": fault} for q in QUESTIONS]
+    controls = Concurrency(start=4, maximum=4, increase_every=2)
+    recorded: list[AIMD] = []
+    results = _batch_recording(client, requests, controls, recorded)
+    assert all(r.ok for r in results)
+    [controller] = recorded
+    steps = [(c.limit, c.reason) for c in controller.history]
+    assert steps == [(4, "start"), (2, "overload"), (3, "increase"), (4, "increase")]
+
+
+def _batch_recording(
+    client: DeepSeek, requests: list[Any], controls: Concurrency, recorded: list[AIMD]
+) -> list[BatchResult]:
+    """`client.batch`, keeping the run's controller for the test to read."""
+    original = BatchRun.plan
+
+    def plan(*args: Any, **kwargs: Any) -> BatchRun:
+        run = original(*args, **kwargs)
+        recorded.append(run.controller)
+        return run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BatchRun, "plan", plan)
+        return client.batch(requests, concurrency=controls)
+
+
+def test_rate_limited_after_all_retries_is_a_per_line_error(client: DeepSeek) -> None:
+    always = {"X-Sim-Status": "429", "X-Sim-Retry-After": "0"}
+    results = client.batch(["ok", {"question": "no", "extra_headers": always}], concurrency=2)
+    assert results[0].ok
+    assert results[1].error is not None and results[1].error.type == RateLimitError.__name__
+
+
+async def test_async_batch_gives_what_the_sync_batch_gives(sim: Any) -> None:
+    requests: list[Any] = [*QUESTIONS, {"question": "hot", "temperature": 9}]
+    with DeepSeek("sk-test-000000", base_url=sim.base_url) as client:
+        expected = client.batch(requests, concurrency=3)
+    async with AsyncDeepSeek("sk-test-000000", base_url=sim.base_url, retry=FIXED_JITTER) as ac:
+        seen: list[int] = []
+        got = await ac.batch(requests, on_result=lambda r: seen.append(r.index))
+    assert [r.content for r in got] == [r.content for r in expected]
+    assert [r.error for r in got] == [r.error for r in expected]
+    assert sorted(seen) == list(range(len(requests)))
+
+
+def test_a_pack_the_simulator_cannot_follow_falls_back_to_single_requests(
+    sim_factory: Any,
+) -> None:
+    sim = sim_factory()
+    with DeepSeek("sk-test-000000", base_url=sim.base_url) as client:
+        results = client.batch(QUESTIONS[:10], pack=5, concurrency=2)
+        singles = [client.chat(q).content for q in QUESTIONS[:10]]
+    assert [r.content for r in results] == singles  # answered alone, verified
+    assert all(r.ok and r.packed == 0 for r in results)
+    assert sim.stats.requests == 2 + 10 + 10  # two packs, ten fallbacks, ten checks
+
+
+# ---- packs answered as asked: a local server in DeepSeek's wire format --------------
+
+
+class PackingServer(BaseHTTPRequestHandler):
+    """Answers a JSON-mode request that lists questions with `{"answers": [...]}` (as a
+    model following the instructions would), anything else with "alone: <question>"."""
+
+    bodies: ClassVar[list[dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            self.bodies.append(body)
+        last = body["messages"][-1]["content"]
+        if body.get("response_format") == {"type": "json_object"}:
+            questions = orjson.loads(last)["questions"]
+            answers = [{"i": q["i"], "answer": f"A{q['i']}: {q['question']}"} for q in questions]
+            text = orjson.dumps({"answers": list(reversed(answers))}).decode()  # any order
+        else:
+            text = f"alone: {last}"
+        self._sse(text, count_prompt(body["messages"]))
+
+    def _sse(self, text: str, prompt: int) -> None:
+        usage = {"prompt_tokens": prompt, "completion_tokens": 7, "total_tokens": prompt + 7}
+        chunks = [
+            {"delta": {"role": "assistant", "content": text}, "finish_reason": None},
+            {"delta": {}, "finish_reason": "stop"},
+        ]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for i, choice in enumerate(chunks):
+            data = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                    "model": "deepseek-flash", "choices": [{"index": 0, **choice}]}  # fmt: skip
+            if i == len(chunks) - 1:
+                data["usage"] = usage
+            self.wfile.write(b"data: " + orjson.dumps(data) + b"\n\n")
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture
+def packing_server() -> Any:
+    PackingServer.bodies = []
+    server = LocalHTTPServer(PackingServer)
+    yield server
+    server.close()
+
+
+def test_packed_answers_are_split_back_in_order(packing_server: Any) -> None:
+    url = f"http://127.0.0.1:{packing_server.port}"
+    system = "You classify support tickets. " * 20  # a long shared instruction
+    with DeepSeek("sk-test-000000", base_url=url) as client:
+        results = client.batch(QUESTIONS[:10], pack=4, system=system, concurrency=2)
+    assert [r.content for r in results] == [f"A{i % 4}: {q}" for i, q in enumerate(QUESTIONS[:10])]
+    assert [r.packed for r in results] == [4] * 8 + [2] * 2
+    packs = PackingServer.bodies
+    assert len(packs) == 3 and all("json" in p["messages"][0]["content"] for p in packs)
+    alone = sum(count_prompt([{"role": "system", "content": system},
+                              {"role": "user", "content": q}]) for q in QUESTIONS[:10])  # fmt: skip
+    sent = sum(count_prompt(p["messages"]) for p in packs)
+    assert sum(r.prompt_tokens_saved for r in results) == alone - sent > 0
+    assert sum(r.usage.prompt_tokens for r in results if r.usage) == sent  # shares add up
+
+
+def test_a_single_leftover_question_is_asked_alone(packing_server: Any) -> None:
+    url = f"http://127.0.0.1:{packing_server.port}"
+    with DeepSeek("sk-test-000000", base_url=url) as client:
+        results = client.batch(QUESTIONS[:3], pack=2, concurrency=1)
+    assert [r.packed for r in results] == [2, 2, 0]
+    assert results[2].content == f"alone: {QUESTIONS[2]}"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        '{"answers": [{"i": 0, "answer": "a"}]}',  # too few
+        '{"answers": [{"i": 0, "answer": "a"}, {"i": 0, "answer": "b"}]}',  # twice
+        '{"answers": [{"i": 0, "answer": "a"}, {"i": 2, "answer": "b"}]}',  # out of range
+        '{"answers": [{"i": 0, "answer": "a"}, {"i": true, "answer": "b"}]}',
+        '{"answers": [{"i": 0, "answer": "a"}, {"i": 1, "answer": 3}]}',
+        '{"answer": "a", "score": 1, "tags": [], "done": true}',  # the simulator's shape
+        '[{"i": 0, "answer": "a"}, {"i": 1, "answer": "b"}]',
+    ],
+)
+def test_split_refuses_anything_but_one_answer_per_question(content: str) -> None:
+    assert split_answers(content, 2) is None
+
+
+def test_split_accepts_any_order_and_the_prompt_says_json() -> None:
+    content = '{"answers": [{"i": 1, "answer": "b"}, {"i": 0, "answer": "a"}]}'
+    assert split_answers(content, 2) == ["a", "b"]
+    assert all("json" in m["content"] for m in pack_messages(["q"], None)[:1])
+
+
+# ---- the controller, deterministic ------------------------------------------------------
+
+
+def test_aimd_steps() -> None:
+    aimd = AIMD(Concurrency(start=4, maximum=6, increase_every=2))
+    for _ in range(6):
+        aimd.success(aimd.epoch)
+    assert aimd.limits == [4, 5, 6]  # +1 per 2 successes, capped at the maximum
+    stale = aimd.epoch
+    aimd.overload(stale)
+    aimd.overload(stale)  # the same congestion event: halved once
+    assert aimd.limits == [4, 5, 6, 3]
+    aimd.overload(aimd.epoch)
+    aimd.overload(aimd.epoch)
+    assert aimd.limits == [4, 5, 6, 3, 1]  # never below the minimum
+
+
+def test_aimd_halves_when_first_tokens_get_much_slower_than_their_baseline() -> None:
+    aimd = AIMD(Concurrency(start=8, maximum=8, warmup=4, latency_floor=0.1))
+    rng = random.Random(7)
+    for _ in range(10):
+        aimd.success(aimd.epoch, latency=0.2 + rng.uniform(-0.02, 0.02))
+    assert aimd.limits == [8]
+    aimd.success(aimd.epoch, latency=0.25)  # slower, but not well above the baseline
+    assert aimd.limits == [8]
+    aimd.success(aimd.epoch, latency=1.5)
+    assert [(c.limit, c.reason) for c in aimd.history] == [(8, "start"), (4, "latency")]
+
+
+def test_fixed_concurrency_never_moves() -> None:
+    aimd = AIMD(Concurrency.coerce(3))
+    aimd.overload(aimd.epoch)
+    for _ in range(20):
+        aimd.success(aimd.epoch)
+    assert aimd.limits == [3]
+
+
+def _drive(run: BatchRun, pick: Any, limited: set[int]) -> list[int]:
+    """Run `run` with no I/O: `pick` chooses which unit in flight finishes next; the
+    requests in `limited` get one 429 (retried) first. Returns the limit at each start."""
+    flying: list[Any] = []
+    at_start: list[int] = []
+    while not run.finished:
+        while run.ready():
+            flying.append(run.start(0.0))
+            at_start.append(run.controller.limit)
+            assert len(flying) <= run.controller.limit
+        unit = flying.pop(pick(len(flying)))
+        index = unit.jobs[0].index
+        if index in limited:
+            limited.discard(index)
+            run.observe(unit, Retrying(1, 0.0, "429: Rate Limit Reached", 429), 0.0)
+        usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+        run.finish(unit, ChatResult(content=f"a{index}", usage=usage), None)
+    return at_start
+
+
+def test_a_scripted_run_records_aimd_exactly() -> None:
+    controls = Concurrency(start=2, maximum=4, increase_every=2)
+    run = BatchRun.plan([f"q{i}" for i in range(12)], concurrency=controls)
+    _drive(run, lambda n: 0, limited={4})  # finished first in, first out
+    assert run.controller.limits == [2, 3, 4, 2, 3, 4]
+    assert [c.reason for c in run.controller.history][3] == "overload"
+    assert [r.content for r in run.ordered()] == [f"a{i}" for i in range(12)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_any_completion_order_keeps_the_bounds_and_every_line(seed: int) -> None:
+    rng = random.Random(seed)
+    controls = Concurrency(start=2, maximum=5, increase_every=2)
+    run = BatchRun.plan([f"q{i}" for i in range(40)], concurrency=controls)
+    _drive(run, rng.randrange, limited=set(range(0, 40, 7)))
+    history = run.controller.history
+    assert [r.content for r in run.ordered()] == [f"a{i}" for i in range(40)]
+    assert all(1 <= c.limit <= 5 for c in history)
+    overloads = [c for c in history if c.reason == "overload"]
+    assert 1 <= len(overloads) <= 6  # at most once per congestion event
+    for before, after in itertools.pairwise(history):
+        if after.reason == "increase":
+            assert after.limit == before.limit + 1
+        else:
+            assert after.limit == max(1, before.limit // 2)
