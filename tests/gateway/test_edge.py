@@ -1,0 +1,189 @@
+"""The edge: bounded request heads, content types, Host names, origins, page headers,
+bounded callback answers, the upstream key redacted, sim headers and revoked keys."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable
+
+import httpx2
+import orjson
+import pytest
+
+from tests.gateway.conftest import GatewayServer
+
+CHAT = {
+    "model": "deepseek-flash",
+    "thinking": {"type": "disabled"},
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def _raw(server: GatewayServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+# ---- 1. request heads: 64 KiB, and complete within the head timeout ------------------
+
+
+def test_a_head_over_64_kib_is_431_before_any_route(gateway: GatewayServer) -> None:
+    with _raw(gateway) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        try:
+            for _ in range(64):  # up to 4 MiB: the server stops reading long before
+                sock.sendall(b"a" * 65536)
+        except OSError:
+            pass
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"request_header_fields_too_large" in answer
+
+
+def test_a_head_under_the_limit_is_served(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        response = http.get("/healthz", headers={"X-Big": "a" * 40_000})
+    assert response.status_code == 200
+
+
+def test_a_head_not_complete_in_time_is_closed(
+    gateway_factory: Callable[..., GatewayServer],
+) -> None:
+    server = gateway_factory(head_timeout_seconds=1.0)
+    with _raw(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        started = time.monotonic()
+        closed_after = None
+        for _ in range(40):  # drip a header for up to 8 s
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(100) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                pass
+    assert closed_after is not None and closed_after < 3.0, closed_after
+
+
+def test_the_head_timeout_applies_to_each_request_of_a_connection(
+    gateway_factory: Callable[..., GatewayServer],
+) -> None:
+    server = gateway_factory(head_timeout_seconds=1.0)
+    with _raw(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # the second head never ends
+        started = time.monotonic()
+        sock.settimeout(5)
+        assert sock.recv(100) == b""
+    assert time.monotonic() - started < 3.0
+
+
+# ---- 2. content types, Host names, origins, the page's headers ----------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/sessions", "/v1/login"])
+def test_post_bodies_must_be_json(gateway: GatewayServer, path: str) -> None:
+    body = orjson.dumps({**CHAT, "key": "x"})
+    with gateway.client() as http:
+        response = http.post(path, content=body, headers={"Content-Type": "text/plain"})
+        untyped = http.post(path, content=body, headers={"Content-Type": ""})
+    assert response.status_code == 415, response.text
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert untyped.status_code == 415
+
+
+def test_json_with_a_charset_and_bodyless_posts_pass(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        typed = {"Content-Type": "application/json; charset=utf-8"}
+        created = http.post("/v1/sessions", content=b'{"model": "deepseek-flash"}', headers=typed)
+        cancel = http.post(f"/v1/sessions/{created.json()['id']}/cancel")
+    assert created.status_code == 201, created.text
+    assert cancel.status_code == 200, cancel.text
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.evil.example"])
+def test_a_foreign_host_is_refused(gateway: GatewayServer, host: str) -> None:
+    with gateway.client() as http:
+        response = http.get("/v1/gateway", headers={"Host": host})
+        chat = http.post("/v1/chat/completions", json=CHAT, headers={"Host": host})
+    assert response.status_code == 421
+    assert response.json()["error"]["code"] == "host_not_allowed"
+    assert chat.status_code == 421
+
+
+@pytest.mark.parametrize("host", ["localhost:1", "[::1]:8000", "127.0.0.2", "chat.example.com"])
+def test_loopback_and_allowed_hosts_are_served(
+    gateway_factory: Callable[..., GatewayServer], host: str
+) -> None:
+    server = gateway_factory(allowed_hosts=("chat.example.com",))
+    with server.client() as http:
+        assert http.get("/v1/gateway", headers={"Host": host}).status_code == 200
+
+
+def _login(http: httpx2.Client, gateway: GatewayServer) -> str:
+    from dskit.gateway import KeyStore
+
+    with KeyStore(gateway.settings.keys_path) as keys:
+        key, _ = keys.create("alice")
+    gateway.gw.auth_required = True
+    assert http.post("/v1/login", json={"key": key}).status_code == 204
+    return key
+
+
+def test_cookie_requests_need_the_gateways_own_origin(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        _login(http, gateway)
+        own = {"Origin": gateway.url}
+        assert http.get("/v1/sessions").status_code == 200  # a GET may omit Origin
+        assert http.post("/v1/sessions", json={}, headers=own).status_code == 201
+        evil = http.post("/v1/sessions", json={}, headers={"Origin": "http://evil.example"})
+        bare = http.post("/v1/sessions", json={})
+        evil_get = http.get("/v1/sessions", headers={"Origin": "http://evil.example"})
+    assert evil.status_code == 403 and evil.json()["error"]["code"] == "cross_origin"
+    assert bare.status_code == 403
+    assert evil_get.status_code == 403
+
+
+def test_bearer_requests_need_no_origin(gateway: GatewayServer) -> None:
+    with gateway.client() as http:
+        key = _login(http, gateway)
+    with gateway.client(key) as http:
+        response = http.post("/v1/sessions", json={}, headers={"Origin": "http://evil.example"})
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])
+def test_the_page_carries_security_headers(gateway: GatewayServer, path: str) -> None:
+    with gateway.client() as http:
+        response = http.get(path)
+    assert response.status_code == 200
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
+
+
+def test_the_page_needs_no_inline_script_or_style() -> None:
+    from dskit.gateway._app import STATIC
+
+    html = (STATIC / "index.html").read_text()
+    assert "<script>" not in html and " style=" not in html
+    assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
