@@ -3,16 +3,21 @@ bounded callback answers, the upstream key redacted, sim headers and revoked key
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import httpx2
 import orjson
 import pytest
 
-from tests.gateway.conftest import GatewayServer
+from tests.conftest import LocalHTTPServer
+from tests.gateway.conftest import GatewayServer, parse_sse
 
 CHAT = {
     "model": "deepseek-flash",
@@ -187,3 +192,89 @@ def test_the_page_needs_no_inline_script_or_style() -> None:
     html = (STATIC / "index.html").read_text()
     assert "<script>" not in html and " style=" not in html
     assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
+
+
+# ---- 4. the upstream key's own value is redacted wherever text leaves ----------------
+
+SECRET = "live-abc123secretXYZ"  # no `sk-` prefix: only its own value can find it
+
+
+class EchoingUpstream:
+    """An upstream that lists one model and refuses every chat, quoting the key it got."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                data = [{"id": "deepseek-flash", "object": "model", "owned_by": "x"}]
+                self._reply(200, {"object": "list", "data": data})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                key = self.headers["Authorization"].removeprefix("Bearer ")
+                error = {"message": f"key {key} is not valid here", "type": "invalid_request"}
+                self._reply(400, {"error": error})
+
+            def _reply(self, status: int, body: Any) -> None:
+                data = orjson.dumps(body)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = LocalHTTPServer(Handler)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+
+
+@pytest.fixture
+def echoing(gateway_factory: Callable[..., GatewayServer]) -> Iterator[GatewayServer]:
+    upstream = EchoingUpstream()
+    yield gateway_factory(upstream=upstream.url, api_key=SECRET)
+    upstream.server.close()
+
+
+@pytest.fixture
+def gateway_log() -> Iterator[io.StringIO]:
+    from dskit.gateway._logging import JsonFormatter, RequestIdFilter, TextFormatter
+
+    out = io.StringIO()
+    handlers = []
+    for formatter in (TextFormatter(), JsonFormatter()):
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(formatter)
+        handler.addFilter(RequestIdFilter())
+        handlers.append(handler)
+    dskit_logger = logging.getLogger("dskit")
+    level = dskit_logger.level
+    dskit_logger.setLevel(logging.DEBUG)
+    for handler in handlers:
+        dskit_logger.addHandler(handler)
+    yield out
+    for handler in handlers:
+        dskit_logger.removeHandler(handler)
+    dskit_logger.setLevel(level)
+
+
+def test_the_upstream_key_is_redacted_from_bodies_events_and_logs(
+    echoing: GatewayServer, gateway_log: io.StringIO
+) -> None:
+    with echoing.client() as http:
+        plain = http.post("/v1/chat/completions", json=CHAT)
+        streamed = http.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        session = http.post("/v1/sessions", json={"model": "deepseek-flash"}).json()["id"]
+        events = http.post(
+            f"/v1/sessions/{session}/messages", json={"content": "hi", "stream": True}
+        )
+    assert plain.status_code == 400 and "is not valid here" in plain.text
+    assert "***" in plain.json()["error"]["message"]
+    assert streamed.status_code == 400 and "is not valid here" in streamed.text
+    errors = [e for e in parse_sse(events.text) if e.get("event") == "error"]
+    assert errors and "is not valid here" in errors[0]["data"]
+    assert "is not valid here" in gateway_log.getvalue()
+    for text in (plain.text, streamed.text, events.text, gateway_log.getvalue()):
+        assert SECRET not in text
