@@ -75,6 +75,7 @@ def gateway_factory(sim: Any, tmp_path: Path) -> Iterator[Callable[..., GatewayS
             "upstream": sim.base_url, "api_key": "sk-test-upstream-0123456789",
             "store": str(tmp_path / "sessions.sqlite3"),
             "keys_path": str(tmp_path / "gateway.sqlite3"), "heartbeat_seconds": 0.5,
+            "forward_sim_headers": True,  # the sim runs apart, and tests inject its faults
         }  # fmt: skip
         values.update(overrides)
         server = GatewayServer(GatewaySettings(**values)).start()

@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -278,3 +279,83 @@ def test_the_upstream_key_is_redacted_from_bodies_events_and_logs(
     assert "is not valid here" in gateway_log.getvalue()
     for text in (plain.text, streamed.text, events.text, gateway_log.getvalue()):
         assert SECRET not in text
+
+
+# ---- 5. tenancy: sim fault headers, revoked keys' streams ------------------------------
+
+FAULT = {"X-Sim-Status": "400"}
+
+
+def test_sim_headers_do_not_reach_an_external_upstream_by_default(
+    gateway_factory: Callable[..., GatewayServer], recording_upstream: Any
+) -> None:
+    server = gateway_factory(upstream=recording_upstream.url, forward_sim_headers=False)
+    with server.client() as http:
+        response = http.post("/v1/chat/completions", json=CHAT, headers=FAULT)
+    assert response.status_code == 200, response.text
+
+
+def test_sim_headers_reach_the_built_in_simulator(
+    gateway_factory: Callable[..., GatewayServer],
+) -> None:
+    server = gateway_factory(upstream=None, api_key=None, forward_sim_headers=False)
+    assert server.gw.mode == "simulator"
+    with server.client() as http:
+        assert http.post("/v1/chat/completions", json=CHAT, headers=FAULT).status_code == 400
+
+
+def _revoke_soon(server: GatewayServer, key_id: str, delay: float) -> threading.Thread:
+    from dskit.gateway import KeyStore
+
+    def revoke() -> None:
+        time.sleep(delay)
+        with KeyStore(server.settings.keys_path) as keys:
+            assert keys.revoke(key_id)
+
+    thread = threading.Thread(target=revoke)
+    thread.start()
+    return thread
+
+
+def _keyed(gateway_factory: Callable[..., GatewayServer]) -> tuple[GatewayServer, str, str]:
+    from dskit.gateway import KeyStore
+
+    server = gateway_factory(key_check_seconds=0.3)
+    with KeyStore(server.settings.keys_path) as keys:
+        key, info = keys.create("mallory")
+    server.gw.auth_required = True
+    return server, key, info.key_id
+
+
+def _stream_until_end(http: httpx2.Client, path: str, body: Any, headers: Any) -> tuple[str, float]:
+    with http.stream("POST", path, json=body, headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        started, text = time.monotonic(), ""
+        for piece in response.iter_text():
+            text += piece
+    return text, time.monotonic() - started
+
+
+@pytest.mark.parametrize("kind", ["relay", "session"])
+def test_revoking_a_key_ends_its_open_streams(
+    gateway_factory: Callable[..., GatewayServer], kind: str
+) -> None:
+    server, key, key_id = _keyed(gateway_factory)
+    slow = {"X-Sim-Queue-Ms": "30000", "X-Sim-Keepalive-Ms": "100"}
+    with server.client(key) as http:
+        if kind == "relay":
+            path, body = "/v1/chat/completions", {**CHAT, "stream": True}
+        else:
+            session = http.post("/v1/sessions", json={"model": "deepseek-flash"}).json()["id"]
+            path, body = f"/v1/sessions/{session}/messages", {"content": "hi", "stream": True}
+        revoker = _revoke_soon(server, key_id, 1.0)
+        text, took = _stream_until_end(http, path, body, slow)
+        revoker.join()
+        assert http.get("/v1/sessions").status_code == 401
+    assert took < 5.0, took
+    last = [e for e in parse_sse(text) if "data" in e][-1]
+    assert "key_revoked" in last["data"]
+    if kind == "session":
+        assert last.get("event") == "error"
+    else:
+        assert orjson.loads(last["data"])["error"]["code"] == "key_revoked"
