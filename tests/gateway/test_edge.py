@@ -359,3 +359,85 @@ def test_revoking_a_key_ends_its_open_streams(
         assert last.get("event") == "error"
     else:
         assert orjson.loads(last["data"])["error"]["code"] == "key_revoked"
+
+
+# ---- 3. callback answers: at most 64 KiB read, one deadline per attempt ----------------
+
+
+class DripReceiver:
+    """A webhook receiver answering 200 with a huge body, dripped: `piece` bytes every
+    `every` seconds for up to `seconds` (so no single read ever times out)."""
+
+    def __init__(self, piece: int, every: float, seconds: float = 8.0) -> None:
+        self.sent = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self._args = (piece, every, seconds)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._sock.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+            piece, every, seconds = self._args
+            until = time.monotonic() + seconds
+            try:
+                while time.monotonic() < until:
+                    conn.sendall(b"x" * piece)
+                    self.sent += piece
+                    time.sleep(every)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._sock.close()
+        self._thread.join(10)
+
+
+def _deliver(receiver: DripReceiver, timeout: float) -> tuple[bool, float, int]:
+    """(delivered, seconds, peak bytes allocated) of one callback attempt."""
+    import asyncio
+    import tracemalloc
+
+    from dskit.gateway import CallbackSettings
+    from dskit.gateway._callbacks import CallbackSender
+
+    async def deliver() -> bool:
+        sender = CallbackSender(CallbackSettings(secret="s" * 16, max_attempts=1, timeout=timeout))
+        try:
+            return await sender.deliver(f"http://127.0.0.1:{receiver.port}/hook", b"{}")
+        finally:
+            await sender.aclose()
+
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        delivered = asyncio.run(deliver())
+        return delivered, time.monotonic() - started, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_huge_callback_answer_is_read_only_64_kib() -> None:
+    receiver = DripReceiver(piece=256 * 1024, every=0.01)
+    try:
+        delivered, took, peak = _deliver(receiver, timeout=5.0)
+    finally:
+        receiver.close()
+    assert delivered  # a 200 is a 200; the rest of its body is not our problem
+    assert took < 2.0, took
+    assert peak < 4 * 1024 * 1024, peak
+
+
+def test_a_dripped_callback_answer_ends_by_the_attempt_deadline() -> None:
+    receiver = DripReceiver(piece=100, every=0.05)  # never 64 KiB, never a read timeout
+    try:
+        delivered, took, _ = _deliver(receiver, timeout=1.0)
+    finally:
+        receiver.close()
+    assert not delivered
+    assert 0.9 < took < 2.5, took
