@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import orjson
 import pytest
 
-from tests.conftest import LocalHTTPServer
+from tests.conftest import LocalHTTPServer, free_port, wait_until
 from tests.gateway.conftest import GatewayServer, parse_sse
 
 CHAT = {
@@ -441,3 +445,36 @@ def test_a_dripped_callback_answer_ends_by_the_attempt_deadline() -> None:
         receiver.close()
     assert not delivered
     assert 0.9 < took < 2.5, took
+
+
+def test_dskit_serve_bounds_request_heads(tmp_path: Path) -> None:
+    """The limits as `dskit serve` runs them (head timeout from the environment)."""
+    port = free_port()
+    env = {**os.environ, "DSKIT_HOME": str(tmp_path), "DSKIT_CONFIG": str(tmp_path / "c.toml"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}  # fmt: skip
+    env["DSKIT_GATEWAY_HEAD_TIMEOUT_SECONDS"] = "1"
+    for name in ("DEEPSEEK_API_KEY", "DEEPSEEK_BASE_URL", "DSKIT_GATEWAY_REDIS"):
+        env.pop(name, None)
+    command = [sys.executable, "-c", "from dskit.cli import main; main()", "serve",
+               "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(port), timeout=30, interval=0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000)
+            assert sock.recv(100).startswith(b"HTTP/1.1 431 ")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            started = time.monotonic()
+            assert sock.recv(100) == b""
+            assert time.monotonic() - started < 3.0
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx2.HTTPError:
+        return False
