@@ -86,7 +86,7 @@ def ensure_litellm() -> Path:
 def wait_http(port: int, path: str, timeout: float = 90.0, expect: bytes = b"HTTP/1.1 200") -> None:
     """Poll until `GET path` answers `expect` (or fail after `timeout`)."""
     deadline = time.monotonic() + timeout
-    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
             s.sendall(request)

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from dskit.gateway import GatewaySettings, create_app
+from dskit.gateway._server import server_options
 from tests.conftest import LocalHTTPServer
 
 
@@ -34,8 +35,8 @@ class GatewayServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="on", ws="none",
-            timeout_graceful_shutdown=1,
+            self.app, log_config=None, access_log=False, lifespan="on",
+            timeout_graceful_shutdown=1, **server_options(settings),
         )  # fmt: skip
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -74,6 +75,7 @@ def gateway_factory(sim: Any, tmp_path: Path) -> Iterator[Callable[..., GatewayS
             "upstream": sim.base_url, "api_key": "sk-test-upstream-0123456789",
             "store": str(tmp_path / "sessions.sqlite3"),
             "keys_path": str(tmp_path / "gateway.sqlite3"), "heartbeat_seconds": 0.5,
+            "forward_sim_headers": True,  # the sim runs apart, and tests inject its faults
         }  # fmt: skip
         values.update(overrides)
         server = GatewayServer(GatewaySettings(**values)).start()

@@ -49,6 +49,10 @@ simulator; the log and the web page say so. See docs/gateway.md.
     help="Allow a non-loopback host although no gateway API keys exist (anyone can use it).",
 )  # fmt: skip
 @click.option(
+    "--allowed-host", "allowed_hosts", multiple=True,
+    help="Host name clients may use besides loopback ones (repeatable; *.example.com).",
+)  # fmt: skip
+@click.option(
     "--callback-host", "callback_hosts", multiple=True, help="Allowed callback host (repeatable)."
 )
 @click.option("--callback-secret", envvar="DSKIT_GATEWAY_CALLBACK_SECRET", default=None,
@@ -67,7 +71,8 @@ simulator; the log and the web page say so. See docs/gateway.md.
               help="Seconds answers stay cached (0: no cache). Default 3600.")  # fmt: skip
 def serve(
     host: str, port: int, upstream: str | None, store: str | None, keys_db: str | None,
-    log_format: str, log_level: str, allow_insecure_bind: bool, callback_hosts: tuple[str, ...],
+    log_format: str, log_level: str, allow_insecure_bind: bool, allowed_hosts: tuple[str, ...],
+    callback_hosts: tuple[str, ...],
     callback_secret: str | None, rate_limit: float | None, redis_url: str | None,
     fallbacks: tuple[str, ...], tokens_per_minute: int | None, semantic_cache: bool | None,
     cache_ttl: float | None,
@@ -80,6 +85,7 @@ def serve(
         settings = GatewaySettings.from_env(
             host=host, port=port, upstream=upstream, store=store, keys_path=keys_db,
             log_format=log_format, allow_insecure_bind=allow_insecure_bind or None,
+            allowed_hosts=allowed_hosts or None,
             rate_limit=RateLimit(rate_limit) if rate_limit else None,
             callbacks=CallbackSettings(allow_hosts=callback_hosts, secret=callback_secret),
             redis=redis_url, fallbacks=fallbacks or None, cache_ttl_seconds=cache_ttl,
@@ -143,10 +149,11 @@ def run(settings: GatewaySettings) -> None:
     import uvicorn
 
     from dskit.gateway import create_app
+    from dskit.gateway._server import server_options
 
     app = create_app(settings)
     freeze_startup_heap()
     uvicorn.run(
         app, host=settings.host, port=settings.port, access_log=False, log_config=None,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, **server_options(settings),
     )  # fmt: skip

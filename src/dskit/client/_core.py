@@ -37,6 +37,7 @@ from dskit.client._errors import (
     ConfigError,
     ValidationError,
     redact,
+    remember_secret,
     status_error_class,
 )
 from dskit.client._types import Message
@@ -150,6 +151,7 @@ class ClientCore:
                 "No DeepSeek API key: pass DeepSeek(api_key=...) or set the DEEPSEEK_API_KEY "
                 "environment variable (get a key at https://platform.deepseek.com/api_keys)."
             )
+        remember_secret(key.strip())
         url = base_url or os.environ.get("DEEPSEEK_BASE_URL") or DEFAULT_BASE_URL
         if max_resumes < 0:
             raise ValidationError("max_resumes must be 0 or more", param="max_resumes")

@@ -32,12 +32,22 @@ if TYPE_CHECKING:
     from dskit.client._types import ChatResult
 
 _KEY_PATTERN = re.compile(r"(sk-|Bearer\s+)[A-Za-z0-9_\-]{6,}")
+MIN_SECRET = 8
+_known_secrets: set[str] = set()  # every client's key: redacted wherever redact() runs
+
+
+def remember_secret(secret: str | None) -> None:
+    """Redact `secret` from now on in every `redact()` call of this process (a client's
+    API key, whatever its shape: errors, SSE error events and logs all pass redact())."""
+    if secret and len(secret) >= MIN_SECRET:
+        _known_secrets.add(secret)
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Replace API keys (known ones and anything shaped like one) with `***`."""
-    for secret in secrets:
-        if secret:
+    """Replace API keys (given ones, remembered ones and anything shaped like one) with
+    `***`."""
+    for secret in (*secrets, *_known_secrets):
+        if secret and secret in text:
             text = text.replace(secret, "***")
     return _KEY_PATTERN.sub(lambda m: m.group(1) + "***", text)
 

@@ -17,7 +17,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dskit._version import __version__
 from dskit.client._errors import DSKitError
 from dskit.gateway._deps import COOKIE, GatewayDep
+from dskit.gateway._edge import EdgeMiddleware
 from dskit.gateway._errors import GatewayError, error_response, logged_error, validation_error
+from dskit.gateway._keywatch import KeyWatch
 from dskit.gateway._middleware import GatewayMiddleware
 from dskit.gateway._ratelimit import RateLimiter
 from dskit.gateway._routes_formats import router as formats_router
@@ -81,14 +83,23 @@ def create_app(
 
 class GatewayApp(FastAPI):
     """FastAPI with the gateway's own outer layers: `GatewayMiddleware` (request ids, the
-    body limit, metrics, the access log) around everything, and `POST
+    body limit, metrics, the access log) around everything, `EdgeMiddleware` (Host,
+    content-type and origin checks, the page's headers) inside it, then `KeyWatch` (the
+    streams of revoked keys end), and `POST
     /v1/chat/completions` served right under it. Every chunk of a relayed stream would
     otherwise pass through each of Starlette's middlewares on its way out."""
 
     def build_middleware_stack(self) -> ASGIApp:
         gw: Gateway = self.state.gateway
+        settings = gw.settings
         lane = FastLane(FastChatCompletions(gw), super().build_middleware_stack())
-        return GatewayMiddleware(lane, gw.metrics, gw.settings.max_body_bytes)
+
+        def still_valid(key: str) -> bool:
+            return gw.principal_for(key) is not None
+
+        watch = KeyWatch(lane, still_valid, settings.key_check_seconds)
+        edge = EdgeMiddleware(watch, settings.host, settings.allowed_hosts)
+        return GatewayMiddleware(edge, gw.metrics, settings.max_body_bytes)
 
 
 class FastLane:

@@ -19,6 +19,7 @@ from dskit.gateway._errors import GatewayError
 from dskit.gateway._settings import CallbackSettings
 
 logger = logging.getLogger("dskit.gateway")
+MAX_ANSWER_BYTES = 64 * 1024  # of a receiver's answer; its status is all that counts
 SIGNATURE_HEADER = "X-DSKit-Signature"
 TIMESTAMP_HEADER = "X-DSKit-Timestamp"
 
@@ -63,7 +64,8 @@ def check_callback_url(url: str, settings: CallbackSettings) -> str:
 
 
 class CallbackSender:
-    """Delivers callbacks with exponential backoff; one HTTP client for all of them."""
+    """Delivers callbacks with exponential backoff; one HTTP client for all of them. Each
+    attempt has `settings.timeout` seconds in all, and reads little of the answer."""
 
     def __init__(self, settings: CallbackSettings) -> None:
         import httpx2
@@ -95,11 +97,22 @@ class CallbackSender:
             SIGNATURE_HEADER: sign(self.settings.secret, stamp, body),
         }
         try:
-            response = await self._http.post(url, content=body, headers=headers)
-        except Exception as exc:  # any transport failure is retried
+            async with asyncio.timeout(self.settings.timeout):  # the whole attempt, not a read
+                return await self._post(url, body, headers)
+        except Exception as exc:  # any transport failure or a late answer is retried
             logger.info("callback to %s: %s", url, type(exc).__name__)
             return False
-        return 200 <= response.status_code < 300
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
+        """POST and read at most `MAX_ANSWER_BYTES` of the answer (a receiver that sends a
+        huge body gets its connection closed, not our memory)."""
+        async with self._http.stream("POST", url, content=body, headers=headers) as response:
+            seen = 0
+            async for chunk in response.aiter_raw():
+                seen += len(chunk)
+                if seen >= MAX_ANSWER_BYTES:
+                    break
+            return 200 <= response.status_code < 300
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -9,6 +9,7 @@ from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dskit.gateway._errors import GatewayError, not_found
+from dskit.gateway._keywatch import SCOPE_KEY
 from dskit.gateway._state import Gateway
 from dskit.store import SessionRecord
 
@@ -37,7 +38,8 @@ def authenticate(gw: Gateway, request: Request, *, x_api_key: bool = False) -> s
     bearer header's, else (`x_api_key`: the Anthropic format's header) `x-api-key`'s,
     else the login cookie's."""
     _refresh_auth(gw)
-    who = gw.principal_for(request_key(request, x_api_key=x_api_key) or None)
+    key = request_key(request, x_api_key=x_api_key)
+    who = gw.principal_for(key or None)
     if who is None:
         where = "Authorization: Bearer <key> or x-api-key: <key>" if x_api_key else (
             "Authorization: Bearer <key>"
@@ -46,6 +48,8 @@ def authenticate(gw: Gateway, request: Request, *, x_api_key: bool = False) -> s
             401, f"a valid gateway API key is required ({where}; keys come from "
             "`dskit keys create`)", "authentication_error", code="invalid_api_key",
         )  # fmt: skip
+    if gw.auth_required:
+        request.scope[SCOPE_KEY] = key  # its streams end if it is revoked (KeyWatch)
     return who
 
 
@@ -104,8 +108,10 @@ async def owned_record(gw: Gateway, who: str, session_id: str) -> SessionRecord:
 
 
 def upstream_headers(request: Request, gw: Gateway) -> dict[str, str]:
-    """`X-Sim-*` headers pass through to a simulator or custom upstream, never to DeepSeek."""
-    if gw.mode == "deepseek":
+    """`X-Sim-*` fault headers pass through to the built-in simulator only (or to any
+    upstream with `forward_sim_headers`): one caller's faults would otherwise open the
+    breaker every caller shares."""
+    if gw.mode != "simulator" and not gw.settings.forward_sim_headers:
         return {}
     return {  # raw header names are lower case; only the matches are decoded
         k.decode("latin-1"): v.decode("latin-1")

@@ -15,7 +15,15 @@ from dskit.gateway._breaker import BreakerSettings, parse_upstreams
 from dskit.gateway._redis_log import DEFAULT_LEASE, DEFAULT_NAMESPACE
 
 ENV_PREFIX = "DSKIT_GATEWAY_"
-NOT_FROM_ENV = ("rate_limit", "callbacks", "api_key", "tokens_limit", "fallbacks", "breaker")
+NOT_FROM_ENV = (
+    "allowed_hosts",
+    "rate_limit",
+    "callbacks",
+    "api_key",
+    "tokens_limit",
+    "fallbacks",
+    "breaker",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,12 @@ class GatewaySettings:
     allow_insecure_bind: bool = False
     log_format: Literal["text", "json"] = "text"
     max_body_bytes: int = 1024 * 1024
+    # The edge (see _server.py and _edge.py): request heads, Host names, sim fault headers.
+    max_head_bytes: int = 64 * 1024
+    head_timeout_seconds: float = 10.0
+    allowed_hosts: tuple[str, ...] = ()
+    forward_sim_headers: bool = False
+    key_check_seconds: float = 2.0
     heartbeat_seconds: float = 15.0
     sse_retry_ms: int = 2000
     max_wait_seconds: float = 60.0
@@ -89,6 +103,8 @@ class GatewaySettings:
             raise ValueError("log_format must be 'text' or 'json'")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
+        if self.max_head_bytes < 1024 or self.head_timeout_seconds <= 0:
+            raise ValueError("max_head_bytes must be >= 1024 and head_timeout_seconds positive")
         if self.heartbeat_seconds <= 0 or self.max_wait_seconds <= 0:
             raise ValueError("heartbeat_seconds and max_wait_seconds must be positive")
         if self.lease_seconds < 0.1 or self.takeover_interval <= 0:
