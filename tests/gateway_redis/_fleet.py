@@ -87,7 +87,9 @@ def start_fleet(
     base_env = {
         "DSKIT_GATEWAY_REDIS_NAMESPACE": namespace, "DSKIT_GATEWAY_LEASE_SECONDS": "1",
         "DSKIT_GATEWAY_TAKEOVER_INTERVAL": "0.2", "DSKIT_GATEWAY_HEARTBEAT_SECONDS": "0.5",
-        "DSKIT_HOME": str(tmp), **(env or {}),
+        "DSKIT_HOME": str(tmp),
+        # the simulator runs apart, and the tests pace it and inject its faults
+        "DSKIT_GATEWAY_FORWARD_SIM_HEADERS": "true", **(env or {}),
     }  # fmt: skip
     fleet = [GatewayProcess(f"gw{i}", args, base_env, tmp) for i in range(count)]
     for gateway in fleet:
