@@ -87,6 +87,22 @@ def sim_factory() -> Iterator[Callable[..., Any]]:
         server.stop()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test server's request handler: HTTP/1.1, no log lines, `reply` sends a body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 class LocalHTTPServer:
     """A threading HTTP server on a free loopback port, serving from a daemon thread
     (for a test's own little upstream or webhook receiver)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import uvicorn
 
 from dskit.gateway import GatewaySettings, create_app
 from dskit.gateway._server import server_options
-from tests.conftest import LocalHTTPServer
+from tests.conftest import LocalHTTPServer, QuietHandler
 
 
 class GatewayServer:
@@ -102,35 +101,23 @@ class RecordingUpstream:
         forward = httpx2.Client(base_url=target, timeout=30)
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path.endswith("/chat/completions"):
                     recorder.bodies.append(orjson.loads(body))
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 reply = forward.post(self.path, content=body, headers=headers)
-                self._reply(reply.status_code, reply.headers.get("content-type", ""), reply.content)
+                self.reply(reply.status_code, reply.content, reply.headers.get("content-type", ""))
 
             def do_GET(self) -> None:
                 if self.path.endswith("/models") and recorder.models is not None:
                     body = orjson.dumps({"object": "list", "data": recorder.models})
-                    self._reply(200, "application/json", body)
+                    self.reply(200, body)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 reply = forward.get(self.path, headers=headers)
-                self._reply(reply.status_code, reply.headers.get("content-type", ""), reply.content)
-
-            def _reply(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.reply(reply.status_code, reply.content, reply.headers.get("content-type", ""))
 
         self._forward = forward
         self._server = LocalHTTPServer(Handler)

@@ -4,7 +4,6 @@ both ways, the upstream's `param`, malformed JSON, and 401s with `WWW-Authentica
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import LocalHTTPServer
+from tests.conftest import LocalHTTPServer, QuietHandler
 from tests.gateway.conftest import GatewayServer, RecordingUpstream, parse_sse
 from tests.gateway.test_auth import _create_key
 
@@ -44,9 +43,7 @@ class ScriptedUpstream:
         self.bodies: list[dict[str, Any]] = []
         bodies = self.bodies
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 bodies.append(body)
@@ -57,7 +54,7 @@ class ScriptedUpstream:
                         "param": "messages[0].name",
                         "code": "invalid_request_error",
                     }
-                    self._reply(400, "application/json", orjson.dumps({"error": error}))
+                    self.reply(400, orjson.dumps({"error": error}))
                     return
                 stream = b"".join([
                     _chunk({"role": "assistant", "content": ""}),
@@ -66,17 +63,7 @@ class ScriptedUpstream:
                     _chunk({"content": ""}, finish="stop"),
                     b"data: [DONE]\n\n",
                 ])  # fmt: skip
-                self._reply(200, "text/event-stream", stream)
-
-            def _reply(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.reply(200, stream, "text/event-stream")
 
         self._server = LocalHTTPServer(Handler)
         self.url = f"http://127.0.0.1:{self._server.port}"

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import httpx2
 import orjson
 import pytest
 
-from tests.conftest import LocalHTTPServer, free_port, wait_until
+from tests.conftest import LocalHTTPServer, QuietHandler, free_port, wait_until
 from tests.gateway.conftest import GatewayServer, parse_sse
 
 CHAT = {
@@ -208,29 +207,16 @@ class EchoingUpstream:
     """An upstream that lists one model and refuses every chat, quoting the key it got."""
 
     def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 data = [{"id": "deepseek-flash", "object": "model", "owned_by": "x"}]
-                self._reply(200, {"object": "list", "data": data})
+                self.reply(200, orjson.dumps({"object": "list", "data": data}))
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 key = self.headers["Authorization"].removeprefix("Bearer ")
                 error = {"message": f"key {key} is not valid here", "type": "invalid_request"}
-                self._reply(400, {"error": error})
-
-            def _reply(self, status: int, body: Any) -> None:
-                data = orjson.dumps(body)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.reply(400, orjson.dumps({"error": error}))
 
         self.server = LocalHTTPServer(Handler)
         self.url = f"http://127.0.0.1:{self.server.port}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import orjson
 import pytest
 
 from dskit.gateway import RateLimit
-from tests.conftest import LocalHTTPServer, wait_until
+from tests.conftest import LocalHTTPServer, QuietHandler, wait_until
 from tests.gateway.conftest import GatewayServer
 from tests.gateway.test_auth import _create_key
 
@@ -320,22 +319,13 @@ class EchoingUpstream:
     """An upstream that answers every POST with an error quoting the key it was sent."""
 
     def __init__(self, status: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 auth = self.headers.get("Authorization", "")
                 message = f"rejected {auth} (key {auth.removeprefix('Bearer ')})"
                 body = orjson.dumps({"error": {"message": message, "type": "x", "param": "p"}})
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.reply(status, body)
 
         self._server = LocalHTTPServer(Handler)
         self.url = f"http://127.0.0.1:{self._server.port}"
