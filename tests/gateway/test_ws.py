@@ -220,7 +220,7 @@ def test_client_side_tools_continue_once_every_result_arrived(gateway: GatewaySe
 def test_a_client_that_keeps_up_gets_one_event_per_token(gateway: GatewayServer) -> None:
     with gateway.client() as http:
         sid = _session(http)
-    with _connect(gateway, sid, **{"X-Sim-Token-Ms": "2"}) as ws:
+    with _connect(gateway, sid, **{"X-Sim-Token-Ms": "10"}) as ws:
         ws.send(orjson.dumps({"type": "message", "content": "hello there"}).decode())
         answer_id = _recv(ws)["answer_id"]
         events = list(_until_end(ws, ack=True))

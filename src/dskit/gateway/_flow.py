@@ -100,13 +100,14 @@ class AckWindow:
         self.hold = hold
         self.behind = False
         self.acking = False
+        self.held = False  # the stream waited for acks: what piled up meanwhile is merged
         self._inflight: deque[int] = deque()  # last seqs of the events sent, oldest first
         self._acked = asyncio.Event()
 
     def reset(self) -> None:
         """A new answer is followed: nothing of it is in flight."""
         self._inflight.clear()
-        self.behind = False
+        self.behind = self.held = False
 
     def sent(self, seq: int) -> None:
         self._inflight.append(seq)
@@ -122,12 +123,16 @@ class AckWindow:
         self._acked.set()
 
     def spans(self, entries: list[LogEntry]) -> list[Span]:
-        return coalesce(entries) if self.behind else spans(entries)
+        """The events to send for these entries: merged while the client is behind, or
+        when they piled up while the stream waited for it."""
+        merge, self.held = self.behind or self.held, False
+        return coalesce(entries) if merge else spans(entries)
 
     async def room(self) -> None:
         """Wait (up to `hold`) while the client has a full window unacknowledged."""
         if not self.acking or len(self._inflight) < self.window:
             return
+        self.held = True
         self._acked.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._acked.wait(), self.hold)
