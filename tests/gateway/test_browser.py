@@ -161,3 +161,49 @@ def test_a_wrong_key_says_so_and_sign_out_forgets_the_right_one(
     page.reload()  # the cookie is gone: the page asks again
     page.wait_for_selector("#login", state="visible", timeout=10_000)
     page.close()
+
+
+def _ask_and_reload(page: Any, gateway: GatewayServer) -> tuple[str, str, str]:
+    """Ask, reload mid-answer, wait for the end: (text before the reload, after, logged)."""
+    page.goto(gateway.url)
+    page.fill("#input", "Tell me a long story about rivers and mountains.")
+    page.press("#input", "Enter")
+    page.wait_for_function(
+        f"() => {{ const el = {LAST}; return el && el.dataset.state === 'streaming' "
+        "&& el.dataset.raw.length > 20; }",
+        timeout=15_000,
+    )
+    partial = page.evaluate(f"() => {LAST}.dataset.raw")
+    page.reload()
+    page.wait_for_function(
+        f"() => {{ const el = {LAST}; return el && el.dataset.state === 'done'; }}",
+        timeout=20_000,
+    )
+    raw = page.evaluate(f"() => {LAST}.dataset.raw")
+    answer_id = page.evaluate(f"() => {LAST}.dataset.answerId")
+    session_id = page.evaluate("() => location.hash.slice(3)")
+    return partial, raw, _answer_text(gateway, session_id, answer_id)
+
+
+def test_the_page_streams_over_the_websocket_and_a_reload_resumes_it_exactly(
+    sim_factory: Any, gateway_factory: Any, browser: Any
+) -> None:
+    gateway: GatewayServer = gateway_factory(upstream=sim_factory(token_ms=25).base_url)
+    page = browser.new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    partial, raw, full = _ask_and_reload(page, gateway)
+    assert page.evaluate(f"() => {LAST}.dataset.transport") == "websocket"
+    assert len(sockets) == 2 and all(url.endswith("/ws") for url in sockets)
+    assert raw == full and raw.startswith(partial) and len(raw) > len(partial)
+
+
+def test_without_a_websocket_the_page_falls_back_to_event_source(
+    sim_factory: Any, gateway_factory: Any, browser: Any
+) -> None:
+    gateway: GatewayServer = gateway_factory(upstream=sim_factory(token_ms=25).base_url)
+    page = browser.new_page()
+    page.add_init_script("window.dskitNoWebSocket = true")
+    partial, raw, full = _ask_and_reload(page, gateway)
+    assert page.evaluate(f"() => {LAST}.dataset.transport") == "sse"
+    assert raw == full and raw.startswith(partial) and len(raw) > len(partial)

@@ -26,6 +26,7 @@ from dskit.gateway._routes_formats import router as formats_router
 from dskit.gateway._routes_openai import FastChatCompletions
 from dskit.gateway._routes_openai import router as openai_router
 from dskit.gateway._routes_sessions import router as sessions_router
+from dskit.gateway._routes_ws import router as ws_router
 from dskit.gateway._scale import REDIS_RETRY_AFTER, outage_errors, redis_answers
 from dskit.gateway._schemas import ErrorResponse, GatewayInfo, LoginRequest
 from dskit.gateway._settings import GatewaySettings
@@ -75,6 +76,7 @@ def create_app(
     _install_handlers(app, gw)
     app.include_router(openai_router)
     app.include_router(sessions_router)
+    app.include_router(ws_router)
     app.include_router(formats_router)
     _install_operations(app)
     _install_web(app)

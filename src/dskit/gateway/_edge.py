@@ -8,6 +8,9 @@
   body (cancel, logout) may omit the type.
 - A request authenticated by the web page's cookie (no bearer header) must come from the
   gateway's own origin: `Origin` equal to the Host (403 otherwise); a GET may omit it.
+- A WebSocket handshake meets the Host rule and, with the cookie, always needs `Origin`
+  equal to the Host (browsers send it; cross-origin WebSockets are not blocked by CORS);
+  a refused handshake gets the error as an HTTP response (or a 1008 close).
 - The page and its files (`/`, `/static/...`) carry a CSP and the usual framing,
   sniffing and referrer headers.
 """
@@ -45,13 +48,13 @@ class EdgeMiddleware:
         self.allowed_hosts = allowed_hosts if wildcard else (*allowed_hosts, listen_host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        error = self._refusal(scope["method"], headers)
+        error = self._refusal(scope.get("method", "WEBSOCKET"), headers)
         if error is not None:
-            await _answer(send, error)
+            await (_answer(send, error) if scope["type"] == "http" else deny(scope, send, error))
             return
         path: str = scope["path"]
         if path == "/" or path.startswith("/static/"):
@@ -127,3 +130,16 @@ async def _answer(send: Send, error: GatewayError) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def deny(scope: Scope, send: Send, error: GatewayError) -> None:
+    """Refuse a WebSocket handshake: the error as an HTTP response where the server can
+    send one (the `websocket.http.response` extension), else a 1008 close (a 403)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": error.message[:120]})
+        return
+    body = error.encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    start = {"type": "websocket.http.response.start", "status": error.status, "headers": headers}
+    await send(start)
+    await send({"type": "websocket.http.response.body", "body": body})

@@ -120,20 +120,8 @@ async def post_message(
     callback = check_callback_url(str(body.callback_url), gw.settings.callbacks) if (
         body.callback_url
     ) else None  # fmt: skip
-    record = await owned_record(gw, who, session_id)
-    if await gw.log.active(session_id):
-        raise GatewayError(
-            409, "an answer is being generated in this session; wait or cancel it",
-            "conflict_error", code="answer_in_progress",
-        )  # fmt: skip
-    user = StoredMessage({"role": "user", "content": body.content})
-    record.messages.append(user)
-    info = await gw.client.model_info(record.model)
-    messages = upstream_messages(record, info)  # as ChatSession would; too big: a 400, unstored
-    await charge_tokens(gw.token_limiter, who, messages)  # what is sent, as for /v1/chat
-    record.version = await gw.store.aappend(session_id, [user], expected_version=record.version)
     headers = upstream_headers(request, gw)
-    answer_id = await gw.runner.start(record, messages, headers, callback, who)
+    answer_id = await begin_answer(gw, who, session_id, body.content, headers, callback)
     if body.stream:
         return _sse(gw, answer_id, 0)
     if body.background or callback:
@@ -142,6 +130,69 @@ async def post_message(
             media_type="application/json",
         )  # fmt: skip
     return await _wait_result(gw, session_id, answer_id)
+
+
+async def begin_answer(
+    gw: Gateway, who: str, session_id: str, content: str, headers: dict[str, str],
+    callback: str | None = None,
+) -> str:  # fmt: skip
+    """Store the user turn and start its answer (409 while another is being generated);
+    the answer's id. The POST route and the WebSocket both begin answers here."""
+    record = await _idle_record(gw, who, session_id)
+    user = StoredMessage({"role": "user", "content": content})
+    return await _start(gw, who, record, user, headers, callback)
+
+
+async def begin_turns(
+    gw: Gateway, who: str, session_id: str, result: StoredMessage, headers: dict[str, str]
+) -> str | None:
+    """Store a client-side tool's result; once every call of the last answer has one, start
+    the answer that continues (its id; None while results are still missing)."""
+    record = await _idle_record(gw, who, session_id)
+    pending = _pending_calls(record.messages)
+    if result.message.get("tool_call_id") not in pending:
+        raise GatewayError(
+            400, "no tool call of this session is waiting for that tool_call_id",
+            param="tool_call_id", code="unknown_tool_call",
+        )  # fmt: skip
+    if len(pending) > 1:
+        await gw.store.aappend(session_id, [result], expected_version=record.version)
+        return None
+    return await _start(gw, who, record, result, headers, None)
+
+
+def _pending_calls(messages: list[StoredMessage]) -> set[str]:
+    """The ids of the last answer's tool calls that have no result yet."""
+    answered: set[str] = set()
+    for stored in reversed(messages):
+        if stored.role == "tool":
+            answered.add(str(stored.message.get("tool_call_id")))
+            continue
+        calls = stored.message.get("tool_calls") if stored.role == "assistant" else None
+        return {str(c.get("id")) for c in calls or []} - answered
+    return set()
+
+
+async def _idle_record(gw: Gateway, who: str, session_id: str) -> SessionRecord:
+    record = await owned_record(gw, who, session_id)
+    if await gw.log.active(session_id):
+        raise GatewayError(
+            409, "an answer is being generated in this session; wait or cancel it",
+            "conflict_error", code="answer_in_progress",
+        )  # fmt: skip
+    return record
+
+
+async def _start(
+    gw: Gateway, who: str, record: SessionRecord, turn: StoredMessage,
+    headers: dict[str, str], callback: str | None,
+) -> str:  # fmt: skip
+    record.messages.append(turn)
+    info = await gw.client.model_info(record.model)
+    messages = upstream_messages(record, info)  # as ChatSession would; too big: a 400, unstored
+    await charge_tokens(gw.token_limiter, who, messages)  # what is sent, as for /v1/chat
+    record.version = await gw.store.aappend(record.id, [turn], expected_version=record.version)
+    return await gw.runner.start(record, messages, headers, callback, who)
 
 
 def _handle(session_id: str, answer_id: str) -> AnswerHandle:

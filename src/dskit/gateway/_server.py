@@ -9,7 +9,11 @@ being awaited (the connection opening, or the previous response ending).
 
 h11 (`h11_max_incomplete_event_size`) bounds the size too, but parses in pure Python on
 every request; this keeps the C parser on the fast path and adds a counter and a timer.
-`server_options(settings)` is what `dskit serve` and the tests hand to uvicorn.
+`server_options(settings)` is what `dskit serve` and the tests hand to uvicorn. WebSocket
+upgrades (`/v1/sessions/{id}/ws`) pass through the same head limits, then go to uvicorn's
+sans-I/O `websockets` protocol, whose sends wait while the socket's buffer is full (the
+backpressure the flow control of `_flow.py` builds on); a frame is at most
+`max_body_bytes`.
 """
 
 from __future__ import annotations
@@ -104,5 +108,6 @@ def server_options(settings: GatewaySettings) -> dict[str, Any]:
     """uvicorn options every gateway server runs with (`uvicorn.run(app, **these)`)."""
     return {
         "http": head_limited_protocol(settings.max_head_bytes, settings.head_timeout_seconds),
-        "ws": "none",
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_body_bytes,
     }

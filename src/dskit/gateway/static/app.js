@@ -1,6 +1,6 @@
 // The dskit gateway's web page. It only talks to the gateway's session API (it never sees
-// the upstream key). Answers stream over EventSource, which reconnects by itself with
-// Last-Event-ID; a reloaded page reopens the session named in the URL hash and replays the
+// the upstream key). Answers stream over the session's WebSocket (or, where none opens,
+// EventSource, which reconnects by itself with Last-Event-ID); a reloaded page reopens the session named in the URL hash and replays the
 // answer in progress from its first event, so nothing is missing and nothing repeats.
 // Auth (when the gateway has keys): the key is exchanged once for an HttpOnly cookie
 // (POST /v1/login), so scripts on the page can never read it back.
@@ -151,69 +151,108 @@
     $("send").disabled = false;
   }
 
+  // An answer streams over the session's WebSocket (acking each event, so the gateway
+  // coalesces deltas when the page falls behind); where no WebSocket opens, over
+  // EventSource. Either way each event is applied once, by its seq: a reconnect resumes
+  // after the last applied one.
   function follow(sessionId, answerId) {
     const el = addMessage("assistant", "");
     el.dataset.state = "streaming";
     el.dataset.answerId = answerId;
     let lastSeq = 0;
-    const source = new EventSource("/v1/sessions/" + sessionId + "/answers/" + answerId + "/stream");
-    state.source = source;
+    let ended = false;
     state.answer = answerId;
     $("stop").hidden = false;
     $("send").disabled = true;
 
-    function fresh(event) {  // drop anything already applied (exactly-once rendering)
-      const seq = Number(String(event.lastEventId).split(":").pop());
+    function fresh(id) {  // drop anything already applied (exactly-once rendering)
+      const seq = Number(String(id).split(":").pop());
       if (!(seq > lastSeq)) return false;
       lastSeq = seq;
       el.dataset.seq = String(seq);
       return true;
     }
-    source.addEventListener("content", (e) => {
-      if (!fresh(e)) return;
-      el.dataset.raw += JSON.parse(e.data).text;
-      schedulePaint(el);
-    });
-    source.addEventListener("reasoning", (e) => {
-      if (!fresh(e)) return;
-      el.dataset.thinking += JSON.parse(e.data).text;
-      schedulePaint(el);
-    });
-    source.addEventListener("tool_call", (e) => {
-      if (!fresh(e)) return;
-      const call = JSON.parse(e.data);
-      if (call.name) el.dataset.raw += "\n\n`tool call: " + call.name + "`\n";
-      schedulePaint(el);
-    });
-    source.addEventListener("usage", (e) => { fresh(e); });
-    source.addEventListener("done", (e) => {
-      if (!fresh(e)) return;
-      el.dataset.state = "done";
-      paint(el);
-      closeStream();
-      setStatus("");
-      refreshList();
-    });
-    source.addEventListener("error", (e) => {
-      if (e.data === undefined) {  // a network error: EventSource reconnects with Last-Event-ID
+    const handlers = {
+      content: (data) => { el.dataset.raw += data.text; schedulePaint(el); },
+      reasoning: (data) => { el.dataset.thinking += data.text; schedulePaint(el); },
+      tool_call: (data) => {
+        if (data.name) el.dataset.raw += "\n\n`tool call: " + data.name + "`\n";
+        schedulePaint(el);
+      },
+      usage: () => {},
+      done: () => {
+        ended = true;
+        el.dataset.state = "done";
+        paint(el);
+        closeStream();
+        setStatus("");
+        refreshList();
+      },
+      error: (error) => {
+        ended = true;
+        paint(el);
+        if (error.type === "cancelled") {
+          markIncomplete(el, "(stopped)");
+        } else {
+          el.dataset.state = "error";
+          const note = document.createElement("p");
+          note.className = "error";
+          note.textContent = "Error: " + error.message;
+          el.appendChild(note);
+        }
+        closeStream();
+      },
+    };
+    function apply(kind, id, data) {
+      if (fresh(id) && handlers[kind]) handlers[kind](data);
+    }
+
+    function overSocket(attempt) {
+      const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      const ws = new WebSocket(scheme + location.host + "/v1/sessions/" + sessionId + "/ws");
+      let opened = false;
+      state.source = { close: () => { ended = true; ws.close(); } };
+      ws.addEventListener("open", () => {
+        opened = true;
+        el.dataset.transport = "websocket";
+        setStatus("");
+        ws.send(JSON.stringify({ type: "resume", after: answerId + ":" + lastSeq }));
+      });
+      ws.addEventListener("message", (e) => {
+        const frame = JSON.parse(e.data);
+        if (frame.event === undefined) {
+          if (frame.type === "error") setStatus(frame.error.message);
+          return;
+        }
+        apply(frame.event, frame.id, frame.data);
+        if (!ended) ws.send(JSON.stringify({ type: "ack", id: frame.id }));
+      });
+      ws.addEventListener("close", () => {
+        if (ended || state.answer !== answerId) return;
+        if (!opened) { overEventSource(); return; }  // no WebSocket here: SSE instead
         setStatus("reconnecting...");
-        return;
+        setTimeout(() => overSocket(attempt + 1), Math.min(2000, 100 * 2 ** attempt));
+      });
+    }
+
+    function overEventSource() {
+      el.dataset.transport = "sse";
+      const source = new EventSource("/v1/sessions/" + sessionId + "/answers/" + answerId +
+        "/stream?after=" + lastSeq);
+      state.source = source;
+      for (const kind of Object.keys(handlers)) {
+        source.addEventListener(kind, (e) => {
+          if (kind === "error" && e.data === undefined) {  // EventSource reconnects by itself
+            setStatus("reconnecting...");
+            return;
+          }
+          apply(kind, e.lastEventId, JSON.parse(e.data));
+        });
       }
-      if (!fresh(e)) return;
-      const error = JSON.parse(e.data);
-      paint(el);
-      if (error.type === "cancelled") {
-        markIncomplete(el, "(stopped)");
-      } else {
-        el.dataset.state = "error";
-        const note = document.createElement("p");
-        note.className = "error";
-        note.textContent = "Error: " + error.message;
-        el.appendChild(note);
-      }
-      closeStream();
-    });
-    source.addEventListener("open", () => setStatus(""));
+      source.addEventListener("open", () => setStatus(""));
+    }
+
+    if (window.WebSocket && !window.dskitNoWebSocket) overSocket(0); else overEventSource();
   }
 
   async function send(text) {
