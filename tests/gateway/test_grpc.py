@@ -39,8 +39,12 @@ def _documented_command() -> list[str]:
 
 
 def test_the_committed_generated_code_is_what_protoc_makes_now(tmp_path: Path) -> None:
-    """The command in the .proto's header, run into a temp dir, gives the committed files."""
-    command = [arg.replace("_out=src", f"_out={tmp_path}") for arg in _documented_command()]
+    """The command in the .proto's header (and docs/gateway.md), run into a temp dir,
+    gives the committed files."""
+    documented = _documented_command()
+    docs = (ROOT / "docs/gateway.md").read_text().replace("\\\n", " ")
+    assert shlex.join(documented) in " ".join(docs.split()), "docs/gateway.md has another command"
+    command = [arg.replace("_out=src", f"_out={tmp_path}") for arg in documented]
     assert sum(arg.endswith(f"_out={tmp_path}") for arg in command) == 3, command
     subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, timeout=60)
     for name in GENERATED:
