@@ -239,6 +239,26 @@ def test_auth_by_gateway_keys_and_sessions_of_others_not_found(
     assert mine == answer[1:]
 
 
+def test_a_revoked_key_ends_its_streams(
+    gateway_factory: Callable[..., GatewayServer], tmp_path: Path
+) -> None:
+    db = tmp_path / "keys.sqlite3"
+    with KeyStore(str(db)) as keys:
+        key, info = keys.create("alice")
+    gateway = gateway_factory(keys_path=str(db), grpc_port=free_port(), key_check_seconds=0.1)
+    metadata = (*_bearer(key), ("x-sim-token-ms", "50"))
+    request = pb.AskRequest(content="A very long story, please.", **PLAIN)
+    with _stub(gateway) as stub:
+        call = stub.Ask(request, metadata=metadata, timeout=DEADLINE)
+        assert next(call).WhichOneof("event") in ("content", "reasoning")
+        with KeyStore(str(db)) as keys:
+            assert keys.revoke(info.key_id)
+        with pytest.raises(grpc.RpcError) as revoked:
+            list(call)
+    assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert dict(revoked.value.trailing_metadata() or ())["error-code"] == "key_revoked"
+
+
 def test_rate_limit_is_resource_exhausted_with_retry_after(
     gateway_factory: Callable[..., GatewayServer],
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -27,6 +28,7 @@ import pydantic
 
 from dskit.gateway._deps import caller, forwards_sim_headers, take_token
 from dskit.gateway._errors import GatewayError, logged_error, validation_error
+from dskit.gateway._keywatch import REVOKED
 from dskit.gateway._pb import gateway_pb2 as pb
 from dskit.gateway._pb import gateway_pb2_grpc as pb_grpc
 from dskit.gateway._schemas import MessageCreate, SessionCreate
@@ -164,18 +166,19 @@ class GatewayService:
 
     async def Ask(self, request: pb.AskRequest, context: Any) -> AsyncIterator[pb.Event]:
         """One turn's answer, or with `after` the rest of an answer, as events."""
+        key = metadata_key(context)
         try:
-            who = caller(self.gw, metadata_key(context))
+            who = caller(self.gw, key)
             if request.HasField("after"):
                 if request.content:
                     raise GatewayError(400, "a resume (after) sends no content", param="content")
                 where = await self.resume(who, request.after, request.session_id or None)
             else:
                 where = await self.ask(who, request, sim_headers(self.gw, context))
+            async for event in self.events(*where, key):
+                yield event
         except Exception as exc:
             await abort(context, exc, "grpc Ask")
-        async for event in self.events(*where):
-            yield event
 
     async def ask(
         self, who: str, request: pb.AskRequest, headers: dict[str, str]
@@ -214,12 +217,21 @@ class GatewayService:
         self.gw.metrics.client_resumes.inc()
         return session_id, answer_id, seq
 
-    async def events(self, session_id: str, answer_id: str, after: int) -> AsyncIterator[pb.Event]:
-        """The answer's events after `after`, live, until it ends."""
+    async def events(
+        self, session_id: str, answer_id: str, after: int, key: str
+    ) -> AsyncIterator[pb.Event]:
+        """The answer's events after `after`, live, until it ends; a 401 once `key` is
+        revoked (checked as often as `KeyWatch` checks the keys of SSE streams)."""
         gw = self.gw
+        every = gw.settings.key_check_seconds
+        wait, checked = min(every, gw.settings.heartbeat_seconds), time.monotonic()
         gw.metrics.active_streams.inc()
         try:
-            async for entries in follow(gw.log, answer_id, after, gw.settings.heartbeat_seconds):
+            async for entries in follow(gw.log, answer_id, after, wait):
+                if gw.auth_required and time.monotonic() - checked >= every:
+                    checked = time.monotonic()
+                    if gw.principal_for(key) is None:
+                        raise REVOKED
                 for entry in entries:
                     yield event_of(session_id, answer_id, entry)
         finally:
@@ -229,11 +241,12 @@ class GatewayService:
         self, frames: AsyncIterator[pb.ClientFrame], context: Any
     ) -> AsyncIterator[pb.Event]:
         """Frames in, the events of the answers they start or resume out."""
+        key = metadata_key(context)
         try:
-            who = caller(self.gw, metadata_key(context))
+            who = caller(self.gw, key)
         except Exception as exc:
             await abort(context, exc, "grpc Converse")
-        conversation = Conversation(self, who, sim_headers(self.gw, context))
+        conversation = Conversation(self, who, key, sim_headers(self.gw, context))
         try:
             async for event in conversation.run(frames):
                 yield event
@@ -245,9 +258,12 @@ class Conversation:
     """One Converse stream: a reader of the client's frames, a follower per answer, and
     one queue of what to send. A refused frame ends the stream with its status."""
 
-    def __init__(self, service: GatewayService, who: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, service: GatewayService, who: str, key: str, headers: dict[str, str]
+    ) -> None:
         self.service = service
         self.who = who
+        self.key = key
         self.headers = headers
         self.session_id: str | None = None
         self.out: asyncio.Queue[pb.Event | Exception | None] = asyncio.Queue()
@@ -318,7 +334,7 @@ class Conversation:
 
     async def relay(self, session_id: str, answer_id: str, after: int) -> None:
         try:
-            async for event in self.service.events(session_id, answer_id, after):
+            async for event in self.service.events(session_id, answer_id, after, self.key):
                 await self.out.put(event)
         except Exception as exc:
             await self.out.put(exc)
