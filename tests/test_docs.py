@@ -18,7 +18,8 @@ A marker comment on the last non-blank line before the fence changes that:
   `DEEPSEEK_BASE_URL` (its URL) and `DEEPSEEK_API_KEY=sk-sim`, so `DeepSeek()` works.
 - `<!-- docs-test: gateway -->`: a fresh `dskit serve` runs on a free port for the block
   (on the built-in simulator), and every `127.0.0.1:8000` in the block (the gateway's
-  default address, as the docs write it) is rewritten to that port.
+  default address, as the docs write it) is rewritten to that port; a block that names
+  `127.0.0.1:50051` gets `--grpc-port` on another free port, rewritten the same way.
 - `<!-- docs-test: continue -->`: the block goes on from the block before it in the same
   file: it runs after that block's code, in one program, under the first block's marker.
 - `<!-- docs-test: skip: REASON -->`: not run; only for what cannot run here
@@ -53,6 +54,7 @@ MARKER = re.compile(r"^<!--\s*docs-test:\s*(\w+)(?::\s*(.*?))?\s*-->$")
 MODES = {"sim", "gateway", "continue", "skip"}
 TIMEOUT = 30.0
 GATEWAY_ADDRESS = "127.0.0.1:8000"
+GRPC_ADDRESS = "127.0.0.1:50051"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +135,12 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _gateway(env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _gateway(
+    env: dict[str, str], tmp: Path, grpc_port: int = 0
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     command = [shutil.which("dskit", path=env["PATH"]) or "dskit", "serve", "--port", str(port)]
+    command += ["--grpc-port", str(grpc_port)] if grpc_port else []
     with (tmp / "gateway.log").open("wb") as log:
         server = subprocess.Popen(command, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
 
@@ -172,13 +177,11 @@ def test_example_runs(block: Block, tmp_path: Path) -> None:
         sim = SimServer().start()
         env.update(DEEPSEEK_BASE_URL=sim.base_url, DEEPSEEK_API_KEY="sk-sim")
     elif block.mode == "gateway":
-        gateway, port = _gateway(env, tmp_path)
-        block = Block(
-            block.path,
-            block.line,
-            block.language,
-            block.code.replace(GATEWAY_ADDRESS, f"127.0.0.1:{port}"),
-        )
+        grpc_port = free_port() if GRPC_ADDRESS in block.code else 0
+        gateway, port = _gateway(env, tmp_path, grpc_port)
+        code = block.code.replace(GATEWAY_ADDRESS, f"127.0.0.1:{port}")
+        code = code.replace(GRPC_ADDRESS, f"127.0.0.1:{grpc_port}")
+        block = Block(block.path, block.line, block.language, code)
     started = time.monotonic()
     try:
         done = _run(block, env, tmp_path)

@@ -30,6 +30,8 @@ simulator; the log and the web page say so. See docs/gateway.md.
 @click.command(epilog=EPILOG)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve gRPC (dskit.v1.Gateway) on this port; 0: none.")  # fmt: skip
 @click.option(
     "--upstream", default=None, help="Upstream base URL (default: DeepSeek or the simulator)."
 )
@@ -70,7 +72,8 @@ simulator; the log and the web page say so. See docs/gateway.md.
 @click.option("--cache-ttl", type=click.FloatRange(min=0), default=None,
               help="Seconds answers stay cached (0: no cache). Default 3600.")  # fmt: skip
 def serve(
-    host: str, port: int, upstream: str | None, store: str | None, keys_db: str | None,
+    host: str, port: int, grpc_port: int | None, upstream: str | None, store: str | None,
+    keys_db: str | None,
     log_format: str, log_level: str, allow_insecure_bind: bool, allowed_hosts: tuple[str, ...],
     callback_hosts: tuple[str, ...],
     callback_secret: str | None, rate_limit: float | None, redis_url: str | None,
@@ -83,7 +86,8 @@ def serve(
 
     try:
         settings = GatewaySettings.from_env(
-            host=host, port=port, upstream=upstream, store=store, keys_path=keys_db,
+            host=host, port=port, grpc_port=grpc_port, upstream=upstream, store=store,
+            keys_path=keys_db,
             log_format=log_format, allow_insecure_bind=allow_insecure_bind or None,
             allowed_hosts=allowed_hosts or None,
             rate_limit=RateLimit(rate_limit) if rate_limit else None,

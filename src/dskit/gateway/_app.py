@@ -64,7 +64,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
         try:
-            yield
+            async with contextlib.AsyncExitStack() as servers:
+                if settings.grpc_port:  # grpcio is imported only then
+                    from dskit.gateway._grpc import serving
+
+                    await servers.enter_async_context(serving(gw))
+                yield
         finally:
             await gw.stop()
 

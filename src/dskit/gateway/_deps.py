@@ -37,19 +37,26 @@ def authenticate(gw: Gateway, request: Request, *, x_api_key: bool = False) -> s
     """The caller: the principal of its key, or `local` when auth is off. The key is the
     bearer header's, else (`x_api_key`: the Anthropic format's header) `x-api-key`'s,
     else the login cookie's."""
-    _refresh_auth(gw)
     key = request_key(request, x_api_key=x_api_key)
+    where = "Authorization: Bearer <key> or x-api-key: <key>" if x_api_key else (
+        "Authorization: Bearer <key>"
+    )  # fmt: skip
+    who = caller(gw, key, where)
+    if gw.auth_required:
+        request.scope[SCOPE_KEY] = key  # its streams end if it is revoked (KeyWatch)
+    return who
+
+
+def caller(gw: Gateway, key: str, where: str = "Authorization: Bearer <key>") -> str:
+    """The principal of `key` ("": none sent), or `local` when auth is off; 401 when
+    refused (`where`: how the caller should send one). Every surface authenticates here."""
+    _refresh_auth(gw)
     who = gw.principal_for(key or None)
     if who is None:
-        where = "Authorization: Bearer <key> or x-api-key: <key>" if x_api_key else (
-            "Authorization: Bearer <key>"
-        )  # fmt: skip
         raise GatewayError(
             401, f"a valid gateway API key is required ({where}; keys come from "
             "`dskit keys create`)", "authentication_error", code="invalid_api_key",
         )  # fmt: skip
-    if gw.auth_required:
-        request.scope[SCOPE_KEY] = key  # its streams end if it is revoked (KeyWatch)
     return who
 
 
@@ -111,10 +118,15 @@ def upstream_headers(request: Request, gw: Gateway) -> dict[str, str]:
     """`X-Sim-*` fault headers pass through to the built-in simulator only (or to any
     upstream with `forward_sim_headers`): one caller's faults would otherwise open the
     breaker every caller shares."""
-    if gw.mode != "simulator" and not gw.settings.forward_sim_headers:
+    if not forwards_sim_headers(gw):
         return {}
     return {  # raw header names are lower case; only the matches are decoded
         k.decode("latin-1"): v.decode("latin-1")
         for k, v in request.scope["headers"]
         if k.startswith(b"x-sim-")
     }
+
+
+def forwards_sim_headers(gw: Gateway) -> bool:
+    """Whether callers' `x-sim-*` headers (or gRPC metadata) go upstream (see above)."""
+    return gw.mode == "simulator" or gw.settings.forward_sim_headers

@@ -14,8 +14,6 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from dskit.client._core import check_chat_params
-from dskit.gateway._answers import upstream_messages
 from dskit.gateway._callbacks import check_callback_url
 from dskit.gateway._deps import (
     AnswerId,
@@ -28,9 +26,7 @@ from dskit.gateway._deps import (
     upstream_headers,
 )
 from dskit.gateway._errors import GatewayError, not_found
-from dskit.gateway._relay import check_encodable
 from dskit.gateway._response import EventStreamResponse, pieces
-from dskit.gateway._scale import charge_tokens
 from dskit.gateway._schemas import (
     AnswerHandle,
     AnswerResult,
@@ -41,7 +37,7 @@ from dskit.gateway._schemas import (
     SessionList,
 )
 from dskit.gateway._state import Gateway
-from dskit.gateway._streamlog import AnswerInfo
+from dskit.gateway._turns import answer_of, new_session, start_turn
 from dskit.gateway._views import (
     answer_result,
     detail,
@@ -51,7 +47,6 @@ from dskit.gateway._views import (
     sse_stream,
     summary,
 )
-from dskit.store import SessionRecord, StoredMessage
 
 router = APIRouter(tags=["sessions"])
 SSE_DOC: dict[int | str, Any] = {
@@ -67,16 +62,7 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=200
 @router.post("/v1/sessions", status_code=201, response_model=SessionDetail)
 async def create_session(body: SessionCreate, gw: GatewayDep, who: Limited) -> SessionDetail:
     """Start a conversation owned by the caller."""
-    params = body.parameters.model_dump(exclude_none=True)
-    check_encodable([], params)
-    check_chat_params({"model": body.model, **params})
-    await gw.client.require_model(body.model)  # a typo fails now, not at the first turn
-    record = SessionRecord(
-        title=body.title or "", model=body.model, system=body.system, params=params
-    )
-    record = await gw.store.acreate(record)
-    gw.keys.own(record.id, who)
-    return detail(record, None)
+    return detail(await new_session(gw, who, body), None)
 
 
 @router.get("/v1/sessions", response_model=SessionList)
@@ -121,7 +107,7 @@ async def post_message(
         body.callback_url
     ) else None  # fmt: skip
     headers = upstream_headers(request, gw)
-    answer_id = await begin_answer(gw, who, session_id, body.content, headers, callback)
+    answer_id = await start_turn(gw, who, session_id, body.content, headers, callback)
     if body.stream:
         return _sse(gw, answer_id, 0)
     if body.background or callback:
@@ -130,69 +116,6 @@ async def post_message(
             media_type="application/json",
         )  # fmt: skip
     return await _wait_result(gw, session_id, answer_id)
-
-
-async def begin_answer(
-    gw: Gateway, who: str, session_id: str, content: str, headers: dict[str, str],
-    callback: str | None = None,
-) -> str:  # fmt: skip
-    """Store the user turn and start its answer (409 while another is being generated);
-    the answer's id. The POST route and the WebSocket both begin answers here."""
-    record = await _idle_record(gw, who, session_id)
-    user = StoredMessage({"role": "user", "content": content})
-    return await _start(gw, who, record, user, headers, callback)
-
-
-async def begin_turns(
-    gw: Gateway, who: str, session_id: str, result: StoredMessage, headers: dict[str, str]
-) -> str | None:
-    """Store a client-side tool's result; once every call of the last answer has one, start
-    the answer that continues (its id; None while results are still missing)."""
-    record = await _idle_record(gw, who, session_id)
-    pending = _pending_calls(record.messages)
-    if result.message.get("tool_call_id") not in pending:
-        raise GatewayError(
-            400, "no tool call of this session is waiting for that tool_call_id",
-            param="tool_call_id", code="unknown_tool_call",
-        )  # fmt: skip
-    if len(pending) > 1:
-        await gw.store.aappend(session_id, [result], expected_version=record.version)
-        return None
-    return await _start(gw, who, record, result, headers, None)
-
-
-def _pending_calls(messages: list[StoredMessage]) -> set[str]:
-    """The ids of the last answer's tool calls that have no result yet."""
-    answered: set[str] = set()
-    for stored in reversed(messages):
-        if stored.role == "tool":
-            answered.add(str(stored.message.get("tool_call_id")))
-            continue
-        calls = stored.message.get("tool_calls") if stored.role == "assistant" else None
-        return {str(c.get("id")) for c in calls or []} - answered
-    return set()
-
-
-async def _idle_record(gw: Gateway, who: str, session_id: str) -> SessionRecord:
-    record = await owned_record(gw, who, session_id)
-    if await gw.log.active(session_id):
-        raise GatewayError(
-            409, "an answer is being generated in this session; wait or cancel it",
-            "conflict_error", code="answer_in_progress",
-        )  # fmt: skip
-    return record
-
-
-async def _start(
-    gw: Gateway, who: str, record: SessionRecord, turn: StoredMessage,
-    headers: dict[str, str], callback: str | None,
-) -> str:  # fmt: skip
-    record.messages.append(turn)
-    info = await gw.client.model_info(record.model)
-    messages = upstream_messages(record, info)  # as ChatSession would; too big: a 400, unstored
-    await charge_tokens(gw.token_limiter, who, messages)  # what is sent, as for /v1/chat
-    record.version = await gw.store.aappend(record.id, [turn], expected_version=record.version)
-    return await gw.runner.start(record, messages, headers, callback, who)
 
 
 def _handle(session_id: str, answer_id: str) -> AnswerHandle:
@@ -226,15 +149,6 @@ def _sse(gw: Gateway, answer_id: str, after: int) -> EventStreamResponse:
     return EventStreamResponse(pieces(body), {"X-Answer-Id": answer_id})
 
 
-async def _answer_of(gw: Gateway, who: str, session_id: str, answer_id: str) -> AnswerInfo:
-    """The answer, if it is of this session and the caller owns the session; else 404."""
-    check_owner(gw, who, session_id)
-    info = await gw.log.info(answer_id)
-    if info is None or info.session_id != session_id:
-        raise not_found("answer")
-    return info
-
-
 def _cursor(gw: Gateway, answer_id: str, last_event_id: str | None, after: int | None) -> int:
     if last_event_id:
         parsed = parse_event_id(last_event_id, answer_id)
@@ -254,7 +168,7 @@ async def stream_answer(
     after: Annotated[int | None, Query(ge=0, le=10**9)] = None,
 ) -> EventStreamResponse:  # fmt: skip
     """An answer as SSE from the start, from `after`, or after `Last-Event-ID`."""
-    await _answer_of(gw, who, session_id, answer_id)
+    await answer_of(gw, who, session_id, answer_id)
     return _sse(gw, answer_id, _cursor(gw, answer_id, last_event_id, after))
 
 
@@ -270,7 +184,7 @@ async def stream_session(
     answer_id = parsed[0] if parsed else await gw.log.active(session_id)
     if answer_id is None:
         raise not_found("answer in progress")
-    await _answer_of(gw, who, session_id, answer_id)
+    await answer_of(gw, who, session_id, answer_id)
     return _sse(gw, answer_id, _cursor(gw, answer_id, last_event_id, 0))
 
 
@@ -281,7 +195,7 @@ async def poll_events(
     wait: Annotated[float, Query(ge=0, le=3600)] = 0,
 ) -> EventPage:  # fmt: skip
     """Long polling: the events after `after`, waiting up to `wait` seconds for new ones."""
-    await _answer_of(gw, who, session_id, answer_id)
+    await answer_of(gw, who, session_id, answer_id)
     page = await gw.log.read(answer_id, after, wait=min(wait, gw.settings.max_wait_seconds))
     return event_page(answer_id, page.entries, page.finished, after)
 
@@ -291,7 +205,7 @@ async def get_answer(
     session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: Principal
 ) -> AnswerResult:
     """A finished answer's result (409 while it is still being generated)."""
-    if not (await _answer_of(gw, who, session_id, answer_id)).finished:
+    if not (await answer_of(gw, who, session_id, answer_id)).finished:
         raise GatewayError(409, "the answer is still being generated", "conflict_error",
                            code="answer_in_progress")  # fmt: skip
     return await answer_result(gw.log, answer_id, session_id)
@@ -307,7 +221,7 @@ async def cancel_answer(
     session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: Principal
 ) -> dict[str, Any]:
     """Cancel an answer: its generation stops and so does its upstream request."""
-    await _answer_of(gw, who, session_id, answer_id)
+    await answer_of(gw, who, session_id, answer_id)
     return await _cancel(gw, answer_id)
 
 

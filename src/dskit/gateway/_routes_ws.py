@@ -40,10 +40,10 @@ from dskit.gateway._deps import authenticate, check_owner, request_key, take_tok
 from dskit.gateway._edge import deny
 from dskit.gateway._errors import GatewayError, logged_error, not_found
 from dskit.gateway._flow import AckWindow, ws_frame
-from dskit.gateway._routes_sessions import begin_answer, begin_turns
 from dskit.gateway._schemas import MAX_CONTENT
 from dskit.gateway._state import Gateway
 from dskit.gateway._streamlog import UnknownAnswerError
+from dskit.gateway._turns import start_turn, tool_result_turn
 from dskit.gateway._views import parse_event_id
 from dskit.store import StoredMessage
 
@@ -155,7 +155,7 @@ class Connection:
                 param="content",
             )  # fmt: skip
         await take_token(self.gw, self.who)
-        answer_id = await begin_answer(self.gw, self.who, self.session_id, content, self.headers)
+        answer_id = await start_turn(self.gw, self.who, self.session_id, content, self.headers)
         await self.began(answer_id)
 
     async def began(self, answer_id: str) -> None:
@@ -192,7 +192,7 @@ class Connection:
                 param="tool_call_id",
             )  # fmt: skip
         turn = StoredMessage({"role": "tool", "tool_call_id": call_id, "content": content})
-        answer_id = await begin_turns(self.gw, self.who, self.session_id, turn, self.headers)
+        answer_id = await tool_result_turn(self.gw, self.who, self.session_id, turn, self.headers)
         if answer_id is not None:
             await self.began(answer_id)
 

@@ -64,6 +64,7 @@ class GatewaySettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 0  # the gRPC service (`_grpc.py`) on `host`; 0: none
     upstream: str | None = None
     api_key: str | None = field(default=None, repr=False)
     store: str | None = None
@@ -105,6 +106,8 @@ class GatewaySettings:
             raise ValueError("max_body_bytes must be at least 1024")
         if self.max_head_bytes < 1024 or self.head_timeout_seconds <= 0:
             raise ValueError("max_head_bytes must be >= 1024 and head_timeout_seconds positive")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ValueError("grpc_port must be 0 (no gRPC) or a port number")
         if self.heartbeat_seconds <= 0 or self.max_wait_seconds <= 0:
             raise ValueError("heartbeat_seconds and max_wait_seconds must be positive")
         if self.lease_seconds < 0.1 or self.takeover_interval <= 0:

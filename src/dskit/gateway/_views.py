@@ -76,20 +76,33 @@ async def sse_stream(
     metrics.active_streams.inc()
     try:
         yield f"retry: {retry_ms}\n\n".encode()
-        while True:
-            try:
-                page = await log.read(answer_id, after, wait=heartbeat)
-            except UnknownAnswerError:
-                return
-            if page.entries:
-                after = page.entries[-1].seq
-                yield b"".join(sse_frame(answer_id, entry) for entry in page.entries)
-            elif page.finished:
-                return
+        async for entries in follow(log, answer_id, after, heartbeat):
+            if entries:
+                yield b"".join(sse_frame(answer_id, entry) for entry in entries)
             else:
                 yield HEARTBEAT
     finally:
         metrics.active_streams.dec()
+
+
+async def follow(
+    log: StreamLog, answer_id: str, after: int, wait: float
+) -> AsyncIterator[list[LogEntry]]:
+    """An answer's events after `after`, in batches as they are logged (what was logged
+    first), an empty batch each `wait` seconds without news, until the answer has ended
+    (or is unknown). Every stream of an answer reads it so: SSE, gRPC."""
+    while True:
+        try:
+            page = await log.read(answer_id, after, wait=wait)
+        except UnknownAnswerError:
+            return
+        if page.entries:
+            after = page.entries[-1].seq
+            yield page.entries
+        elif page.finished:
+            return
+        else:
+            yield []
 
 
 def event_page(answer_id: str, entries: list[LogEntry], finished: bool, after: int) -> EventPage:

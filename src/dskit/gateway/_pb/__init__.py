@@ -1,0 +1,1 @@
+"""Code generated from proto/dskit/v1/gateway.proto (the command is in its header)."""
