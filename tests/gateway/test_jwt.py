@@ -456,6 +456,15 @@ def test_login_with_a_token_sets_the_cookie_until_expiry(
         assert http.get("/v1/sessions").json()["error"]["message"] == "the token has expired"
 
 
+def test_page_renews_its_token_before_expiry() -> None:
+    from importlib import resources
+
+    script = (resources.files("dskit.gateway") / "static" / "app.js").read_text()
+    assert "refresh_before_seconds" in script and "refresh_url" in script
+    html = (resources.files("dskit.gateway") / "static" / "index.html").read_text()
+    assert "Gateway key or token" in html
+
+
 # ---- the config file ---------------------------------------------------------------------
 
 GOOD_ISSUER = 'name = "idp"\nissuer = "https://idp.test/"\naudience = "dskit"\n'
