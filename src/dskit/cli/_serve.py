@@ -21,6 +21,7 @@ Examples:
   dskit serve --redis redis://localhost:6379/0 --port 8001   # one of many instances
   dskit keys create --principal alice          # then clients send: Authorization: Bearer sk-gw-...
   dskit serve --host 0.0.0.0                   # refused until keys exist (or --allow-insecure-bind)
+  dskit serve --auth-config auth.toml          # JWTs of your identity provider, roles
 
 Without DEEPSEEK_API_KEY (and without --upstream) answers come from the built-in offline
 simulator; the log and the web page say so. See docs/gateway.md.
@@ -71,6 +72,9 @@ simulator; the log and the web page say so. See docs/gateway.md.
               help="Also serve near-duplicate questions (needs dskit[semantic]).")  # fmt: skip
 @click.option("--cache-ttl", type=click.FloatRange(min=0), default=None,
               help="Seconds answers stay cached (0: no cache). Default 3600.")  # fmt: skip
+@click.option("--auth-config", "auth_config", default=None, envvar="DSKIT_GATEWAY_AUTH_CONFIG",
+              type=click.Path(dir_okay=False),
+              help="TOML/JSON file: JWT issuers, roles and what they may do.")  # fmt: skip
 def serve(
     host: str, port: int, grpc_port: int | None, upstream: str | None, store: str | None,
     keys_db: str | None,
@@ -78,16 +82,18 @@ def serve(
     callback_hosts: tuple[str, ...],
     callback_secret: str | None, rate_limit: float | None, redis_url: str | None,
     fallbacks: tuple[str, ...], tokens_per_minute: int | None, semantic_cache: bool | None,
-    cache_ttl: float | None,
+    cache_ttl: float | None, auth_config: str | None,
 ) -> None:  # fmt: skip
     """Serve chat to web and mobile front ends (the gateway)."""
     from dskit.gateway import CallbackSettings, GatewaySettings, RateLimit
+    from dskit.gateway._access import load_auth_config
     from dskit.gateway._logging import configure_logging
 
     try:
+        auth = load_auth_config(auth_config) if auth_config else None
         settings = GatewaySettings.from_env(
-            host=host, port=port, grpc_port=grpc_port, upstream=upstream, store=store,
-            keys_path=keys_db,
+            auth=auth, host=host, port=port, grpc_port=grpc_port, upstream=upstream,
+            store=store, keys_path=keys_db,
             log_format=log_format, allow_insecure_bind=allow_insecure_bind or None,
             allowed_hosts=allowed_hosts or None,
             rate_limit=RateLimit(rate_limit) if rate_limit else None,
@@ -139,6 +145,8 @@ def _check_bind(settings: GatewaySettings) -> None:
 
     if settings.loopback_only or settings.allow_insecure_bind:
         return
+    if settings.auth is not None and settings.auth.issuers:
+        return  # tokens are required
     with KeyStore(settings.keys_path) as keys:
         if keys.has_keys():
             return

@@ -19,6 +19,8 @@ from dskit.client._errors import DSKitError
 from dskit.gateway._deps import COOKIE, GatewayDep
 from dskit.gateway._edge import EdgeMiddleware
 from dskit.gateway._errors import GatewayError, error_response, logged_error, validation_error
+from dskit.gateway._guard import AccessGuard, token_login
+from dskit.gateway._jwt import Clock
 from dskit.gateway._keywatch import KeyWatch
 from dskit.gateway._middleware import GatewayMiddleware
 from dskit.gateway._ratelimit import RateLimiter
@@ -28,7 +30,7 @@ from dskit.gateway._routes_openai import router as openai_router
 from dskit.gateway._routes_sessions import router as sessions_router
 from dskit.gateway._routes_ws import router as ws_router
 from dskit.gateway._scale import REDIS_RETRY_AFTER, outage_errors, redis_answers
-from dskit.gateway._schemas import ErrorResponse, GatewayInfo, LoginRequest
+from dskit.gateway._schemas import ErrorResponse, GatewayInfo, LoginRequest, LoginResult
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._state import Gateway
 from dskit.gateway._streamlog import StreamLog
@@ -44,6 +46,7 @@ STATIC = resources.files("dskit.gateway") / "static"
 def create_app(
     settings: GatewaySettings | None = None,
     *,
+    clock: Clock | None = None,
     log: StreamLog | None = None,
     limiter: RateLimiter | None = None,
     store: SessionStore | None = None,
@@ -52,9 +55,10 @@ def create_app(
 
     `log`, `limiter` and `store` replace the embedded defaults (in-memory stream log and
     rate limiter, the store named by `settings.store`): the seams for shared backends.
+    `clock` (epoch seconds) is what tokens' exp/nbf and JWKS cache times are read from.
     """
     settings = settings or GatewaySettings()
-    gw = Gateway(settings, store=store)
+    gw = Gateway(settings, store=store, clock=clock)
     if log is not None:
         gw.log = log
     if limiter is not None:
@@ -104,7 +108,8 @@ class GatewayApp(FastAPI):
         def still_valid(key: str) -> bool:
             return gw.principal_for(key) is not None
 
-        watch = KeyWatch(lane, still_valid, settings.key_check_seconds)
+        guard = AccessGuard(lane, gw, self.routes)  # every route's permission, checked once
+        watch = KeyWatch(guard, still_valid, settings.key_check_seconds)
         edge = EdgeMiddleware(watch, settings.host, settings.allowed_hosts)
         return GatewayMiddleware(edge, gw.metrics, settings.max_body_bytes)
 
@@ -184,9 +189,16 @@ def _install_operations(app: FastAPI) -> None:
 
 
 def _install_web(app: FastAPI) -> None:
-    @app.post("/v1/login", tags=["web"], status_code=204)
+    @app.post(
+        "/v1/login", tags=["web"], status_code=204,
+        responses={200: {"model": LoginResult, "description": "Signed in with a token"}},
+    )  # fmt: skip
     async def login(body: LoginRequest, gw: GatewayDep) -> Response:
-        """Exchange a gateway key for an HttpOnly cookie (what the web page uses)."""
+        """Exchange a gateway key (204) or a JWT (200, with its expiry) for an HttpOnly
+        cookie (what the web page uses)."""
+        if body.token is not None:
+            return await token_login(gw, body.token)
+        assert body.key is not None
         if gw.auth_required and gw.keys.principal_for(body.key) is None:
             raise GatewayError(401, "invalid gateway API key", "authentication_error",
                                code="invalid_api_key")  # fmt: skip

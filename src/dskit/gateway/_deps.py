@@ -7,13 +7,15 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
+from dskit.gateway._access import Caller, Permission
 from dskit.gateway._errors import GatewayError, not_found
-from dskit.gateway._keywatch import SCOPE_KEY
 from dskit.gateway._state import Gateway
 from dskit.store import SessionRecord
 
 COOKIE = "dskit_gateway_key"
+SCOPE_CALLER = "dskit.caller"
 KEY_RECHECK_SECONDS = 2.0
 bearer = HTTPBearer(auto_error=False, description="A gateway API key (`dskit keys create`)")
 SessionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A session id")]
@@ -34,33 +36,21 @@ def _refresh_auth(gw: Gateway) -> None:
 
 
 def authenticate(gw: Gateway, request: Request, *, x_api_key: bool = False) -> str:
-    """The caller: the principal of its key, or `local` when auth is off. The key is the
-    bearer header's, else (`x_api_key`: the Anthropic format's header) `x-api-key`'s,
-    else the login cookie's."""
-    key = request_key(request, x_api_key=x_api_key)
-    where = "Authorization: Bearer <key> or x-api-key: <key>" if x_api_key else (
-        "Authorization: Bearer <key>"
-    )  # fmt: skip
-    who = caller(gw, key, where)
-    if gw.auth_required:
-        request.scope[SCOPE_KEY] = key  # its streams end if it is revoked (KeyWatch)
-    return who
+    """The caller's principal, as `AccessGuard` (`_guard.py`) identified it before the
+    route ran: a key's, a token's, or `local` when auth is off."""
+    return caller_of(request).principal
 
 
-def caller(gw: Gateway, key: str, where: str = "Authorization: Bearer <key>") -> str:
-    """The principal of `key` ("": none sent), or `local` when auth is off; 401 when
-    refused (`where`: how the caller should send one). Every surface authenticates here."""
-    _refresh_auth(gw)
-    who = gw.principal_for(key or None)
-    if who is None:
-        raise GatewayError(
-            401, f"a valid gateway API key is required ({where}; keys come from "
-            "`dskit keys create`)", "authentication_error", code="invalid_api_key",
-        )  # fmt: skip
-    return who
+def caller_of(request: HTTPConnection) -> Caller:
+    """The caller `AccessGuard` left in the scope (401 if none: an unguarded route)."""
+    caller: Caller | None = request.scope.get(SCOPE_CALLER)
+    if caller is None:
+        raise GatewayError(401, "authentication is required", "authentication_error",
+                           code="invalid_api_key")  # fmt: skip
+    return caller
 
 
-def request_key(request: Request, *, x_api_key: bool = False) -> str:
+def request_key(request: HTTPConnection, *, x_api_key: bool = False) -> str:
     """The key a request carries (Bearer wins over `x-api-key`, as at DeepSeek)."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and key.strip():
@@ -100,6 +90,17 @@ async def rate_limited(gw: GatewayDep, who: Principal) -> str:
 
 
 Limited = Annotated[str, Depends(rate_limited)]
+
+
+async def session_reader(request: Request, session_id: SessionId, who: Principal) -> str:
+    """Whose session a read may see: the caller's own, or for a caller whose roles grant
+    `sessions.read_any` (support staff), the session's owner (so any session is read)."""
+    if caller_of(request).may(Permission.READ_ANY_SESSION):
+        return gateway(request).keys.owner(session_id) or who
+    return who
+
+
+SessionReader = Annotated[str, Depends(session_reader)]
 
 
 def check_owner(gw: Gateway, who: str, session_id: str) -> None:

@@ -1,7 +1,7 @@
 """The gateway over gRPC (`dskit serve --grpc-port N`, proto/dskit/v1/gateway.proto).
 
 A `grpc.aio` server on the gateway's event loop, started and stopped with the app
-(`serving`), using the same parts as the HTTP routes: the same keys (`caller`), rate
+(`serving`), using the same parts as the HTTP routes: the same keys (`caller_for`), rate
 limits (`take_token`), turns (`start_turn`), stream log (`follow`) and cancels. So an
 answer asked over gRPC is the same answer, with the same event ids, as over SSE, and
 either surface can resume the other's.
@@ -26,8 +26,10 @@ import grpc
 import orjson
 import pydantic
 
-from dskit.gateway._deps import caller, forwards_sim_headers, take_token
+from dskit.gateway._access import Permission
+from dskit.gateway._deps import forwards_sim_headers, take_token
 from dskit.gateway._errors import GatewayError, logged_error, validation_error
+from dskit.gateway._guard import caller_for, check
 from dskit.gateway._keywatch import REVOKED
 from dskit.gateway._pb import gateway_pb2 as pb
 from dskit.gateway._pb import gateway_pb2_grpc as pb_grpc
@@ -164,11 +166,17 @@ class GatewayService:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
+    async def caller(self, key: str) -> str:
+        """The principal of the call's key or token, which must grant `sessions`."""
+        found = await caller_for(self.gw, key)
+        check(found, Permission.SESSIONS)
+        return found.principal
+
     async def Ask(self, request: pb.AskRequest, context: Any) -> AsyncIterator[pb.Event]:
         """One turn's answer, or with `after` the rest of an answer, as events."""
         key = metadata_key(context)
         try:
-            who = caller(self.gw, key)
+            who = await self.caller(key)
             if request.HasField("after"):
                 if request.content:
                     raise GatewayError(400, "a resume (after) sends no content", param="content")
@@ -243,7 +251,7 @@ class GatewayService:
         """Frames in, the events of the answers they start or resume out."""
         key = metadata_key(context)
         try:
-            who = caller(self.gw, key)
+            who = await self.caller(key)
         except Exception as exc:
             await abort(context, exc, "grpc Converse")
         conversation = Conversation(self, who, key, sim_headers(self.gw, context))

@@ -21,6 +21,7 @@ from dskit.gateway._deps import (
     Limited,
     Principal,
     SessionId,
+    SessionReader,
     check_owner,
     owned_record,
     upstream_headers,
@@ -77,7 +78,7 @@ async def list_sessions(
 
 
 @router.get("/v1/sessions/{session_id}", response_model=SessionDetail)
-async def get_session(session_id: SessionId, gw: GatewayDep, who: Principal) -> SessionDetail:
+async def get_session(session_id: SessionId, gw: GatewayDep, who: SessionReader) -> SessionDetail:
     record = await owned_record(gw, who, session_id)
     return detail(record, await gw.log.active(session_id))
 
@@ -163,7 +164,7 @@ def _cursor(gw: Gateway, answer_id: str, last_event_id: str | None, after: int |
 
 @router.get("/v1/sessions/{session_id}/answers/{answer_id}/stream", responses=SSE_DOC)
 async def stream_answer(
-    session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: Principal,
+    session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: SessionReader,
     last_event_id: LastEventId = None,
     after: Annotated[int | None, Query(ge=0, le=10**9)] = None,
 ) -> EventStreamResponse:  # fmt: skip
@@ -174,7 +175,7 @@ async def stream_answer(
 
 @router.get("/v1/sessions/{session_id}/stream", responses=SSE_DOC)
 async def stream_session(
-    session_id: SessionId, gw: GatewayDep, who: Principal, last_event_id: LastEventId = None
+    session_id: SessionId, gw: GatewayDep, who: SessionReader, last_event_id: LastEventId = None
 ) -> EventStreamResponse:
     """The session's current answer, or (with `Last-Event-ID`) the rest of the one it names."""
     check_owner(gw, who, session_id)
@@ -190,7 +191,7 @@ async def stream_session(
 
 @router.get("/v1/sessions/{session_id}/answers/{answer_id}/events", response_model=EventPage)
 async def poll_events(
-    session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: Principal,
+    session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: SessionReader,
     after: Annotated[int, Query(ge=0, le=10**9)] = 0,
     wait: Annotated[float, Query(ge=0, le=3600)] = 0,
 ) -> EventPage:  # fmt: skip
@@ -202,7 +203,7 @@ async def poll_events(
 
 @router.get("/v1/sessions/{session_id}/answers/{answer_id}", response_model=AnswerResult)
 async def get_answer(
-    session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: Principal
+    session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: SessionReader
 ) -> AnswerResult:
     """A finished answer's result (409 while it is still being generated)."""
     if not (await answer_of(gw, who, session_id, answer_id)).finished:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from dskit._models import DEFAULT_MODEL
+from dskit.gateway._jwt import JWT_PATTERN
 
 MAX_CONTENT = 1_000_000
 
@@ -194,9 +195,28 @@ class EventPage(BaseModel):
 
 
 class LoginRequest(BaseModel):
+    """A gateway key, or (with issuers configured) a JWT: exactly one of them."""
+
     model_config = ConfigDict(extra="forbid")
 
-    key: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
+    key: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
+    token: str | None = Field(None, min_length=1, max_length=8192, pattern=JWT_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> LoginRequest:
+        if (self.key is None) == (self.token is None):
+            raise ValueError("give exactly one of key and token")
+        return self
+
+
+class LoginResult(BaseModel):
+    """A token's sign-in: who, and when the cookie (the token) expires."""
+
+    principal: str
+    roles: list[str]
+    expires_at: float
+    refresh_url: str | None = None
+    refresh_before_seconds: float
 
 
 class GatewayInfo(BaseModel):

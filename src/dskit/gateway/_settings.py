@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from dskit._net import is_loopback
+from dskit.gateway._access import AuthConfig
 from dskit.gateway._breaker import BreakerSettings, parse_upstreams
 from dskit.gateway._redis_log import DEFAULT_LEASE, DEFAULT_NAMESPACE
 
@@ -23,6 +24,7 @@ NOT_FROM_ENV = (
     "tokens_limit",
     "fallbacks",
     "breaker",
+    "auth",
 )
 
 
@@ -69,6 +71,9 @@ class GatewaySettings:
     api_key: str | None = field(default=None, repr=False)
     store: str | None = None
     keys_path: str | None = None
+    # Issuers of bearer JWTs, the roles → permissions matrix, the keys' role
+    # (`--auth-config FILE`, `_access.load_auth_config`; None: keys only, default roles).
+    auth: AuthConfig | None = None
     allow_insecure_bind: bool = False
     log_format: Literal["text", "json"] = "text"
     max_body_bytes: int = 1024 * 1024

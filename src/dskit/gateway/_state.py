@@ -19,6 +19,7 @@ import orjson
 from dskit.client._async import AsyncDeepSeek
 from dskit.client._config import Limits, RetryPolicy, Timeout
 from dskit.client._errors import ConfigError
+from dskit.gateway._access import Authority
 from dskit.gateway._answers import AnswerRunner
 from dskit.gateway._auth import LOCAL_PRINCIPAL, KeyStore
 from dskit.gateway._breaker import UpstreamChooser, parse_upstreams
@@ -42,6 +43,7 @@ from dskit.store import SessionStore, open_store
 from dskit.store._model import redact_url
 
 if TYPE_CHECKING:
+    from dskit.gateway._jwt import Clock
     from dskit.sim import SimServer
 
 logger = logging.getLogger("dskit.gateway")
@@ -62,14 +64,18 @@ def _redis_parts(settings: GatewaySettings) -> RedisParts | None:
 class Gateway:
     """Everything the routes use; `start()`/`stop()` run in the app's lifespan."""
 
-    def __init__(self, settings: GatewaySettings, *, store: SessionStore | None = None) -> None:
+    def __init__(
+        self, settings: GatewaySettings, *, store: SessionStore | None = None,
+        clock: Clock | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
+        self.authority = Authority(settings.auth, clock=clock)  # roles, keys' role, issuers
         self.metrics = Metrics()
         self.redis = _redis_parts(settings)
         spec = settings.store or settings.redis
         self.store: SessionStore = store if store is not None else open_store(spec)
         self.keys = KeyStore(settings.keys_path)
-        self.auth_required = self.keys.has_keys()
+        self.auth_required = self.authority.verifier is not None or self.keys.has_keys()
         self.auth_checked = 0.0
         self.log: StreamLog = (
             self.redis.log if self.redis else MemoryStreamLog(ttl=settings.answer_ttl_seconds)
@@ -182,6 +188,8 @@ class Gateway:
         if self.settings.redis:
             logger.info("redis: %s (answer log, limits, cache)", redact_url(self.settings.redis))
         logger.info("auth: %s", "gateway API keys required" if self.auth_required else "off")
+        for issuer in self.authority.config.issuers:
+            logger.info("auth: tokens of %s (%s)", issuer.issuer, issuer.name)
 
     async def stop(self) -> None:
         if self.takeover is not None:

@@ -3,7 +3,10 @@
 // EventSource, which reconnects by itself with Last-Event-ID); a reloaded page reopens the session named in the URL hash and replays the
 // answer in progress from its first event, so nothing is missing and nothing repeats.
 // Auth (when the gateway has keys): the key is exchanged once for an HttpOnly cookie
-// (POST /v1/login), so scripts on the page can never read it back.
+// (POST /v1/login), so scripts on the page can never read it back. A JWT (pasted in the
+// same field) is exchanged the same way; its login answer says when it expires, and
+// `refresh_before_seconds` before that the page renews it: from the configured
+// `refresh_url` (POST with the page's cookies, answering {"token"}), else by asking again.
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
@@ -18,7 +21,7 @@
     }
     const response = await fetch(path, init);
     if (response.status === 401) {
-      if (path === "/v1/login") throw new Error("That key was not accepted.");
+      if (path === "/v1/login") throw new Error(`That ${body.token ? "token" : "key"} was not accepted.`);
       showLogin();
       throw new Error("Sign in with a gateway key first.");
     }
@@ -31,6 +34,30 @@
   function setStatus(text) { $("status").textContent = text || ""; }
 
   function showLogin() { $("login").hidden = false; $("logout").hidden = true; }
+
+  // A token's sign-in: renew it before it expires (refresh_url, else re-prompt).
+  let renewal = null;
+  function scheduleRenewal(login) {
+    clearTimeout(renewal);
+    if (!login) { localStorage.removeItem("dskit.tokenLogin"); return; }
+    localStorage.setItem("dskit.tokenLogin", JSON.stringify(login));
+    const due = (login.expires_at - login.refresh_before_seconds) * 1000 - Date.now();
+    renewal = setTimeout(() => renew(login), Math.max(0, Math.min(due, 2 ** 31 - 1)));
+  }
+  async function renew(login) {
+    try {
+      if (!login.refresh_url) throw new Error("no refresh_url");
+      const response = await fetch(login.refresh_url, { method: "POST", credentials: "include" });
+      const fresh = await response.json();
+      scheduleRenewal(await api("POST", "/v1/login", { token: fresh.token }));
+    } catch (e) {
+      scheduleRenewal(null);
+      showLogin();
+      $("login-error").textContent = "Your sign-in is about to expire: paste a new token.";
+      $("login-error").hidden = false;
+    }
+  }
+  const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
   // A note under an answer that did not finish (stopped, cut by an error or a crash).
   function markIncomplete(el, text) {
@@ -303,6 +330,7 @@
   $("think").addEventListener("change", (e) => localStorage.setItem("dskit.think", String(e.target.checked)));
   $("logout").addEventListener("click", async () => {
     await api("POST", "/v1/logout").catch(() => null);
+    scheduleRenewal(null);
     newChat();
     $("session-list").innerHTML = "";
     $("logout").hidden = true;
@@ -311,7 +339,10 @@
   $("login").addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      await api("POST", "/v1/login", { key: $("login-key").value.trim() });
+      const credential = $("login-key").value.trim();
+      const isToken = JWT.test(credential);
+      const login = await api("POST", "/v1/login", isToken ? { token: credential } : { key: credential });
+      scheduleRenewal(isToken ? login : null);
       $("login-key").value = "";
       $("login").hidden = true;
       $("login-error").hidden = true;
@@ -332,6 +363,8 @@
     } catch (e) { /* the banner stays hidden */ }
     await refreshList();
     if (info && info.auth && $("login").hidden) $("logout").hidden = false;
+    const saved = localStorage.getItem("dskit.tokenLogin");  // a reload keeps the schedule
+    if (saved && $("login").hidden) scheduleRenewal(JSON.parse(saved));
     const match = location.hash.match(/^#(?:s=)?([A-Za-z0-9_-]+)$/);  // #s=<id> or #<id>
     if (match) openSession(match[1]).catch((e) => setStatus(e.message));
   }
