@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dskit.gateway._access import ROUTE_PERMISSIONS, Caller, Permission, local_caller
 from dskit.gateway._auth import LOCAL_PRINCIPAL
 from dskit.gateway._deps import COOKIE, SCOPE_CALLER, _refresh_auth, request_key
+from dskit.gateway._edge import deny
 from dskit.gateway._errors import GatewayError, error_response
 from dskit.gateway._jwt import JwksUnavailable, JwtError, looks_like_jwt
 from dskit.gateway._keywatch import SCOPE_KEY
@@ -179,7 +180,7 @@ class AccessGuard:
             check(caller, permission)
         except GatewayError as error:
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": error.message})
+                await deny(scope, send, error)  # the same refusal as the edge's
             else:
                 await denied(scope["path"], error)(scope, receive, send)
             return
