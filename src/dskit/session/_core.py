@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -184,15 +184,19 @@ class SessionCore:
     ) -> tuple[list[dict[str, Any]], Fit]:  # fmt: skip
         """The head with the "known so far" note of the turns the fit drops, and a fit
         that pays for the note: when the note pushes one more turn out, the note is made
-        again with it (the first kept turn only moves forward, so this ends). No room
-        even for the note with the latest turn: the request goes without it."""
+        again with it; when even the latest turn cannot stay beside it, its token bound is
+        halved. The first kept turn only moves forward and the bound only shrinks, so this
+        ends; with no room left at all the request goes without a note."""
         start = fit.start
         while True:
             head = self._head(summary, self._note(sent[:start], memory))
             try:
                 refit = fitter(fixed=self._fixed(head))
             except ContextOverflowError:
-                return self._head(summary), fit
+                if memory.max_tokens == 1:
+                    return self._head(summary), fit
+                memory = replace(memory, max_tokens=memory.max_tokens // 2)
+                continue
             if refit.start <= start:
                 dropped = fit.dropped_for_budget or refit.dropped_for_budget
                 return head, Fit(refit.start, refit.tokens, dropped)

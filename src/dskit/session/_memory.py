@@ -207,16 +207,19 @@ def _cut(snippet: str) -> str:
 
 
 def _key(kind: Kind, value: str, before: str) -> str:
-    """What makes two mentions the same thing: a quantity is what it measures (the words
-    before it, with its unit's kind), anything else its own text."""
+    """What makes two mentions the same thing: a quantity is what it measures (the last
+    words before it that say so, or its label in "price: $49.99", with its unit's kind),
+    anything else its own text."""
     if kind != "quantity":
         return f"{kind}:{value.casefold()}"
+    label = before.endswith((":", "："))
     words = [w for w in re.findall(r"[\w']+", before.casefold()) if w not in STOPWORDS]
     if _CJK.search(before):
-        words = [before[-4:]]
+        words = [before.rstrip("：:")[-4:]]
     if not words:
         return f"quantity:{value.casefold()}"
-    return f"quantity:{' '.join(words[-2:])}:{_unit_kind(value)}"
+    size = 2 if not label or words[-1].isdigit() else 1
+    return f"quantity:{' '.join(words[-size:])}:{_unit_kind(value)}"
 
 
 def _unit_kind(value: str) -> str:
