@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -356,3 +357,14 @@ async def test_what_did_it_cost_async(sim: Any) -> None:
         _check_last_request(transport.bodies)
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a" * 20_000, "a." * 10_000, "1" * 20_000, "$" + "1," * 10_000, "x_" * 10_000,
+     "aB" * 10_000, "A-" * 10_000, "a@" * 10_000, "Ab Cd. " * 3_000, "price $1 " * 3_000],
+)  # fmt: skip
+def test_extraction_stays_linear_on_hostile_text(text: str) -> None:
+    started = time.perf_counter()
+    extract(text * 5)  # a message's first MAX_TEXT characters are read
+    assert time.perf_counter() - started < 1.0

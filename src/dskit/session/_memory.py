@@ -36,6 +36,8 @@ CONTEXT_WORDS = 4  # words before a mention kept in its snippet
 CJK_CONTEXT = 8  # characters, when the words before are Chinese (no spaces)
 MAX_SNIPPET = 120  # characters of a snippet; a longer one is cut at the front
 MAX_NAME_WORDS = 5
+MAX_TEXT = 20_000  # characters of a message read (the patterns run in linear time)
+LOOK_BACK = 200  # characters before a mention searched for its clause
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +79,8 @@ class Mention:
 
 # ---- the patterns, in priority order: a match overlapping an earlier one is skipped ----
 
-_NUM = r"\d[\d,]*(?:\.\d+)?"
-_CN_NUM = r"[零一二三四五六七八九十百千万两]+"
+_NUM = r"(?<![\d.,])\d++(?:,\d++)*+(?:\.\d++)?"
+_CN_NUM = r"(?<![零一二三四五六七八九十百千万两])[零一二三四五六七八九十百千万两]++"
 _SCALE = r"(?:\s?(?:k|K|bn|million|billion|thousand))?"
 _PER = r"(?:\s?/\s?[A-Za-z]+|\s(?:per|a|an)\s[a-z]+)?"
 _CURRENCY_CODES = r"USD|EUR|GBP|CNY|RMB|JPY|HKD|CHF|CAD|AUD|dollars?|euros?|pounds?|yuan"
@@ -94,21 +96,21 @@ _CN_UNITS = (
 
 PATTERNS: tuple[tuple[Kind, re.Pattern[str]], ...] = (
     ("id", re.compile(r"https?://[^\s<>\"'`)\]]+[^\s<>\"'`)\].,;:!?]")),
-    ("id", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
+    ("id", re.compile(r"(?<![\w.+-])[\w.+-]++@[\w-]++(?:\.[\w-]++)++")),
     ("id", re.compile(r"\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b")),
     ("code", re.compile(r"`([^`\n]+)`")),
     ("id", re.compile(r"(?<![\w&#])#\d+\b")),
-    ("id", re.compile(r"\b[A-Z][A-Z0-9]{1,9}(?:-[A-Z0-9]*\d[A-Z0-9]*)+\b")),
+    ("id", re.compile(r"\b[A-Z][A-Z0-9]{1,9}(?:-(?=[A-Z0-9]*\d)[A-Z0-9]++)++\b")),
     ("quantity", re.compile(rf"(?:US\$|HK\$|[$€£¥])\s?{_NUM}{_SCALE}{_PER}")),
     ("quantity", re.compile(rf"{_NUM}{_SCALE}\s?(?:{_CURRENCY_CODES})\b{_PER}")),
     ("quantity", re.compile(rf"(?:{_NUM}|{_CN_NUM})\s?(?:{_CN_UNITS})")),
     ("quantity", re.compile(rf"{_NUM}\s?(?:{_UNITS})(?![A-Za-z]){_PER}")),
-    ("code", re.compile(r"\b[A-Za-z_][\w.]*\(\)")),
-    ("code", re.compile(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\b(?!\()")),
-    ("code", re.compile(r"\b_*[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+\b")),
-    ("code", re.compile(r"\b[a-z]+[A-Z][A-Za-z0-9]*\b|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b")),
+    ("code", re.compile(r"(?<![\w.])[A-Za-z_][\w.]*+\(\)")),
+    ("code", re.compile(r"(?<![\w.])[A-Za-z_]\w*+(?:\.[A-Za-z_]\w*+)++\b(?!\()")),
+    ("code", re.compile(r"\b_*+[A-Za-z][A-Za-z0-9]*+(?:_[A-Za-z0-9]++)++\b")),
+    ("code", re.compile(r"\b[a-z]++[A-Z][A-Za-z0-9]*+\b|\b[A-Z][a-z0-9]++(?:[A-Z][a-z0-9]*+)++\b")),
     ("name", re.compile(r"\"([^\"\n]{2,60})\"|“([^”\n]{1,60})”|《([^》\n]{1,30})》")),
-    ("name", re.compile(r"\b[A-Z][\w'&-]*(?:\s+[A-Z][\w'&-]*)+")),
+    ("name", re.compile(r"(?<![\w'&-])[A-Z][\w'&-]*+(?:\s++[A-Z][\w'&-]*+)++")),
 )
 
 # a capitalised word that starts a run mid-sentence but is not part of a name
@@ -128,18 +130,19 @@ _FALSE_DOTTED = frozenset({"e.g", "i.e", "a.m", "p.m", "etc", "vs"})
 
 
 def extract(text: str) -> tuple[Mention, ...]:
-    """The named things in `text`, in the order they appear."""
-    taken: list[tuple[int, int]] = []
+    """The named things in `text` (its first `MAX_TEXT` characters), in order."""
+    text = text[:MAX_TEXT]
+    taken = bytearray(len(text))
     found: list[tuple[int, Mention]] = []
     for kind, pattern in PATTERNS:
         for match in pattern.finditer(text):
-            span = match.span()
-            if any(a < span[1] and span[0] < b for a, b in taken):
+            start, end = match.span()
+            if any(taken[start:end]):
                 continue
             mention = _mention(kind, text, match)
             if mention is not None:
-                taken.append(span)
-                found.append((span[0], mention))
+                taken[start:end] = b"\x01" * (end - start)
+                found.append((start, mention))
     return tuple(m for _, m in sorted(found, key=lambda item: item[0]))
 
 
@@ -175,7 +178,7 @@ def _name(text: str, match: re.Match[str], value: str) -> tuple[str, int]:
 
 
 def _starts_sentence(text: str, start: int) -> bool:
-    head = text[:start].rstrip(" \t\"'“(*-")
+    head = text[max(0, start - LOOK_BACK) : start].rstrip(" \t\"'“(*-")
     return not head or head[-1] in ".!?:。！？\n"
 
 
@@ -191,7 +194,7 @@ def _code_ok(whole: str, value: str) -> bool:
 
 def _before(text: str, start: int) -> str:
     """The few words before `start` in the same sentence."""
-    head = text[:start]
+    head = text[max(0, start - LOOK_BACK) : start]
     ends = list(_CLAUSE_END.finditer(head))
     clause = head[ends[-1].end() :] if ends else head
     words = clause.split()[-CONTEXT_WORDS:]
