@@ -11,6 +11,8 @@ message and the latest turn always stay; if even they do not fit, that is a
 Strategies: `window` drops old turns silently, `summarize` drops them and lets the
 session replace them with a model-written summary, `error` raises instead of dropping.
 `max_turns` keeps at most the last N turns, and the token budget still guards.
+`memory` (off by default) keeps what dropped turns named in a bounded note
+(`dskit.session._memory`), whose tokens count against the budget.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dskit._models import (
 from dskit._tokens import count_message
 from dskit._validate import is_integer
 from dskit.client._errors import ContextOverflowError, ValidationError
+from dskit.session._memory import EntityMemory, memory_settings
 
 Strategy = Literal["window", "summarize", "error"]
 STRATEGIES = ("window", "summarize", "error")
@@ -58,6 +61,7 @@ class ContextPolicy:
     default_window: int = UNKNOWN_WINDOW
     reserve_output: int | None = None
     margin: int = 512
+    memory: bool | EntityMemory = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -73,6 +77,12 @@ class ContextPolicy:
         _positive("margin", self.margin, zero=True)
         if self.reserve_output is not None:
             _positive("reserve_output", self.reserve_output, zero=True)
+        memory_settings(self.memory)
+
+    @property
+    def entity_memory(self) -> EntityMemory | None:
+        """The bounds of the "known so far" note, or None when memory is off."""
+        return memory_settings(self.memory)
 
     def window(self, model: str, info: ModelInfo | None = None) -> int:
         """`windows[model]`, else what `GET /models` said (`info`), else the sheet's."""

@@ -8,18 +8,21 @@ call the client, run tools and write to the store, in the order the core says.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from dskit._models import ModelInfo, migrate
-from dskit._tokens import COUNTER, prompt_overhead, tools_text
+from dskit._tokens import COUNTER, call_parts, content_text, prompt_overhead, tools_text
 from dskit._validate import EFFORT_ALIASES, is_number
 from dskit.client._core import API_PARAMS, check_chat_params
-from dskit.client._errors import ToolError, ValidationError
+from dskit.client._errors import ContextOverflowError, ToolError, ValidationError
 from dskit.client._types import ChatResult, ToolCall, Usage
 from dskit.session._context import ContextPolicy, Fit, TokenCounter, fit_turns, group_turns
+from dskit.session._memory import EntityMemory, MentionCache, note
 from dskit.session._tools import Tool, format_error, tool_table
 from dskit.store._base import header_changes
 from dskit.store._model import SessionRecord, StoredMessage, title_from
@@ -93,6 +96,8 @@ class SessionCore:
         # what `GET /models` says of the model (the shells ask the client before each
         # turn); None: the sheet's figures
         self.model_info: ModelInfo | None = None
+        # what each stored message names, for the "known so far" note (memory on)
+        self._mentions = MentionCache()
 
     # ---- views -----------------------------------------------------------------------
 
@@ -113,10 +118,11 @@ class SessionCore:
 
     # ---- building a request ------------------------------------------------------------
 
-    def _head(self, summary: StoredMessage | None) -> list[dict[str, Any]]:
+    def _head(self, summary: StoredMessage | None, note: str = "") -> list[dict[str, Any]]:
         parts = [self.record.system or ""]
         if summary is not None:
             parts.append(SUMMARY_HEADER + summary.content)
+        parts.append(note)
         text = "\n\n".join(p for p in parts if p)
         return [{"role": "system", "content": text}] if text else []
 
@@ -147,23 +153,67 @@ class SessionCore:
         pairs = [(i, w) for i, w in zip(indices, self._wires(indices), strict=True) if w]
         wires = [w for _, w in pairs]
         stored = [self.record.messages[i] for i, _ in pairs]
-        head = self._head(summary)
-        fixed = sum(self._fixed_cost(w) for w in (*head, *self._tools_wire))
-        fixed += prompt_overhead(self.thinking)
         costs = [self.counter.cost(s.tokens, w) for s, w in zip(stored, wires, strict=True)]
         strategy = self.policy.strategy
         if strategy == "summarize" and not allow_summary:
             strategy = "window"
         budget = self._budget(max_tokens or self._max_tokens())
-        fit = fit_turns(
-            costs, group_turns(wires), fixed=fixed, budget=budget,
+        fitter = partial(
+            fit_turns, costs, group_turns(wires), budget=budget,
             max_turns=self.policy.max_turns, strategy=strategy,
         )  # fmt: skip
+        head = self._head(summary)
+        fit = fitter(fixed=self._fixed(head))
+        memory = self.policy.entity_memory
+        if memory is not None and fit.start > 0:
+            head, fit = self._with_note(summary, fit, fitter, [i for i, _ in pairs], memory)
         plan = Plan(head + wires[fit.start :], [None] * len(head) + stored[fit.start :], fit)
         if strategy == "summarize" and fit.dropped_for_budget:
             plan.summarize = [i for i, _ in pairs[: fit.start]]
             plan.covers = pairs[fit.start][0] if fit.start < len(pairs) else len(indices)
         return plan
+
+    def _fixed(self, head: Sequence[Mapping[str, Any]]) -> int:
+        """What every request sends besides the turns: head, tool definitions, template."""
+        fixed = sum(self._fixed_cost(w) for w in (*head, *self._tools_wire))
+        return fixed + prompt_overhead(self.thinking)
+
+    def _with_note(
+        self, summary: StoredMessage | None, fit: Fit, fitter: Callable[..., Fit],
+        sent: Sequence[int], memory: EntityMemory,
+    ) -> tuple[list[dict[str, Any]], Fit]:  # fmt: skip
+        """The head with the "known so far" note of the turns the fit drops, and a fit
+        that pays for the note: when the note pushes one more turn out, the note is made
+        again with it; when even the latest turn cannot stay beside it, its token bound is
+        halved. The first kept turn only moves forward and the bound only shrinks, so this
+        ends; with no room left at all the request goes without a note."""
+        start = fit.start
+        while True:
+            head = self._head(summary, self._note(sent[:start], memory))
+            try:
+                refit = fitter(fixed=self._fixed(head))
+            except ContextOverflowError:
+                if memory.max_tokens == 1:
+                    return self._head(summary), fit
+                memory = replace(memory, max_tokens=memory.max_tokens // 2)
+                continue
+            if refit.start <= start:
+                dropped = fit.dropped_for_budget or refit.dropped_for_budget
+                return head, Fit(refit.start, refit.tokens, dropped)
+            start = refit.start
+
+    def _note(self, dropped: Sequence[int], memory: EntityMemory) -> str:
+        """The note for these stored messages (their mentions cached per message)."""
+        stored = self.record.messages
+        turns = list(itertools.accumulate(int(m.role == "user") for m in stored))
+        found = [
+            (max(turns[i], 1), self._mentions.mentions(stored[i], memory_text(stored[i])))
+            for i in dropped
+            if stored[i].role != "system"
+        ]
+        if len(self._mentions) > len(stored):
+            self._mentions.prune(stored)
+        return note(found, memory)
 
     def _fixed_cost(self, wire: Mapping[str, Any]) -> int:
         """The size of the system head or the tool definitions (exact once observed)."""
@@ -392,6 +442,14 @@ def wire_message(stored: StoredMessage, keep_reasoning: bool) -> dict[str, Any] 
         if not wire.get("content"):
             return None
     return wire
+
+
+def memory_text(stored: StoredMessage) -> str:
+    """What the entity memory reads of a message: its text and its tool calls' arguments."""
+    calls = stored.message.get("tool_calls") or ()
+    return "\n".join(
+        [content_text(stored.message.get("content")), *(call_parts(c)[1] for c in calls)]
+    )
 
 
 def transcript_line(stored: StoredMessage) -> str:
