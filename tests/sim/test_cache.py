@@ -1,4 +1,5 @@
-"""The context cache: repeated prompt prefixes hit in whole 64-token blocks."""
+"""The context cache: repeated prompt prefixes hit in whole prefix units (message ends,
+and every 64 tokens inside a long message)."""
 
 from __future__ import annotations
 
@@ -40,13 +41,27 @@ def test_turns_of_one_conversation_hit_the_cache(sim_factory: Any) -> None:
         turn2.append({"role": "user", "content": "And a follow-up"})
         usage2, _ = usage_of(http, turn2)
         hit = usage2["prompt_cache_hit_tokens"]
-        assert hit == (cacheable(usage1) // 64) * 64 and hit > 0
-        assert hit % 64 == 0
+        assert hit == cacheable(usage1)  # the first prompt, to the end of its user input
         assert hit + usage2["prompt_cache_miss_tokens"] == usage2["prompt_tokens"]
         assert usage2["prompt_tokens_details"] == {"cached_tokens": hit}
 
         again, _ = usage_of(http, turn2)
-        assert again["prompt_cache_hit_tokens"] == (cacheable(again) // 64) * 64
+        assert again["prompt_cache_hit_tokens"] == cacheable(again)  # all but the generation
+
+
+def test_a_and_b_then_a_and_c_hits_a(sim_factory: Any) -> None:
+    """The sheet's example: units at message ends, so A is stored apart from A+B."""
+    sim = sim_factory()
+    with httpx2.Client(base_url=sim.base_url, headers=AUTH) as http:
+        a = {"role": "user", "content": "A question about rivers " * 20}
+        b = {"role": "assistant", "content": "An answer about rivers"}
+        usage_of(http, [SYSTEM, a, b, {"role": "user", "content": "B"}])
+        usage, _ = usage_of(http, [SYSTEM, a, {"role": "assistant", "content": "other"},
+                                   {"role": "user", "content": "C"}])  # fmt: skip
+        assert (
+            usage["prompt_cache_hit_tokens"]
+            == count_prompt([SYSTEM, a]) - (GENERATION_OVERHEAD[True])
+        )
 
 
 def test_only_a_repeated_prefix_hits(sim_factory: Any) -> None:
@@ -62,8 +77,8 @@ def test_only_a_repeated_prefix_hits(sim_factory: Any) -> None:
         assert other_model["prompt_cache_hit_tokens"] == 0
         short, _ = usage_of(http, [{"role": "user", "content": "tiny"}])
         short_again, _ = usage_of(http, [{"role": "user", "content": "tiny"}])
-        assert short_again["prompt_cache_hit_tokens"] == 0  # under 64 tokens: never cached
-        assert short["prompt_tokens"] < 64
+        assert short["prompt_cache_hit_tokens"] == 0
+        assert short_again["prompt_cache_hit_tokens"] == cacheable(short_again)  # a whole unit
 
 
 def test_cache_is_a_bounded_lru(sim_factory: Any) -> None:

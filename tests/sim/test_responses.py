@@ -100,7 +100,9 @@ def test_sdk_stream_matches_whole(sdk: OpenAI) -> None:
     final = events[-1]
     assert final.type == "response.completed"
     assert final.response.output_text == whole.output_text
-    assert final.response.usage == whole.usage
+    usage, first = final.response.usage, whole.usage
+    assert (usage.input_tokens, usage.output_tokens) == (first.input_tokens, first.output_tokens)
+    assert usage.input_tokens_details.cached_tokens > 0  # the same prompt again: a cache hit
 
 
 def test_raw_event_sequence(raw: httpx2.Client) -> None:

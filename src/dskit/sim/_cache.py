@@ -1,13 +1,19 @@
-"""A real prefix cache of prompts, in DeepSeek's 64-token storage units.
+"""A real prefix cache of prompts, in "prefix units" as DeepSeek describes them.
 
 The prompt is a token sequence: its start, the tool definitions and each message
 contribute as many tokens as `dskit._tokens` counts for them (the tokenizer, template
 markers included), all identified by their digest and position; the generation prompt
 at the end counts in `prompt_tokens` but is never cached (the next turn's prompt has the
 answer there).
-Blocks of 64 tokens are hashed as a chain (each block's hash covers everything before
-it), so a block hits only when the whole prompt up to its end was seen before, exactly
-like a repeated prefix. A partial last block is never cached.
+
+The simulator's model of DeepSeek's units (docs/simulator.md): a unit ends at the end of
+every message (the end of a user input, of a model output, of a tool result, of the
+system prompt and tool definitions) and every `UNIT` tokens inside a long message. Units
+are hashed as a chain (each unit's hash covers everything before it), so a request hits
+the longest run of leading units that an earlier prompt stored, and `hit_tokens` is where
+the last of them ends. So A+B then A+B+C hits A+B; A+B then A+C hits A (stored as a
+unit of its own when A+B was asked). A partial last interval inside a message is never a
+unit of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 from dskit._tokens import COUNTER, GENERATION_OVERHEAD
 from dskit.sim._text import digest
 
-BLOCK = 64
+UNIT = 64  # the interval of units inside a long message
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,28 +40,30 @@ class CacheResult:
         return self.prompt_tokens - self.hit_tokens
 
 
-def block_hashes(root: bytes, segments: Iterable[tuple[bytes, int]]) -> tuple[list[bytes], int]:
-    """The chain hashes of the full blocks of a sequence given as (digest, count) runs."""
-    hashes: list[bytes] = []
+def unit_hashes(
+    root: bytes, segments: Iterable[tuple[bytes, int]]
+) -> tuple[list[tuple[bytes, int]], int]:
+    """The chain hashes of a sequence's units, each with the position where it ends, for
+    a sequence given as (digest, count) runs (one run per message)."""
+    units: list[tuple[bytes, int]] = []
     current = hashlib.blake2b(root, digest_size=16)
-    filled = total = 0
-    for seg_digest, count in segments:
+    total = 0
+    for index, (seg_digest, count) in enumerate(segments):
         start = 0
         while start < count:
-            take = min(BLOCK - filled, count - start)
+            take = min(UNIT, count - start)
             current.update(seg_digest + start.to_bytes(8, "big") + take.to_bytes(8, "big"))
-            filled += take
             start += take
-            if filled == BLOCK:
-                hashes.append(current.digest())
-                current = hashlib.blake2b(hashes[-1], digest_size=16)
-                filled = 0
+            # an interval, or the end of a message (the prompt's start is not one)
+            if take == UNIT or (start == count and index > 0):
+                units.append((current.digest(), total + start))
+                current = hashlib.blake2b(units[-1][0], digest_size=16)
         total += count
-    return hashes, total
+    return units, total
 
 
 class PrefixCache:
-    """A bounded LRU of block hashes; not thread-safe (it lives on the server's loop)."""
+    """A bounded LRU of unit hashes; not thread-safe (it lives on the server's loop)."""
 
     def __init__(self, capacity_blocks: int) -> None:
         self.capacity = capacity_blocks
@@ -75,15 +83,17 @@ class PrefixCache:
         *,
         thinking: bool = True,
     ) -> CacheResult:
-        """Count the cached leading blocks of this prompt, then remember all its blocks.
-        `prompt_tokens` is `dskit._tokens.count_prompt` of the same request."""
+        """Count the tokens of this prompt's cached leading units, then remember all its
+        units. `prompt_tokens` is `dskit._tokens.count_prompt` of the same request."""
         segments = [(digest(what), n) for what, n in COUNTER.pieces(messages, tools)]
-        hashes, total = block_hashes(model.encode(), segments)
-        hits = 0
-        while hits < len(hashes) and hashes[hits] in self._blocks:
-            hits += 1
-        self._store(hashes)
-        return CacheResult(total + GENERATION_OVERHEAD[thinking], hits * BLOCK)
+        units, total = unit_hashes(model.encode(), segments)
+        hit = 0
+        for unit, end in units:
+            if unit not in self._blocks:
+                break
+            hit = end
+        self._store([unit for unit, _ in units])
+        return CacheResult(total + GENERATION_OVERHEAD[thinking], hit)
 
     def _store(self, hashes: list[bytes]) -> None:
         if self.capacity <= 0:
