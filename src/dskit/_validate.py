@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from dskit._models import MAX_OUTPUT_TOKENS
+from dskit._tokens import content_text
 
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 USER_ID = re.compile(r"^[a-zA-Z0-9_-]{1,512}$")
@@ -237,10 +238,30 @@ def _check_misc(body: Mapping[str, Any]) -> Problem | None:
         return Problem(
             "response_format", "Invalid response_format type: expected text or json_object"
         )
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_object" and not _says_json(body):
+        return Problem("response_format", JSON_WORD, hint=JSON_WORD_HINT)
     user_id = body.get("user_id")
     if user_id is not None and (not isinstance(user_id, str) or not USER_ID.match(user_id)):
         return Problem("user_id", "Invalid user_id: [a-zA-Z0-9_-], at most 512 characters")
     return None
+
+
+JSON_WORD = (
+    "Prompt must contain the word 'json' in some form to use 'response_format' of type "
+    "'json_object'."
+)
+JSON_WORD_HINT = "Say in the system or user message that the answer is JSON, and show its shape"
+
+
+def _says_json(body: Mapping[str, Any]) -> bool:
+    """JSON mode's rule: some message of the prompt names JSON."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return True  # the messages' own checks report what is wrong
+    return any(
+        isinstance(m, Mapping) and "json" in content_text(m.get("content")).lower()
+        for m in messages
+    )
 
 
 PASSBACK = "The `reasoning_content` in the thinking mode must be passed back to the API."

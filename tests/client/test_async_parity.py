@@ -34,13 +34,17 @@ def _shape(events: list[Any]) -> list[tuple[str, str]]:
 
 def _sync_events(sim: Any, params: dict[str, Any]) -> tuple[list[Any], Any]:
     with DeepSeek("sk-test-000000", base_url=sim.base_url) as client:
-        with client.stream("parity: what time is it? get_time", **params) as stream:
+        with client.stream(
+            "parity: what time is it? get_time (in JSON when asked)", **params
+        ) as stream:
             return list(stream), stream.final()
 
 
 async def _async_events(sim: Any, params: dict[str, Any]) -> tuple[list[Any], Any]:
     async with AsyncDeepSeek("sk-test-000000", base_url=sim.base_url) as client:
-        async with client.stream("parity: what time is it? get_time", **params) as stream:
+        async with client.stream(
+            "parity: what time is it? get_time (in JSON when asked)", **params
+        ) as stream:
             return [e async for e in stream], await stream.final()
 
 

@@ -60,7 +60,7 @@ class ValidationError(DSKitError, ValueError):
     """A parameter is invalid; raised before anything is sent."""
 
     def __init__(self, message: str, *, param: str | None = None, hint: str = "") -> None:
-        super().__init__(f"{message}. {hint}" if hint else message)
+        super().__init__(f"{message.rstrip('.')}. {hint}" if hint else message)
         self.message = message
         self.param = param
         self.hint = hint  # how to fix it, when there is more to say than the message
