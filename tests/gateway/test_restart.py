@@ -296,3 +296,17 @@ def test_a_cancelled_answer_replaces_its_partial_and_is_not_kept_twice(
             assert page["events"][-1]["data"]["saved"]["content"] == turns[1]["content"]
     finally:
         again.stop()
+
+
+def test_a_cached_answer_is_saved_once_too(counted: tuple[GatewayServer, CountingStore]) -> None:
+    server, store = counted
+    params = {"parameters": {"thinking": False, "temperature": 0}}  # cached (deterministic)
+    with server.client() as http:
+        sids = [http.post("/v1/sessions", json=params).json()["id"] for _ in range(2)]
+        ends = [_one_answer(http, sid, {})[-1] for sid in sids]
+        assert [e["data"].get("cached", False) for e in ends] == [False, True]
+        for sid in sids:
+            turns = http.get(f"/v1/sessions/{sid}").json()["messages"]
+            assert [t["role"] for t in turns] == ["user", "assistant"]
+            assert not turns[1]["incomplete"] and turns[1]["content"]
+        assert [k for k, _ in store.writes].count("append") == 2
