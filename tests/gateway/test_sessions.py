@@ -104,8 +104,9 @@ def test_generation_runs_on_when_the_client_leaves(gateway: GatewayServer) -> No
         ).json()
         assert not page["finished"]
 
-        def finished() -> bool:
-            return http.get(f"/v1/sessions/{sid}").json()["message_count"] == 2
+        def finished() -> bool:  # the answer is kept as it grows: done when it is whole
+            turns = http.get(f"/v1/sessions/{sid}").json()["messages"]
+            return len(turns) == 2 and not turns[-1]["incomplete"]
 
         wait_until(finished, timeout=20)
         answer = http.get(f"/v1/sessions/{sid}/answers/{answer_id}").json()

@@ -6,6 +6,9 @@ client that goes away costs nothing and a client that comes back reads what it m
 Each answer's life is an `Answer` (`_lifecycle.py`): a cancel is a request to it, and
 however many arrive, whenever, the answer ends once. The finished answer is saved to the
 session store before `done` is logged, so anyone who sees `done` can also load it.
+A single instance also keeps it there as it grows (`partial_save_seconds`), so a killed
+gateway leaves it marked incomplete; a fleet keeps it in the shared log, where another
+instance takes it over.
 """
 
 from __future__ import annotations
@@ -111,6 +114,8 @@ class AnswerRunner:
         self._answers: dict[str, Answer] = {}
         self._preparing: set[asyncio.Task[None]] = set()  # takeovers not yet answering
         self._handing_over = False
+        shared = isinstance(gateway.log, RedisStreamLog)  # a fleet: the log keeps it
+        self._save_every = None if shared else gateway.settings.partial_save_seconds or None
 
     async def start(
         self, record: SessionRecord, messages: list[dict[str, Any]], headers: Mapping[str, str],
@@ -131,7 +136,9 @@ class AnswerRunner:
         return answer_id
 
     def _begin(self, job: AnswerJob, opener: Callable[[], Awaitable[Opened]]) -> None:
-        answer = Answer(self.gw, job, self.worker, opener, lambda: self._handing_over)
+        answer = Answer(
+            self.gw, job, self.worker, opener, lambda: self._handing_over, self._save_every
+        )
         self._answers[job.answer_id] = answer
         answer.start().add_done_callback(lambda _: self._forget(answer))
 

@@ -14,12 +14,17 @@ the answer in a shielded `finally` nobody cancels: exactly one terminal event (`
 answer finished (which clears the session's active answer) and its lease released,
 whatever arrived when. Two ends log nothing: a lost lease (another instance writes the
 answer now) and a hand-over at shutdown with a shared log (another instance continues).
+
+The answer is in its session once: an `AnswerSaver` appends it (at its first text when
+growing saves are on, else at its end) and replaces it in place from then on, so a
+killed single instance leaves what had come in the store, marked incomplete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
@@ -33,8 +38,16 @@ from dskit.client._types import ChatResult, StreamEvent
 from dskit.gateway._errors import logged_error
 from dskit.gateway._redis_log import LeaseLostError, stop_if_cancelled
 from dskit.gateway._scale import AnswerSource, CacheRequest
-from dskit.session._core import SessionCore, worth_keeping
-from dskit.store import SessionConflictError, SessionRecord, StoredMessage
+from dskit.gateway._views import ANSWER_KEY
+from dskit.session._core import (
+    GROWING,
+    MAX_REBASES,
+    SessionCore,
+    Throttle,
+    rebases,
+    worth_keeping,
+)
+from dskit.store import SessionConflictError, SessionRecord, SessionStore, StoredMessage
 
 if TYPE_CHECKING:
     from dskit.gateway._state import Gateway
@@ -94,6 +107,15 @@ def event_payload(event: StreamEvent) -> tuple[str, bytes] | None:
     return None
 
 
+def text_mark(event: StreamEvent) -> int:
+    """A logged event's share of the answer's text (see `ANSWER_KEY` in `_views.py`)."""
+    if event.type == "content":
+        return len(event.text)
+    if event.type == "reasoning":
+        return -len(event.text)
+    return 0
+
+
 def turn_of(result: ChatResult, incomplete: bool = False) -> dict[str, Any]:
     message = result.to_message()
     return {**message, "incomplete": incomplete, "usage": _usage(result)}
@@ -128,19 +150,99 @@ async def close_answer(gw: Gateway, job: AnswerJob, worker: str, status: str) ->
         await gw.send_callback(job.callback_url, job.answer_id, job.record.id)
 
 
+class AnswerSaver:
+    """Where one answer is in its session, and the writes that keep it there: appended
+    once, then replaced in place. Growing saves (every `every` seconds, None: none) run
+    shielded, so a cancel never leaves a write half known; a conflict is rebased onto the
+    fresh session when what the write relies on is untouched (the session core's rule),
+    else it is raised."""
+
+    def __init__(
+        self, store: SessionStore, record: SessionRecord, answer_id: str, every: float | None
+    ) -> None:
+        self.store, self.answer_id = store, answer_id
+        self.record = dataclasses.replace(record, messages=list(record.messages))
+        self.throttle = Throttle(every) if every else None
+        self.index: int | None = None  # where the answer is, once it is in the store
+        self.marks: list[int] = []  # each logged event's share of the text
+        self.final = False  # the end was saved: nothing more to write
+        self._pending: asyncio.Future[None] | None = None
+
+    async def grow(self, event: StreamEvent, snapshot: Callable[[], ChatResult]) -> None:
+        """Note an event just logged; save the answer so far when it is due."""
+        self.marks.append(text_mark(event))
+        if self.throttle is None or event.type not in GROWING or not self.throttle.due():
+            return
+        message = SessionCore.reply_message(snapshot(), incomplete=True)
+        if self.index is None and not worth_keeping(message):
+            self.throttle.last = None  # nothing to keep yet: the first text is saved at once
+            return
+        self._pending = asyncio.ensure_future(self._keep(message))
+        await asyncio.shield(self._pending)
+
+    async def _keep(self, message: StoredMessage) -> None:
+        try:
+            await self.save(message)
+        except Exception as exc:  # the answer goes on; its end is saved (or fails) then
+            logger.warning("answer %s: cannot keep it as it grows: %s", self.answer_id, exc)
+            self.throttle = None
+
+    async def settle(self) -> None:
+        """Wait for a growing save in flight (a cancel does not stop it)."""
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+
+    async def end(self, message: StoredMessage, meta: dict[str, Any]) -> None:
+        """Save the answer's end (once): it replaces what was kept as it grew."""
+        await self.settle()
+        await self.save(message, meta)
+        self.final = True
+
+    async def save(self, message: StoredMessage, meta: dict[str, Any] | None = None) -> None:
+        stamp = {"id": self.answer_id, "seq": len(self.marks), **(meta or {})}
+        if message.incomplete:
+            stamp["marks"] = list(self.marks)
+        message = dataclasses.replace(message, message={**message.message, ANSWER_KEY: stamp})
+        for _ in range(MAX_REBASES):
+            try:
+                await self._write(message)
+                return
+            except SessionConflictError:
+                fresh = await self.store.aload(self.record.id)
+                if not rebases(self.record.messages, fresh.messages, self.index):
+                    raise
+                self.record = fresh
+        await self._write(message)
+
+    async def _write(self, message: StoredMessage) -> None:
+        record = self.record
+        if self.index is None:
+            version = await self.store.aappend(
+                record.id, [message], expected_version=record.version
+            )
+            record.messages.append(message)
+            self.index = len(record.messages) - 1
+        else:
+            version = await self.store.areplace(
+                record.id, self.index, message, expected_version=record.version
+            )
+            record.messages[self.index] = message
+        record.version = version
+
+
 class Answer:
     """One answer from start to end; see the module docstring for its states."""
 
     def __init__(
         self, gw: Gateway, job: AnswerJob, worker: str, opener: Callable[[], Awaitable[Opened]],
-        handing_over: Callable[[], bool],
+        handing_over: Callable[[], bool], save_every: float | None = None,
     ) -> None:  # fmt: skip
         self.gw, self.job, self.worker = gw, job, worker
         self.state = AnswerState.STARTING
         self._opener, self._handing_over = opener, handing_over
         self._generation: asyncio.Task[None] | None = None
         self._opened: Opened | None = None
-        self._saved = False
+        self.saver = AnswerSaver(gw.store, job.record, job.answer_id, save_every)
         self._ended = asyncio.Event()
 
     @property
@@ -181,14 +283,16 @@ class Answer:
     async def _generate(self) -> None:
         job, gw = self.job, self.gw
         self._opened = await self._opener()
+        source = self._opened.source
         first = True
-        async for event in self._opened.source.events():
+        async for event in source.events():
             entry = event_payload(event)
             if entry is not None:
                 if first and entry[0] != "usage":
                     first = False
                     gw.metrics.ttft.labels("sessions").observe(time.monotonic() - job.started)
                 await gw.log.append(job.answer_id, *entry)
+                await self.saver.grow(event, source.snapshot)  # the store never leads the log
                 stop_if_cancelled()
             elif event.type == "resumed":
                 gw.metrics.resumes.inc()
@@ -245,7 +349,8 @@ class Answer:
         try:
             result = await opened.source.final()
             if not opened.source.saved:
-                await self._save(SessionCore.reply_message(result))
+                meta = {"finish_reason": result.finish_reason}
+                await self.saver.end(SessionCore.reply_message(result), meta)
             await gw.cache.store(opened.key, result)
         except LeaseLostError:
             raise
@@ -260,18 +365,21 @@ class Answer:
         return AnswerState.FINISHED
 
     async def _fail(self, exc: BaseException) -> AnswerState:
-        """A cut-off answer: what came is saved (marked incomplete), then an `error`."""
+        """A cut-off answer: what came is saved (marked incomplete, with how it ended),
+        then an `error`."""
         source = self._opened.source if self._opened is not None else None
         partial = source.snapshot() if source is not None else ChatResult()
         message = SessionCore.reply_message(partial, incomplete=True)
-        if not self._saved and worth_keeping(message):  # the session's rule for a cut-off
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        payload = CANCELLED if cancelled else error_payload(self.gw, exc, self.answer_id)
+        saver = self.saver
+        await saver.settle()
+        # the session's rule for a cut-off: kept if it brought anything (or was kept already)
+        if not saver.final and (saver.index is not None or worth_keeping(message)):
             with contextlib.suppress(Exception):
-                await self._save(message)
-        if isinstance(exc, asyncio.CancelledError):
-            await self._log_end("error", CANCELLED)
-            return AnswerState.CANCELLED
-        await self._log_end("error", error_payload(self.gw, exc, self.answer_id))
-        return AnswerState.FAILED
+                await saver.end(message, {"error": orjson.loads(payload)})
+        await self._log_end("error", payload)
+        return AnswerState.CANCELLED if cancelled else AnswerState.FAILED
 
     async def _log_end(self, kind: str, payload: bytes) -> None:
         """The terminal event; a log out of reach is logged and the answer still closed."""
@@ -281,16 +389,6 @@ class Answer:
             raise
         except Exception as problem:
             logger.warning("answer %s: cannot log its end: %s", self.answer_id, problem)
-
-    async def _save(self, message: StoredMessage) -> None:
-        """Append the assistant turn (once), reloading once if another writer got there."""
-        store, record = self.gw.store, self.job.record
-        try:
-            await store.aappend(record.id, [message], expected_version=record.version)
-        except SessionConflictError:
-            current = await store.aload(record.id)
-            await store.aappend(record.id, [message], expected_version=current.version)
-        self._saved = True
 
     async def _close_source(self) -> None:
         if self._opened is not None:

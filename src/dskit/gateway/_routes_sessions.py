@@ -4,6 +4,11 @@ Event ids are `<answer_id>:<seq>` (seq from 1 within each answer). Streams of on
 `GET /v1/sessions/{id}/answers/{answer_id}/stream` (what EventSource reconnects to) and
 `GET /v1/sessions/{id}/stream` (the session's current answer, or the one a
 `Last-Event-ID` names: how a client of the streamed POST resumes).
+
+An answer the log no longer knows (a restarted single instance, an expired log entry) is
+answered from the store when the session holds what it saved: its stream and long poll
+give the events a client has not seen and a terminal one (`done`, or an `error` of type
+`interrupted` for an answer cut off by the restart), then end; never 404, never a hang.
 """
 
 from __future__ import annotations
@@ -38,16 +43,19 @@ from dskit.gateway._schemas import (
     SessionList,
 )
 from dskit.gateway._state import Gateway
-from dskit.gateway._turns import answer_of, new_session, start_turn
+from dskit.gateway._turns import answer_of, find_answer, new_session, start_turn
 from dskit.gateway._views import (
     answer_result,
     detail,
     event_page,
     parse_event_id,
+    replay_stream,
     result_from,
     sse_stream,
+    stored_entries,
     summary,
 )
+from dskit.store import StoredMessage
 
 router = APIRouter(tags=["sessions"])
 SSE_DOC: dict[int | str, Any] = {
@@ -150,6 +158,13 @@ def _sse(gw: Gateway, answer_id: str, after: int) -> EventStreamResponse:
     return EventStreamResponse(pieces(body), {"X-Answer-Id": answer_id})
 
 
+def _stored_sse(
+    gw: Gateway, answer_id: str, stored: StoredMessage, after: int
+) -> EventStreamResponse:
+    body = replay_stream(answer_id, stored_entries(stored, after), gw.settings.sse_retry_ms)
+    return EventStreamResponse(pieces(body), {"X-Answer-Id": answer_id})
+
+
 def _cursor(gw: Gateway, answer_id: str, last_event_id: str | None, after: int | None) -> int:
     if last_event_id:
         parsed = parse_event_id(last_event_id, answer_id)
@@ -169,8 +184,11 @@ async def stream_answer(
     after: Annotated[int | None, Query(ge=0, le=10**9)] = None,
 ) -> EventStreamResponse:  # fmt: skip
     """An answer as SSE from the start, from `after`, or after `Last-Event-ID`."""
-    await answer_of(gw, who, session_id, answer_id)
-    return _sse(gw, answer_id, _cursor(gw, answer_id, last_event_id, after))
+    found = await find_answer(gw, who, session_id, answer_id)
+    cursor = _cursor(gw, answer_id, last_event_id, after)
+    if isinstance(found, StoredMessage):
+        return _stored_sse(gw, answer_id, found, cursor)
+    return _sse(gw, answer_id, cursor)
 
 
 @router.get("/v1/sessions/{session_id}/stream", responses=SSE_DOC)
@@ -185,8 +203,11 @@ async def stream_session(
     answer_id = parsed[0] if parsed else await gw.log.active(session_id)
     if answer_id is None:
         raise not_found("answer in progress")
-    await answer_of(gw, who, session_id, answer_id)
-    return _sse(gw, answer_id, _cursor(gw, answer_id, last_event_id, 0))
+    found = await find_answer(gw, who, session_id, answer_id)
+    cursor = _cursor(gw, answer_id, last_event_id, 0)
+    if isinstance(found, StoredMessage):
+        return _stored_sse(gw, answer_id, found, cursor)
+    return _sse(gw, answer_id, cursor)
 
 
 @router.get("/v1/sessions/{session_id}/answers/{answer_id}/events", response_model=EventPage)
@@ -196,7 +217,9 @@ async def poll_events(
     wait: Annotated[float, Query(ge=0, le=3600)] = 0,
 ) -> EventPage:  # fmt: skip
     """Long polling: the events after `after`, waiting up to `wait` seconds for new ones."""
-    await answer_of(gw, who, session_id, answer_id)
+    found = await find_answer(gw, who, session_id, answer_id)
+    if isinstance(found, StoredMessage):  # nothing will come: what was saved, and its end
+        return event_page(answer_id, stored_entries(found, after), True, after)
     page = await gw.log.read(answer_id, after, wait=min(wait, gw.settings.max_wait_seconds))
     return event_page(answer_id, page.entries, page.finished, after)
 
@@ -206,7 +229,10 @@ async def get_answer(
     session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: SessionReader
 ) -> AnswerResult:
     """A finished answer's result (409 while it is still being generated)."""
-    if not (await answer_of(gw, who, session_id, answer_id)).finished:
+    found = await find_answer(gw, who, session_id, answer_id)
+    if isinstance(found, StoredMessage):
+        return result_from(answer_id, session_id, stored_entries(found, 0)[-1])
+    if not found.finished:
         raise GatewayError(409, "the answer is still being generated", "conflict_error",
                            code="answer_in_progress")  # fmt: skip
     return await answer_result(gw.log, answer_id, session_id)

@@ -149,6 +149,7 @@ class StoredTurn(BaseModel):
     incomplete: bool = False
     usage: dict[str, Any] | None = None
     created: float = 0.0
+    answer_id: str | None = None  # the gateway answer that wrote this turn, if one did
 
 
 class SessionDetail(SessionSummary):

@@ -87,6 +87,10 @@ class GatewaySettings:
     sse_retry_ms: int = 2000
     max_wait_seconds: float = 60.0
     answer_ttl_seconds: float = 900.0
+    # A single instance keeps a growing answer in the store at most this often (as
+    # `ChatSession` does), so a killed gateway leaves it there marked incomplete; 0: only
+    # at its end. A fleet (a shared log) keeps it in the log, and another instance ends it.
+    partial_save_seconds: float = 0.5
     upstream_max_retries: int = 3
     upstream_max_resumes: int = 3
     rate_limit: RateLimit | None = None
@@ -115,6 +119,8 @@ class GatewaySettings:
             raise ValueError("grpc_port must be 0 (no gRPC) or a port number")
         if self.heartbeat_seconds <= 0 or self.max_wait_seconds <= 0:
             raise ValueError("heartbeat_seconds and max_wait_seconds must be positive")
+        if not 0 <= self.partial_save_seconds <= 1:
+            raise ValueError("partial_save_seconds must be in [0, 1] (0: save at the end only)")
         if self.lease_seconds < 0.1 or self.takeover_interval <= 0:
             raise ValueError("lease_seconds must be >= 0.1 and takeover_interval positive")
         parse_upstreams(self.upstream, self.fallbacks)  # a bad --fallback fails here, not later

@@ -15,6 +15,7 @@ from dskit.gateway._scale import charge_tokens
 from dskit.gateway._schemas import SessionCreate
 from dskit.gateway._state import Gateway
 from dskit.gateway._streamlog import AnswerInfo
+from dskit.gateway._views import stored_answer
 from dskit.store import SessionRecord, StoredMessage
 
 
@@ -97,10 +98,29 @@ async def _start(
     return await gw.runner.start(record, messages, dict(headers), callback, who)
 
 
-async def answer_of(gw: Gateway, who: str, session_id: str, answer_id: str) -> AnswerInfo:
-    """The answer, if it is of this session and `who` owns the session; else 404."""
+async def find_answer(
+    gw: Gateway, who: str, session_id: str, answer_id: str
+) -> AnswerInfo | StoredMessage:
+    """The answer, if it is of this session and the caller owns the session: as the log
+    knows it, else as the store saved it (after a restart); else 404."""
     check_owner(gw, who, session_id)
     info = await gw.log.info(answer_id)
-    if info is None or info.session_id != session_id:
-        raise not_found("answer")
-    return info
+    if info is not None and info.session_id == session_id:
+        return info
+    if info is None:
+        stored = stored_answer(await gw.store.aload(session_id), answer_id)
+        if stored is not None:
+            return stored
+    raise not_found("answer")
+
+
+async def answer_of(gw: Gateway, who: str, session_id: str, answer_id: str) -> AnswerInfo:
+    """The answer as the log knows it (a stream to follow); one the log lost in a restart
+    is a 409 that says where its saved text is."""
+    found = await find_answer(gw, who, session_id, answer_id)
+    if isinstance(found, StoredMessage):
+        raise GatewayError(
+            409, f"answer {answer_id} ended when the gateway restarted; its saved text is in "
+            f"GET /v1/sessions/{session_id}", "conflict_error", code="answer_interrupted",
+        )  # fmt: skip
+    return found

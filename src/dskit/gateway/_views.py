@@ -1,4 +1,14 @@
-"""How stored sessions and logged events look on the wire (JSON bodies and SSE frames)."""
+"""How stored sessions and logged events look on the wire (JSON bodies and SSE frames).
+
+An answer the gateway saves carries `ANSWER_KEY` in its stored message (never sent
+upstream: only the wire keys are): its answer id, how many events had been logged when
+it was saved (`seq`) and, while it is incomplete, each logged event's share of the text
+(`marks`: + content length, - reasoning length, 0 for anything else). After a restart the
+memory log is empty, and `stored_entries` rebuilds the answer's events from the store:
+the text events a client has not seen, then one terminal event (`done` for a whole
+answer; for a cut-off one the `error` it ended with, or `interrupted` when the gateway
+died before it ended), each with `saved`, the stored turn.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +31,11 @@ from dskit.gateway._streamlog import LogEntry, StreamLog, UnknownAnswerError
 from dskit.store import SessionInfo, SessionRecord, StoredMessage
 
 HEARTBEAT = b": heartbeat\n\n"
+ANSWER_KEY = "dskit_answer"
+INTERRUPTED: dict[str, Any] = {
+    "message": "the gateway stopped before the answer finished; what it had saved is kept, "
+    "marked incomplete", "type": "interrupted", "code": "interrupted", "status": 503,
+}  # fmt: skip
 
 
 def summary(info: SessionInfo, active: str | None) -> SessionSummary:
@@ -37,7 +52,7 @@ def turn(stored: StoredMessage) -> StoredTurn:
         role=stored.role, content=content if isinstance(content, str) else None,
         reasoning_content=message.get("reasoning_content"),
         tool_calls=message.get("tool_calls"), incomplete=stored.incomplete,
-        usage=stored.usage, created=stored.created,
+        usage=stored.usage, created=stored.created, answer_id=answer_of(stored),
     )  # fmt: skip
 
 
@@ -136,9 +151,67 @@ def result_from(answer_id: str, session_id: str, last: LogEntry | None) -> Answe
         type=str(data.get("type", "server_error")), param=data.get("param"),
         code=data.get("code"),
     )  # fmt: skip
-    return AnswerResult(answer_id=answer_id, session_id=session_id, status=status, error=error)
+    saved = data.get("saved")  # an answer known only to the store: what it had saved
+    message = StoredTurn(role="assistant", **_turn_fields(saved)) if saved else None
+    return AnswerResult(
+        answer_id=answer_id, session_id=session_id, status=status, error=error, message=message
+    )
 
 
 def _turn_fields(message: dict[str, Any]) -> dict[str, Any]:
     keys = ("content", "reasoning_content", "tool_calls", "incomplete", "usage")
     return {k: message[k] for k in keys if k in message}
+
+
+# ---- answers known only to the store (the log forgot them: a restart, its TTL) ----------
+
+
+def answer_of(stored: StoredMessage) -> str | None:
+    meta = stored.message.get(ANSWER_KEY)
+    return str(meta["id"]) if isinstance(meta, dict) and "id" in meta else None
+
+
+def stored_answer(record: SessionRecord, answer_id: str) -> StoredMessage | None:
+    """The turn answer `answer_id` saved in this session, if it did."""
+    for stored in reversed(record.messages):
+        if answer_of(stored) == answer_id:
+            return stored
+    return None
+
+
+def stored_entries(stored: StoredMessage, after: int) -> list[LogEntry]:
+    """A stored answer's events after `after`: the text it was logged as, then its end."""
+    meta = stored.message[ANSWER_KEY]
+    entries = _text_entries(stored, meta.get("marks") or [], after)
+    turn = {k: v for k, v in stored.message.items() if k != ANSWER_KEY}
+    turn.update(incomplete=stored.incomplete, usage=stored.usage)
+    if stored.incomplete:
+        kind, end = "error", {**(meta.get("error") or INTERRUPTED), "saved": turn}
+    else:
+        kind = "done"
+        end = {"finish_reason": meta.get("finish_reason"), "usage": stored.usage,
+               "message": turn, "saved": turn}  # fmt: skip
+    seq = max(int(meta.get("seq", 0)), after) + 1
+    return [*entries, LogEntry(seq, kind, orjson.dumps(end))]
+
+
+def _text_entries(stored: StoredMessage, marks: list[int], after: int) -> list[LogEntry]:
+    texts = {"content": stored.content, "reasoning": stored.message.get("reasoning_content") or ""}
+    used = {"content": 0, "reasoning": 0}
+    entries = []
+    for seq, mark in enumerate(marks, 1):
+        kind = "content" if mark > 0 else "reasoning"
+        start = used[kind]
+        used[kind] += abs(mark)
+        if mark and seq > after:
+            text = texts[kind][start : used[kind]]
+            entries.append(LogEntry(seq, kind, orjson.dumps({"text": text})))
+    return entries
+
+
+async def replay_stream(
+    answer_id: str, entries: list[LogEntry], retry_ms: int
+) -> AsyncIterator[bytes]:
+    """The SSE body of a stored answer: its events, then the end of the stream."""
+    yield f"retry: {retry_ms}\n\n".encode()
+    yield b"".join(sse_frame(answer_id, entry) for entry in entries)

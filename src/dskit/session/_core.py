@@ -317,10 +317,7 @@ class SessionCore:
         message; for a later one, the message at `index` is still this answer as last
         saved. Then the answer lands where it belongs and no orphan partial is left.
         """
-        mine, theirs = self.record.messages, fresh.messages
-        if index is None:
-            return len(theirs) == len(mine) and _same(theirs[-1:], mine[-1:])
-        return index < len(theirs) and index < len(mine) and _same([theirs[index]], [mine[index]])
+        return rebases(self.record.messages, fresh.messages, index)
 
     def user_message(self, text: Any) -> StoredMessage:
         if not isinstance(text, str) or not text.strip():
@@ -418,6 +415,16 @@ class SessionCore:
         message = {"role": "system", "content": result.content.strip() or "(empty summary)"}
         usage = result.usage.to_dict() if result.usage else None
         return StoredMessage(message, summary=True, covers=plan.covers, usage=usage)
+
+
+def rebases(
+    mine: Sequence[StoredMessage], theirs: Sequence[StoredMessage], index: int | None
+) -> bool:
+    """`SessionCore.can_rebase` over two histories (the writer's and the store's): the
+    rule every writer of a growing answer (a session, the gateway) follows."""
+    if index is None:
+        return len(theirs) == len(mine) and _same(theirs[-1:], mine[-1:])
+    return index < len(theirs) and index < len(mine) and _same([theirs[index]], [mine[index]])
 
 
 def _same(a: Sequence[StoredMessage], b: Sequence[StoredMessage]) -> bool:
