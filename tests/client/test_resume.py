@@ -61,9 +61,16 @@ def test_any_cut_point_resumes_to_the_unbroken_text(
         {"Drop_After_Bytes": 900},
         {"End_After_Events": 6},
         {"Insufficient_After_Events": 5},
+        {"Aborted_After_Events": 5},
         {"Malformed_At": 7},
     ],
-    ids=["dropped-bytes", "clean-end-without-finish", "insufficient-resources", "malformed"],
+    ids=[
+        "dropped-bytes",
+        "clean-end-without-finish",
+        "insufficient-resources",
+        "aborted-by-the-server",
+        "malformed",
+    ],
 )
 def test_each_kind_of_break_is_resumed(
     client: DeepSeek, sim: Any, unbroken: str, fault: dict[str, Any]

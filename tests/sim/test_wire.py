@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx2
@@ -67,7 +68,7 @@ def check_envelope(chunks: list[dict[str, Any]], model: str, usage_null: bool) -
         ]
         assert chunk["object"] == "chat.completion.chunk"
         assert chunk["model"] == model
-        assert chunk["system_fingerprint"].startswith("fp_")
+        assert re.fullmatch(r"[0-9a-f]{32}", chunk["system_fingerprint"])  # the 2026 shape
         (choice,) = chunk["choices"]
         assert choice["index"] == 0 and choice["logprobs"] is None
         assert choice["finish_reason"] is None

@@ -24,6 +24,7 @@ CUT_REASONS = {
     "length": "[incomplete: the answer reached max_tokens]",
     "content_filter": "[incomplete: the answer was stopped by the content filter]",
     "insufficient_system_resource": "[incomplete: the server ran out of capacity]",
+    "aborted": "[incomplete: the server aborted the answer]",
 }
 
 

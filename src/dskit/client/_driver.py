@@ -47,6 +47,11 @@ from dskit.client._sse import ServerSentEvent, SSEComment, SSEDecoder, SSEError
 from dskit.client._types import ChatResult, Done, KeepAlive, Resumed, Retrying, StreamEvent
 
 logger = logging.getLogger("dskit.client")
+# finish reasons of an answer the server stopped on its side: continued, like a break
+CUT_BY_SERVER = {
+    "insufficient_system_resource": "The server cut the answer for lack of capacity",
+    "aborted": "The server aborted the answer",
+}
 KEEP_ALIVE = KeepAlive()
 PLAIN_KEYS = frozenset(("role", "content", "reasoning_content"))
 
@@ -313,8 +318,8 @@ class StreamDriver:
         """The body ended cleanly: complete, or broken (raises `StreamBroken`)."""
         self._decoder.close()
         finish = self.acc.finish_reason
-        if finish == "insufficient_system_resource":
-            raise StreamBroken("The server cut the answer for lack of capacity")
+        if finish in CUT_BY_SERVER:
+            raise StreamBroken(CUT_BY_SERVER[finish])
         if finish is None and not self._saw_done:
             raise StreamBroken("The stream ended without a finish_reason or [DONE]")
         self.done = True

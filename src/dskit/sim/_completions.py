@@ -215,6 +215,8 @@ async def answer(
     """Render the planned reply in the renderer's format, streamed or whole."""
     if c.insufficient_after_events is not None:
         reply = truncate(reply, c.insufficient_after_events, "insufficient_system_resource")
+    if c.aborted_after_events is not None:  # DeepSeek's newer finish_reason
+        reply = truncate(reply, c.aborted_after_events, "aborted")
     timing = _timing(app, c)
     if not stream:
         delay = timing.ttft + timing.token * reply.completion_tokens

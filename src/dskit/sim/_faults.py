@@ -39,6 +39,7 @@ class Controls:
     stall_after_events: int | None = None
     malformed_at: int | None = None
     insufficient_after_events: int | None = None
+    aborted_after_events: int | None = None
     queue_ms: float | None = None
 
     @property
@@ -62,6 +63,7 @@ _INTS = {
     "stall_after_events": "x-sim-stall-after-events",
     "malformed_at": "x-sim-malformed-at",
     "insufficient_after_events": "x-sim-insufficient-after-events",
+    "aborted_after_events": "x-sim-aborted-after-events",
 }
 _MILLIS = {
     "ttft_ms": "x-sim-ttft-ms",
@@ -151,6 +153,7 @@ def random_fault(rng: random.Random, config: SimConfig, controls: Controls) -> C
         "stall": {"stall_after_events": events, "stall_ms": rng.randint(50, 400)},
         "malformed": {"malformed_at": events},
         "insufficient": {"insufficient_after_events": events},
+        "aborted": {"aborted_after_events": events},
         "queue": {"queue_ms": rng.randint(50, 400)},
     }
     return replace(controls, **table[kind])  # type: ignore[arg-type]

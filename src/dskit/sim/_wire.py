@@ -6,6 +6,7 @@ one variable part (the delta, or the text for FIM); only that part goes through 
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,7 +18,8 @@ import orjson
 from dskit.sim._cache import CacheResult
 from dskit.sim._plan import PlannedCall, Reply
 
-FINGERPRINT = "fp_sim0dskit1"
+# 32 hex digits, the shape DeepSeek's system_fingerprint has had since 2026
+FINGERPRINT = hashlib.md5(b"dskit simulator", usedforsecurity=False).hexdigest()
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE_SSE = b": keep-alive\n\n"
 KEEPALIVE_JSON = b"\n"
