@@ -141,15 +141,18 @@ def _preflight(settings: GatewaySettings) -> None:
 
 
 def _check_bind(settings: GatewaySettings) -> None:
-    from dskit.gateway import KeyStore
+    from dskit.gateway._redis_keys import open_keys
 
     if settings.loopback_only or settings.allow_insecure_bind:
         return
     if settings.auth is not None and settings.auth.issuers:
         return  # tokens are required
-    with KeyStore(settings.keys_path) as keys:
+    keys = open_keys(settings.redis, settings.redis_namespace, settings.keys_path)
+    try:
         if keys.has_keys():
             return
+    finally:
+        keys.close()
     raise click.UsageError(
         f"refusing to listen on {settings.host} without authentication: create a key with "
         "`dskit keys create --principal NAME` first, or pass --allow-insecure-bind"

@@ -4,16 +4,18 @@
     app = create_app(GatewaySettings(store="memory"))   # any ASGI server runs it
 
 Seams for running many instances (Redis): `StreamLog` (answers' numbered events),
-`RateLimiter` (token buckets), `dskit.store.SessionStore` (sessions) and `KeyStore`.
-Their Redis implementations (`RedisStreamLog`, `RedisRateLimiter`) are what
+`RateLimiter` (token buckets), `dskit.store.SessionStore` (sessions) and `KeyBackend`
+(keys and ownership: `KeyStore` in SQLite). Their Redis implementations
+(`RedisStreamLog`, `RedisRateLimiter`, `RedisKeyStore`) are what
 `GatewaySettings(redis=URL)` / `dskit serve --redis URL` selects (docs/scaling.md).
 """
 
 from dskit.gateway._app import create_app
-from dskit.gateway._auth import KeyInfo, KeyStore, default_keys_path
+from dskit.gateway._auth import KeyBackend, KeyInfo, KeyStore, default_keys_path
 from dskit.gateway._breaker import BreakerSettings, CircuitBreaker, Upstream
 from dskit.gateway._callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from dskit.gateway._ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter
+from dskit.gateway._redis_keys import RedisKeyStore
 from dskit.gateway._redis_limit import RedisRateLimiter
 from dskit.gateway._redis_log import RedisLogSettings, RedisStreamLog
 from dskit.gateway._settings import CallbackSettings, GatewaySettings, RateLimit
@@ -26,6 +28,7 @@ __all__ = [
     "CallbackSettings",
     "CircuitBreaker",
     "GatewaySettings",
+    "KeyBackend",
     "KeyInfo",
     "KeyStore",
     "LogEntry",
@@ -35,6 +38,7 @@ __all__ = [
     "NoRateLimit",
     "RateLimit",
     "RateLimiter",
+    "RedisKeyStore",
     "RedisLogSettings",
     "RedisRateLimiter",
     "RedisStreamLog",

@@ -5,9 +5,10 @@ key that high in entropy needs no slow hash, and a leaked database yields no usa
 Each key maps to a principal (a user or an app); sessions belong to the principal that
 created them, and any other principal is told 404, as if the session did not exist.
 
-Keys and ownership live in a small SQLite file of their own (`gateway.sqlite3` beside the
-session store), so they work the same whichever session store is in use. The Redis issue
-moves both behind the same `KeyStore` methods.
+Keys and ownership sit behind the `KeyBackend` protocol, chosen once at startup:
+`KeyStore`, a small SQLite file of its own (`gateway.sqlite3` beside the session store,
+whichever session store is in use), or with `--redis` `RedisKeyStore`
+(`_redis_keys.py`), so every instance of a fleet agrees on them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from dskit._files import private_file
 from dskit.client._errors import ValidationError
@@ -67,8 +69,41 @@ class KeyInfo:
     revoked: float | None
 
 
+class KeyBackend(Protocol):
+    """Where hashed keys and session ownership live (SQLite or Redis). Calls are
+    synchronous and short: one indexed lookup or one round trip each."""
+
+    def create(self, principal: str) -> tuple[str, KeyInfo]: ...
+    def list_keys(self) -> list[KeyInfo]: ...
+    def revoke(self, key_id: str) -> bool: ...
+    def has_keys(self) -> bool: ...
+    def principal_for(self, key: str) -> str | None: ...
+    def own(self, session_id: str, principal: str) -> None: ...
+    def owner(self, session_id: str) -> str | None: ...
+    def sessions_of(self, principal: str) -> set[str]: ...
+    def disown(self, session_id: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def new_key(principal: str) -> tuple[str, str, KeyInfo]:
+    """A fresh key for a valid principal: (the key, its SHA-256, its info)."""
+    if not isinstance(principal, str) or not PRINCIPAL.match(principal):
+        raise ValidationError(
+            "principal must be 1 to 64 characters of [A-Za-z0-9_.@-]", param="principal"
+        )
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    digest = hash_key(key)
+    return key, digest, KeyInfo(digest[:12], principal, time.time(), None)
+
+
+def well_formed(key: str) -> bool:
+    """Whether `key` could be a gateway key at all (checked before any lookup)."""
+    return key.startswith(KEY_PREFIX) and len(key) <= 200
+
+
 class KeyStore:
-    """Hashed gateway keys and session ownership in one SQLite file (WAL)."""
+    """Hashed gateway keys and session ownership in one SQLite file (WAL): the
+    `KeyBackend` of a single instance."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_keys_path()
@@ -98,13 +133,7 @@ class KeyStore:
 
     def create(self, principal: str) -> tuple[str, KeyInfo]:
         """A new key for `principal`: returns the key (shown once) and its info."""
-        if not isinstance(principal, str) or not PRINCIPAL.match(principal):
-            raise ValidationError(
-                "principal must be 1 to 64 characters of [A-Za-z0-9_.@-]", param="principal"
-            )
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        digest = hash_key(key)
-        info = KeyInfo(digest[:12], principal, time.time(), None)
+        key, digest, info = new_key(principal)
         with self._db() as db:
             db.execute(
                 "INSERT INTO gateway_keys VALUES (?, ?, ?, ?, NULL)",
@@ -134,7 +163,7 @@ class KeyStore:
 
     def principal_for(self, key: str) -> str | None:
         """The principal of a valid, unrevoked key, else None."""
-        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        if not well_formed(key):
             return None
         with self._db() as db:
             row = db.execute(

@@ -15,6 +15,10 @@ answer. Two more keys live in their own slots: `<ns>:active:{<session>}` (the ru
 answer of a session) and `<ns>:running` (a sorted set of unfinished answers: where the
 takeover looks for answers whose lease expired, because their instance died).
 
+Readers that wait for news do not block a connection each: the instance's
+`SharedReader` (`_redis_reader.py`) blocks for all of them on a few connections of its
+own and tells each when its log moved on.
+
 Appends are fenced: the script only writes while the lease is this instance's (or free,
 which it re-takes). So an instance that lost its lease (paused, partitioned) cannot
 interleave text with the instance that took the answer over.
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from dskit.gateway._redis_reader import SharedReader
 from dskit.gateway._streamlog import AnswerInfo, LogEntry, LogSlice, UnknownAnswerError
 
 if TYPE_CHECKING:
@@ -176,18 +181,18 @@ def check_redis_url(url: str) -> None:
 
 
 def connect(url: str) -> redis.asyncio.Redis:
-    """An asyncio Redis client with bounded connect time (a down Redis fails fast)."""
+    """An asyncio Redis client with bounded connect time (a down Redis fails fast) whose
+    pool queues commands when every connection is in use (`async_client`)."""
     from dskit.client._errors import ConfigError
 
     try:
-        import redis.asyncio
+        import redis.asyncio  # noqa: F401  (the extra is installed)
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError("Redis support needs redis-py: pip install 'dskit[redis]'") from None
     check_redis_url(url)
-    from dskit.store._redis import client_options
+    from dskit.store._redis import async_client
 
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **client_options(is_async=True))
-    return client
+    return async_client(url)
 
 
 def stop_if_cancelled() -> None:
@@ -228,6 +233,7 @@ class RedisStreamLog:
         self.redis = client
         self.settings = settings or RedisLogSettings()
         self._ns = self.settings.namespace
+        self.reader = SharedReader(client, self._ns)
         self._held: dict[str, str] = {}
         self._renewers: dict[str, asyncio.Task[None]] = {}
         self._scripts = {
@@ -308,14 +314,32 @@ class RedisStreamLog:
         return seq
 
     async def read(self, answer_id: str, after: int = 0, wait: float = 0.0) -> LogSlice:
+        """Entries after `after`; with `wait`, waits for news through the instance's
+        shared reader (no connection of its own), then reads them on the pool."""
         after = max(int(after), 0)
-        piece = await self._read_now(answer_id, after)
-        if piece.entries or piece.finished or wait <= 0:
-            return piece
         log = self._keys(answer_id)[0]
-        await self.redis.xread({log: f"{after}-0"}, count=1, block=max(1, int(wait * 1000)))
+        if wait <= 0 or not self.reader.idle(log, after):
+            piece = await self._read_through_load(answer_id, after)
+            if piece.entries or piece.finished or wait <= 0:
+                return piece
+        await self.reader.wait(log, after, wait)
         stop_if_cancelled()
-        return await self._read_now(answer_id, after)
+        return await self._read_through_load(answer_id, after)
+
+    async def _read_through_load(self, answer_id: str, after: int) -> LogSlice:
+        """`_read_now`, retried while Redis is only busy (a pool wait that ran out): a
+        reader may wait longer, and must not be cut off as if Redis were down. An
+        unreachable Redis still fails at once."""
+        from dskit.store._redis import is_busy
+
+        deadline = time.monotonic() + self.settings.write_patience
+        while True:
+            try:
+                return await self._read_now(answer_id, after)
+            except Exception as exc:
+                if not is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def _read_now(self, answer_id: str, after: int) -> LogSlice:
         keys = self._keys(answer_id)[:2]
@@ -493,4 +517,5 @@ class RedisStreamLog:
     async def aclose(self) -> None:
         for answer_id in list(self._renewers):
             self._forget(answer_id)
+        await self.reader.aclose()
         await self.redis.aclose()

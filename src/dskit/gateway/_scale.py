@@ -5,7 +5,8 @@
   `open()` returns a stream that has produced its first event, so failing over never
   repeats output.
 - `CacheFront`: the answer cache with its policy (who may use it, max-age) and metrics.
-- `redis_down()`: Redis connection failures as a clear 503 with Retry-After.
+- `redis_down()`: Redis connection failures as a clear 503 with Retry-After
+  (`store_unavailable`), told apart from a Redis that is only busy (`store_busy`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dskit.gateway")
 CACHE_HEADER = "X-Dskit-Cache"
 REDIS_RETRY_AFTER = 2.0
+REDIS_BUSY_RETRY_AFTER = 1.0
 READY_PING_SECONDS = 1.0
 
 
@@ -98,15 +100,22 @@ async def redis_answers(client: redis.asyncio.Redis) -> bool:
 
 
 def redis_down(exc: BaseException) -> GatewayError | None:
-    """A 503 for a Redis that cannot be reached (None: not a Redis connection problem)."""
+    """A 503 for a Redis that cannot be reached, another for one that is only busy (every
+    pooled connection in use for too long, a late reply); None: not a Redis problem."""
     try:
         from redis.exceptions import ConnectionError, TimeoutError
     except ImportError:  # pragma: no cover - redis is an optional extra
         return None
-    from dskit.store import StoreUnavailableError
+    from dskit.store import StoreBusyError, StoreUnavailableError
+    from dskit.store._redis import is_busy
 
-    if not isinstance(exc, ConnectionError | TimeoutError | StoreUnavailableError):
+    if not isinstance(exc, ConnectionError | TimeoutError | StoreUnavailableError | StoreBusyError):
         return None
+    if is_busy(exc):
+        return GatewayError(
+            503, "the shared store (Redis) is busy; retry shortly", "server_error",
+            code="store_busy", retry_after=REDIS_BUSY_RETRY_AFTER,
+        )  # fmt: skip
     return GatewayError(
         503, "the shared store (Redis) is unavailable; retry shortly", "server_error",
         code="store_unavailable", retry_after=REDIS_RETRY_AFTER,

@@ -21,11 +21,12 @@ from dskit.client._config import Limits, RetryPolicy, Timeout
 from dskit.client._errors import ConfigError
 from dskit.gateway._access import Authority
 from dskit.gateway._answers import AnswerRunner
-from dskit.gateway._auth import LOCAL_PRINCIPAL, KeyStore
+from dskit.gateway._auth import LOCAL_PRINCIPAL, KeyBackend
 from dskit.gateway._breaker import UpstreamChooser, parse_upstreams
 from dskit.gateway._callbacks import CallbackSender
 from dskit.gateway._metrics import Metrics
 from dskit.gateway._ratelimit import RateLimiter, make_rate_limiter
+from dskit.gateway._redis_keys import open_keys
 from dskit.gateway._redis_log import RedisStreamLog
 from dskit.gateway._scale import (
     CacheFront,
@@ -74,7 +75,9 @@ class Gateway:
         self.redis = _redis_parts(settings)
         spec = settings.store or settings.redis
         self.store: SessionStore = store if store is not None else open_store(spec)
-        self.keys = KeyStore(settings.keys_path)
+        self.keys: KeyBackend = open_keys(
+            settings.redis, settings.redis_namespace, settings.keys_path
+        )
         self.auth_required = self.authority.verifier is not None or self.keys.has_keys()
         self.auth_checked = 0.0
         self.log: StreamLog = (
@@ -186,7 +189,9 @@ class Gateway:
             logger.info("fallback: %s", fallback)
         logger.info("sessions: %r", self.store)
         if self.settings.redis:
-            logger.info("redis: %s (answer log, limits, cache)", redact_url(self.settings.redis))
+            logger.info(
+                "redis: %s (answer log, limits, cache, keys)", redact_url(self.settings.redis)
+            )
         logger.info("auth: %s", "gateway API keys required" if self.auth_required else "off")
         for issuer in self.authority.config.issuers:
             logger.info("auth: tokens of %s (%s)", issuer.issuer, issuer.name)

@@ -35,6 +35,11 @@ class StoreUnavailableError(StoreError):
     """The store's server cannot be reached (or did not answer in time)."""
 
 
+class StoreBusyError(StoreError):
+    """The store's server is up but this process had to wait too long for it (every
+    pooled connection in use, or a reply late): a load problem, not an outage."""
+
+
 def redact_url(url: str) -> str:
     """A store URL fit to show: its password (if any) replaced by `***`."""
     from urllib.parse import urlsplit, urlunsplit

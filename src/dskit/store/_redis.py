@@ -25,6 +25,7 @@ from dskit.store._model import (
     SessionInfo,
     SessionNotFoundError,
     SessionRecord,
+    StoreBusyError,
     StoredMessage,
     StoreError,
     StoreUnavailableError,
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 RETRIES = 2  # a command's retries on a connection error, each on a fresh connection
+POOL_SIZE = 128  # connections of one process' async pool: commands wait for a free one
+POOL_WAIT = 30.0  # seconds a command waits for a pooled connection before "busy"
 
 
 def client_options(*, is_async: bool) -> dict[str, Any]:
@@ -54,6 +57,35 @@ def client_options(*, is_async: bool) -> dict[str, Any]:
     backoff = ExponentialBackoff(cap=0.05, base=0.01)  # 20 ms, then 40 ms
     retry = AsyncRetry(backoff, RETRIES) if is_async else Retry(backoff, RETRIES)
     return {"retry": retry, "socket_connect_timeout": 2.0, "health_check_interval": 30}
+
+
+def async_client(url: str, *, max_connections: int = POOL_SIZE) -> redis.asyncio.Redis:
+    """An asyncio client whose pool *waits* for a free connection (up to `POOL_WAIT`).
+
+    redis-py's default pool raises "Too many connections" the moment its 100 connections
+    are in use: under load every extra command failed as if Redis were down. A blocking
+    pool queues them instead; only a wait past `POOL_WAIT` fails, and `is_busy` tells it
+    apart from an outage."""
+    import redis.asyncio
+
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=POOL_WAIT, **client_options(is_async=True)
+    )
+    client = redis.asyncio.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # its pool is its own: `aclose` closes it
+    return client
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a Redis error means "up but loaded" (a pool wait or a reply that came late),
+    not "unreachable" (refused, reset, no route: an outage)."""
+    from redis.exceptions import ConnectionError, MaxConnectionsError, TimeoutError
+
+    if isinstance(exc, StoreBusyError | MaxConnectionsError):
+        return True
+    if isinstance(exc, TimeoutError):
+        return "connecting" not in str(exc)  # a connect timeout is an unreachable host
+    return isinstance(exc, ConnectionError) and str(exc) == "No connection available."
 
 
 # KEYS: meta, messages. ARGV: op, expected version, now, ttl, title, then op arguments.
@@ -185,8 +217,10 @@ class _Keys:
         return code
 
 
-def _unreachable(store: RedisStore, exc: Exception) -> StoreUnavailableError:
+def _unreachable(store: RedisStore, exc: Exception) -> StoreError:
     where = redact_url(store._url)
+    if is_busy(exc):
+        return StoreBusyError(f"the session store {where} is busy: {exc}")
     return StoreUnavailableError(f"cannot reach the session store {where}: {exc}")
 
 
@@ -348,9 +382,7 @@ class RedisStore(ExportMixin):
         loop that made it, and a CLI may run several loops one after another."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async_loop is not loop:
-            import redis.asyncio
-
-            self._async = redis.asyncio.Redis.from_url(self._url, **client_options(is_async=True))
+            self._async = async_client(self._url)
             self._async_loop = loop
         return self._async
 
