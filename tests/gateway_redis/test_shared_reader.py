@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -25,6 +26,18 @@ def _pooled(log: RedisStreamLog) -> int:
 
 async def _clients(log: RedisStreamLog) -> int:
     return len(await log.redis.client_list())
+
+
+def waiting(reader: SharedReader) -> int:
+    """Readers parked on the shared reader now (none holds a connection)."""
+    return sum(len(w.waiters) for shard in reader._shards for w in shard.watches.values())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds, within a deadline; never a fixed pause."""
+    async with asyncio.timeout(15):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def test_many_waiting_readers_use_a_bounded_number_of_connections(
@@ -49,7 +62,7 @@ async def test_many_waiting_readers_use_a_bounded_number_of_connections(
                 return seen
 
     readers = [asyncio.create_task(follow(a, cursor)) for a in answers for cursor in (0, 1)]
-    await asyncio.sleep(0.5)  # every reader is waiting now
+    await until(lambda: waiting(log.reader) == len(readers))  # every reader is waiting now
     pool: Any = log.redis.connection_pool
     in_use = len(pool._in_use_connections)  # lease renewals (every 0.2 s here) come and go
     assert in_use <= 16, f"{in_use} pooled connections in use: waiting readers hold none"
@@ -59,7 +72,6 @@ async def test_many_waiting_readers_use_a_bounded_number_of_connections(
     for round_ in range(3):
         for answer_id in answers:
             await log.append(answer_id, "content", orjson.dumps({"text": str(round_)}))
-        await asyncio.sleep(0.05)
     for answer_id in answers:
         await log.finish(answer_id)
     seen = await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
@@ -75,17 +87,17 @@ async def test_a_reader_added_while_the_shard_blocks_is_woken_at_once(
     event arrives in milliseconds, not after the block timeout."""
     for answer_id in ("first", "second"):
         await log.create(answer_id, f"s-{answer_id}", owner="w1")
-    waiting = asyncio.create_task(log.read("first", 0, wait=10))
-    await asyncio.sleep(0.2)
+    first = asyncio.create_task(log.read("first", 0, wait=10))
+    await until(lambda: waiting(log.reader) == 1 and all(s.blocked for s in log.reader._shards))
     second = asyncio.create_task(log.read("second", 0, wait=10))
-    await asyncio.sleep(0.05)
+    await until(lambda: waiting(log.reader) == 2)
     began = time.monotonic()
     await log.append("second", "content", b'{"text":"x"}')
     piece = await asyncio.wait_for(second, timeout=3)
     assert [e.seq for e in piece.entries] == [1]
     assert time.monotonic() - began < 1.0
     await log.finish("first")
-    assert (await waiting).finished
+    assert (await first).finished
 
 
 async def test_shards_split_logs_and_stay_bounded(log: RedisStreamLog) -> None:
@@ -98,7 +110,7 @@ async def test_shards_split_logs_and_stay_bounded(log: RedisStreamLog) -> None:
         for answer_id in answers:
             await log.create(answer_id, f"s-{answer_id}", owner="w1")
         tasks = [asyncio.create_task(log.read(a, 0, wait=10)) for a in answers]
-        await asyncio.sleep(0.3)
+        await until(lambda: waiting(reader) == len(tasks))
         assert reader.connections == 3
         for answer_id in answers:
             await log.append(answer_id, "content", b'{"text":"y"}')
