@@ -4,6 +4,7 @@ and 1,000 answers stream at once through one instance."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +37,9 @@ def waiting(reader: SharedReader) -> int:
 async def until(condition: Callable[[], bool]) -> None:
     """Poll `condition` until it holds, within a deadline; never a fixed pause."""
     async with asyncio.timeout(15):
-        while not condition():
+        for _ in itertools.count():
+            if condition():
+                return
             await asyncio.sleep(0.01)
 
 
