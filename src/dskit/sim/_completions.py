@@ -37,6 +37,7 @@ from dskit.sim._wire import (
     Envelope,
     TextChunkEncoder,
     chat_completion,
+    logprobs_wanted,
     text_completion,
     usage_dict,
 )
@@ -63,17 +64,19 @@ class ChatRenderer:
         self.env = Envelope.new(data["model"])
         self.fim = fim
         include = bool((data.get("stream_options") or {}).get("include_usage"))
+        self.logprobs = None if fim else logprobs_wanted(data)
         self.encoder = (
             TextChunkEncoder(self.env, include)
             if fim
-            else ChunkEncoder(self.env, include, thinking_enabled(data))
+            else ChunkEncoder(self.env, include, thinking_enabled(data), self.logprobs)
         )
         self.LEAD = self.encoder.LEAD
         self.TAIL = self.encoder.TAIL
 
     def whole(self, reply: Reply, cache: CacheResult) -> bytes:
-        render = text_completion if self.fim else chat_completion
-        return render(self.env, reply, usage_dict(reply, cache))
+        if self.fim:
+            return text_completion(self.env, reply, usage_dict(reply, cache))
+        return chat_completion(self.env, reply, usage_dict(reply, cache), self.logprobs)
 
     def events(self, reply: Reply, cache: CacheResult) -> list[bytes]:
         return self.encoder.events(reply, usage_dict(reply, cache))

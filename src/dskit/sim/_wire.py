@@ -17,6 +17,7 @@ import orjson
 
 from dskit.sim._cache import CacheResult
 from dskit.sim._plan import PlannedCall, Reply
+from dskit.sim._text import digest
 
 # 32 hex digits, the shape DeepSeek's system_fingerprint has had since 2026
 FINGERPRINT = hashlib.md5(b"dskit simulator", usedforsecurity=False).hexdigest()
@@ -80,7 +81,36 @@ def _tool_call(call: PlannedCall, index: int, full: bool) -> dict[str, Any]:
     return {"index": index, "id": call.id, "type": "function", "function": function}
 
 
-def chat_completion(env: Envelope, reply: Reply, usage: dict[str, Any]) -> bytes:
+# the models that return logprobs (DeepSeek's docs: deepseek-flash; others ignore them)
+LOGPROB_MODELS = frozenset({"deepseek-flash", "deepseek-v4-flash"})
+ALTERNATIVES = ("the", "a", "and", "of", "to", "in", "is", "that", "it", "for", "on", "with",
+                "as", "was", "at", "by", "an", "be", "this", "from")  # fmt: skip
+
+
+def logprobs_wanted(data: Mapping[str, Any]) -> int | None:
+    """How many top logprobs a request gets per token (None: no logprobs at all)."""
+    if data.get("logprobs") is not True or data.get("model") not in LOGPROB_MODELS:
+        return None
+    top = data.get("top_logprobs")
+    return top if isinstance(top, int) and not isinstance(top, bool) else 0
+
+
+def token_logprob(piece: str, top: int) -> dict[str, Any]:
+    """A deterministic logprob entry for one piece (one streamed token): its logprob
+    from its digest, and `top` alternatives, the piece first, in decreasing order."""
+    chosen = -round((int.from_bytes(digest(piece)[:2], "big") % 2000) / 1000, 3)
+    entry: dict[str, Any] = {"token": piece, "logprob": chosen, "bytes": list(piece.encode())}
+    others = [w for w in ALTERNATIVES if w != piece.strip()][: max(0, top - 1)]
+    entry["top_logprobs"] = [
+        {"token": t, "logprob": round(chosen - 0.5 * n, 3), "bytes": list(t.encode())}
+        for n, t in enumerate([piece, *others][:top])
+    ]
+    return entry
+
+
+def chat_completion(
+    env: Envelope, reply: Reply, usage: dict[str, Any], logprobs: int | None = None
+) -> bytes:
     """A whole non-streaming `chat.completion` body."""
     message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.content)}
     if reply.reasoning:
@@ -88,7 +118,12 @@ def chat_completion(env: Envelope, reply: Reply, usage: dict[str, Any]) -> bytes
     if reply.calls:
         message["tool_calls"] = [_tool_call(c, i, True) for i, c in enumerate(reply.calls)]
     finish = reply.finish_reason
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+    lp = (
+        None
+        if logprobs is None
+        else {"content": [token_logprob(p, logprobs) for p in reply.content]}
+    )
+    choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}
     return _dumps(
         {
             "id": env.id,
@@ -137,7 +172,10 @@ class ChunkEncoder:
     LEAD = 2  # events sent together at the first token: the role and the first piece
     TAIL = 2  # the finish chunk and [DONE]
 
-    def __init__(self, env: Envelope, include_usage: bool, reasoner: bool = False) -> None:
+    def __init__(
+        self, env: Envelope, include_usage: bool, reasoner: bool = False,
+        logprobs: int | None = None,
+    ) -> None:  # fmt: skip
         self._head = (
             b'data: {"id":"%s","object":"%s","created":%d,"model":%s,'
             b'"system_fingerprint":"%s","choices":[{%s'
@@ -152,10 +190,13 @@ class ChunkEncoder:
         )
         usage_null = b',"usage":null' if include_usage else b""
         self._tail = self.CHOICE_REST + b"null}]%s}\n\n" % usage_null
+        self.logprobs = logprobs
+        self._logprob_tail = b',"finish_reason":null}]%s}\n\n' % usage_null
         self.reasoner = reasoner
         # per piece only the piece is encoded: everything around it is joined here, once
         content_end = b',"reasoning_content":null}' if reasoner else b"}"
         self._content_open = self._head + b'{"content":'
+        self._content_end = content_end
         self._content_close = content_end + self._tail
         self._reasoning_open = self._head + b'{"content":null,"reasoning_content":'
         self._reasoning_close = b"}" + self._tail
@@ -169,7 +210,13 @@ class ChunkEncoder:
         return self.delta({"role": "assistant", "content": ""})
 
     def content(self, piece: str) -> bytes:
-        return self._content_open + _dumps(piece) + self._content_close
+        if self.logprobs is None:
+            return self._content_open + _dumps(piece) + self._content_close
+        logprob = _dumps({"content": [token_logprob(piece, self.logprobs)]})
+        return (
+            self._content_open + _dumps(piece) + self._content_end + b',"logprobs":'
+            + logprob + self._logprob_tail
+        )  # fmt: skip
 
     def reasoning(self, piece: str) -> bytes:
         return self._reasoning_open + _dumps(piece) + self._reasoning_close
