@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+DSKIT = str(Path(sys.executable).parent / "dskit")
 
 
 def free_port() -> int:
@@ -117,6 +123,63 @@ class LocalHTTPServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+class GatewayProcess:
+    """One `dskit serve ARGS` process on a free port (a test can SIGKILL it and `start()`
+    it again), its output in `logs/<name>-<port>.log`."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], logs: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = {**os.environ, **env}
+        self.logs = logs
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def launch(self) -> None:
+        self.port = free_port()
+        log = open(self.logs / f"{self.name}-{self.port}.log", "wb")  # noqa: SIM115
+        command = [DSKIT, "serve", "--port", str(self.port), *self.args]
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        log.close()
+
+    def wait_ready(self) -> None:
+        wait_until(self._ready, timeout=30, interval=0.05)
+
+    def start(self) -> GatewayProcess:
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gateway {self.name} exited: see {self.logs}")
+        try:
+            return httpx2.get(self.url + "/readyz", timeout=1).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+            self.process = None
 
 
 class RedisServer:

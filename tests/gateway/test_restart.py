@@ -5,11 +5,7 @@ cleanly, and the conversation goes on."""
 from __future__ import annotations
 
 import itertools
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +17,7 @@ import pytest
 
 from dskit.gateway import GatewaySettings
 from dskit.store import SQLiteStore, StoredMessage
-from tests.conftest import free_port, wait_until
+from tests.conftest import GatewayProcess, wait_until
 from tests.gateway.conftest import GatewayServer, parse_sse
 
 SEED = 20260117
@@ -30,61 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "Tell me a long story about rivers"
 
 
-class Serve:
-    """One `dskit serve` process on a fixed store; `start()` again after `kill()`."""
-
-    def __init__(self, upstream: str, tmp: Path) -> None:
-        self.args = ["serve", "--upstream", upstream, "--store", str(tmp / "sessions.sqlite3"),
-                     "--keys-db", str(tmp / "keys.sqlite3")]  # fmt: skip
-        path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
-        self.env = {**os.environ, "PYTHONPATH": path, "DSKIT_HOME": str(tmp),
-                    "DSKIT_GATEWAY_FORWARD_SIM_HEADERS": "true"}  # fmt: skip
-        self.tmp = tmp
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Serve:
-        self.port = free_port()
-        command = [sys.executable, "-c", "from dskit.cli import main; main()", *self.args,
-                   "--port", str(self.port)]  # fmt: skip
-        with open(self.tmp / f"serve-{self.port}.log", "wb") as log:
-            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
-        wait_until(self._ready, timeout=30, interval=0.05)
-        return self
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"dskit serve exited: see {self.tmp}")
-        try:
-            return httpx2.get(self.url + "/readyz", timeout=1).status_code == 200
-        except httpx2.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-            self.process = None
-
-
 @pytest.fixture
-def serve(sim: Any, tmp_path: Path) -> Iterator[Serve]:
-    process = Serve(sim.base_url, tmp_path)
+def serve(sim: Any, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """One `dskit serve` on a fixed SQLite store, restartable on it."""
+    args = ["--upstream", sim.base_url, "--store", str(tmp_path / "sessions.sqlite3"),
+            "--keys-db", str(tmp_path / "keys.sqlite3")]  # fmt: skip
+    env = {"DSKIT_HOME": str(tmp_path), "DSKIT_GATEWAY_FORWARD_SIM_HEADERS": "true"}
+    process = GatewayProcess("serve", args, env, tmp_path)
     yield process
     process.stop()
 
@@ -110,7 +58,7 @@ def _seq(event_id: str) -> int:
     return int(event_id.rpartition(":")[2])
 
 
-def _kill_mid_answer(serve: Serve, n: int) -> tuple[str, str, str, list[dict[str, Any]]]:
+def _kill_mid_answer(serve: GatewayProcess, n: int) -> tuple[str, str, str, list[dict[str, Any]]]:
     """A streamed answer, the gateway SIGKILLed after the client saw `n` content events."""
     with httpx2.Client(base_url=serve.url, timeout=30) as http:
         created = http.post("/v1/sessions", json={"parameters": {"thinking": False}})
@@ -188,7 +136,7 @@ def _check_goes_on(http: httpx2.Client, sid: str) -> None:
 
 
 def test_a_killed_gateway_leaves_the_partial_answer_and_ends_it_cleanly(
-    serve: Serve, tmp_path: Path
+    serve: GatewayProcess, tmp_path: Path
 ) -> None:
     rng = random.Random(SEED)
     for round_ in range(3):

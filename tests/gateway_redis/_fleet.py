@@ -5,10 +5,6 @@ Each instance is a real process on a free port so a test can SIGKILL it mid-answ
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,65 +12,7 @@ from typing import Any
 import httpx2
 import orjson
 
-from tests.conftest import free_port, wait_until
-
-DSKIT = str(Path(sys.executable).parent / "dskit")
-
-
-class GatewayProcess:
-    """One `dskit serve --redis ...` process; `start()` again after `kill()`."""
-
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], logs: Path) -> None:
-        self.name = name
-        self.args = args
-        self.env = {**os.environ, **env}
-        self.logs = logs
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def launch(self) -> None:
-        self.port = free_port()
-        log = open(self.logs / f"{self.name}-{self.port}.log", "wb")  # noqa: SIM115
-        command = [DSKIT, "serve", "--port", str(self.port), *self.args]
-        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
-        log.close()
-
-    def wait_ready(self) -> None:
-        wait_until(self._ready, timeout=30, interval=0.05)
-
-    def start(self) -> GatewayProcess:
-        self.launch()
-        self.wait_ready()
-        return self
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"gateway {self.name} exited: see {self.logs}")
-        try:
-            return httpx2.get(self.url + "/readyz", timeout=1).status_code == 200
-        except httpx2.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-            self.process = None
+from tests.conftest import GatewayProcess
 
 
 def start_fleet(
