@@ -206,7 +206,7 @@ def _with_retries(call: Any) -> Any:
 def _create(http: httpx2.Client, instance: Instance) -> str:
     response = http.post(
         instance.url + "/v1/sessions",
-        json={"model": "deepseek-flash", "thinking": {"type": "disabled"}},
+        json={"model": "deepseek-flash", "parameters": {"thinking": False}},
     )
     return str(response.json()["id"])
 
@@ -315,7 +315,8 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     clean.start()
     env = {**os.environ, "DSKIT_HOME": str(tmp), "DSKIT_GATEWAY_LEASE_SECONDS": "2",
            "DSKIT_GATEWAY_TAKEOVER_INTERVAL": "0.25",
-           "DSKIT_GATEWAY_HEARTBEAT_SECONDS": "1"}  # fmt: skip
+           "DSKIT_GATEWAY_HEARTBEAT_SECONDS": "1",
+           "DSKIT_GATEWAY_FORWARD_SIM_HEADERS": "true"}  # the simulator runs apart  # fmt: skip
     env.pop("DEEPSEEK_API_KEY", None)
     gw_args = ["--redis", url, "--store", url, "--upstream", faulty.base_url,
                "--keys-db", str(tmp / "keys.sqlite3"), "--log-format", "json"]  # fmt: skip
