@@ -368,3 +368,25 @@ def test_extraction_stays_linear_on_hostile_text(text: str) -> None:
     started = time.perf_counter()
     extract(text * 5)  # a message's first MAX_TEXT characters are read
     assert time.perf_counter() - started < 1.0
+
+
+def test_an_entity_of_turn_2_is_still_in_the_prompt_at_turn_40(
+    sim: Any, recording: Recording
+) -> None:
+    """The issue's check: 40 turns under a small budget; turn 2 named a person and a
+    price, long dropped by turn 40, and both are still in what is sent."""
+    with DeepSeek(api_key=KEY, base_url=sim.base_url, transport=recording) as client:
+        s = ChatSession(
+            client, system="You sell plans.", context=POLICY, params={"thinking": False}
+        )
+        s.send("Hello there.")
+        s.send('My name is "Maria Lopez" and the Team plan quoted was $129.50/month.')  # turn 2
+        for n in range(3, 40):
+            s.send(f"Question {n}: tell me about feature {n}, in detail please.")
+        s.send("what was the quote again?")  # turn 40
+    last = recording.bodies[-1]
+    sent = [str(m.get("content")) for m in last["messages"]]
+    assert not any("Maria Lopez" in text for text in sent[1:])  # turn 2 itself is long gone
+    assert len([b for b in recording.bodies if len(b["messages"]) > 1]) == 40
+    note = sent[0]
+    assert NOTE_HEADER in note and "Maria Lopez" in note and "$129.50/month" in note
