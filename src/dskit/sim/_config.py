@@ -20,6 +20,7 @@ FAULT_KINDS = (
     "stall",  # silence for a while in the middle of a stream
     "malformed",  # one event carries broken JSON
     "insufficient",  # finish_reason insufficient_system_resource after a few events
+    "aborted",  # finish_reason aborted after a few events
     "queue",  # held in the queue with keep-alives before inference
 )
 
