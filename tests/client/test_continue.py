@@ -94,17 +94,39 @@ def test_a_failure_before_new_output_is_retried_not_resumed(client: DeepSeek) ->
     assert result.content == unbroken.content and result.resumes == 0
 
 
-def test_a_reasoner_continues_inside_its_reasoning(client: DeepSeek) -> None:
-    unbroken = client.chat(PROMPT, model="deepseek-flash", thinking=True)
-    reasoning = unbroken.reasoning_content or ""
-    start = reasoning[: len(reasoning) // 2]
-    with client.continue_stream(
-        PROMPT, "", reasoning=start, model="deepseek-flash", thinking=True
-    ) as stream:
-        rest = "".join(e.text for e in stream if e.type == "reasoning")
-        result = stream.final()
+def test_a_reasoner_continues_inside_its_reasoning(sim_factory: Any) -> None:
+    """A server that continues thinking from a prefix (the lenient reading)."""
+    lenient = sim_factory(reasoning_prefix=True)
+    with DeepSeek("sk-test", base_url=lenient.base_url) as client:
+        unbroken = client.chat(PROMPT, model="deepseek-flash", thinking=True)
+        reasoning = unbroken.reasoning_content or ""
+        start = reasoning[: len(reasoning) // 2]
+        with client.continue_stream(
+            PROMPT, "", reasoning=start, model="deepseek-flash", thinking=True
+        ) as stream:
+            events = list(stream)
+            result = stream.final()
+    rest = "".join(e.text for e in events if e.type == "reasoning")
     assert start + rest == reasoning == result.reasoning_content
     assert result.content == unbroken.content
+    assert not any(e.type == "resumed" for e in events)
+
+
+def test_a_server_that_will_not_continue_thinking_restarts_it(client: DeepSeek) -> None:
+    """The strict reading (the simulator's default): the prefix with the thinking is
+    refused, so the answer is asked again and its thinking restarts; no text is lost."""
+    unbroken = client.chat(PROMPT, model="deepseek-flash", thinking=True)
+    reasoning = unbroken.reasoning_content or ""
+    with client.continue_stream(
+        PROMPT, "", reasoning=reasoning[:40], model="deepseek-flash", thinking=True
+    ) as stream:
+        events = list(stream)
+        result = stream.final()
+    restarts = [e for e in events if e.type == "resumed"]
+    assert len(restarts) == 1 and restarts[0].restarted
+    after = events[events.index(restarts[0]) + 1 :]
+    assert "".join(e.text for e in after if e.type == "reasoning") == reasoning
+    assert result.reasoning_content == reasoning and result.content == unbroken.content
 
 
 @pytest.mark.parametrize(

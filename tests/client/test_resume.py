@@ -140,6 +140,24 @@ def test_reasoner_resumes_inside_reasoning_and_inside_content(client: DeepSeek) 
         assert result.resumes == 1
 
 
+@pytest.mark.parametrize("lenient", [False, True], ids=["thinking-restarts", "thinking-continues"])
+def test_a_cut_inside_the_thinking_under_both_readings(sim_factory: Any, lenient: bool) -> None:
+    """Strict server: the reasoning prefix is refused and the thinking restarts; lenient
+    server: it continues from the prefix. Either way the final answer is the unbroken one."""
+    sim = sim_factory(reasoning_prefix=lenient)
+    with DeepSeek("sk-test", base_url=sim.base_url) as client:
+        unbroken = client.chat(PROMPT, thinking=True)
+        with client.stream(
+            PROMPT, thinking=True, extra_headers=faults_once(Drop_After_Events=4)
+        ) as s:
+            events = list(s)
+            result = s.final()
+    resumed = [e for e in events if e.type == "resumed"]
+    assert [e.restarted for e in resumed] == ([False] if lenient else [False, True])
+    assert result.reasoning_content == unbroken.reasoning_content
+    assert result.content == unbroken.content and result.resumes == 1
+
+
 def test_stall_trips_the_idle_timeout_and_the_stream_resumes(sim: Any, unbroken: str) -> None:
     headers = faults_once(Stall_After_Events=5, Stall_Ms=5000)
     with DeepSeek("sk-x-123456", base_url=sim.base_url, timeout=Timeout(idle=0.3)) as c:

@@ -8,7 +8,8 @@ import httpx2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.sim.sim_helpers import joined, sse_chunks
+from dskit.sim._request import REASONING_PREFIX
+from tests.sim.sim_helpers import AUTH, joined, sse_chunks
 
 HYPO = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -112,29 +113,42 @@ def test_unknown_prefix_gets_a_deterministic_continuation(client: httpx2.Client)
     assert first["message"]["content"].startswith(" ")
 
 
-def test_reasoner_resumes_reasoning_then_content(client: httpx2.Client) -> None:
+def test_a_reasoning_prefix_is_refused_by_default(client: httpx2.Client) -> None:
+    """DeepSeek's docs do not say whether a prefix may carry the thinking so far: the
+    simulator takes the strict reading (a 400), the client copes (tests/client)."""
     body = {"model": "deepseek-flash", "messages": CONVERSATIONS[0]}
-    whole = client.post("/chat/completions", json=body).json()["choices"][0]["message"]
-    thought, answer = whole["reasoning_content"], whole["content"]
-    cut = len(thought) // 3
-    choice = continue_from(client, body, {"content": "", "reasoning_content": thought[:cut]})
-    assert thought[:cut] + choice["message"]["reasoning_content"] == thought
-    assert choice["message"]["content"] == answer
-    chunks = sse_chunks(
-        client.post(
-            "/beta/chat/completions",
-            json={
-                **body,
-                "stream": True,
-                "messages": [
-                    *body["messages"],
-                    {"role": "assistant", "content": answer[:20], "prefix": True},
-                ],
-            },
-        ).content
-    )
-    assert answer[:20] + joined(chunks) == answer
-    assert joined(chunks, "reasoning_content") == ""
+    messages = [*body["messages"], {"role": "assistant", "content": "", "prefix": True,
+                                     "reasoning_content": "Let me think"}]  # fmt: skip
+    refused = client.post("/beta/chat/completions", json={**body, "messages": messages})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == REASONING_PREFIX
+
+
+def test_reasoner_resumes_reasoning_then_content(sim_factory: Any) -> None:
+    lenient = sim_factory(reasoning_prefix=True)  # the other reading: thinking continues
+    with httpx2.Client(base_url=lenient.base_url, headers=AUTH) as client:
+        body = {"model": "deepseek-flash", "messages": CONVERSATIONS[0]}
+        whole = client.post("/chat/completions", json=body).json()["choices"][0]["message"]
+        thought, answer = whole["reasoning_content"], whole["content"]
+        cut = len(thought) // 3
+        choice = continue_from(client, body, {"content": "", "reasoning_content": thought[:cut]})
+        assert thought[:cut] + choice["message"]["reasoning_content"] == thought
+        assert choice["message"]["content"] == answer
+        chunks = sse_chunks(
+            client.post(
+                "/beta/chat/completions",
+                json={
+                    **body,
+                    "stream": True,
+                    "messages": [
+                        *body["messages"],
+                        {"role": "assistant", "content": answer[:20], "prefix": True},
+                    ],
+                },
+            ).content
+        )
+        assert answer[:20] + joined(chunks) == answer
+        assert joined(chunks, "reasoning_content") == ""
 
 
 def test_prefix_requests_are_counted(sim_factory: Any) -> None:

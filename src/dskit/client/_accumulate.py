@@ -154,6 +154,12 @@ class Accumulator:
                 self._logprobs.setdefault(key, []).extend(value)
         return logprobs
 
+    def restart_reasoning(self) -> None:
+        """Forget the reasoning so far: the answer's thinking starts again."""
+        if self._reasoning:
+            self.pieces = max(0, self.pieces - len(self._reasoning))
+        self._reasoning = None
+
     def _add_reasoning(self, text: str, events: list[StreamEvent]) -> None:
         if self._reasoning is None:
             self._reasoning = []

@@ -188,6 +188,8 @@ class StreamDriver:
         self._pending: list[StreamEvent] = []
         self.backlog = 0  # chunks of the last read not yet digested (see `feed`)
         self._pacer = _Pacer(options.pace, self._last_data) if options.pace else None
+        self._prefixed_reasoning = False  # the last resume sent the reasoning on its prefix
+        self._no_reasoning_prefix = False  # the server refused that: thinking restarts
 
     # ---- requests ------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class StreamDriver:
 
     def _resume_body(self) -> dict[str, Any]:
         prefix = prefix_message(self.body, self.acc.content, self.acc.reasoning)
+        self._prefixed_reasoning = "reasoning_content" in prefix
         body = {**self.body, "messages": [*self.body["messages"], prefix]}
         if "max_tokens" in body:
             body["max_tokens"] = max(1, body["max_tokens"] - self.acc.pieces)
@@ -352,7 +355,7 @@ class StreamDriver:
     def recover(self, exc: BaseException) -> float:
         """Plan the attempt after a failure: the delay before it, or raise the final error."""
         error = to_api_error(exc, self.core)
-        if not self.delivered:
+        if not self.delivered and not self._refused_reasoning_prefix(error):  # (a seed's)
             delay = self.attempts.next_retry(error)
             status = error.status_code if isinstance(error, APIStatusError) else None
             self._pending.append(Retrying(self.attempts.retries, delay, str(error), status))
@@ -362,6 +365,11 @@ class StreamDriver:
     def _plan_resume(self, error: APIError) -> float:
         if self.acc.has_tool_calls:
             raise self._incomplete("the stream broke inside a tool call", error)
+        if self._refused_reasoning_prefix(error):  # that resume failed: this one replaces it
+            self._no_reasoning_prefix = True
+            return self._restart_thinking(error, counted=self.resumes > 0)
+        if self._no_reasoning_prefix and self.acc.reasoning and not self.acc.content:
+            return self._restart_thinking(error, counted=False)
         if not self.attempts.retryable(error):
             raise self._incomplete("the failure cannot be resumed", error)
         if self.resumes >= self.options.max_resumes:
@@ -372,6 +380,26 @@ class StreamDriver:
         self._pending.append(Resumed(self.resumes, str(error)))
         logger.warning("resume %d after: %s", self.resumes, error)
         return delay
+
+    def _refused_reasoning_prefix(self, error: APIError) -> bool:
+        """A 400 to a resume that carried the reasoning on its prefix: this server does not
+        continue thinking from a prefix (DeepSeek's docs are silent; both are handled)."""
+        status = error.status_code if isinstance(error, APIStatusError) else None
+        return self._prefixed_reasoning and status == 400 and not self.acc.content
+
+    def _restart_thinking(self, error: APIError, *, counted: bool) -> float:
+        """Ask again from the start: the thinking restarts, no answer text had come.
+        `counted`: the refused resume this replaces was counted already."""
+        if not counted:
+            if self.resumes >= self.options.max_resumes:
+                raise self._incomplete(f"gave up after {self.resumes} resumes", error)
+            self.resumes += 1
+        self.acc.restart_reasoning()
+        self.acc.finish_reason = None
+        self._prefixed_reasoning = False
+        self._pending.append(Resumed(self.resumes, str(error), restarted=True))
+        logger.warning("resume %d (the thinking restarts) after: %s", self.resumes, error)
+        return 0.0
 
     def _resume_backoff(self, error: APIError) -> float:
         try:

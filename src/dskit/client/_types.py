@@ -177,10 +177,16 @@ class Retrying:
 
 @dataclass(slots=True, frozen=True)
 class Resumed:
-    """The stream broke after partial output and continues through prefix completion."""
+    """The stream broke after partial output and continues through prefix completion.
+
+    `restarted`: the break came inside the thinking, before any answer text, and the
+    server would not continue the thinking from a prefix: the thinking starts again (the
+    reasoning events after this one replace those before it; the answer text, none of
+    which had come, is unaffected)."""
 
     attempt: int
     reason: str
+    restarted: bool = False
     type: Literal["resumed"] = "resumed"
 
 

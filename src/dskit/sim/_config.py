@@ -48,6 +48,9 @@ class SimConfig:
     cache_blocks: int = 100_000
     max_body_bytes: int = 16 * 1024 * 1024
     keepalive_interval_ms: float = 100
+    # DeepSeek's docs do not say whether a prefix in thinking mode may carry the reasoning
+    # so far; the simulator takes the strict reading (400) unless this is set
+    reasoning_prefix: bool = False
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.faults if kind not in FAULT_KINDS]

@@ -251,12 +251,22 @@ def check_chat(body: dict[str, Any], config: SimConfig, beta: bool) -> None:
     check_types(body, ("model", "messages"))
     _raise_problem(check_chat_request(body))
     _max_tokens_within(body, config.max_tokens_limit(_known_model(body, config)))
-    if not beta and is_prefix_message(body["messages"][-1]):
+    last = body["messages"][-1]
+    if not beta and is_prefix_message(last):
         raise RequestError(
             400,
             "Chat Prefix Completion is a beta feature: send it to /beta/chat/completions",
             "messages",
         )
+    if (
+        is_prefix_message(last) and thinking_enabled(body) and last.get("reasoning_content")
+        and not config.reasoning_prefix
+    ):  # fmt: skip
+        raise RequestError(400, REASONING_PREFIX, "messages")
+
+
+# the simulator's strict reading where DeepSeek's docs are silent (docs/simulator.md)
+REASONING_PREFIX = "A prefix message cannot carry reasoning_content in thinking mode"
 
 
 def check_fim(body: dict[str, Any], config: SimConfig) -> None:
