@@ -197,3 +197,17 @@ def test_a_sessions_first_estimate_is_the_simulators_prompt_tokens(
         session = ChatSession(client, system="Be brief.", params=params, tools=tools)
         result = session.send(text)
     assert result.usage is not None and result.usage.prompt_tokens == estimate
+
+
+def test_long_texts_are_counted_once_and_the_memo_stays_bounded() -> None:
+    from dskit._tokens import MEMO_MIN_CHARS, MEMO_SIZE, TextCounter
+
+    counter = TextCounter()
+    text = "A conversation counted again at every turn. " * 40
+    assert len(text) >= MEMO_MIN_CHARS
+    first = counter.text(text)
+    assert counter.text(text) == first == len(counter._bpe.encode(text, add_special_tokens=False))
+    for n in range(MEMO_SIZE + 10):
+        counter.text(f"{n} " + "x" * MEMO_MIN_CHARS)
+    assert len(counter._memo) == MEMO_SIZE  # the oldest were forgotten
+    assert counter.text(text) == first  # counted again, the same

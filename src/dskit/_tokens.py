@@ -35,11 +35,13 @@ documented rule of thumb, 0.3 token per character and 0.6 per CJK character (log
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,11 +136,18 @@ def load_bpe(path: Path) -> Tokenizer:
     return plain
 
 
+MEMO_SIZE = 4096  # texts whose exact count is remembered (16-byte digests)
+MEMO_MIN_CHARS = 256  # shorter texts are counted again: cheaper than remembering
+
+
 class TextCounter:
     """Counts tokens with the tokenizer at `path` (default: the packaged one), loaded on
     first use by whichever thread gets there first; the rule of thumb if it cannot load.
 
-    Counting is thread-safe (the Rust tokenizer is) and keeps no cache.
+    Counting is thread-safe (the Rust tokenizer is). Texts of `MEMO_MIN_CHARS` or more
+    are remembered by their digest, for the last `MEMO_SIZE` of them: a conversation is
+    counted again at every turn (a gateway session, each simulator request), and hashing
+    a text is hundreds of times cheaper than tokenizing it.
     """
 
     def __init__(self, path: Path | None = None) -> None:
@@ -146,6 +155,7 @@ class TextCounter:
         self._lock = threading.Lock()
         self._loaded = False
         self._bpe: Tokenizer | None = None
+        self._memo: OrderedDict[bytes, int] = OrderedDict()
 
     @property
     def exact(self) -> bool:
@@ -183,7 +193,20 @@ class TextCounter:
         bpe = self._tokenizer()
         if bpe is None:
             return estimate_tokens(text)
-        return len(bpe.encode(text, add_special_tokens=False))
+        if len(text) < MEMO_MIN_CHARS:
+            return len(bpe.encode(text, add_special_tokens=False))
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        with self._lock:
+            known = self._memo.get(key)
+            if known is not None:
+                self._memo.move_to_end(key)
+                return known
+        count = len(bpe.encode(text, add_special_tokens=False))
+        with self._lock:
+            self._memo[key] = count
+            if len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+        return count
 
     def tail(self, text: str, tokens: int) -> str:
         """The end of `text` that is at most `tokens` tokens (about, without the tokenizer)."""
