@@ -171,7 +171,8 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
         try:
             async with self.stream(unit.messages, **unit.chat_params) as stream:
                 async for event in stream:
-                    run.observe(unit, event, self._core.clock.now())
+                    if run.telling(unit, event):
+                        run.observe(unit, event, self._core.clock.now())
                 return await stream.final(), None
         except Exception as exc:  # a failed request is that request's result
             return None, exc

@@ -357,6 +357,14 @@ class BatchRun:
         self.in_flight += 1
         return unit
 
+    @staticmethod
+    def telling(unit: Unit, event: StreamEvent) -> bool:
+        """Whether `observe` wants this event: a unit's first output, or a retry (the
+        rest of a stream's chunks say nothing to the controller: no lock, no clock)."""
+        return event.type == "retrying" or (
+            unit.first_output is None and event.type in FIRST_OUTPUT
+        )
+
     def observe(self, unit: Unit, event: StreamEvent, now: float) -> None:
         """A stream event of a unit in flight: its first output, or a retry (a 429/503 one
         is a congestion signal, though the client retries it itself)."""

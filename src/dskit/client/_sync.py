@@ -124,8 +124,9 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
         try:
             with self.stream(unit.messages, **unit.chat_params) as stream:
                 for event in stream:
-                    with lock:
-                        run.observe(unit, event, self._core.clock.now())
+                    if run.telling(unit, event):
+                        with lock:
+                            run.observe(unit, event, self._core.clock.now())
                 return stream.final(), None
         except Exception as exc:  # a failed request is that request's result
             return None, exc
