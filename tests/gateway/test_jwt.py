@@ -534,3 +534,21 @@ def test_principal_claim_is_configurable(tmp_path: Path, clock: Clock) -> None:
     assert identity.principal == "corp:a@b.c" and identity.roles == ("x", "y")
     with pytest.raises(JwtError, match="no 'email' claim"):
         asyncio.run(verifier.verify(signer.token()))
+
+
+def test_a_token_callers_websocket_is_not_taken_for_a_revoked_key(
+    jwt_gateway: GatewayServer, signers: dict[str, Signer]
+) -> None:
+    """A token has no gateway key to revoke: its WebSocket streams a paced answer to the
+    end (the idle-time revocation check used to look the token up as a key, and cut it)."""
+    from tests.gateway.test_ws import _connect, _recv, _until_end
+
+    token = signers["rsa"].token(sub="wendy")
+    with jwt_gateway.client(token) as http:
+        sid = http.post("/v1/sessions", json={"parameters": {"thinking": False}}).json()["id"]
+    auth = {"Authorization": f"Bearer {token}", "X-Sim-TTFT-Ms": "1200"}  # an idle wait
+    with _connect(jwt_gateway, sid, **auth) as ws:
+        ws.send(orjson.dumps({"type": "message", "content": "a paced answer"}).decode())
+        assert "answer_id" in _recv(ws)
+        frames = list(_until_end(ws))
+    assert frames[-1]["event"] == "done", frames[-1]

@@ -166,17 +166,17 @@ class GatewayService:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
-    async def caller(self, key: str) -> str:
-        """The principal of the call's key or token, which must grant `sessions`."""
-        found = await caller_for(self.gw, key)
+    async def caller(self, credential: str) -> tuple[str, str | None]:
+        """The principal of the call's key or token, which must grant `sessions`, and the
+        gateway key to watch for revocation (None for a token: it has no key to revoke)."""
+        found = await caller_for(self.gw, credential)
         check(found, Permission.SESSIONS)
-        return found.principal
+        return found.principal, credential if found.by_key else None
 
     async def Ask(self, request: pb.AskRequest, context: Any) -> AsyncIterator[pb.Event]:
         """One turn's answer, or with `after` the rest of an answer, as events."""
-        key = metadata_key(context)
         try:
-            who = await self.caller(key)
+            who, key = await self.caller(metadata_key(context))
             if request.HasField("after"):
                 if request.content:
                     raise GatewayError(400, "a resume (after) sends no content", param="content")
@@ -226,7 +226,7 @@ class GatewayService:
         return session_id, answer_id, seq
 
     async def events(
-        self, session_id: str, answer_id: str, after: int, key: str
+        self, session_id: str, answer_id: str, after: int, key: str | None
     ) -> AsyncIterator[pb.Event]:
         """The answer's events after `after`, live, until it ends; a 401 once `key` is
         revoked (checked as often as `KeyWatch` checks the keys of SSE streams)."""
@@ -236,7 +236,7 @@ class GatewayService:
         gw.metrics.active_streams.inc()
         try:
             async for entries in follow(gw.log, answer_id, after, wait):
-                if gw.auth_required and time.monotonic() - checked >= every:
+                if key is not None and time.monotonic() - checked >= every:
                     checked = time.monotonic()
                     if gw.principal_for(key) is None:
                         raise REVOKED
@@ -249,9 +249,8 @@ class GatewayService:
         self, frames: AsyncIterator[pb.ClientFrame], context: Any
     ) -> AsyncIterator[pb.Event]:
         """Frames in, the events of the answers they start or resume out."""
-        key = metadata_key(context)
         try:
-            who = await self.caller(key)
+            who, key = await self.caller(metadata_key(context))
         except Exception as exc:
             await abort(context, exc, "grpc Converse")
         conversation = Conversation(self, who, key, sim_headers(self.gw, context))
@@ -267,7 +266,7 @@ class Conversation:
     one queue of what to send. A refused frame ends the stream with its status."""
 
     def __init__(
-        self, service: GatewayService, who: str, key: str, headers: dict[str, str]
+        self, service: GatewayService, who: str, key: str | None, headers: dict[str, str]
     ) -> None:
         self.service = service
         self.who = who

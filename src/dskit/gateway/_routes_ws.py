@@ -36,10 +36,11 @@ import orjson
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from starlette.types import Message
 
-from dskit.gateway._deps import authenticate, check_owner, request_key, take_token, upstream_headers
+from dskit.gateway._deps import authenticate, check_owner, take_token, upstream_headers
 from dskit.gateway._edge import deny
 from dskit.gateway._errors import GatewayError, logged_error, not_found
 from dskit.gateway._flow import AckWindow, ws_frame
+from dskit.gateway._keywatch import SCOPE_KEY
 from dskit.gateway._schemas import MAX_CONTENT
 from dskit.gateway._state import Gateway
 from dskit.gateway._streamlog import UnknownAnswerError
@@ -69,7 +70,7 @@ async def session_socket(websocket: WebSocket, session_id: str) -> None:
         await deny(websocket.scope, websocket.send, error)
         return
     await websocket.accept()
-    key = request_key(cast(Request, websocket)) if gw.auth_required else None
+    key = websocket.scope.get(SCOPE_KEY)  # a gateway key's (a token has none to revoke)
     connection = Connection(gw, websocket, who, session_id, key)
     await connection.run(upstream_headers(cast(Request, websocket), gw))
 
