@@ -6,6 +6,7 @@ import random
 import time
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.conftest import wait_until
@@ -64,3 +65,38 @@ def test_racing_cancels_end_every_answer_once_and_release_its_lease(
     finally:
         direct.close()
     assert ended["error"] > 0, f"seed {SEED}: no round was cancelled: {ended}"
+
+
+def test_a_cancel_just_before_shutdown_ends_the_answer_and_hands_nothing_over(
+    gateway_factory: Any, sim: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """Shutdown hands running answers over to another instance; one a caller has just
+    cancelled must end cancelled here instead (it was handed over and went on)."""
+    import asyncio
+
+    from dskit.gateway._answers import upstream_messages
+    from dskit.store import StoredMessage
+    from tests.gateway.test_cancel_race import _on_loop
+
+    gateway = gateway_factory(redis=redis_url, redis_namespace=redis_prefix + "sd")
+    gw = gateway.gw
+    with gateway.client() as http:
+        sid = http.post("/v1/sessions", json={"parameters": {"thinking": False}}).json()["id"]
+
+    async def go() -> list[Any]:
+        record = await gw.store.aload(sid)
+        user = StoredMessage({"role": "user", "content": "a long one"})
+        record.messages.append(user)
+        record.version = await gw.store.aappend(sid, [user], expected_version=record.version)
+        headers = {"x-sim-token-ms": "50"}
+        answer_id = await gw.runner.start(record, upstream_messages(record, None), headers,
+                                          None, "local")  # fmt: skip
+        cancelling = asyncio.ensure_future(gw.runner.cancel(answer_id))
+        await asyncio.sleep(0)  # one turn of the loop: the cancel is asked, not ended
+        await gw.runner.shutdown()
+        await cancelling
+        return list((await gw.log.read(answer_id, 0)).entries)
+
+    entries = _on_loop(gateway, go)
+    assert entries and entries[-1].kind == "error", [e.kind for e in entries]
+    assert orjson.loads(entries[-1].data)["type"] == "cancelled"

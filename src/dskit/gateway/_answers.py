@@ -170,7 +170,7 @@ class AnswerRunner:
         await asyncio.gather(*self._preparing, return_exceptions=True)
         answers = list(self._answers.values())
         for answer in answers:
-            answer.cancel()
+            answer.cancel(by_caller=False)
         await asyncio.gather(*(answer.ended() for answer in answers))
 
     async def _continue(self, answer_id: str) -> None:

@@ -70,6 +70,10 @@ class AnswerState(enum.Enum):
 TERMINAL = frozenset({AnswerState.FINISHED, AnswerState.CANCELLED, AnswerState.FAILED})
 
 
+# the states a cancel still acts on (a caller's cancel of one shutdown is stopping counts)
+STOPPABLE = frozenset({AnswerState.STARTING, AnswerState.RUNNING, AnswerState.CANCELLING})
+
+
 @dataclass(frozen=True, slots=True)
 class AnswerJob:
     """What a background answer needs: the session as it stands and how to call upstream."""
@@ -244,6 +248,7 @@ class Answer:
         self._opened: Opened | None = None
         self.saver = AnswerSaver(gw.store, job.record, job.answer_id, save_every)
         self._ended = asyncio.Event()
+        self._by_caller = False  # a caller cancelled it: it ends cancelled, never handed over
 
     @property
     def answer_id(self) -> str:
@@ -252,9 +257,12 @@ class Answer:
     def start(self) -> asyncio.Task[None]:
         return asyncio.create_task(self._live(), name=f"answer-{self.answer_id}")
 
-    def cancel(self) -> None:
+    def cancel(self, *, by_caller: bool = True) -> None:
         """Ask the answer to stop. Only the first request of a running answer interrupts
-        its generation; any other is a no-op (already asked, already ending)."""
+        its generation; any other is a no-op (already asked, already ending). A caller's
+        cancel (not shutdown's) also keeps the answer from being handed over."""
+        if by_caller and self.state in STOPPABLE:
+            self._by_caller = True
         if self.state is AnswerState.STARTING:
             self.state = AnswerState.CANCELLING
         elif self.state is AnswerState.RUNNING:
@@ -308,7 +316,7 @@ class Answer:
                 generation.cancel()  # only when the life task itself was cancelled
                 await asyncio.wait([generation])
             self.state = AnswerState.ENDING
-            self.state = await self._conclude(generation)
+            self.state = await self._conclude(generation, cancelled_by_caller=self._by_caller)
         except BaseException:
             self.state = AnswerState.FAILED
             raise
@@ -316,12 +324,16 @@ class Answer:
             self.gw.metrics.active_generations.dec()
             self._ended.set()
 
-    async def _conclude(self, generation: asyncio.Task[None] | None) -> AnswerState:
-        """The terminal event, the save, finish and release, by how the generation ended."""
+    async def _conclude(
+        self, generation: asyncio.Task[None] | None, *, cancelled_by_caller: bool = False
+    ) -> AnswerState:
+        """The terminal event, the save, finish and release, by how the generation ended.
+        An answer a caller cancelled ends cancelled, even when shutdown comes next: it is
+        never handed to another instance to go on with."""
         exc: BaseException | None = asyncio.CancelledError()
         if generation is not None and not generation.cancelled():
             exc = generation.exception()
-        elif self._handing_over():  # shutting down: another instance continues it
+        elif not cancelled_by_caller and self._handing_over():  # another instance goes on
             await self._close_source()
             await self._hand_over()
             return AnswerState.FAILED
