@@ -294,11 +294,12 @@ def test_sim_headers_reach_the_built_in_simulator(
         assert http.post("/v1/chat/completions", json=CHAT, headers=FAULT).status_code == 400
 
 
-def _revoke_soon(server: GatewayServer, key_id: str, delay: float) -> threading.Thread:
+def _revoke_when(server: GatewayServer, key_id: str, opened: threading.Event) -> threading.Thread:
+    """Revoke the key once the stream is open (its first bytes arrived), not after a guess."""
     from dskit.gateway import KeyStore
 
     def revoke() -> None:
-        time.sleep(delay)
+        assert opened.wait(15), "the stream never opened"
         with KeyStore(server.settings.keys_path) as keys:
             assert keys.revoke(key_id)
 
@@ -317,11 +318,14 @@ def _keyed(gateway_factory: Callable[..., GatewayServer]) -> tuple[GatewayServer
     return server, key, info.key_id
 
 
-def _stream_until_end(http: httpx2.Client, path: str, body: Any, headers: Any) -> tuple[str, float]:
+def _stream_until_end(
+    http: httpx2.Client, path: str, body: Any, headers: Any, opened: threading.Event
+) -> tuple[str, float]:
     with http.stream("POST", path, json=body, headers=headers) as response:
         assert response.status_code == 200, response.read()
         started, text = time.monotonic(), ""
         for piece in response.iter_text():
+            opened.set()
             text += piece
     return text, time.monotonic() - started
 
@@ -338,8 +342,9 @@ def test_revoking_a_key_ends_its_open_streams(
         else:
             session = http.post("/v1/sessions", json={"model": "deepseek-flash"}).json()["id"]
             path, body = f"/v1/sessions/{session}/messages", {"content": "hi", "stream": True}
-        revoker = _revoke_soon(server, key_id, 1.0)
-        text, took = _stream_until_end(http, path, body, slow)
+        opened = threading.Event()
+        revoker = _revoke_when(server, key_id, opened)
+        text, took = _stream_until_end(http, path, body, slow, opened)
         revoker.join()
         assert http.get("/v1/sessions").status_code == 401
     assert took < 5.0, took
