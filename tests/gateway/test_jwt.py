@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -552,3 +553,16 @@ def test_a_token_callers_websocket_is_not_taken_for_a_revoked_key(
         assert "answer_id" in _recv(ws)
         frames = list(_until_end(ws))
     assert frames[-1]["event"] == "done", frames[-1]
+
+
+def test_the_auth_config_example_in_the_docs_loads(tmp_path: Path) -> None:
+    """The ```toml example of docs/gateway.md is what an operator copies: it must load."""
+    from dskit.gateway._access import load_auth_config
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+    [example] = re.findall(r"```toml\n(.*?)```", doc, flags=re.S)
+    path = tmp_path / "auth.toml"
+    path.write_text(example)
+    config = load_auth_config(path)
+    assert [i.name for i in config.issuers] == ["corp"]
+    assert "sessions.read_any" in config.roles["support"]
