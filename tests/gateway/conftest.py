@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from dskit.gateway import GatewaySettings, create_app
-from dskit.gateway._server import server_options
+from dskit.gateway.edge._server import server_options
 from tests.conftest import LocalHTTPServer, QuietHandler
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx2
 
-from dskit.gateway._answers import upstream_messages
+from dskit.gateway.answers._runner import upstream_messages
 from dskit.store import StoredMessage
 from tests.conftest import wait_until
 from tests.gateway.conftest import GatewayServer

@@ -150,7 +150,7 @@ def _login(http: httpx2.Client, gateway: GatewayServer) -> str:
 
     with KeyStore(gateway.settings.keys_path) as keys:
         key, _ = keys.create("alice")
-    gateway.gw.auth_required = True
+    wait_until(lambda: gateway.gw.auth_required)  # a key created while it runs switches auth on
     assert http.post("/v1/login", json={"key": key}).status_code == 204
     return key
 
@@ -191,7 +191,7 @@ def test_the_page_carries_security_headers(gateway: GatewayServer, path: str) ->
 
 
 def test_the_page_needs_no_inline_script_or_style() -> None:
-    from dskit.gateway._app import STATIC
+    from dskit.gateway.edge._app import STATIC
 
     html = (STATIC / "index.html").read_text()
     assert "<script>" not in html and " style=" not in html
@@ -314,7 +314,7 @@ def _keyed(gateway_factory: Callable[..., GatewayServer]) -> tuple[GatewayServer
     server = gateway_factory(key_check_seconds=0.3)
     with KeyStore(server.settings.keys_path) as keys:
         key, info = keys.create("mallory")
-    server.gw.auth_required = True
+    wait_until(lambda: server.gw.auth_required)
     return server, key, info.key_id
 
 
@@ -399,7 +399,7 @@ def _deliver(receiver: DripReceiver, timeout: float) -> tuple[bool, float, int]:
     import tracemalloc
 
     from dskit.gateway import CallbackSettings
-    from dskit.gateway._callbacks import CallbackSender
+    from dskit.gateway.answers._callbacks import CallbackSender
 
     async def deliver() -> bool:
         sender = CallbackSender(CallbackSettings(secret="s" * 16, max_attempts=1, timeout=timeout))

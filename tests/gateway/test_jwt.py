@@ -28,7 +28,7 @@ from fastapi.routing import iter_route_contexts
 
 from dskit.cli import main
 from dskit.gateway import GatewaySettings, KeyStore
-from dskit.gateway._access import (
+from dskit.gateway.access._matrix import (
     ROUTE_PERMISSIONS,
     AuthConfig,
     AuthConfigError,
@@ -420,7 +420,7 @@ def test_every_route_checks_the_matrix_for_every_role(
 def test_unlisted_route_is_refused_to_everyone() -> None:
     from starlette.routing import Route
 
-    from dskit.gateway._guard import RouteTable
+    from dskit.gateway.edge._guard import RouteTable
 
     async def endpoint(request: Any) -> None:
         pass
@@ -522,7 +522,7 @@ def test_config_file_loads_and_the_cli_refuses_a_bad_one(
 def test_principal_claim_is_configurable(tmp_path: Path, clock: Clock) -> None:
     import asyncio
 
-    from dskit.gateway._jwt import IssuerSettings, JwtError, JwtVerifier
+    from dskit.gateway.access._jwt import IssuerSettings, JwtError, JwtVerifier
 
     key = ed25519.Ed25519PrivateKey.generate()
     signer = Signer(key, "EdDSA", "k", clock)
@@ -557,7 +557,7 @@ def test_a_token_callers_websocket_is_not_taken_for_a_revoked_key(
 
 def test_the_auth_config_example_in_the_docs_loads(tmp_path: Path) -> None:
     """The ```toml example of docs/gateway.md is what an operator copies: it must load."""
-    from dskit.gateway._access import load_auth_config
+    from dskit.gateway.access._matrix import load_auth_config
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
     [example] = re.findall(r"```toml\n(.*?)```", doc, flags=re.S)

@@ -254,7 +254,7 @@ def test_relays_in_a_row_reuse_one_upstream_connection(
 
 @pytest.mark.parametrize("text", ["plain", 'quotes " and \\ and\nnewlines', "émoji 🌊", ""])
 def test_content_chunk_bytes_are_the_general_delta_encoding(text: str) -> None:
-    from dskit.gateway._relay import ChunkEncoder
+    from dskit.gateway.wire._relay import ChunkEncoder
 
     encoder = ChunkEncoder("deepseek-chat")
     first = encoder.content(text)  # the first delta carries the role

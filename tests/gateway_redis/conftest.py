@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dskit.gateway._redis_log import RedisLogSettings, RedisStreamLog, connect
+from dskit.gateway.backends._redis_log import RedisLogSettings, RedisStreamLog, connect
 from tests.gateway.conftest import gateway_factory  # noqa: F401  (a fixture, shared)
 
 pytestmark = pytest.mark.redis

@@ -11,7 +11,7 @@ from dskit.client._errors import (
     InternalServerError,
     RateLimitError,
 )
-from dskit.gateway._breaker import (
+from dskit.gateway.upstreams._breaker import (
     AllUpstreamsDownError,
     BreakerSettings,
     CircuitBreaker,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dskit.client._types import ChatResult, ToolCall, Usage
-from dskit.gateway._cache import (
+from dskit.gateway.backends._cache import (
     AnswerCache,
     CachedAnswer,
     MemoryCache,
@@ -21,7 +21,7 @@ from dskit.gateway._cache import (
     replay_events,
     request_key,
 )
-from dskit.gateway._redis_log import connect
+from dskit.gateway.backends._redis_log import connect
 
 PARAMS = {"model": "deepseek-flash", "temperature": 0}
 RESULT = ChatResult(
@@ -202,7 +202,7 @@ def test_semantic_cache_with_the_shipped_model() -> None:
 def test_cached_answer_replays_as_marked_sse_and_json() -> None:
     import orjson
 
-    from dskit.gateway._scale import cached_body, cached_chunks
+    from dskit.gateway.wire._cached import cached_body, cached_chunks
 
     chunks = list(cached_chunks(RESULT, "deepseek-reasoner"))
     assert chunks[-1] == b"data: [DONE]\n\n"
@@ -220,7 +220,7 @@ def test_cached_answer_replays_as_marked_sse_and_json() -> None:
 
 async def test_cache_front_tries_the_semantic_cache_after_an_exact_miss() -> None:
     from dskit.gateway._metrics import Metrics
-    from dskit.gateway._scale import CacheFront
+    from dskit.gateway.answers._cache import CacheFront
 
     metrics = Metrics()
     semantic = SemanticCache(threshold=0.9, embedder=bag_of_words)

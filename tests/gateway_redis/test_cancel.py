@@ -74,7 +74,7 @@ def test_a_cancel_just_before_shutdown_ends_the_answer_and_hands_nothing_over(
     cancelled must end cancelled here instead (it was handed over and went on)."""
     import asyncio
 
-    from dskit.gateway._answers import upstream_messages
+    from dskit.gateway.answers._runner import upstream_messages
     from dskit.store import StoredMessage
     from tests.gateway.test_cancel_race import _on_loop
 

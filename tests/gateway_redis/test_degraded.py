@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dskit.gateway._breaker import BreakerSettings
+from dskit.gateway.upstreams._breaker import BreakerSettings
 from tests.conftest import RedisServer, free_port, wait_until
 from tests.gateway.conftest import GatewayServer
 

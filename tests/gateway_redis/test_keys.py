@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from dskit.cli import main
 from dskit.gateway import KeyStore, RedisKeyStore
-from dskit.gateway._redis_keys import open_keys
+from dskit.gateway.backends._redis_keys import open_keys
 
 pytestmark = pytest.mark.redis
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from dskit.gateway._redis_log import RedisLogSettings, RedisStreamLog, connect
-from dskit.gateway._streamlog import LogEntry, MemoryStreamLog, StreamLog, UnknownAnswerError
-from dskit.gateway._views import answer_result
+from dskit.gateway.answers._codec import answer_result
+from dskit.gateway.backends._log import LogEntry, MemoryStreamLog, StreamLog, UnknownAnswerError
+from dskit.gateway.backends._redis_log import RedisLogSettings, RedisStreamLog, connect
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])

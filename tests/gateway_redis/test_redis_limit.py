@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from dskit.gateway._ratelimit import RateLimiter
-from dskit.gateway._redis_limit import CostTooHighError, RedisRateLimiter
-from dskit.gateway._redis_log import connect
 from dskit.gateway._settings import RateLimit
+from dskit.gateway.backends._limits import RateLimiter
+from dskit.gateway.backends._redis_limit import CostTooHighError, RedisRateLimiter
+from dskit.gateway.backends._redis_log import connect
 
 pytestmark = pytest.mark.redis
 

@@ -14,8 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
-from dskit.gateway._redis_log import LeaseLostError, RedisLogSettings, RedisStreamLog, connect
-from dskit.gateway._streamlog import StreamLog, UnknownAnswerError
+from dskit.gateway.backends._log import StreamLog, UnknownAnswerError
+from dskit.gateway.backends._redis_log import (
+    LeaseLostError,
+    RedisLogSettings,
+    RedisStreamLog,
+    connect,
+)
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.redis

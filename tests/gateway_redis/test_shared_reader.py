@@ -13,8 +13,8 @@ import httpx2
 import orjson
 import pytest
 
-from dskit.gateway._redis_log import RedisStreamLog
-from dskit.gateway._redis_reader import SharedReader
+from dskit.gateway.backends._redis_log import RedisStreamLog
+from dskit.gateway.backends._redis_reader import SharedReader
 from dskit.store._redis import POOL_SIZE
 
 pytestmark = pytest.mark.redis
@@ -128,7 +128,7 @@ def test_busy_is_not_down() -> None:
     """A pool that waited too long is `store_busy`; a refused connection `store_unavailable`."""
     from redis.exceptions import ConnectionError, MaxConnectionsError, TimeoutError
 
-    from dskit.gateway._scale import redis_down
+    from dskit.gateway._errors import redis_down
 
     busy = [ConnectionError("No connection available."), MaxConnectionsError("Too many"),
             TimeoutError("Timeout reading from socket")]  # fmt: skip

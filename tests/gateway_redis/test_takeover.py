@@ -12,13 +12,13 @@ import orjson
 import pytest
 
 from dskit.client._async import AsyncDeepSeek
-from dskit.gateway._redis_log import RedisStreamLog
-from dskit.gateway._takeover import (
+from dskit.gateway.answers._takeover import (
     PrefixContinuation,
     TakeoverJob,
     TakeoverLoop,
     job_headers,
 )
+from dskit.gateway.backends._redis_log import RedisStreamLog
 from tests.client.conftest import faults_once
 from tests.gateway_redis.test_redis_log import eventually
 
@@ -113,8 +113,8 @@ async def test_orphan_is_continued_into_the_unbroken_answer(
 
 async def test_an_answer_saved_before_its_instance_died_is_not_generated_twice() -> None:
     from dskit.client._types import Usage
-    from dskit.gateway._redis_log import PartialAnswer
-    from dskit.gateway._takeover import RemainderSource, saved_answer
+    from dskit.gateway.answers._takeover import RemainderSource, saved_answer
+    from dskit.gateway.backends._log import PartialAnswer
     from dskit.store import StoredMessage
 
     job = TakeoverJob("s", "deepseek-chat", MESSAGES, history=1)
@@ -137,7 +137,7 @@ async def test_an_answer_saved_before_its_instance_died_is_not_generated_twice()
 async def test_continuation_keeps_the_original_max_tokens(sim: Any) -> None:
     """The pieces logged before the takeover count against `max_tokens`, as in the
     client's own resume: the whole answer is as long as an unbroken one, not longer."""
-    from dskit.gateway._redis_log import PartialAnswer
+    from dskit.gateway.backends._log import PartialAnswer
 
     params = {"temperature": 0.0, "max_tokens": 8}
     async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as client:

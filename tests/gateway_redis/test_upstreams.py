@@ -10,14 +10,14 @@ import pytest
 
 from dskit.client._async import AsyncDeepSeek
 from dskit.client._config import RetryPolicy
-from dskit.gateway._breaker import (
+from dskit.gateway.upstreams._breaker import (
     AllUpstreamsDownError,
     BreakerSettings,
     Upstream,
     UpstreamChooser,
     parse_upstreams,
 )
-from dskit.gateway._scale import UpstreamPool
+from dskit.gateway.upstreams._pool import UpstreamPool
 from tests.client.conftest import faults_once
 from tests.conftest import free_port
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from dskit.gateway._auth import KeyBackend
+    from dskit.gateway.backends._keys import KeyBackend
 
 KEYS_DB = click.option(
     "--keys-db", default=None, help="SQLite file of gateway keys (default: beside the store)."
@@ -34,8 +34,8 @@ def _where(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _open(keys_db: str | None, redis_url: str | None, namespace: str | None) -> KeyBackend:
     from dskit.client._errors import ConfigError
-    from dskit.gateway._redis_keys import open_keys
-    from dskit.gateway._redis_log import DEFAULT_NAMESPACE
+    from dskit.gateway.backends._redis_keys import open_keys
+    from dskit.gateway.backends._redis_log import DEFAULT_NAMESPACE
 
     try:
         return open_keys(redis_url, namespace or DEFAULT_NAMESPACE, keys_db)

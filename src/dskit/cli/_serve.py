@@ -86,8 +86,8 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve chat to web and mobile front ends (the gateway)."""
     from dskit.gateway import CallbackSettings, GatewaySettings, RateLimit
-    from dskit.gateway._access import load_auth_config
     from dskit.gateway._logging import configure_logging
+    from dskit.gateway.access._matrix import load_auth_config
 
     try:
         auth = load_auth_config(auth_config) if auth_config else None
@@ -125,7 +125,7 @@ def _preflight(settings: GatewaySettings) -> None:
         return
     import redis
 
-    from dskit.gateway._redis_log import check_redis_url
+    from dskit.gateway.backends._redis_log import check_redis_url
     from dskit.store import StoreUnavailableError
     from dskit.store._model import redact_url
 
@@ -141,7 +141,7 @@ def _preflight(settings: GatewaySettings) -> None:
 
 
 def _check_bind(settings: GatewaySettings) -> None:
-    from dskit.gateway._redis_keys import open_keys
+    from dskit.gateway.backends._redis_keys import open_keys
 
     if settings.loopback_only or settings.allow_insecure_bind:
         return
@@ -164,7 +164,7 @@ def run(settings: GatewaySettings) -> None:
     import uvicorn
 
     from dskit.gateway import create_app
-    from dskit.gateway._server import server_options
+    from dskit.gateway.edge._server import server_options
 
     app = create_app(settings)
     freeze_startup_heap()

@@ -10,16 +10,16 @@ Seams for running many instances (Redis): `StreamLog` (answers' numbered events)
 `GatewaySettings(redis=URL)` / `dskit serve --redis URL` selects (docs/scaling.md).
 """
 
-from dskit.gateway._app import create_app
-from dskit.gateway._auth import KeyBackend, KeyInfo, KeyStore, default_keys_path
-from dskit.gateway._breaker import BreakerSettings, CircuitBreaker, Upstream
-from dskit.gateway._callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
-from dskit.gateway._ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter
-from dskit.gateway._redis_keys import RedisKeyStore
-from dskit.gateway._redis_limit import RedisRateLimiter
-from dskit.gateway._redis_log import RedisLogSettings, RedisStreamLog
 from dskit.gateway._settings import CallbackSettings, GatewaySettings, RateLimit
-from dskit.gateway._streamlog import LogEntry, LogSlice, MemoryStreamLog, StreamLog
+from dskit.gateway.answers._callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+from dskit.gateway.backends._keys import KeyBackend, KeyInfo, KeyStore, default_keys_path
+from dskit.gateway.backends._limits import MemoryRateLimiter, NoRateLimit, RateLimiter
+from dskit.gateway.backends._log import LogEntry, LogSlice, MemoryStreamLog, StreamLog
+from dskit.gateway.backends._redis_keys import RedisKeyStore
+from dskit.gateway.backends._redis_limit import RedisRateLimiter
+from dskit.gateway.backends._redis_log import RedisLogSettings, RedisStreamLog
+from dskit.gateway.edge._app import create_app
+from dskit.gateway.upstreams._breaker import BreakerSettings, CircuitBreaker, Upstream
 
 __all__ = [
     "SIGNATURE_HEADER",

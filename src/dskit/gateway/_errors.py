@@ -27,7 +27,10 @@ from dskit.client._errors import (
     ValidationError,
     redact,
 )
+from dskit.gateway.upstreams._breaker import AllUpstreamsDownError
 
+REDIS_RETRY_AFTER = 2.0
+REDIS_BUSY_RETRY_AFTER = 1.0
 logger = logging.getLogger("dskit.gateway")
 
 
@@ -154,8 +157,6 @@ def logged_error(exc: BaseException, where: str) -> GatewayError:
 
 def _unavailable(exc: BaseException) -> GatewayError | None:
     """Every upstream's breaker open, or Redis unreachable: a 503 with Retry-After."""
-    from dskit.gateway._breaker import AllUpstreamsDownError
-    from dskit.gateway._scale import redis_down
 
     if isinstance(exc, AllUpstreamsDownError):
         return GatewayError(
@@ -176,3 +177,38 @@ def _store_error(exc: BaseException) -> GatewayError:
     if isinstance(exc, StoreError | DSKitError):
         return GatewayError(503, f"store: {exc}", "store_error", code="store_error")
     return GatewayError(500, "internal error", "server_error", code="internal_error")
+
+
+def redis_down(exc: BaseException) -> GatewayError | None:
+    """A 503 for a Redis that cannot be reached, another for one that is only busy (every
+    pooled connection in use for too long, a late reply); None: not a Redis problem."""
+    try:
+        from redis.exceptions import ConnectionError, TimeoutError
+    except ImportError:  # pragma: no cover - redis is an optional extra
+        return None
+    from dskit.store import StoreBusyError, StoreUnavailableError
+    from dskit.store._redis import is_busy
+
+    if not isinstance(exc, ConnectionError | TimeoutError | StoreUnavailableError | StoreBusyError):
+        return None
+    if is_busy(exc):
+        return GatewayError(
+            503, "the shared store (Redis) is busy; retry shortly", "server_error",
+            code="store_busy", retry_after=REDIS_BUSY_RETRY_AFTER,
+        )  # fmt: skip
+    return GatewayError(
+        503, "the shared store (Redis) is unavailable; retry shortly", "server_error",
+        code="store_unavailable", retry_after=REDIS_RETRY_AFTER,
+    )  # fmt: skip
+
+
+def outage_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean "something we depend on is away": answered as a 503 by the
+    app's exception middleware (a catch-all `Exception` handler would re-raise them
+    after answering, and the server would drop the connection)."""
+    errors: list[type[Exception]] = [AllUpstreamsDownError]
+    try:
+        from redis.exceptions import ConnectionError, TimeoutError
+    except ImportError:  # pragma: no cover - redis is an optional extra
+        return tuple(errors)
+    return (*errors, ConnectionError, TimeoutError)

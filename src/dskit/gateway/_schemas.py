@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from dskit._models import DEFAULT_MODEL
-from dskit.gateway._jwt import JWT_PATTERN
+from dskit.gateway.access._jwt import JWT_PATTERN
 
 MAX_CONTENT = 1_000_000
 

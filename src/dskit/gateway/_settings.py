@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from dskit._net import is_loopback
-from dskit.gateway._access import AuthConfig
-from dskit.gateway._breaker import BreakerSettings, parse_upstreams
-from dskit.gateway._redis_log import DEFAULT_LEASE, DEFAULT_NAMESPACE
+from dskit.gateway.access._matrix import AuthConfig
+from dskit.gateway.backends._redis_log import DEFAULT_LEASE, DEFAULT_NAMESPACE
+from dskit.gateway.upstreams._breaker import BreakerSettings, parse_upstreams
 
 ENV_PREFIX = "DSKIT_GATEWAY_"
 NOT_FROM_ENV = (

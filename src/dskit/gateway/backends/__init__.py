@@ -1,0 +1,1 @@
+"""Backends behind protocols, memory and Redis: the answer log, limits, cache, keys."""

@@ -1,0 +1,513 @@
+"""`RedisStreamLog`: the stream log in Redis Streams, shared by every gateway instance.
+
+Keys of one answer carry its id as a hash tag, so they sit in one Redis Cluster slot and
+each write is one Lua script:
+
+    <ns>:answer:{<id>}:log     a stream; entry ids are `<seq>-0`, so XREAD from
+                               `<after>-0` is exactly "everything after event <after>"
+    <ns>:answer:{<id>}:meta    a hash: session, seq, finished, created, job
+    <ns>:answer:{<id>}:lease   who may write: `SET NX PX`, renewed and released with
+                               compare-and-set / compare-and-delete scripts
+
+`finish()` adds a marker entry `<seq>-1` (kind `__end`): it does not use a sequence number,
+but wakes every blocked XREAD, so a reader never waits out its timeout on a finished
+answer. Two more keys live in their own slots: `<ns>:active:{<session>}` (the running
+answer of a session) and `<ns>:running` (a sorted set of unfinished answers: where the
+takeover looks for answers whose lease expired, because their instance died).
+
+Readers that wait for news do not block a connection each: the instance's
+`SharedReader` (`_redis_reader.py`) blocks for all of them on a few connections of its
+own and tells each when its log moved on.
+
+Appends are fenced: the script only writes while the lease is this instance's (or free,
+which it re-takes). So an instance that lost its lease (paused, partitioned) cannot
+interleave text with the instance that took the answer over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from dskit.gateway.backends._log import (
+    AnswerInfo,
+    LogEntry,
+    LogSlice,
+    PartialAnswer,
+    UnknownAnswerError,
+)
+from dskit.gateway.backends._redis_reader import SharedReader
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+logger = logging.getLogger("dskit.gateway")
+END = "__end"
+DEFAULT_NAMESPACE = "dskit:gw"
+DEFAULT_LEASE = 10.0  # seconds a writer's lease lasts unless renewed
+T = TypeVar("T")
+
+# KEYS: log, meta, lease. ARGV: worker, lease ms, kind, data, op id.
+# Returns the new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
+# The op id makes a retried append (its reply lost to a dropped connection) a no-op.
+# The first append gives the log the meta's expiry: an answer nobody finishes goes whole.
+APPEND_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('HGET', KEYS[2], 'lastop') == ARGV[5] then
+  return tonumber(redis.call('HGET', KEYS[2], 'seq'))
+end
+if redis.call('HGET', KEYS[2], 'finished') == '1' then return -3 end
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[1] then return -2 end
+if not holder then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+redis.call('XADD', KEYS[1], seq .. '-0', 'k', ARGV[3], 'd', ARGV[4])
+redis.call('HSET', KEYS[2], 'lastop', ARGV[5])
+if seq == 1 then
+  local ttl = redis.call('PTTL', KEYS[2])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+return seq
+"""
+
+# KEYS: log, meta, lease. ARGV: ttl seconds for the finished answer.
+FINISH_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('HGET', KEYS[2], 'finished') == '1' then return 0 end
+redis.call('HSET', KEYS[2], 'finished', '1')
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+redis.call('XADD', KEYS[1], seq .. '-1', 'k', '__end', 'd', '')
+redis.call('DEL', KEYS[3])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: log, meta. ARGV: after (exclusive), count. Returns {exists, entries}.
+READ_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {0, {}} end
+return {1, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])}
+"""
+
+# KEYS: log, meta. Returns {exists, the newest two entries}: the end marker and the last
+# event, when finished.
+LAST_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {0, {}} end
+return {1, redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 2)}
+"""
+
+# KEYS: lease, meta. ARGV: worker, ms. Take a free lease or renew our own.
+LEASE_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if holder then return 0 end
+if redis.call('HGET', KEYS[2], 'finished') == '1' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: lease. ARGV: worker, ms. Renew ours; re-take it if it lapsed and nobody took it.
+RENEW_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+COMPARE_DELETE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class LeaseLostError(RuntimeError):
+    """Another instance holds this answer's lease: this one must stop writing to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisLogSettings:
+    """Where the log lives and how long things last.
+
+    lease_ttl: how long a dead instance's answers wait before another takes them over
+    (renewed every third of it while the instance lives). It wins over the caller's ttl:
+    takeover speed is a deployment choice, not a per-call one.
+    answer_ttl: how long a finished answer stays readable for resume.
+    unfinished_ttl: a safety net, so an answer nobody finishes is dropped eventually.
+    write_patience: how long the writer's calls (append, finish, release) retry through a
+    Redis outage before giving up; readers never wait: they fail at once (a clear 503).
+    """
+
+    namespace: str = DEFAULT_NAMESPACE
+    lease_ttl: float = DEFAULT_LEASE
+    answer_ttl: float = 900.0
+    unfinished_ttl: float = 86_400.0
+    read_batch: int = 1000
+    write_patience: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.namespace or any(c in self.namespace for c in "{} "):
+            raise ValueError(f"invalid Redis namespace {self.namespace!r}")
+        if self.lease_ttl < 0.05 or self.answer_ttl < 1 or self.unfinished_ttl < 1:
+            raise ValueError("lease_ttl must be >= 0.05 s and the answer TTLs >= 1 s")
+
+
+def check_redis_url(url: str) -> None:
+    """A ConfigError for a URL that is not Redis' (redis://, rediss:// or unix://)."""
+    from dskit.client._errors import ConfigError
+
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://, rediss:// or unix://")
+
+
+def connect(url: str) -> redis.asyncio.Redis:
+    """An asyncio Redis client with bounded connect time (a down Redis fails fast) whose
+    pool queues commands when every connection is in use (`async_client`)."""
+    from dskit.client._errors import ConfigError
+
+    try:
+        import redis.asyncio  # noqa: F401  (the extra is installed)
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ConfigError("Redis support needs redis-py: pip install 'dskit[redis]'") from None
+    check_redis_url(url)
+    from dskit.store._redis import async_client
+
+    return async_client(url)
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop. redis-py can swallow a
+    cancellation that lands in a command's last moments (redis/redis-py#2028 and kin):
+    an SSE reader whose client had gone then read on until the answer ended, and a
+    cancelled generation went on. Readers call this after each command, a generation
+    after each append; the log's write calls do not, as a cancelled generation still
+    logs its end on purpose."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry(entry_id: Any, fields: Any) -> LogEntry | None:
+    """A stream entry as a log entry; None for the end marker (`<seq>-1`, kind `__end`)."""
+    seq, sub = _text(entry_id).split("-")
+    kind = _text(fields[1])
+    if kind == END or sub != "0":
+        return None
+    return LogEntry(int(seq), kind, bytes(fields[3]))
+
+
+def _check_id(value: str, what: str) -> str:
+    if not value or any(c in value for c in "{} "):
+        raise UnknownAnswerError(f"invalid {what} {value!r}")
+    return value
+
+
+class RedisStreamLog:
+    """The `StreamLog` of a fleet: any instance reads, resumes or takes over any answer."""
+
+    def __init__(self, client: redis.asyncio.Redis, settings: RedisLogSettings | None = None):
+        self.redis = client
+        self.settings = settings or RedisLogSettings()
+        self._ns = self.settings.namespace
+        self.reader = SharedReader(client, self._ns)
+        self._held: dict[str, str] = {}
+        self._renewers: dict[str, asyncio.Task[None]] = {}
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("append", APPEND_SCRIPT), ("finish", FINISH_SCRIPT), ("read", READ_SCRIPT),
+                ("last", LAST_SCRIPT), ("lease", LEASE_SCRIPT), ("renew", RENEW_SCRIPT),
+                ("cad", COMPARE_DELETE_SCRIPT),
+            )
+        }  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"RedisStreamLog(namespace={self._ns!r})"
+
+    # ---- keys ------------------------------------------------------------------------
+
+    def _keys(self, answer_id: str) -> tuple[str, str, str]:
+        base = f"{self._ns}:answer:{{{_check_id(answer_id, 'answer id')}}}"
+        return f"{base}:log", f"{base}:meta", f"{base}:lease"
+
+    def _active_key(self, session_id: str) -> str:
+        return f"{self._ns}:active:{{{_check_id(session_id, 'session id')}}}"
+
+    @property
+    def _running(self) -> str:
+        return f"{self._ns}:running"
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(50, int(self.settings.lease_ttl * 1000))
+
+    # ---- the StreamLog protocol --------------------------------------------------------
+
+    async def create(
+        self, answer_id: str, session_id: str, owner: str | None = None, job: bytes = b""
+    ) -> None:
+        """A new answer; `job` is what a takeover needs to continue it (opaque bytes).
+
+        With `owner` the answer is born leased to it, in the same transaction: an answer
+        in the running set without a lease is an orphan to every other instance's scan,
+        so leasing it in a second step would let another instance take it over first.
+        """
+        log, meta, lease = self._keys(answer_id)
+        ttl = int(self.settings.unfinished_ttl)
+        fields: dict[Any, Any] = {
+            "session": session_id, "seq": 0, "finished": 0, "created": time.time(), "job": job
+        }  # fmt: skip
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(log)
+            pipe.hset(meta, mapping=fields)
+            pipe.expire(meta, ttl)
+            if owner is not None:
+                pipe.set(lease, owner, px=self._lease_ms)
+            await pipe.execute()
+        if owner is not None:
+            self._hold(answer_id, owner)
+        try:
+            await self.redis.set(self._active_key(session_id), answer_id, ex=ttl)
+            await self.redis.zadd(self._running, {answer_id: time.time()})
+        except BaseException:
+            self._forget(answer_id)  # the answer will not run: stop renewing its lease
+            raise
+
+    async def append(self, answer_id: str, kind: str, data: bytes) -> int:
+        worker = self._held.get(answer_id)
+        if worker is None:
+            raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
+        args: list[str | int | bytes] = [worker, self._lease_ms, kind, data, uuid.uuid4().hex]
+        keys = self._keys(answer_id)
+        seq = int(await self._patiently(lambda: self._scripts["append"](keys=keys, args=args)))
+        if seq == -1:
+            raise UnknownAnswerError(answer_id)
+        if seq == -2:
+            self._forget(answer_id)
+            raise LeaseLostError(f"answer {answer_id} is being written by another instance")
+        if seq == -3:
+            raise LeaseLostError(f"answer {answer_id} is already finished")
+        return seq
+
+    async def read(self, answer_id: str, after: int = 0, wait: float = 0.0) -> LogSlice:
+        """Entries after `after`; with `wait`, waits for news through the instance's
+        shared reader (no connection of its own), then reads them on the pool."""
+        after = max(int(after), 0)
+        log = self._keys(answer_id)[0]
+        if wait <= 0 or not self.reader.idle(log, after):
+            piece = await self._read_through_load(answer_id, after)
+            if piece.entries or piece.finished or wait <= 0:
+                return piece
+        await self.reader.wait(log, after, wait)
+        stop_if_cancelled()
+        return await self._read_through_load(answer_id, after)
+
+    async def _read_through_load(self, answer_id: str, after: int) -> LogSlice:
+        """`_read_now`, retried while Redis is only busy (a pool wait that ran out): a
+        reader may wait longer, and must not be cut off as if Redis were down. An
+        unreachable Redis still fails at once."""
+        from dskit.store._redis import is_busy
+
+        deadline = time.monotonic() + self.settings.write_patience
+        while True:
+            try:
+                return await self._read_now(answer_id, after)
+            except Exception as exc:
+                if not is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def _read_now(self, answer_id: str, after: int) -> LogSlice:
+        keys = self._keys(answer_id)[:2]
+        args = [after, self.settings.read_batch]
+        exists, raw = await self._scripts["read"](keys=keys, args=args)
+        stop_if_cancelled()
+        if not int(exists):
+            raise UnknownAnswerError(answer_id)
+        entries = [_entry(entry_id, fields) for entry_id, fields in raw]
+        finished = len(entries) > 0 and entries[-1] is None  # the end marker comes last
+        return LogSlice([e for e in entries if e is not None], finished)
+
+    async def last(self, answer_id: str) -> LogEntry | None:
+        """The latest event (a finished answer's `done` or `error`): one XREVRANGE."""
+        exists, raw = await self._scripts["last"](keys=self._keys(answer_id)[:2])
+        if not int(exists):
+            raise UnknownAnswerError(answer_id)
+        entries = (_entry(entry_id, fields) for entry_id, fields in raw)
+        return next((e for e in entries if e is not None), None)
+
+    async def finish(self, answer_id: str) -> None:
+        """End the answer. The session's active mark goes first: whoever sees the end
+        marker may post the next question at once and must not get a 409."""
+        log, meta, lease = self._keys(answer_id)
+        args = [int(self.settings.answer_ttl)]
+        session = await self._patiently(lambda: self.redis.hget(meta, "session"))
+        if session is None:
+            raise UnknownAnswerError(answer_id)
+        active = self._active_key(_text(session))
+        await self._patiently(lambda: self._scripts["cad"](keys=[active], args=[answer_id]))
+        await self._patiently(lambda: self._scripts["finish"](keys=[log, meta, lease], args=args))
+        self._forget(answer_id)
+        await self._patiently(lambda: self.redis.zrem(self._running, answer_id))
+
+    async def info(self, answer_id: str) -> AnswerInfo | None:
+        try:
+            meta = self._keys(answer_id)[1]
+        except UnknownAnswerError:
+            return None
+        values = await self.redis.hmget(meta, ["session", "finished"])
+        if values[0] is None:
+            return None
+        return AnswerInfo(answer_id, _text(values[0]), _text(values[1] or b"0") == "1")
+
+    async def active(self, session_id: str) -> str | None:
+        try:
+            value = await self.redis.get(self._active_key(session_id))
+        except UnknownAnswerError:
+            return None
+        return None if value is None else _text(value)
+
+    async def lease(self, answer_id: str, worker: str, ttl: float) -> bool:
+        """Take (or renew) the right to write this answer; renewed in the background."""
+        _, meta, lease = self._keys(answer_id)
+        taken = int(await self._scripts["lease"](keys=[lease, meta], args=[worker, self._lease_ms]))
+        if taken == -1:
+            raise UnknownAnswerError(answer_id)
+        if taken != 1:
+            return False
+        self._hold(answer_id, worker)
+        return True
+
+    def _hold(self, answer_id: str, worker: str) -> None:
+        """Note the lease as ours and keep it renewed in the background."""
+        self._held[answer_id] = worker
+        if answer_id not in self._renewers:
+            task = asyncio.create_task(self._renew(answer_id, worker), name=f"lease-{answer_id}")
+            self._renewers[answer_id] = task
+
+    async def release(self, answer_id: str, worker: str) -> None:
+        self._forget(answer_id)
+        with contextlib.suppress(UnknownAnswerError):
+            lease = self._keys(answer_id)[2]
+            await self._patiently(lambda: self._scripts["cad"](keys=[lease], args=[worker]))
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry a writer's call through a Redis outage (restart, failover), up to the
+        configured patience; safe because every write here is idempotent."""
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        deadline = time.monotonic() + self.settings.write_patience
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except (ConnectionError, TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # ---- leases and takeover ----------------------------------------------------------
+
+    @property
+    def lease_ttl(self) -> float:
+        return self.settings.lease_ttl
+
+    def holds(self, answer_id: str) -> bool:
+        """True while this instance holds the lease (as far as its last renewal knows)."""
+        return answer_id in self._held
+
+    async def _renew(self, answer_id: str, worker: str) -> None:
+        lease = self._keys(answer_id)[2]
+        interval = self.settings.lease_ttl / 3
+        try:
+            while self._held.get(answer_id) == worker:
+                await asyncio.sleep(interval)
+                try:
+                    kept = await self._scripts["renew"](keys=[lease], args=[worker, self._lease_ms])
+                except Exception as exc:  # Redis down: keep trying while the lease may live
+                    logger.warning("lease renewal of %s failed: %s", answer_id, exc)
+                    continue
+                if not int(kept) and self._held.get(answer_id) == worker:
+                    logger.warning("lease of answer %s lost to another instance", answer_id)
+                    self._held.pop(answer_id, None)
+        finally:
+            self._renewers.pop(answer_id, None)
+
+    def _forget(self, answer_id: str) -> None:
+        self._held.pop(answer_id, None)
+        task = self._renewers.pop(answer_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def orphans(self, limit: int = 100) -> list[str]:
+        """Unfinished answers nobody holds a lease on (their instance died): takeover work.
+
+        One pipeline reads the state of every candidate; answers that finished or expired
+        leave the running set in the same pass.
+        """
+        window = max(limit * 4, 100)
+        candidates = [_text(raw) for raw in await self.redis.zrange(self._running, 0, window - 1)]
+        if not candidates:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for answer_id in candidates:
+                _, meta, lease = self._keys(answer_id)
+                pipe.hget(meta, "finished")
+                pipe.exists(lease)
+            states = await pipe.execute()
+        gone, found = [], []
+        for answer_id, finished, leased in zip(candidates, states[::2], states[1::2], strict=True):
+            if finished is None or _text(finished) == "1":
+                gone.append(answer_id)
+            elif not leased and answer_id not in self._held:
+                found.append(answer_id)
+        if gone:
+            await self.redis.zrem(self._running, *gone)
+        return found[:limit]
+
+    async def job(self, answer_id: str) -> bytes:
+        """The opaque job bytes given to `create` (b"" when there were none)."""
+        value = await self.redis.hget(self._keys(answer_id)[1], "job")
+        if value is None:
+            raise UnknownAnswerError(answer_id)
+        return value if isinstance(value, bytes) else value.encode()
+
+    async def partial(self, answer_id: str) -> PartialAnswer:
+        """The text logged so far (content and reasoning), to continue it after a takeover."""
+        content: list[str] = []
+        reasoning: list[str] = []
+        seq, tools, finished, last, pieces = 0, False, False, None, 0
+        while True:
+            piece = await self._read_now(answer_id, seq)
+            for entry in piece.entries:
+                seq, last = entry.seq, entry.kind
+                if entry.kind in ("content", "reasoning"):
+                    text = orjson.loads(entry.data)["text"]
+                    (content if entry.kind == "content" else reasoning).append(text)
+                    pieces += 1
+                tools = tools or entry.kind == "tool_call"
+            finished = finished or piece.finished
+            if len(piece.entries) < self.settings.read_batch:
+                break
+        return PartialAnswer(
+            seq, "".join(content), "".join(reasoning), tools, finished, last, pieces
+        )
+
+    async def aclose(self) -> None:
+        for answer_id in list(self._renewers):
+            self._forget(answer_id)
+        await self.reader.aclose()
+        await self.redis.aclose()

@@ -1,0 +1,2 @@
+"""The HTTP and gRPC edge: routes, views, deps, middleware (parse, authorise, choose the
+response)."""

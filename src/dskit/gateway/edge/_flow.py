@@ -1,0 +1,156 @@
+"""Adaptive flow control: token-sized events while a client keeps up, larger ones once it
+falls behind.
+
+What a client has consumed is measured per connection: on a WebSocket by the event ids it
+acknowledges (`AckWindow`), on SSE by how long the transport made a write wait
+(`WriteMeter`: uvicorn's send waits while the socket's buffer is full). While a client is
+behind, the stream waits instead of writing (the log keeps every event meanwhile), and the
+next read's consecutive `content` (or `reasoning`) deltas go out as one event (`coalesce`).
+
+A coalesced event covers a range of seqs: its id is its last one's (`<answer_id>:<last>`),
+so resuming after it is exact, and it names its first (`from`, `<answer_id>:<first>`);
+its text is the range's texts joined. Ranges are contiguous: no seq is skipped or sent
+twice. Other events (tool calls, usage, done, error) always go out one per seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from dskit.gateway.backends._log import LogEntry
+
+COALESCED = frozenset({"content", "reasoning"})
+WINDOW = 16  # unacknowledged events a WebSocket client may have before it is behind
+HOLD_SECONDS = 1.0  # the longest a behind client waits for its next (coalesced) event
+SLOW_WRITE_SECONDS = 0.05  # an SSE write that waited this long: the client is behind
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One event to send: `entry` (whose seq is the last of the range) from seq `first`."""
+
+    first: int
+    entry: LogEntry
+
+    @property
+    def coalesced(self) -> bool:
+        return self.first != self.entry.seq
+
+
+def spans(entries: Iterable[LogEntry]) -> list[Span]:
+    """One span per entry (a client that keeps up)."""
+    return [Span(e.seq, e) for e in entries]
+
+
+def coalesce(entries: Iterable[LogEntry]) -> list[Span]:
+    """Consecutive deltas of one kind merged into one span; every other entry alone."""
+    out: list[Span] = []
+    run: list[LogEntry] = []
+    for entry in [*entries, None]:
+        if run and (entry is None or entry.kind != run[0].kind or entry.kind not in COALESCED):
+            out.append(_merged(run))
+            run = []
+        if entry is not None:
+            run.append(entry)
+    return out
+
+
+def _merged(run: list[LogEntry]) -> Span:
+    if len(run) == 1:
+        return Span(run[0].seq, run[0])
+    text = "".join(orjson.loads(e.data).get("text", "") for e in run)
+    last = run[-1]
+    return Span(run[0].seq, LogEntry(last.seq, last.kind, orjson.dumps({"text": text})))
+
+
+def ws_frame(answer_id: str, span: Span) -> str:
+    """The WebSocket text frame of a span: `{"id","event","data"}` (+ `from` if coalesced)."""
+    entry = span.entry
+    head = f'{{"id":"{answer_id}:{entry.seq}","event":"{entry.kind}",'
+    if span.coalesced:
+        head += f'"from":"{answer_id}:{span.first}",'
+    return head + '"data":' + entry.data.decode() + "}"
+
+
+def sse_span_frame(answer_id: str, span: Span) -> bytes:
+    """The SSE frame of a span (a coalesced one adds `from` to its JSON data)."""
+    entry = span.entry
+    data = entry.data
+    if span.coalesced:
+        data = data[:-1] + f',"from":"{answer_id}:{span.first}"}}'.encode()
+    return (
+        b"id: " + f"{answer_id}:{entry.seq}".encode() + b"\nevent: " + entry.kind.encode()
+        + b"\ndata: " + data + b"\n\n"
+    )  # fmt: skip
+
+
+class AckWindow:
+    """What a WebSocket client has acknowledged. A client that never acks is not
+    measured (every event goes out as it is logged); one that acks is behind once
+    `window` events are unacknowledged, and caught up again at a quarter of that."""
+
+    def __init__(self, window: int = WINDOW, hold: float = HOLD_SECONDS) -> None:
+        self.window = window
+        self.hold = hold
+        self.behind = False
+        self.acking = False
+        self.held = False  # the stream waited for acks: what piled up meanwhile is merged
+        self._inflight: deque[int] = deque()  # last seqs of the events sent, oldest first
+        self._acked = asyncio.Event()
+
+    def reset(self) -> None:
+        """A new answer is followed: nothing of it is in flight."""
+        self._inflight.clear()
+        self.behind = self.held = False
+
+    def sent(self, seq: int) -> None:
+        self._inflight.append(seq)
+        if self.acking and len(self._inflight) >= self.window:
+            self.behind = True
+
+    def ack(self, seq: int) -> None:
+        self.acking = True
+        while self._inflight and self._inflight[0] <= seq:
+            self._inflight.popleft()
+        if len(self._inflight) <= self.window // 4:
+            self.behind = False
+        self._acked.set()
+
+    def spans(self, entries: list[LogEntry]) -> list[Span]:
+        """The events to send for these entries: merged while the client is behind, or
+        when they piled up while the stream waited for it."""
+        merge, self.held = self.behind or self.held, False
+        return coalesce(entries) if merge else spans(entries)
+
+    async def room(self) -> None:
+        """Wait (up to `hold`) while the client has a full window unacknowledged."""
+        if not self.acking or len(self._inflight) < self.window:
+            return
+        self.held = True
+        self._acked.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._acked.wait(), self.hold)
+
+
+class WriteMeter:
+    """An SSE client's pace, from how long its writes waited: behind after a write that
+    waited `slow` seconds, caught up after a write that did not wait at all."""
+
+    def __init__(self, slow: float = SLOW_WRITE_SECONDS) -> None:
+        self.slow = slow
+        self.behind = False
+
+    def wrote(self, seconds: float) -> None:
+        if seconds >= self.slow:
+            self.behind = True
+        elif seconds < self.slow / 10:
+            self.behind = False
+
+    def spans(self, entries: list[LogEntry]) -> list[Span]:
+        return coalesce(entries) if self.behind else spans(entries)

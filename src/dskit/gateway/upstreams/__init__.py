@@ -1,0 +1,1 @@
+"""Upstreams: the pool of upstream clients, breakers and fallbacks."""

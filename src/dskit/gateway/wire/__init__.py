@@ -1,0 +1,1 @@
+"""The OpenAI wire shape: the chunk encoder, the relay of a stream, cached answers as chunks."""
