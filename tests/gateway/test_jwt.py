@@ -566,3 +566,41 @@ def test_the_auth_config_example_in_the_docs_loads(tmp_path: Path) -> None:
     config = load_auth_config(path)
     assert [i.name for i in config.issuers] == ["corp"]
     assert "sessions.read_any" in config.roles["support"]
+
+
+@pytest.fixture
+def fast_watch_gateway(jwt_gateway: GatewayServer, clock: Clock) -> Iterator[GatewayServer]:
+    """The JWT gateway, checking its open streams' credentials every 0.1 s."""
+    import dataclasses
+
+    settings = dataclasses.replace(jwt_gateway.settings, key_check_seconds=0.1)
+    server = GatewayServer(settings, clock=clock).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("surface", ["session", "relay"])
+def test_a_stream_ends_when_its_token_expires(
+    fast_watch_gateway: GatewayServer, signers: dict[str, Signer], clock: Clock, surface: str
+) -> None:
+    """An open stream outlives no token: once `exp` plus the leeway has passed on the
+    token clock, it ends with one `token_expired` error in the stream's own shape."""
+    token = signers["rsa"].token(sub="tess", roles=["user"], exp=clock.now + 60)
+    slow = {"X-Sim-Token-Ms": "40"}  # a long answer: it would run for seconds
+    with fast_watch_gateway.client(token) as http:
+        if surface == "session":
+            sid = http.post("/v1/sessions", json={"parameters": {"thinking": False}}).json()["id"]
+            path, body = f"/v1/sessions/{sid}/messages", {"content": "a long story", "stream": True}
+        else:
+            path = "/v1/chat/completions"
+            body = {"model": "deepseek-flash", "stream": True, "thinking": {"type": "disabled"},
+                    "messages": [{"role": "user", "content": "a long story"}]}  # fmt: skip
+        with http.stream("POST", path, json=body, headers=slow) as response:
+            assert response.status_code == 200, response.read()
+            lines = response.iter_lines()
+            assert any('"text"' in line or '"content":"' in line for line in lines)
+            clock.now += 60 + LEEWAY  # the token's end, on the token clock
+            rest = list(lines)  # the stream ends by itself: the client's timeout would raise
+    errors = [line for line in rest if "token_expired" in line]
+    assert len(errors) == 1, rest[-5:]
+    assert "[DONE]" not in "".join(rest) and "event: done" not in rest

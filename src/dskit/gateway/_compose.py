@@ -12,6 +12,7 @@ stop; the takeover loop runs only with a shared log).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from dskit.gateway._metrics import Metrics
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway.access._matrix import Authority
 from dskit.gateway.access._switch import AuthSwitch
+from dskit.gateway.access._watch import CredentialWatch
 from dskit.gateway.answers._cache import CacheFront, make_semantic
 from dskit.gateway.answers._callbacks import CallbackSender
 from dskit.gateway.answers._context import AnswerContext
@@ -62,6 +64,7 @@ class Gateway:
     runner: AnswerRunner
     takeover: TakeoverLoop | None
     redis: RedisParts | None
+    watch: CredentialWatch  # open streams end when their key is revoked or token expires
 
     @property
     def client(self) -> AsyncDeepSeek:
@@ -149,12 +152,13 @@ def compose(
     takeover = None
     if fleet is not None:
         takeover = TakeoverLoop(fleet, runner.worker, runner.adopt, settings.takeover_interval)
+    auth = AuthSwitch(keys, tokens=authority.verifier is not None)
     return Gateway(
-        settings=settings, authority=authority,
-        auth=AuthSwitch(keys, tokens=authority.verifier is not None), metrics=metrics,
+        settings=settings, authority=authority, auth=auth, metrics=metrics,
         store=store, keys=keys, log=log, limiter=limiter or _limiter(settings, redis),
         token_limiter=_token_limiter(settings, redis), cache=cache, upstreams=upstreams,
         answers=answers, runner=runner, takeover=takeover, redis=redis,
+        watch=_watch(settings, authority, auth, keys),
     )  # fmt: skip
 
 
@@ -192,3 +196,15 @@ def _cache_front(
     )
     cache: AnswerCache = redis.cache if redis is not None else MemoryCache()
     return CacheFront(cache, settings.cache_ttl_seconds, metrics, semantic)
+
+
+def _watch(
+    settings: GatewaySettings, authority: Authority, auth: AuthSwitch, keys: KeyBackend
+) -> CredentialWatch:
+    """Keys are checked against the key backend, tokens' ends against the token clock."""
+
+    def still_valid(key: str) -> bool:
+        return not auth.required or keys.principal_for(key) is not None
+
+    clock = authority.verifier.clock if authority.verifier is not None else time.time
+    return CredentialWatch(still_valid, settings.key_check_seconds, clock)

@@ -84,6 +84,7 @@ class Identity:
     principal: str
     roles: tuple[str, ...]
     expires_at: float
+    valid_until: float | None = None  # exp plus the issuer's leeway (None: exp)
 
 
 def looks_like_jwt(credential: str) -> bool:
@@ -259,7 +260,10 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise JwtError(f"the token is not accepted: {exc}") from None
         expires_at = self._check_times(claims, s.leeway_seconds)
-        return Identity(_principal(claims, s), _roles(claims, s.roles_claim), expires_at)
+        return Identity(
+            _principal(claims, s), _roles(claims, s.roles_claim), expires_at,
+            expires_at + s.leeway_seconds,
+        )  # fmt: skip
 
     def _check_times(self, claims: Mapping[str, Any], leeway: float) -> float:
         now = self.clock()

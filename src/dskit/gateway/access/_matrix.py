@@ -145,6 +145,7 @@ class Caller:
     roles: tuple[str, ...] = ()
     expires_at: float | None = None  # a token's exp
     by_key: bool = False  # a gateway API key's caller (its streams end when it is revoked)
+    valid_until: float | None = None  # a token's: its streams end then (exp + leeway)
 
     def may(self, permission: Permission) -> bool:
         return permission is Permission.PUBLIC or permission in self.permissions
@@ -173,7 +174,10 @@ class Authority:
 
     def token_caller(self, identity: Identity) -> Caller:
         perms = self.permissions(identity.roles)
-        return Caller(identity.principal, perms, identity.roles, identity.expires_at)
+        until = identity.valid_until if identity.valid_until is not None else identity.expires_at
+        return Caller(
+            identity.principal, perms, identity.roles, identity.expires_at, valid_until=until
+        )
 
 
 def local_caller(principal: str) -> Caller:

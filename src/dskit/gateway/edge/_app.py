@@ -34,7 +34,7 @@ from dskit.gateway.backends._redis import redis_answers
 from dskit.gateway.edge._deps import COOKIE, GatewayDep
 from dskit.gateway.edge._guard import AccessGuard, token_login
 from dskit.gateway.edge._headers import EdgeMiddleware
-from dskit.gateway.edge._keywatch import KeyWatch
+from dskit.gateway.edge._keywatch import StreamWatch
 from dskit.gateway.edge._middleware import GatewayMiddleware
 from dskit.gateway.edge._routes_formats import router as formats_router
 from dskit.gateway.edge._routes_openai import FastChatCompletions
@@ -99,8 +99,8 @@ def create_app(
 class GatewayApp(FastAPI):
     """FastAPI with the gateway's own outer layers: `GatewayMiddleware` (request ids, the
     body limit, metrics, the access log) around everything, `EdgeMiddleware` (Host,
-    content-type and origin checks, the page's headers) inside it, then `KeyWatch` (the
-    streams of revoked keys end), and `POST
+    content-type and origin checks, the page's headers) inside it, then `StreamWatch` (the
+    streams of revoked keys and expired tokens end), and `POST
     /v1/chat/completions` served right under it. Every chunk of a relayed stream would
     otherwise pass through each of Starlette's middlewares on its way out."""
 
@@ -109,11 +109,8 @@ class GatewayApp(FastAPI):
         settings = gw.settings
         lane = FastLane(FastChatCompletions(gw), super().build_middleware_stack())
 
-        def still_valid(key: str) -> bool:
-            return gw.principal_for(key) is not None
-
         guard = AccessGuard(lane, gw, self.routes)  # every route's permission, checked once
-        watch = KeyWatch(guard, still_valid, settings.key_check_seconds)
+        watch = StreamWatch(guard, gw.watch)
         edge = EdgeMiddleware(watch, settings.host, settings.allowed_hosts)
         return GatewayMiddleware(edge, gw.metrics, settings.max_body_bytes)
 

@@ -32,12 +32,12 @@ from dskit.gateway._pb import gateway_pb2 as pb
 from dskit.gateway._pb import gateway_pb2_grpc as pb_grpc
 from dskit.gateway._schemas import MessageCreate, SessionCreate
 from dskit.gateway.access._matrix import Permission
+from dskit.gateway.access._watch import KEY_REVOKED as REVOKED
 from dskit.gateway.answers._codec import event_id, parse_event_id
 from dskit.gateway.answers._turns import answer_of, new_session, start_turn
 from dskit.gateway.backends._log import LogEntry
 from dskit.gateway.edge._deps import forwards_sim_headers, take_token
 from dskit.gateway.edge._guard import caller_for, check
-from dskit.gateway.edge._keywatch import REVOKED
 from dskit.gateway.edge._views import follow
 
 logger = logging.getLogger("dskit.gateway")

@@ -1,113 +1,84 @@
-"""Revoked keys end their open streams (one pure-ASGI middleware and one check loop).
+"""The HTTP side of `CredentialWatch` (`access/_watch.py`): event streams end when their
+key is revoked or their token expires.
 
-A key is checked when a request starts; an SSE stream can then run for many minutes.
-`KeyWatch` registers every event stream whose request was authenticated by a key
-(`authenticate()` leaves the key in the scope under `SCOPE_KEY`); while any are open, one
-loop checks each distinct key every `interval` seconds and cancels the requests of a
-revoked one. The middleware then ends the stream with an error event in the stream's
-own shape (a session's `event: error`, the relay's `data: {"error": ...}`).
+`StreamWatch` registers every event stream whose request carried a gateway key
+(`identify()` leaves it in the scope under `SCOPE_KEY`) or a token (the caller in the
+scope has `valid_until`). When the watch ends one, the middleware ends the stream with
+an error event in the stream's own shape (a session's `event: error`, the relay's
+`data: {"error": ...}`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dskit.gateway._errors import GatewayError
+from dskit.gateway.access._matrix import Caller
+from dskit.gateway.access._watch import CredentialWatch, Watched
+from dskit.gateway.edge._deps import SCOPE_CALLER
 
 SCOPE_KEY = "dskit.gateway_key"
 EVENT_STREAM = b"text/event-stream"
-REVOKED = GatewayError(
-    401, "the gateway API key of this stream was revoked", "authentication_error",
-    code="key_revoked",
-)  # fmt: skip
 
 
-@dataclass(slots=True, eq=False)
-class Watched:
-    key: str
-    task: asyncio.Task[object]
-    revoked: bool = field(default=False)
-
-
-def revoked_frame(path: str) -> bytes:
-    """The last event of a revoked key's stream, as that stream's clients read errors."""
+def ended_frame(path: str, error: GatewayError) -> bytes:
+    """The last event of an ended stream, as that stream's clients read errors."""
     if path.startswith("/v1/sessions/"):
-        data = orjson.dumps({**REVOKED.body()["error"], "status": REVOKED.status})
+        data = orjson.dumps({**error.body()["error"], "status": error.status})
         return b"event: error\ndata: " + data + b"\n\n"
-    return b"data: " + REVOKED.encode() + b"\n\n"
+    return b"data: " + error.encode() + b"\n\n"
 
 
-class KeyWatch:
-    """Ends the event streams of keys found revoked (`still_valid(key)` false)."""
+class StreamWatch:
+    """Ends the event streams whose credential `watch` finds ended."""
 
-    def __init__(self, app: ASGIApp, still_valid: Callable[[str], bool], interval: float) -> None:
+    def __init__(self, app: ASGIApp, watch: CredentialWatch) -> None:
         self.app = app
-        self.still_valid = still_valid
-        self.interval = interval
-        self.open: set[Watched] = set()
-        self._loop: asyncio.Task[None] | None = None
+        self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        watched: list[Watched] = []
+        async with contextlib.AsyncExitStack() as stack:
+            watched: list[Watched] = []
 
-        async def watch_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and _is_stream(message, scope):
-                watched.append(self._watch(scope[SCOPE_KEY]))
-            await send(message)
+            async def watch_send(message: Message) -> None:
+                if message["type"] == "http.response.start" and _is_stream(message):
+                    entry = stack.enter_context(self.watch.watching(*_credential(scope)))
+                    if entry is not None:
+                        watched.append(entry)
+                await send(message)
 
-        try:
-            await self.app(scope, receive, watch_send)
-        except asyncio.CancelledError:
-            if not (watched and watched[0].revoked):
-                raise
-            watched[0].task.uncancel()
-            await _end_stream(send, scope["path"])
-        finally:
-            for entry in watched:
-                self.open.discard(entry)
-
-    def _watch(self, key: str) -> Watched:
-        task = asyncio.current_task()
-        assert task is not None
-        entry = Watched(key, task)
-        self.open.add(entry)
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._check_loop())
-        return entry
-
-    async def _check_loop(self) -> None:
-        while self.open:
-            await asyncio.sleep(self.interval)
-            for key in {entry.key for entry in self.open}:
-                if not await asyncio.to_thread(self.still_valid, key):
-                    self._end(key)
-
-    def _end(self, key: str) -> None:
-        for entry in list(self.open):
-            if entry.key == key and not entry.revoked:
-                entry.revoked = True
-                entry.task.cancel()
+            try:
+                await self.app(scope, receive, watch_send)
+            except asyncio.CancelledError:
+                ended = watched[0].ended if watched else None
+                if ended is None:
+                    raise
+                watched[0].task.uncancel()
+                await _end_stream(send, scope["path"], ended)
 
 
-def _is_stream(message: Message, scope: Scope) -> bool:
-    if SCOPE_KEY not in scope:
-        return False
+def _credential(scope: Scope) -> tuple[str | None, float | None]:
+    caller: Caller | None = scope.get(SCOPE_CALLER)
+    return scope.get(SCOPE_KEY), caller.valid_until if caller is not None else None
+
+
+def _is_stream(message: Message) -> bool:
     return any(
         name == b"content-type" and value.startswith(EVENT_STREAM)
         for name, value in message.get("headers", ())
     )
 
 
-async def _end_stream(send: Send, path: str) -> None:
+async def _end_stream(send: Send, path: str, error: GatewayError) -> None:
     with contextlib.suppress(OSError, RuntimeError):  # the client may be gone already
-        await send({"type": "http.response.body", "body": revoked_frame(path), "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": ended_frame(path, error), "more_body": True}
+        )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
