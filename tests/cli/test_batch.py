@@ -1,6 +1,6 @@
 """`dskit batch`: one output line per input line, in order; errors per line; resume from
 the journal (also after a real SIGKILL); --pack against a server that follows the
-requested shape and against the simulator, which does not."""
+requested shape and against a simulator told not to."""
 
 from __future__ import annotations
 
@@ -182,7 +182,11 @@ def _journalled(journal: Path, process: subprocess.Popen[bytes]) -> int:
     return journal.read_bytes().count(b"\n") if journal.exists() else 0
 
 
-def test_pack_against_the_simulator_falls_back_to_single_requests(cli, tmp_path, own_sim):
+def test_packs_the_simulator_does_not_follow_fall_back_to_single_requests(
+    cli, tmp_path, sim_factory, monkeypatch
+):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-test-0123456789abcdef")
+    own_sim = sim_factory(pack_fault="ignore")
     source, out = _write(tmp_path / "in.jsonl", QUESTIONS), tmp_path / "out.jsonl"
     args = ("batch", "--base-url", own_sim.base_url, "--pack", "5", str(source), "-o", str(out))
     result = cli(*args)
