@@ -125,6 +125,15 @@ def test_tail_keeps_the_last_tokens() -> None:
     assert COUNTER.tail(text, 1000) == text
 
 
+def test_split_cuts_text_into_its_tokens() -> None:
+    text = '{"answers": [{"i": 0, "answer": "你好，世界。The quick brown fox."}]}'
+    pieces = COUNTER.split(text)
+    assert pieces is not None and "".join(pieces) == text
+    assert len(pieces) == count_text(text) and all(count_text(p) == 1 for p in pieces)
+    assert COUNTER.split("") == []
+    assert TextCounter(Path("/nonexistent/tokenizer.json")).split(text) is None
+
+
 def test_without_the_tokenizer_counts_are_estimates_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

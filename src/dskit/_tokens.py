@@ -216,6 +216,18 @@ class TextCounter:
         offsets = bpe.encode(text, add_special_tokens=False).offsets
         return text if len(offsets) <= tokens else text[offsets[-max(tokens, 1)][0] :]
 
+    def split(self, text: str) -> list[str] | None:
+        """`text` cut where its tokens start: one piece per token, `"".join` gives the
+        text back (a character split over two byte-level tokens stays one piece); None
+        without the tokenizer."""
+        bpe = self._tokenizer()
+        if bpe is None:
+            return None
+        offsets = bpe.encode(text, add_special_tokens=False).offsets
+        starts = sorted({0, *(start for start, _ in offsets)})
+        ends = [*starts[1:], len(text)]
+        return [text[a:b] for a, b in zip(starts, ends, strict=True) if a < b]
+
     def message(self, message: Mapping[str, Any]) -> int:
         """A message's tokens in the prompt: its text and the template's markers."""
         role = str(message.get("role"))

@@ -1,6 +1,6 @@
 """`dskit batch`: one output line per input line, in order; errors per line; resume from
 the journal (also after a real SIGKILL); --pack against a server that follows the
-requested shape and against the simulator, which does not."""
+requested shape and against a simulator told not to."""
 
 from __future__ import annotations
 
@@ -182,7 +182,30 @@ def _journalled(journal: Path, process: subprocess.Popen[bytes]) -> int:
     return journal.read_bytes().count(b"\n") if journal.exists() else 0
 
 
-def test_pack_against_the_simulator_falls_back_to_single_requests(cli, tmp_path, own_sim):
+def test_pack_against_the_simulator_packs_and_measures_the_saving(cli, tmp_path, own_sim):
+    system = "Classify each ticket as billing, bug or other; say only the label. " * 5
+    source = _write(tmp_path / "in.jsonl", QUESTIONS)
+    common = ("batch", "--base-url", own_sim.base_url, "-s", system, "--no-think", str(source))
+    assert cli(*common, "-o", str(tmp_path / "alone.jsonl")).exit_code == 0
+    own_sim.reset_stats()
+    result = cli(*common, "--pack", "5", "-o", str(tmp_path / "packed.jsonl"))
+    assert result.exit_code == 0, result.stderr
+    alone, packed = _read(tmp_path / "alone.jsonl"), _read(tmp_path / "packed.jsonl")
+    assert [line["packed"] for line in packed] == [5] * 10
+    assert [line["content"] for line in packed] == [line["content"] for line in alone]
+    assert own_sim.stats.requests == own_sim.stats.packed_requests == 2
+    measured = sum(line["usage"]["prompt_tokens"] for line in alone) - sum(
+        line["usage"]["prompt_tokens"] for line in packed
+    )
+    saved = sum(line["prompt_tokens_saved"] for line in packed)
+    assert saved == measured > 0 and f"10 packed, ~{saved} prompt tokens saved" in result.stderr
+
+
+def test_packs_the_simulator_does_not_follow_fall_back_to_single_requests(
+    cli, tmp_path, sim_factory, monkeypatch
+):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-test-0123456789abcdef")
+    own_sim = sim_factory(pack_fault="ignore")
     source, out = _write(tmp_path / "in.jsonl", QUESTIONS), tmp_path / "out.jsonl"
     args = ("batch", "--base-url", own_sim.base_url, "--pack", "5", str(source), "-o", str(out))
     result = cli(*args)

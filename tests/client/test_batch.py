@@ -122,16 +122,110 @@ async def test_async_batch_gives_what_the_sync_batch_gives(sim: Any) -> None:
     assert sorted(seen) == list(range(len(requests)))
 
 
-def test_a_pack_the_simulator_cannot_follow_falls_back_to_single_requests(
+# ---- packs against the simulator, which follows the requested shape -------------------
+
+TICKET_SYSTEM = (
+    "You triage support tickets for an online shop. Read the customer's message and label "
+    "it billing (charges, refunds, invoices), bug (the app or site misbehaves), delivery "
+    "(orders, shipping, returns) or other. Reply with the label and one short reason. "
+) * 3  # a shared instruction of about 150 tokens
+
+
+def _thinking(on: bool) -> dict[str, Any]:
+    return {"thinking": True, "effort": "low"} if on else {"thinking": False}
+
+
+def _essence(result: BatchResult) -> tuple[Any, ...]:
+    """A result without its cache hits (those depend on which request got there first)."""
+    usage = result.usage
+    tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else None
+    return result.index, result.content, result.packed, result.prompt_tokens_saved, tokens
+
+
+def _measured(results: list[BatchResult]) -> int:
+    return sum(r.usage.prompt_tokens for r in results if r.usage)
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_a_pack_against_the_simulator_really_packs(sim_factory: Any, thinking: bool) -> None:
+    sim = sim_factory()
+    asks = QUESTIONS[:10]
+    with DeepSeek("sk-test-000000", base_url=sim.base_url) as client:
+        singles = client.batch(asks, system=TICKET_SYSTEM, concurrency=2, **_thinking(thinking))
+        sim.reset_stats()
+        packed = client.batch(
+            asks, pack=4, system=TICKET_SYSTEM, concurrency=2, **_thinking(thinking)
+        )
+    assert [r.packed for r in packed] == [4] * 8 + [2] * 2
+    assert [r.content for r in packed] == [r.content for r in singles]  # each as if alone
+    assert sim.stats.requests == sim.stats.packed_requests == 3
+    saved = sum(r.prompt_tokens_saved for r in packed)
+    assert saved == _measured(singles) - _measured(packed) > 0  # the estimate is the meter's
+
+
+async def test_an_async_pack_against_the_simulator_gives_the_sync_results(
     sim_factory: Any,
 ) -> None:
     sim = sim_factory()
+    asks = QUESTIONS[:10]
     with DeepSeek("sk-test-000000", base_url=sim.base_url) as client:
-        results = client.batch(QUESTIONS[:10], pack=5, concurrency=2)
+        expected = client.batch(asks, pack=4, system=TICKET_SYSTEM, thinking=False)
+        singles = client.batch(asks, system=TICKET_SYSTEM, thinking=False)
+    sim.reset_stats()
+    async with AsyncDeepSeek("sk-test-000000", base_url=sim.base_url) as ac:
+        got = await ac.batch(asks, pack=4, system=TICKET_SYSTEM, thinking=False)
+    assert list(map(_essence, got)) == list(map(_essence, expected))
+    assert [r.packed for r in got] == [4] * 8 + [2] * 2 and sim.stats.packed_requests == 3
+    saved = sum(r.prompt_tokens_saved for r in got)
+    assert saved == _measured(singles) - _measured(got) > 0
+
+
+@pytest.mark.parametrize(("fault", "packs"), [("drop", 2), ("duplicate", 2), ("ignore", 0)])
+def test_a_misbehaving_pack_falls_back_to_single_requests(
+    sim_factory: Any, fault: str, packs: int
+) -> None:
+    sim = sim_factory(pack_fault=fault)
+    requests = [{"id": f"q{i}", "question": q} for i, q in enumerate(QUESTIONS[:10])]
+    seen: list[int] = []
+    with DeepSeek("sk-test-000000", base_url=sim.base_url) as client:
+        results = client.batch(
+            requests, pack=5, concurrency=2, on_result=lambda r: seen.append(r.index)
+        )
+        stats = (sim.stats.requests, sim.stats.packed_requests)
         singles = [client.chat(q).content for q in QUESTIONS[:10]]
-    assert [r.content for r in results] == singles  # answered alone, verified
-    assert all(r.ok and r.packed == 0 for r in results)
-    assert sim.stats.requests == 2 + 10 + 10  # two packs, ten fallbacks, ten checks
+    assert [r.id for r in results] == [r["id"] for r in requests]  # every line, in order
+    assert sorted(seen) == list(range(10))  # each once
+    assert [r.content for r in results] == singles  # answered alone
+    assert all(r.ok and r.packed == 0 and r.prompt_tokens_saved == 0 for r in results)
+    assert stats == (2 + 10, packs)  # two packs that did not verify, then ten singles
+
+
+async def test_an_async_misbehaving_pack_falls_back_to_single_requests(sim_factory: Any) -> None:
+    sim = sim_factory()
+    drop_first = faults_once(times=1, Pack_Fault="drop")  # the first pack only
+    seen: list[int] = []
+    async with AsyncDeepSeek("sk-test-000000", base_url=sim.base_url) as ac:
+        results = await ac.batch(
+            QUESTIONS[:10], pack=5, concurrency=1, extra_headers=drop_first,
+            on_result=lambda r: seen.append(r.index),
+        )  # fmt: skip
+        singles = [(await ac.chat(q)).content for q in QUESTIONS[:5]]
+    assert [r.index for r in results] == list(range(10)) and sorted(seen) == list(range(10))
+    assert [r.packed for r in results] == [0] * 5 + [5] * 5  # the second pack verified
+    assert [r.content for r in results[:5]] == singles
+    assert sim.stats.packed_requests == 2 and sim.stats.requests == 2 + 5 + 5
+
+
+def test_a_broken_packed_stream_is_resumed_and_still_verifies(sim_factory: Any) -> None:
+    sim = sim_factory()
+    asks = QUESTIONS[:5]
+    broken = faults_once(times=1, Drop_After_Events=8)
+    with DeepSeek("sk-test-000000", base_url=sim.base_url, retry=FIXED_JITTER) as client:
+        results = client.batch(asks, pack=5, concurrency=1, extra_headers=broken, thinking=False)
+        singles = [client.chat(q, thinking=False).content for q in asks]
+    assert [r.packed for r in results] == [5] * 5
+    assert [r.content for r in results] == singles
+    assert sim.stats.prefix_requests == 1  # the pack went on from where it broke
 
 
 # ---- packs answered as asked: a local server in DeepSeek's wire format --------------

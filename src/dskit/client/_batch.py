@@ -412,8 +412,13 @@ class BatchRun:
 
     def _add_pack(self, unit: Unit, result: ChatResult, answers: list[str]) -> None:
         count = len(unit.jobs)
-        alone = sum(packing.prompt_tokens(job.messages) for job in unit.jobs)
-        used = result.usage.prompt_tokens if result.usage else packing.prompt_tokens(unit.messages)
+        params = self._single(unit.jobs[0]).chat_params  # what each would be asked with
+        alone = sum(packing.prompt_tokens(job.messages, params) for job in unit.jobs)
+        used = (
+            result.usage.prompt_tokens
+            if result.usage
+            else packing.prompt_tokens(unit.messages, unit.chat_params)
+        )
         usages = packing.share_usage(result.usage, count)
         saved = packing.shares(alone - used, count)
         for i, job in enumerate(unit.jobs):

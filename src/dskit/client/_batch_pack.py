@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 from dskit._tokens import count_prompt
+from dskit._validate import thinking_enabled
+from dskit.client._core import ChatParams, chat_body
 from dskit.client._types import Message, Usage
 
 MAX_PACK = 64  # questions in one request, at most
@@ -65,9 +67,11 @@ def packable(question: str) -> bool:
     return 0 < len(question) <= MAX_QUESTION_CHARS
 
 
-def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
-    """The estimated prompt tokens of a request (`dskit._tokens`)."""
-    return count_prompt(messages)
+def prompt_tokens(messages: Sequence[Message], params: ChatParams) -> int:
+    """The estimated prompt tokens of a request sent with `params` (`dskit._tokens`): its
+    thinking mode (the generation prompt differs by 26 tokens) and tools count too."""
+    body = chat_body(messages, params)
+    return count_prompt(body["messages"], body.get("tools"), thinking=thinking_enabled(body))
 
 
 def shares(total: int, parts: int) -> list[int]:

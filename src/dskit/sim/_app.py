@@ -72,6 +72,7 @@ class SimStats:
     by_status: dict[int, int] = field(default_factory=dict)
     faults_injected: int = 0
     prefix_requests: int = 0
+    packed_requests: int = 0
     streams: int = 0
     rejected_concurrency: int = 0
 

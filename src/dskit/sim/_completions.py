@@ -196,7 +196,9 @@ async def answer_chat(
 ) -> None:
     """Plan the reply to a checked chat body (any format's, translated) and answer it."""
     async with _slot(app):
-        reply = plan_chat(data, app.config.seed)
+        reply = plan_chat(data, app.config.seed, controls.pack_fault or app.config.pack_fault)
+        if reply.packed:
+            app.stats.packed_requests += 1
         cache = app.cache.lookup_and_store(
             data["model"], data["messages"], data.get("tools"), thinking=thinking_enabled(data)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dskit._models import KNOWN_MODELS, MAX_OUTPUT_TOKENS
+from dskit.sim._pack import PACK_FAULTS
 
 # the names the API accepts (current and legacy flash names); retired ones get 400
 DEFAULT_MODELS = tuple(KNOWN_MODELS)
@@ -51,6 +52,8 @@ class SimConfig:
     # DeepSeek's docs do not say whether a prefix in thinking mode may carry the reasoning
     # so far; the simulator takes the strict reading (400) unless this is set
     reasoning_prefix: bool = False
+    # how every packed reply misbehaves (`PACK_FAULTS`) unless X-Sim-Pack-Fault says
+    pack_fault: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.faults if kind not in FAULT_KINDS]
@@ -65,6 +68,9 @@ class SimConfig:
                 raise ValueError(f"{name} must not be negative")
         if self.keepalive_interval_ms == 0:
             raise ValueError("keepalive_interval_ms must be positive")
+        if self.pack_fault is not None and self.pack_fault not in PACK_FAULTS:
+            known = ", ".join(PACK_FAULTS)
+            raise ValueError(f"unknown pack_fault {self.pack_fault!r}; known: {known}")
         if self.cache_blocks < 0 or self.max_body_bytes < 1:
             raise ValueError("cache_blocks must be >= 0 and max_body_bytes >= 1")
 

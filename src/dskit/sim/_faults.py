@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from dskit.sim._config import SimConfig
+from dskit.sim._pack import PACK_FAULTS
 
 
 class ControlError(ValueError):
@@ -41,6 +42,7 @@ class Controls:
     insufficient_after_events: int | None = None
     aborted_after_events: int | None = None
     queue_ms: float | None = None
+    pack_fault: str | None = None  # how a packed reply misbehaves (`_pack.PACK_FAULTS`)
 
     @property
     def has_fault(self) -> bool:
@@ -100,6 +102,15 @@ def _millis(name: str, value: str) -> float:
     return number
 
 
+def _pack_fault(value: str) -> str:
+    kind = value.strip().lower()
+    if kind not in PACK_FAULTS:
+        raise ControlError(
+            f"Invalid x-sim-pack-fault header: {value!r}; expected one of {', '.join(PACK_FAULTS)}"
+        )
+    return kind
+
+
 def parse_controls(headers: Mapping[str, str]) -> Controls:
     """Controls from lower-cased request headers; raises ControlError for bad values."""
     values: dict[str, object] = {}
@@ -117,6 +128,9 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
     status = values.get("status")
     if status is not None and not (isinstance(status, int) and 400 <= status <= 599):
         raise ControlError("Invalid x-sim-status header: expected an error status 400 to 599")
+    pack_fault = headers.get("x-sim-pack-fault")
+    if pack_fault is not None:
+        values["pack_fault"] = _pack_fault(pack_fault)
     if values.get("keepalive_ms") == 0:
         raise ControlError("Invalid x-sim-keepalive-ms header: it must be positive")
     return Controls(**values)  # type: ignore[arg-type]

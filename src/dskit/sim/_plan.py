@@ -17,8 +17,17 @@ import orjson
 
 from dskit._tokens import content_text
 from dskit._validate import effort_of, thinking_enabled
+from dskit.sim._pack import read_pack
 from dskit.sim._schema import value_for
-from dskit.sim._text import apply_stop, cut_chars, digest, generate, is_mostly_cjk, rng_for
+from dskit.sim._text import (
+    apply_stop,
+    cut_chars,
+    digest,
+    generate,
+    is_mostly_cjk,
+    rng_for,
+    token_pieces,
+)
 from dskit.sim._text import split_pieces as pieces_of
 from dskit.sim._tools import Hints, choose_tools
 
@@ -41,6 +50,7 @@ class Reply:
     content: list[str] = field(default_factory=list)
     calls: list[PlannedCall] = field(default_factory=list)
     finish_reason: str = "stop"
+    packed: int = 0  # questions answered in one packed reply (`_pack`)
 
     @property
     def completion_tokens(self) -> int:
@@ -59,20 +69,52 @@ def _stops(body: Mapping[str, Any]) -> list[str]:
     return [s for s in stop or () if isinstance(s, str)]
 
 
-def plan_chat(body: Mapping[str, Any], config_seed: int) -> Reply:
-    """The reply to a validated chat request (prefix completion included)."""
+def plan_chat(body: Mapping[str, Any], config_seed: int, pack_fault: str | None = None) -> Reply:
+    """The reply to a validated chat request (prefix completion included); `pack_fault`
+    makes a packed reply misbehave (`_pack.PACK_FAULTS`)."""
     messages: list[Mapping[str, Any]] = body["messages"]
     prefix = messages[-1] if is_prefix_message(messages[-1]) else None
     base = messages[:-1] if prefix is not None else messages
-    knobs = [body.get(k) for k in ("temperature", "top_p", "frequency_penalty", "presence_penalty")]
-    seed = digest(body["model"], base, knobs, config_seed)
+    seed = _seed(body, base, config_seed)
     chinese = is_mostly_cjk(_last_user_text(base))
     stops = _stops(body)
-    reply = _natural(body, base, seed, chinese)
+    reply = _packed(body, base, config_seed, pack_fault) or _natural(body, base, seed, chinese)
     reply.content = apply_stop(reply.content, stops)
     if prefix is not None:
         reply = _continue(reply, prefix, seed, stops, chinese)
     return _limit(reply, body.get("max_tokens"))
+
+
+def _seed(body: Mapping[str, Any], base: Sequence[Mapping[str, Any]], config_seed: int) -> bytes:
+    knobs = [body.get(k) for k in ("temperature", "top_p", "frequency_penalty", "presence_penalty")]
+    return digest(body["model"], base, knobs, config_seed)
+
+
+# what a packed request sets for the pack as a whole, not for each question in it
+PACK_ONLY = ("response_format", "max_tokens", "stop", "messages")
+
+
+def _packed(
+    body: Mapping[str, Any], base: Sequence[Mapping[str, Any]], config_seed: int, fault: str | None
+) -> Reply | None:
+    """A packed request's reply: JSON in the requested shape, each answer (and its
+    reasoning) what the question gets asked alone; None when the request is not a pack."""
+    fmt = body.get("response_format")
+    json_mode = isinstance(fmt, Mapping) and fmt.get("type") == "json_object"
+    if not json_mode or fault == "ignore" or body.get("tools"):
+        return None
+    pack = read_pack(base)
+    if pack is None:
+        return None
+    alone = {k: v for k, v in body.items() if k not in PACK_ONLY}
+    replies = []
+    for question in pack.questions:
+        messages = pack.alone(question)
+        seed = _seed(alone, messages, config_seed)
+        replies.append(_natural(alone, messages, seed, is_mostly_cjk(question)))
+    reasoning = [piece for r in replies for piece in ("\n\n", *r.reasoning) if r.reasoning]
+    content = pack.reply(["".join(r.content) for r in replies], fault)
+    return Reply(reasoning[1:], token_pieces(content), packed=len(replies))
 
 
 def plan_fim(body: Mapping[str, Any], config_seed: int) -> Reply:
@@ -214,9 +256,9 @@ def _continue(
             reasoning = cut_chars(full.reasoning, len(thought))
         else:
             reasoning = _derived(seed, thought, [], chinese)
-        return Reply(reasoning, full.content, full.calls, full.finish_reason)
+        return Reply(reasoning, full.content, full.calls, full.finish_reason, full.packed)
     if not full.calls and "".join(full.content).startswith(text):
-        return Reply([], cut_chars(full.content, len(text)), [], full.finish_reason)
+        return Reply([], cut_chars(full.content, len(text)), [], full.finish_reason, full.packed)
     return Reply([], _derived(seed, text, stops, chinese))
 
 
@@ -249,4 +291,4 @@ def truncate(reply: Reply, budget: int, finish_reason: str) -> Reply:
         fragments = call.fragments[: budget - 1]
         calls.append(PlannedCall(call.id, call.name, "".join(fragments), fragments))
         budget -= 1 + len(fragments)
-    return Reply(reasoning, content, calls, finish_reason)
+    return Reply(reasoning, content, calls, finish_reason, reply.packed)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from dskit._tokens import CJK, CJK_CLASS
+from dskit._tokens import CJK, CJK_CLASS, COUNTER
 
 _WORD_TEXT = (
     "the model answer stream token context window cache prefix server client request "
@@ -57,6 +57,13 @@ def is_mostly_cjk(text: str) -> bool:
 def split_pieces(text: str) -> list[str]:
     """Cut any text into pieces; `"".join(split_pieces(t)) == t` always holds."""
     return _PIECE.findall(text)
+
+
+def token_pieces(text: str) -> list[str]:
+    """Text cut into the tokenizer's tokens (so a piece is a real token), or into pieces
+    as above without the tokenizer; `"".join` gives the text back either way."""
+    tokens = COUNTER.split(text)
+    return split_pieces(text) if tokens is None else tokens
 
 
 def _english_sentence(rng: random.Random, first: bool) -> list[str]:
