@@ -258,3 +258,18 @@ def test_a_client_that_falls_behind_gets_fewer_larger_events_then_catches_up(
             e["data"]["text"] for e in logged if e["type"] == kind
         )
     assert not any("from" in e for e in events[:4])
+
+
+def test_without_adaptive_flow_acks_do_not_merge_events(gateway_factory: Any) -> None:
+    gateway = gateway_factory(adaptive_flow=False)
+    with gateway.client() as http:
+        sid = _session(http, **LONG)
+    with _connect(gateway, sid, **{"X-Sim-Token-Ms": "2"}) as ws:
+        ws.send(orjson.dumps({"type": "message", "content": "think hard"}).decode())
+        answer_id = _recv(ws)["answer_id"]
+        first = _recv(ws)
+        ws.send(orjson.dumps({"type": "ack", "id": first["id"]}).decode())
+        wait_until(lambda: _logged(gateway, sid, answer_id)[-1]["type"] == "done", timeout=30)
+        events = [first, *_until_end(ws, ack=True)]  # it acks, but far behind
+    assert not any("from" in e for e in events)
+    assert len(events) == len(_logged(gateway, sid, answer_id))

@@ -72,6 +72,8 @@ simulator; the log and the web page say so. See docs/gateway.md.
               help="Also serve near-duplicate questions (needs dskit[semantic]).")  # fmt: skip
 @click.option("--cache-ttl", type=click.FloatRange(min=0), default=None,
               help="Seconds answers stay cached (0: no cache). Default 3600.")  # fmt: skip
+@click.option("--adaptive-flow/--no-adaptive-flow", default=None,
+              help="Merge pending deltas for clients that fall behind (default: on).")  # fmt: skip
 @click.option("--auth-config", "auth_config", default=None, envvar="DSKIT_GATEWAY_AUTH_CONFIG",
               type=click.Path(dir_okay=False),
               help="TOML/JSON file: JWT issuers, roles and what they may do.")  # fmt: skip
@@ -82,7 +84,7 @@ def serve(
     callback_hosts: tuple[str, ...],
     callback_secret: str | None, rate_limit: float | None, redis_url: str | None,
     fallbacks: tuple[str, ...], tokens_per_minute: int | None, semantic_cache: bool | None,
-    cache_ttl: float | None, auth_config: str | None,
+    cache_ttl: float | None, adaptive_flow: bool | None, auth_config: str | None,
 ) -> None:  # fmt: skip
     """Serve chat to web and mobile front ends (the gateway)."""
     from dskit.gateway import CallbackSettings, GatewaySettings, RateLimit
@@ -99,7 +101,7 @@ def serve(
             rate_limit=RateLimit(rate_limit) if rate_limit else None,
             callbacks=CallbackSettings(allow_hosts=callback_hosts, secret=callback_secret),
             redis=redis_url, fallbacks=fallbacks or None, cache_ttl_seconds=cache_ttl,
-            semantic_cache=semantic_cache or None,
+            semantic_cache=semantic_cache or None, adaptive_flow=adaptive_flow,
             tokens_limit=RateLimit(tokens_per_minute / 60, tokens_per_minute)
             if tokens_per_minute else None,
         )  # fmt: skip

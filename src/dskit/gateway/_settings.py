@@ -84,6 +84,10 @@ class GatewaySettings:
     forward_sim_headers: bool = False
     key_check_seconds: float = 2.0
     heartbeat_seconds: float = 15.0
+    # Adaptive flow (`_flow.py`): a client that falls behind gets pending deltas merged
+    # into fewer, larger events (SSE: measured by what its connection could not send;
+    # WebSocket: by its acks). False: one event per logged delta, whatever the pace.
+    adaptive_flow: bool = True
     sse_retry_ms: int = 2000
     max_wait_seconds: float = 60.0
     answer_ttl_seconds: float = 900.0

@@ -2,8 +2,9 @@
 falls behind.
 
 What a client has consumed is measured per connection: on a WebSocket by the event ids it
-acknowledges (`AckWindow`), on SSE by how long the transport made a write wait
-(`WriteMeter`: uvicorn's send waits while the socket's buffer is full). While a client is
+acknowledges (`AckWindow`), on SSE by what its connection could not send yet after a write
+(`WriteMeter`: the kernel's unsent queue, `_unsent.py`; where that is unknown, how long the
+write waited, as uvicorn's send waits once its own buffer is full). While a client is
 behind, the stream waits instead of writing (the log keeps every event meanwhile), and the
 next read's consecutive `content` (or `reasoning`) deltas go out as one event (`coalesce`).
 
@@ -17,18 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
+from starlette.types import Message, Send
 
 from dskit.gateway.backends._log import LogEntry
+from dskit.gateway.edge._response import Producer
+from dskit.gateway.edge._unsent import Probe
 
 COALESCED = frozenset({"content", "reasoning"})
 WINDOW = 16  # unacknowledged events a WebSocket client may have before it is behind
 HOLD_SECONDS = 1.0  # the longest a behind client waits for its next (coalesced) event
 SLOW_WRITE_SECONDS = 0.05  # an SSE write that waited this long: the client is behind
+BEHIND_BYTES = 2048  # what an SSE write left unsent: the client (or its link) is behind
+CATCH_UP_SECONDS = 1.0  # an SSE client that took every write at once this long: caught up
+POLL_SECONDS = 0.01  # how often a behind SSE stream looks whether its client took it all
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,18 +147,59 @@ class AckWindow:
 
 
 class WriteMeter:
-    """An SSE client's pace, from how long its writes waited: behind after a write that
-    waited `slow` seconds, caught up after a write that did not wait at all."""
+    """An SSE client's pace, measured after each write: behind once a write leaves
+    `behind_bytes` unsent (`unsent`: the connection's probe, `_unsent.py`) or waited
+    `slow` seconds (uvicorn's send waiting for its buffer to drain: the only sign where
+    there is no probe); caught up once its writes left nothing unsent and did not wait
+    for `catch_up` seconds. While it is behind, `room()` waits (up to `hold`) until the
+    client has taken all that was written, and what piled up meanwhile goes out merged."""
 
-    def __init__(self, slow: float = SLOW_WRITE_SECONDS) -> None:
+    def __init__(
+        self, unsent: Probe | None = None, *, behind_bytes: int = BEHIND_BYTES,
+        slow: float = SLOW_WRITE_SECONDS, catch_up: float = CATCH_UP_SECONDS,
+        hold: float = HOLD_SECONDS, poll: float = POLL_SECONDS,
+    ) -> None:  # fmt: skip
+        self.unsent = unsent
+        self.behind_bytes = behind_bytes
         self.slow = slow
+        self.catch_up = catch_up
+        self.hold = hold
+        self.poll = poll
         self.behind = False
+        self._seen_behind = 0.0  # when a write last showed the client behind
+
+    def metered(self, produce: Producer) -> Producer:
+        """`produce`, each of its writes timed and measured."""
+
+        async def run(send: Send) -> None:
+            async def timed(message: Message) -> None:
+                started = time.monotonic()
+                await send(message)
+                self.wrote(time.monotonic() - started)
+
+            await produce(timed)
+
+        return run
 
     def wrote(self, seconds: float) -> None:
-        if seconds >= self.slow:
-            self.behind = True
-        elif seconds < self.slow / 10:
+        """A write took `seconds`; what it left unsent tells the client's pace."""
+        unsent = self.unsent() if self.unsent is not None else 0
+        now = time.monotonic()
+        if seconds >= self.slow or unsent >= self.behind_bytes:
+            self.behind, self._seen_behind = True, now
+        elif unsent == 0 and seconds < self.slow / 10 and now - self._seen_behind >= self.catch_up:
             self.behind = False
 
     def spans(self, entries: list[LogEntry]) -> list[Span]:
+        """The events to send for these entries: merged while the client is behind."""
         return coalesce(entries) if self.behind else spans(entries)
+
+    async def room(self) -> None:
+        """While the client is behind, wait (up to `hold`) until it has taken all that
+        was written; the entries logged meanwhile pile up for one merged write. (The
+        kernel tells no one when its queue empties: it is looked at every `poll` s.)"""
+        if not self.behind or self.unsent is None:
+            return
+        deadline = time.monotonic() + self.hold
+        while self.unsent() > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (no event)
+            await asyncio.sleep(self.poll)

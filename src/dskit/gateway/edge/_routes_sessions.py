@@ -43,7 +43,9 @@ from dskit.gateway.edge._deps import (
     SessionReader,
     upstream_headers,
 )
+from dskit.gateway.edge._flow import WriteMeter
 from dskit.gateway.edge._response import EventStreamResponse, pieces
+from dskit.gateway.edge._unsent import scope_probe
 from dskit.gateway.edge._views import detail, event_page, replay_stream, sse_stream, summary
 from dskit.store import StoredMessage
 
@@ -108,7 +110,7 @@ async def post_message(
     headers = upstream_headers(request, gw)
     answer_id = await start_turn(gw, who, session_id, body.content, headers, callback)
     if body.stream:
-        return _sse(gw, answer_id, 0)
+        return _sse(gw, request, answer_id, 0)
     if body.background or callback:
         return Response(
             orjson.dumps(_handle(session_id, answer_id).model_dump()), status_code=202,
@@ -142,10 +144,14 @@ async def _wait_result(gw: Gateway, session_id: str, answer_id: str) -> AnswerRe
     return result
 
 
-def _sse(gw: Gateway, answer_id: str, after: int) -> EventStreamResponse:
+def _sse(gw: Gateway, request: Request, answer_id: str, after: int) -> EventStreamResponse:
     s = gw.settings
-    body = sse_stream(gw.log, answer_id, after, s.heartbeat_seconds, s.sse_retry_ms, gw.metrics)
-    return EventStreamResponse(pieces(body), {"X-Answer-Id": answer_id})
+    meter = WriteMeter(scope_probe(request.scope)) if s.adaptive_flow else None
+    body = sse_stream(
+        gw.log, answer_id, after, s.heartbeat_seconds, s.sse_retry_ms, gw.metrics, meter
+    )
+    produce = pieces(body) if meter is None else meter.metered(pieces(body))
+    return EventStreamResponse(produce, {"X-Answer-Id": answer_id})
 
 
 def _stored_sse(
@@ -169,8 +175,8 @@ def _cursor(gw: Gateway, answer_id: str, last_event_id: str | None, after: int |
 
 @router.get("/v1/sessions/{session_id}/answers/{answer_id}/stream", responses=SSE_DOC)
 async def stream_answer(
-    session_id: SessionId, answer_id: AnswerId, gw: GatewayDep, who: SessionReader,
-    last_event_id: LastEventId = None,
+    session_id: SessionId, answer_id: AnswerId, request: Request, gw: GatewayDep,
+    who: SessionReader, last_event_id: LastEventId = None,
     after: Annotated[int | None, Query(ge=0, le=10**9)] = None,
 ) -> EventStreamResponse:  # fmt: skip
     """An answer as SSE from the start, from `after`, or after `Last-Event-ID`."""
@@ -178,13 +184,14 @@ async def stream_answer(
     cursor = _cursor(gw, answer_id, last_event_id, after)
     if isinstance(found, StoredMessage):
         return _stored_sse(gw, answer_id, found, cursor)
-    return _sse(gw, answer_id, cursor)
+    return _sse(gw, request, answer_id, cursor)
 
 
 @router.get("/v1/sessions/{session_id}/stream", responses=SSE_DOC)
 async def stream_session(
-    session_id: SessionId, gw: GatewayDep, who: SessionReader, last_event_id: LastEventId = None
-) -> EventStreamResponse:
+    session_id: SessionId, request: Request, gw: GatewayDep, who: SessionReader,
+    last_event_id: LastEventId = None,
+) -> EventStreamResponse:  # fmt: skip
     """The session's current answer, or (with `Last-Event-ID`) the rest of the one it names."""
     check_owner(gw, who, session_id)
     parsed = parse_event_id(last_event_id) if last_event_id else None
@@ -197,7 +204,7 @@ async def stream_session(
     cursor = _cursor(gw, answer_id, last_event_id, 0)
     if isinstance(found, StoredMessage):
         return _stored_sse(gw, answer_id, found, cursor)
-    return _sse(gw, answer_id, cursor)
+    return _sse(gw, request, answer_id, cursor)
 
 
 @router.get("/v1/sessions/{session_id}/answers/{answer_id}/events", response_model=EventPage)

@@ -126,7 +126,7 @@ class Connection:
         kind = frame.get("type")
         if kind == "ack":
             seq = self._seq(frame.get("id"), "id")
-            if seq is not None:
+            if seq is not None and self.gw.settings.adaptive_flow:
                 self.flow.ack(seq)
         elif kind == "message":
             await self.message(frame)

@@ -13,7 +13,8 @@ every request; this keeps the C parser on the fast path and adds a counter and a
 upgrades (`/v1/sessions/{id}/ws`) pass through the same head limits, then go to uvicorn's
 sans-I/O `websockets` protocol, whose sends wait while the socket's buffer is full (the
 backpressure the flow control of `_flow.py` builds on); a frame is at most
-`max_body_bytes`.
+`max_body_bytes`. Each HTTP request's scope carries its connection's unsent-bytes probe
+(`SCOPE_UNSENT`, `_unsent.py`): what SSE flow control measures a client's pace by.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from dskit.gateway._errors import GatewayError
+from dskit.gateway.edge._unsent import SCOPE_UNSENT, Probe, unsent_probe
 
 if TYPE_CHECKING:
     from dskit.gateway._settings import GatewaySettings
@@ -39,9 +41,11 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_seen = 0
+        self._unsent: Probe | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._unsent = unsent_probe(transport)
         self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -57,6 +61,8 @@ class HeadLimitedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_done()
+        if self._unsent is not None:  # what SSE flow control reads (`_unsent.py`)
+            self.scope[SCOPE_UNSENT] = self._unsent  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:

@@ -17,6 +17,7 @@ from dskit.gateway._schemas import (
 )
 from dskit.gateway.answers._codec import answer_of, event_id
 from dskit.gateway.backends._log import LogEntry, StreamLog, UnknownAnswerError
+from dskit.gateway.edge._flow import WriteMeter, sse_span_frame
 from dskit.store import SessionInfo, SessionRecord, StoredMessage
 
 HEARTBEAT = b": heartbeat\n\n"
@@ -55,17 +56,23 @@ def sse_frame(answer_id: str, entry: LogEntry) -> bytes:
 
 
 async def sse_stream(
-    log: StreamLog, answer_id: str, after: int, heartbeat: float, retry_ms: int, metrics: Metrics
-) -> AsyncIterator[bytes]:
-    """The SSE body for an answer from `after` on: what was logged, then the live rest."""
+    log: StreamLog, answer_id: str, after: int, heartbeat: float, retry_ms: int,
+    metrics: Metrics, meter: WriteMeter | None = None,
+) -> AsyncIterator[bytes]:  # fmt: skip
+    """The SSE body for an answer from `after` on: what was logged, then the live rest.
+    With `meter` (measuring this body's writes: `WriteMeter.metered`), a client that
+    falls behind is waited for, and what piled up meanwhile goes out merged (`_flow.py`)."""
     metrics.active_streams.inc()
     try:
         yield f"retry: {retry_ms}\n\n".encode()
         async for entries in follow(log, answer_id, after, heartbeat):
-            if entries:
+            if not entries:
+                yield HEARTBEAT
+            elif meter is None:
                 yield b"".join(sse_frame(answer_id, entry) for entry in entries)
             else:
-                yield HEARTBEAT
+                yield b"".join(sse_span_frame(answer_id, s) for s in meter.spans(entries))
+                await meter.room()  # before the next read: what piles up meanwhile is merged
     finally:
         metrics.active_streams.dec()
 
