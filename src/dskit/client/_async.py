@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
 
 from dskit._models import DEFAULT_MODEL, ModelInfo, models_from_wire
 from dskit.client._base import ClientBase, httpx_timeout
-from dskit.client._batch import BatchResult, BatchRun, Concurrency, Unit
+from dskit.client._batch import (
+    BatchResult,
+    BatchRun,
+    Concurrency,
+    Finished,
+    Landing,
+    LimitChange,
+    Observed,
+    Unit,
+)
 from dskit.client._core import (
     ChatParams,
     HTTPRequest,
@@ -140,42 +149,44 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
         pack: int | None = None,
         system: str | None = None,
         on_result: Callable[[BatchResult], object] | None = None,
+        on_limit: Callable[[LimitChange], object] | None = None,
         **params: Unpack[ChatParams],
     ) -> list[BatchResult]:
-        """`DeepSeek.batch` with asyncio tasks: the same results, in the same order."""
+        """`DeepSeek.batch` with asyncio tasks: the same results, in the same order; a
+        cancelled batch cancels its requests in flight."""
         run = BatchRun.plan(
-            requests, concurrency=concurrency, pack=pack, system=system, params=params
-        )
-        report = on_result or (lambda result: None)
-        running: dict[asyncio.Task[tuple[ChatResult | None, BaseException | None]], Unit] = {}
+            requests, concurrency=concurrency, pack=pack, system=system, params=params,
+            on_result=on_result, on_limit=on_limit,
+        )  # fmt: skip
+        inbox: asyncio.Queue[Landing] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        landing: Landing | None = None
         try:
-            while True:
-                for result in run.drain():
-                    report(result)
-                if run.finished:
-                    return run.ordered()
-                while run.ready():
-                    unit = run.start(self._core.clock.now())
-                    running[asyncio.create_task(self._batch_unit(run, unit))] = unit
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    run.finish(running.pop(task), *task.result())
+            while (units := run.step(landing, self._core.clock.now())) is not None:
+                for unit in units:
+                    task = asyncio.create_task(self._batch_unit(unit, inbox.put_nowait))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                landing = await inbox.get()
         finally:
-            for task in running:
+            run.stop()
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return run.ordered()
 
-    async def _batch_unit(
-        self, run: BatchRun, unit: Unit
-    ) -> tuple[ChatResult | None, BaseException | None]:
+    async def _batch_unit(self, unit: Unit, send: Callable[[Landing], None]) -> None:
+        """One unit's request, as a task: what the run wants to know goes to `send`."""
         try:
             async with self.stream(unit.messages, **unit.chat_params) as stream:
                 async for event in stream:
-                    if run.telling(unit, event):
-                        run.observe(unit, event, self._core.clock.now())
-                return await stream.final(), None
+                    if unit.telling(event):
+                        send(Observed(unit, event, self._core.clock.now()))
+                result = await stream.final()
         except Exception as exc:  # a failed request is that request's result
-            return None, exc
+            send(Finished(unit, error=exc))
+        else:
+            send(Finished(unit, result))
 
     async def models(self) -> list[ModelInfo]:
         """`GET /models`: the models with their windows, output limits and effort levels
