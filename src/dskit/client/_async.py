@@ -29,10 +29,9 @@ from dskit.client._core import (
     continuation_seed,
     fim_request,
     get_request,
-    logger,
 )
 from dskit.client._driver import CallDriver, StreamDriver
-from dskit.client._errors import DSKitError, ValidationError
+from dskit.client._models import ModelCache
 from dskit.client._streams import AsyncEventStream
 from dskit.client._types import Balance, ChatResult, FimResult, StreamEvent
 
@@ -198,23 +197,19 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
     async def model_info(self, model: str = DEFAULT_MODEL) -> ModelInfo:
         """What `GET /models` says of `model`, fetched once an hour; the figures of
         DeepSeek's docs when the server cannot be asked or does not list it."""
-        cache, now = self._core.models, self._core.clock.now()
-        if cache.stale(now):
-            try:
-                await self.models()
-            except DSKitError as exc:
-                logger.info("GET /models failed (%s): using the documented figures", exc)
-                cache.failed(now)
-        return cache.info(model)
+        return (await self._known_models()).info(model)
 
     async def require_model(self, model: str) -> ModelInfo:
         """`model_info`, and a ValidationError when the server lists its models and
         `model` is not among them (retired names count as what they became)."""
-        info = await self.model_info(model)
-        problem = self._core.models.unlisted(model)
-        if problem:
-            raise ValidationError(problem, param="model")
-        return info
+        return (await self._known_models()).require(model)
+
+    async def _known_models(self) -> ModelCache:
+        cache, now = self._core.models, self._core.clock.now()
+        if cache.stale(now):
+            with cache.fetching(now):
+                await self.models()
+        return cache
 
     async def balance(self) -> Balance:
         return Balance.from_dict(await self._call(get_request(self._core, "/user/balance")))

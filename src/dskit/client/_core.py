@@ -16,7 +16,7 @@ from typing import Any, TypedDict, cast
 
 import orjson
 
-from dskit._models import DEFAULT_MODEL, ModelCache, migrate
+from dskit._models import DEFAULT_MODEL, migrate
 from dskit._validate import EFFORT_ALIASES, check_chat_request, check_fim_request, is_integer
 from dskit._version import __version__
 from dskit.client._accumulate import Seed
@@ -40,6 +40,7 @@ from dskit.client._errors import (
     remember_secret,
     status_error_class,
 )
+from dskit.client._models import ModelCache
 from dskit.client._types import Message
 
 logger = logging.getLogger("dskit.client")

@@ -30,10 +30,9 @@ from dskit.client._core import (
     continuation_seed,
     fim_request,
     get_request,
-    logger,
 )
 from dskit.client._driver import CallDriver, StreamDriver
-from dskit.client._errors import DSKitError, ValidationError
+from dskit.client._models import ModelCache
 from dskit.client._streams import EventStream
 from dskit.client._types import Balance, ChatResult, FimResult, StreamEvent
 
@@ -155,23 +154,19 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
     def model_info(self, model: str = DEFAULT_MODEL) -> ModelInfo:
         """What `GET /models` says of `model`, fetched once an hour; the figures of
         DeepSeek's docs when the server cannot be asked or does not list it."""
-        cache, now = self._core.models, self._core.clock.now()
-        if cache.stale(now):
-            try:
-                self.models()
-            except DSKitError as exc:
-                logger.info("GET /models failed (%s): using the documented figures", exc)
-                cache.failed(now)
-        return cache.info(model)
+        return self._known_models().info(model)
 
     def require_model(self, model: str) -> ModelInfo:
         """`model_info`, and a ValidationError when the server lists its models and
         `model` is not among them (retired names count as what they became)."""
-        info = self.model_info(model)
-        problem = self._core.models.unlisted(model)
-        if problem:
-            raise ValidationError(problem, param="model")
-        return info
+        return self._known_models().require(model)
+
+    def _known_models(self) -> ModelCache:
+        cache, now = self._core.models, self._core.clock.now()
+        if cache.stale(now):
+            with cache.fetching(now):
+                self.models()
+        return cache
 
     def balance(self) -> Balance:
         return Balance.from_dict(self._call(get_request(self._core, "/user/balance")))
