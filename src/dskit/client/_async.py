@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
 
-from dskit._models import DEFAULT_MODEL, ModelInfo, models_from_wire
+from dskit._models import DEFAULT_MODEL, ModelInfo
 from dskit.client._base import ClientBase, httpx_timeout
 from dskit.client._batch import (
     BatchResult,
@@ -190,9 +190,8 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
     async def models(self) -> list[ModelInfo]:
         """`GET /models`: the models with their windows, output limits and effort levels
         (kept for `model_info`)."""
-        found = models_from_wire(await self._call(get_request(self._core, "/models")))
-        self._core.models.store(found, self._core.clock.now())
-        return found
+        body = await self._call(get_request(self._core, "/models"))
+        return self._core.models.store(body, self._core.clock.now())
 
     async def model_info(self, model: str = DEFAULT_MODEL) -> ModelInfo:
         """What `GET /models` says of `model`, fetched once an hour; the figures of

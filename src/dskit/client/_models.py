@@ -6,11 +6,19 @@ while). The shells only fetch: `if cache.stale(now): with cache.fetching(now): m
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-from dskit._models import MODELS_RETRY, MODELS_TTL, ModelInfo, fallback_info, migrate
+from dskit._models import (
+    MODELS_RETRY,
+    MODELS_TTL,
+    ModelInfo,
+    fallback_info,
+    migrate,
+    models_from_wire,
+)
 from dskit.client._errors import DSKitError, ValidationError
 
 logger = logging.getLogger("dskit.client")
@@ -29,9 +37,12 @@ class ModelCache:
     def stale(self, now: float) -> bool:
         return now >= self._until
 
-    def store(self, models: Sequence[ModelInfo], now: float) -> None:
-        self._models = {m.id: m for m in models}
+    def store(self, body: Any, now: float) -> list[ModelInfo]:
+        """The models of a `GET /models` body, kept from `now` for `ttl` seconds."""
+        found = models_from_wire(body)
+        self._models = {m.id: m for m in found}
         self._until = now + self.ttl
+        return found
 
     @contextmanager
     def fetching(self, now: float) -> Iterator[None]:

@@ -10,7 +10,7 @@ from queue import SimpleQueue
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
-from dskit._models import DEFAULT_MODEL, ModelInfo, models_from_wire
+from dskit._models import DEFAULT_MODEL, ModelInfo
 from dskit.client._base import ClientBase, httpx_timeout
 from dskit.client._batch import (
     BatchResult,
@@ -147,9 +147,8 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
     def models(self) -> list[ModelInfo]:
         """`GET /models`: the models with their windows, output limits and effort levels
         (kept for `model_info`)."""
-        found = models_from_wire(self._call(get_request(self._core, "/models")))
-        self._core.models.store(found, self._core.clock.now())
-        return found
+        body = self._call(get_request(self._core, "/models"))
+        return self._core.models.store(body, self._core.clock.now())
 
     def model_info(self, model: str = DEFAULT_MODEL) -> ModelInfo:
         """What `GET /models` says of `model`, fetched once an hour; the figures of
