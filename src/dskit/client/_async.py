@@ -132,11 +132,8 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
         pieces: int = 0,
         **params: Unpack[ChatParams],
     ) -> AsyncStream:
-        """Stream the rest of an answer whose start (`content`, and a reasoner's
-        `reasoning` when it stopped before any content) you already have, through Chat
-        Prefix Completion. The start yields no events, but `final()` and `snapshot()`
-        hold the whole answer; `pieces` (the streamed pieces the start took) count
-        against `max_tokens`. Breaks are resumed as in `stream()`."""
+        """`DeepSeek.continue_stream`, async: the rest of an answer whose start you
+        already have, through Chat Prefix Completion."""
         seed = continuation_seed(content, reasoning, pieces)
         return AsyncStream(self._http, self._stream_driver(messages, params, seed))
 
@@ -299,8 +296,7 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
 
     @property
     def ready(self) -> bool:
-        """Whether the next event has already arrived, so taking it will not wait on the
-        network: a relay can hold its write while this is True and send a burst at once."""
+        """Whether the next event has already arrived (see `Stream.ready`)."""
         return self._driver.backlog > 0
 
     async def text(self) -> AsyncIterator[str]:
