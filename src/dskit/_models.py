@@ -1,8 +1,9 @@
 """What dskit knows about DeepSeek's models, in one place.
 
-The live truth is `GET /models` (the client caches it); the figures here are the offline
-fallback, taken from DeepSeek's docs of November 2026 (see docs/client.md). The simulator
-serves the same figures, so tests and the real API agree on them.
+The live truth is `GET /models` (the client caches it: `dskit.client._models`); the
+figures here are the offline fallback, taken from DeepSeek's docs of November 2026 (see
+docs/client.md). The simulator serves the same figures, so tests and the real API agree
+on them.
 
 Retired names (`deepseek-chat`, `deepseek-reasoner`, rejected by the API since
 2026-07-24) are migrated, never sent: `migrate()` maps them to `deepseek-flash` with
@@ -12,7 +13,7 @@ thinking off or on.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Effort = Literal["low", "high", "max"]
@@ -145,36 +146,3 @@ def fallback_info(model: str) -> ModelInfo:
     it does not know gets a modest window, as a self-hosted one may be small."""
     name = migrate(model)[0]
     return KNOWN_MODELS.get(name) or ModelInfo(name, context_window=UNKNOWN_CONTEXT_WINDOW)
-
-
-@dataclass(slots=True)
-class ModelCache:
-    """A client's view of `GET /models`: trusted for `ttl` seconds; after a failure the
-    fallback figures serve for `retry` seconds before the next try."""
-
-    ttl: float = MODELS_TTL
-    retry: float = MODELS_RETRY
-    _models: dict[str, ModelInfo] = field(default_factory=dict)
-    _until: float = float("-inf")
-
-    def stale(self, now: float) -> bool:
-        return now >= self._until
-
-    def store(self, models: Sequence[ModelInfo], now: float) -> None:
-        self._models = {m.id: m for m in models}
-        self._until = now + self.ttl
-
-    def failed(self, now: float) -> None:
-        self._until = now + self.retry
-
-    def unlisted(self, model: str) -> str | None:
-        """Why `model` is not offered (None: it is, or there is no list to tell)."""
-        if not self._models or migrate(model)[0] in self._models:
-            return None
-        offered = ", ".join(sorted(self._models))
-        return f"unknown model {model!r}: the server offers {offered}"
-
-    def info(self, model: str) -> ModelInfo:
-        return self._models.get(model) or self._models.get(migrate(model)[0]) or (
-            fallback_info(model)
-        )  # fmt: skip

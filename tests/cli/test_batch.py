@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +149,7 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, own_sim
     questions = [f"slow question {i}" for i in range(40)]
     source, out = _write(tmp_path / "in.jsonl", questions), tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.partial"
-    command = [sys.executable, "-c", "from dskit.cli import main; main()", "batch",
-               "--base-url", own_sim.base_url, "--concurrency-start", "4",
-               "--concurrency-max", "4", str(source), "-o", str(out)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
-           "DEEPSEEK_API_KEY": "sk-test-0123456789abcdef"}  # fmt: skip
+    command, env = _batch_process(own_sim, source, out, concurrency=4)
     slow = ["--sim-token-ms", "4"]
     process = subprocess.Popen(command[:4] + slow + command[4:], env=env, stderr=subprocess.DEVNULL)
     try:
@@ -177,7 +174,57 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, own_sim
     assert not journal.exists()
 
 
-def _journalled(journal: Path, process: subprocess.Popen[bytes]) -> int:
+def test_ctrl_c_stops_at_once_keeps_every_finished_answer_and_a_rerun_finishes(tmp_path, own_sim):
+    """A real `dskit batch` sent SIGINT once four answers are journalled while three more
+    stall for a minute: it exits 130 within seconds, without a traceback, the journal
+    holds each finished answer once, and the rerun asks only the three."""
+    tag = f"stall-{os.getpid()}-{time.monotonic_ns()}"
+    stall = {"X-Sim-Stall-After-Events": "1", "X-Sim-Stall-Ms": "60000"}  # first run only
+    items: list[Any] = [*QUESTIONS[:4]]
+    items += [
+        {"question": q, "extra_headers": {**stall, "X-Sim-Fault-Key": f"{tag}-{i}"}}
+        for i, q in enumerate(QUESTIONS[4:7])
+    ]
+    source, out = _write(tmp_path / "in.jsonl", items), tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.partial"
+    command, env = _batch_process(own_sim, source, out, concurrency=7)
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            wait_until(lambda: _journalled(journal, process) >= 4, timeout=60)
+            sent = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=10)  # the stalls have ~60 s to go
+            took = time.monotonic() - sent
+        finally:
+            process.kill()
+    assert process.returncode == 130 and took < 10, stderr
+    assert "Traceback" not in stderr and "interrupted: 4/7 done" in stderr
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert sorted(entry["index"] for entry in entries) == [0, 1, 2, 3]  # each once
+    assert all(entry["content"] and entry["error"] is None for entry in entries)
+    own_sim.reset_stats()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert own_sim.stats.requests == 3
+    lines = _read(out)
+    assert [line["index"] for line in lines] == list(range(7))
+    assert all(line["content"] and line["error"] is None for line in lines)
+
+
+def _batch_process(
+    sim: Any, source: Path, out: Path, *, concurrency: int
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a real `dskit batch` process against `sim`,
+    with a fixed concurrency."""
+    command = [sys.executable, "-c", "from dskit.cli import main; main()", "batch",
+               "--base-url", sim.base_url, "--concurrency-start", str(concurrency),
+               "--concurrency-max", str(concurrency), str(source), "-o", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
+           "DEEPSEEK_API_KEY": "sk-test-0123456789abcdef"}  # fmt: skip
+    return command, env
+
+
+def _journalled(journal: Path, process: subprocess.Popen[Any]) -> int:
     assert process.poll() is None, "the batch ended before it was killed"
     return journal.read_bytes().count(b"\n") if journal.exists() else 0
 

@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import itertools
 import random
+import signal
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import orjson
 import pytest
 
-from dskit import AsyncDeepSeek, BatchResult, Concurrency, DeepSeek, RateLimitError
+from dskit import (
+    AsyncDeepSeek,
+    BatchResult,
+    Concurrency,
+    DeepSeek,
+    LimitChange,
+    RateLimitError,
+)
 from dskit._tokens import count_prompt
-from dskit.client._batch import AIMD, BatchRun
+from dskit.client._batch import AIMD, BatchRun, Finished, Observed, Unit
 from dskit.client._batch_pack import pack_messages, split_answers
 from dskit.client._types import ChatResult, Retrying, Usage
 from tests.conftest import LocalHTTPServer
@@ -79,28 +88,21 @@ def test_a_429_halves_the_limit_then_successes_raise_it_again(client: DeepSeek) 
     fault = faults_once(times=1, Status=429, Retry_After=0)  # the first request only
     requests = [{"question": q, "extra_headers": fault} for q in QUESTIONS]
     controls = Concurrency(start=4, maximum=4, increase_every=2)
-    recorded: list[AIMD] = []
-    results = _batch_recording(client, requests, controls, recorded)
+    changes: list[LimitChange] = []
+    results = client.batch(requests, concurrency=controls, on_limit=changes.append)
     assert all(r.ok for r in results)
-    [controller] = recorded
-    steps = [(c.limit, c.reason) for c in controller.history]
+    steps = [(c.limit, c.reason) for c in changes]
     assert steps == [(4, "start"), (2, "overload"), (3, "increase"), (4, "increase")]
 
 
-def _batch_recording(
-    client: DeepSeek, requests: list[Any], controls: Concurrency, recorded: list[AIMD]
-) -> list[BatchResult]:
-    """`client.batch`, keeping the run's controller for the test to read."""
-    original = BatchRun.plan
-
-    def plan(*args: Any, **kwargs: Any) -> BatchRun:
-        run = original(*args, **kwargs)
-        recorded.append(run.controller)
-        return run
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(BatchRun, "plan", plan)
-        return client.batch(requests, concurrency=controls)
+async def test_async_on_limit_sees_the_same_steps(aclient: AsyncDeepSeek) -> None:
+    fault = faults_once(times=1, Status=429, Retry_After=0)
+    requests = [{"question": q, "extra_headers": fault} for q in QUESTIONS]
+    controls = Concurrency(start=4, maximum=4, increase_every=2)
+    changes: list[LimitChange] = []
+    await aclient.batch(requests, concurrency=controls, on_limit=changes.append)
+    steps = [(c.limit, c.reason) for c in changes]
+    assert steps == [(4, "start"), (2, "overload"), (3, "increase"), (4, "increase")]
 
 
 def test_rate_limited_after_all_retries_is_a_per_line_error(client: DeepSeek) -> None:
@@ -108,6 +110,42 @@ def test_rate_limited_after_all_retries_is_a_per_line_error(client: DeepSeek) ->
     results = client.batch(["ok", {"question": "no", "extra_headers": always}], concurrency=2)
     assert results[0].ok
     assert results[1].error is not None and results[1].error.type == RateLimitError.__name__
+
+
+def test_ctrl_c_ends_a_sync_batch_at_once_and_nothing_is_reported_after(sim: Any) -> None:
+    """SIGINT once three answers are in, while three others stall for a minute: the batch
+    raises KeyboardInterrupt within seconds, having reported exactly the three, and the
+    client closes without waiting for the stalled ones."""
+    stall = {"X-Sim-Stall-After-Events": "1", "X-Sim-Stall-Ms": "60000"}
+    requests: list[Any] = [*QUESTIONS[:3]]
+    requests += [{"question": q, "extra_headers": stall} for q in QUESTIONS[3:6]]
+    seen: list[int] = []
+    three = threading.Event()
+
+    def on_result(result: BatchResult) -> None:
+        seen.append(result.index)
+        if len(seen) == 3:
+            three.set()
+
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        if three.wait(30):
+            sent.append(time.monotonic())
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    client = DeepSeek("sk-test-000000", base_url=sim.base_url)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.batch(requests, concurrency=6, on_result=on_result)
+        raised = time.monotonic()
+    finally:
+        client.close()
+    closed = time.monotonic()
+    assert raised - sent[0] < 10, "the batch waited for the stalled requests"
+    assert closed - raised < 10, "closing the client waited for the stalled requests"
+    assert sorted(seen) == [0, 1, 2]
 
 
 async def test_async_batch_gives_what_the_sync_batch_gives(sim: Any) -> None:
@@ -365,23 +403,31 @@ def test_fixed_concurrency_never_moves() -> None:
 
 
 def _drive(run: BatchRun, pick: Any, limited: set[int]) -> list[int]:
-    """Run `run` with no I/O: `pick` chooses which unit in flight finishes next; the
-    requests in `limited` get one 429 (retried) first. Returns the limit at each start."""
-    flying: list[Any] = []
+    """Step `run` as a shell does, with no I/O: `pick` chooses which unit in flight
+    finishes next; the requests in `limited` get one 429 (retried) first. Returns the
+    limit at each start."""
+    flying: list[Unit] = []
     at_start: list[int] = []
-    while not run.finished:
-        while run.ready():
-            flying.append(run.start(0.0))
-            at_start.append(run.controller.limit)
-            assert len(flying) <= run.controller.limit
-        unit = flying.pop(pick(len(flying)))
-        index = unit.jobs[0].index
-        if index in limited:
-            limited.discard(index)
-            run.observe(unit, Retrying(1, 0.0, "429: Rate Limit Reached", 429), 0.0)
-        usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
-        run.finish(unit, ChatResult(content=f"a{index}", usage=usage), None)
+    landings: list[Observed | Finished] = []
+    landing: Observed | Finished | None = None
+    while (units := run.step(landing, 0.0)) is not None:
+        flying += units
+        at_start += [run.controller.limit] * len(units)
+        assert not units or len(flying) <= run.controller.limit
+        landings = landings or _landings(flying.pop(pick(len(flying))), limited)
+        landing = landings.pop(0)
     return at_start
+
+
+def _landings(unit: Unit, limited: set[int]) -> list[Observed | Finished]:
+    """What a unit's worker hands the run: maybe a 429 retried, then its answer."""
+    index = unit.jobs[0].index
+    usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+    done = Finished(unit, ChatResult(content=f"a{index}", usage=usage))
+    if index not in limited:
+        return [done]
+    limited.discard(index)
+    return [Observed(unit, Retrying(1, 0.0, "429: Rate Limit Reached", 429), 0.0), done]
 
 
 def test_a_scripted_run_records_aimd_exactly() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dskit import (
+    AsyncDeepSeek,
     AuthenticationError,
     BadRequestError,
     ConfigError,
@@ -21,6 +22,7 @@ from dskit import (
     ValidationError,
 )
 from dskit.client import ContentDelta, Done, ReasoningDelta, ToolCallDelta, UsageEvent
+from tests.conftest import LocalHTTPServer, QuietHandler
 
 from .conftest import FIXED_JITTER, FakeClock, faults_once
 
@@ -291,6 +293,39 @@ def test_auth_error_never_leaks_the_key(sim_factory: Any, caplog: pytest.LogCapt
             c.chat("hi")
     assert secret not in str(info.value) and secret not in repr(info.value)
     assert secret not in caplog.text
+
+
+class QuotingServer(QuietHandler):
+    """Refuses every request with a 400 whose message quotes the key it was sent."""
+
+    def do_GET(self) -> None:
+        key = self.headers["Authorization"].removeprefix("Bearer ")
+        error = {"message": f"key {key} is not valid here", "type": "invalid_request_error"}
+        self.reply(400, json.dumps({"error": error}).encode())
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.do_GET()
+
+
+async def test_an_error_body_that_quotes_the_key_is_redacted_whatever_its_shape() -> None:
+    server = LocalHTTPServer(QuotingServer)
+    secret = "live-abc123secretXYZ-client"  # not sk- shaped: only its value can find it
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        with DeepSeek(secret, base_url=url) as client:
+            with pytest.raises(BadRequestError) as streamed:
+                client.chat("hi")
+            with pytest.raises(BadRequestError) as called:
+                client.models()
+        async with AsyncDeepSeek(secret, base_url=url) as aclient:
+            with pytest.raises(BadRequestError) as async_streamed:
+                await aclient.chat("hi")
+    finally:
+        server.close()
+    for error in (streamed.value, called.value, async_streamed.value):
+        assert "is not valid here" in str(error) and "key *** is" in str(error)
+        assert secret not in str(error) and secret not in repr(error)
 
 
 def test_models_balance_and_fim(client: DeepSeek) -> None:

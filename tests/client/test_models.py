@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dskit import AsyncDeepSeek, DeepSeek, RetryPolicy
+from dskit import AsyncDeepSeek, DeepSeek, RetryPolicy, ValidationError
 from dskit._models import CONTEXT_WINDOW, MODELS_TTL, UNKNOWN_CONTEXT_WINDOW
 from tests.conftest import free_port
 
@@ -68,3 +68,24 @@ async def test_async_model_info_matches(sim: Any) -> None:
     async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
         info = await client.model_info("deepseek-flash")
         assert info.context_window == CONTEXT_WINDOW and info.default_effort == "high"
+
+
+async def test_require_model_refuses_what_the_server_does_not_list_sync_and_async(
+    sim: Any,
+) -> None:
+    offered = "the server offers deepseek-flash, deepseek-v4-pro"
+    with DeepSeek(api_key="sk-test", base_url=sim.base_url) as client:
+        with pytest.raises(ValidationError, match=f"unknown model 'bogus': {offered}") as sync:
+            client.require_model("bogus")
+        assert client.require_model("deepseek-reasoner").id == "deepseek-flash"
+    async with AsyncDeepSeek(api_key="sk-test", base_url=sim.base_url) as aclient:
+        with pytest.raises(ValidationError) as async_:
+            await aclient.require_model("bogus")
+        assert (await aclient.require_model("deepseek-reasoner")).id == "deepseek-flash"
+    assert str(async_.value) == str(sync.value) and async_.value.param == "model"
+
+
+def test_require_model_without_a_list_accepts_any_name() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with DeepSeek(api_key="sk-test", base_url=url, retry=RetryPolicy(max_retries=0)) as client:
+        assert client.require_model("my-own-model").context_window == UNKNOWN_CONTEXT_WINDOW

@@ -1,6 +1,6 @@
 """The DeepSeek client: sync and async, streaming with resume. See `_errors` for the tree."""
 
-from dskit.client._batch import BatchError, BatchResult, Concurrency
+from dskit.client._batch import BatchError, BatchResult, Concurrency, LimitChange
 from dskit.client._errors import (
     APIConnectionError,
     APIError,
@@ -59,6 +59,7 @@ __all__ = [
     "InsufficientBalanceError",
     "InternalServerError",
     "KeepAlive",
+    "LimitChange",
     "Message",
     "NotFoundError",
     "RateLimitError",

@@ -9,9 +9,18 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
 
-from dskit._models import DEFAULT_MODEL, ModelInfo, models_from_wire
+from dskit._models import DEFAULT_MODEL, ModelInfo
 from dskit.client._base import ClientBase, httpx_timeout
-from dskit.client._batch import BatchResult, BatchRun, Concurrency, Unit
+from dskit.client._batch import (
+    BatchResult,
+    BatchRun,
+    Concurrency,
+    Finished,
+    Landing,
+    LimitChange,
+    Observed,
+    Unit,
+)
 from dskit.client._core import (
     ChatParams,
     HTTPRequest,
@@ -20,10 +29,9 @@ from dskit.client._core import (
     continuation_seed,
     fim_request,
     get_request,
-    logger,
 )
 from dskit.client._driver import CallDriver, StreamDriver
-from dskit.client._errors import DSKitError, ValidationError
+from dskit.client._models import ModelCache
 from dskit.client._streams import AsyncEventStream
 from dskit.client._types import Balance, ChatResult, FimResult, StreamEvent
 
@@ -124,11 +132,8 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
         pieces: int = 0,
         **params: Unpack[ChatParams],
     ) -> AsyncStream:
-        """Stream the rest of an answer whose start (`content`, and a reasoner's
-        `reasoning` when it stopped before any content) you already have, through Chat
-        Prefix Completion. The start yields no events, but `final()` and `snapshot()`
-        hold the whole answer; `pieces` (the streamed pieces the start took) count
-        against `max_tokens`. Breaks are resumed as in `stream()`."""
+        """`DeepSeek.continue_stream`, async: the rest of an answer whose start you
+        already have, through Chat Prefix Completion."""
         seed = continuation_seed(content, reasoning, pieces)
         return AsyncStream(self._http, self._stream_driver(messages, params, seed))
 
@@ -140,70 +145,67 @@ class AsyncDeepSeek(ClientBase[AsyncHTTP, "httpx2.AsyncBaseTransport"]):
         pack: int | None = None,
         system: str | None = None,
         on_result: Callable[[BatchResult], object] | None = None,
+        on_limit: Callable[[LimitChange], object] | None = None,
         **params: Unpack[ChatParams],
     ) -> list[BatchResult]:
-        """`DeepSeek.batch` with asyncio tasks: the same results, in the same order."""
+        """`DeepSeek.batch` with asyncio tasks: the same results, in the same order; a
+        cancelled batch cancels its requests in flight."""
         run = BatchRun.plan(
-            requests, concurrency=concurrency, pack=pack, system=system, params=params
-        )
-        report = on_result or (lambda result: None)
-        running: dict[asyncio.Task[tuple[ChatResult | None, BaseException | None]], Unit] = {}
+            requests, concurrency=concurrency, pack=pack, system=system, params=params,
+            on_result=on_result, on_limit=on_limit,
+        )  # fmt: skip
+        inbox: asyncio.Queue[Landing] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        landing: Landing | None = None
         try:
-            while True:
-                for result in run.drain():
-                    report(result)
-                if run.finished:
-                    return run.ordered()
-                while run.ready():
-                    unit = run.start(self._core.clock.now())
-                    running[asyncio.create_task(self._batch_unit(run, unit))] = unit
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    run.finish(running.pop(task), *task.result())
+            while (units := run.step(landing, self._core.clock.now())) is not None:
+                for unit in units:
+                    task = asyncio.create_task(self._batch_unit(unit, inbox.put_nowait))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                landing = await inbox.get()
         finally:
-            for task in running:
+            run.stop()
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return run.ordered()
 
-    async def _batch_unit(
-        self, run: BatchRun, unit: Unit
-    ) -> tuple[ChatResult | None, BaseException | None]:
+    async def _batch_unit(self, unit: Unit, send: Callable[[Landing], None]) -> None:
+        """One unit's request, as a task: what the run wants to know goes to `send`."""
         try:
             async with self.stream(unit.messages, **unit.chat_params) as stream:
                 async for event in stream:
-                    if run.telling(unit, event):
-                        run.observe(unit, event, self._core.clock.now())
-                return await stream.final(), None
+                    if unit.telling(event):
+                        send(Observed(unit, event, self._core.clock.now()))
+                result = await stream.final()
         except Exception as exc:  # a failed request is that request's result
-            return None, exc
+            send(Finished(unit, error=exc))
+        else:
+            send(Finished(unit, result))
 
     async def models(self) -> list[ModelInfo]:
         """`GET /models`: the models with their windows, output limits and effort levels
         (kept for `model_info`)."""
-        found = models_from_wire(await self._call(get_request(self._core, "/models")))
-        self._core.models.store(found, self._core.clock.now())
-        return found
+        body = await self._call(get_request(self._core, "/models"))
+        return self._core.models.store(body, self._core.clock.now())
 
     async def model_info(self, model: str = DEFAULT_MODEL) -> ModelInfo:
         """What `GET /models` says of `model`, fetched once an hour; the figures of
         DeepSeek's docs when the server cannot be asked or does not list it."""
-        cache, now = self._core.models, self._core.clock.now()
-        if cache.stale(now):
-            try:
-                await self.models()
-            except DSKitError as exc:
-                logger.info("GET /models failed (%s): using the documented figures", exc)
-                cache.failed(now)
-        return cache.info(model)
+        return (await self._known_models()).info(model)
 
     async def require_model(self, model: str) -> ModelInfo:
         """`model_info`, and a ValidationError when the server lists its models and
         `model` is not among them (retired names count as what they became)."""
-        info = await self.model_info(model)
-        problem = self._core.models.unlisted(model)
-        if problem:
-            raise ValidationError(problem, param="model")
-        return info
+        return (await self._known_models()).require(model)
+
+    async def _known_models(self) -> ModelCache:
+        cache, now = self._core.models, self._core.clock.now()
+        if cache.stale(now):
+            with cache.fetching(now):
+                await self.models()
+        return cache
 
     async def balance(self) -> Balance:
         return Balance.from_dict(await self._call(get_request(self._core, "/user/balance")))
@@ -294,8 +296,7 @@ class AsyncStream(AsyncEventStream[StreamEvent]):
 
     @property
     def ready(self) -> bool:
-        """Whether the next event has already arrived, so taking it will not wait on the
-        network: a relay can hold its write while this is True and send a burst at once."""
+        """Whether the next event has already arrived (see `Stream.ready`)."""
         return self._driver.backlog > 0
 
     async def text(self) -> AsyncIterator[str]:

@@ -1,22 +1,30 @@
 """Batching: many independent requests answered with a concurrency that adapts.
 
 The shared core of `DeepSeek.batch` (threads) and `AsyncDeepSeek.batch` (asyncio tasks);
-the shells only schedule. No I/O here: requests become jobs, jobs become units (one
+the shells only send. No I/O here: requests become jobs, jobs become units (one
 request, or a pack of short questions in one JSON-mode request, see `_batch_pack`), an
 AIMD controller says how many units may be in flight, and each finished unit becomes
 results.
+
+A shell's loop is `run.step(landing, now)` until it returns None: each step takes what
+landed (an `Observed` event of a unit in flight, or a unit `Finished`), reports the
+results and limit changes since the last step, and returns the units to send now. Only
+the calling thread (or task) steps the run; workers hand it what they saw.
 
 A unit's life (one owner, `BatchRun`; every path ends in results or in singles queued):
 
     queued --start--> in flight --finish--> results (an answer or an error per job)
                                       \\----> a pack that failed or did not verify:
                                               its questions queued again, one request each
+
+A run left early (`stop()`: Ctrl-C, a callback that raised) reports nothing more; its
+workers still in flight leave at their next event.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -276,16 +284,58 @@ class Unit:
     started: float = 0.0
     first_output: float | None = None
     retried: bool = False
+    told_output: bool = False  # the worker's own: it has handed on the first output
 
     @property
     def chat_params(self) -> ChatParams:
         return cast(ChatParams, self.params)
 
+    def telling(self, event: StreamEvent) -> bool:
+        """Whether the run wants this event (asked by the unit's worker): the first
+        output, and retries; the rest of a stream's chunks say nothing to the controller."""
+        if event.type == "retrying":
+            return True
+        if self.told_output or event.type not in FIRST_OUTPUT:
+            return False
+        self.told_output = True
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """An event of a unit in flight that the controller acts on, and when it came."""
+
+    unit: Unit
+    event: StreamEvent
+    at: float
+
+    def land(self, run: BatchRun) -> None:
+        run.observe(self.unit, self.event, self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A unit's request ended, with `result` or with `error`."""
+
+    unit: Unit
+    result: ChatResult | None = None
+    error: BaseException | None = None
+
+    def land(self, run: BatchRun) -> None:
+        run.finish(self.unit, self.result, self.error)
+
+
+Landing = Observed | Finished
+
+
+def _ignore(item: object) -> None:
+    pass
+
 
 @dataclass(slots=True)
 class BatchRun:
-    """The owner of every unit's life; the shells call `start`, `observe` and `finish`
-    (under a lock when they are threads) and send what `start` gives them."""
+    """The owner of every unit's life. The shells call `step` and send what it gives
+    them; `on_result` and `on_limit` are called from `step`."""
 
     controller: AIMD
     total: int
@@ -294,6 +344,10 @@ class BatchRun:
     results: dict[int, BatchResult] = field(default_factory=dict)
     fresh: list[BatchResult] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
+    on_result: Callable[[BatchResult], object] = _ignore
+    on_limit: Callable[[LimitChange], object] = _ignore
+    stopped: bool = False
+    _limits_told: int = 0
 
     @classmethod
     def plan(
@@ -304,9 +358,14 @@ class BatchRun:
         pack: int | None = None,
         system: str | None = None,
         params: Mapping[str, Any] | None = None,
+        on_result: Callable[[BatchResult], object] | None = None,
+        on_limit: Callable[[LimitChange], object] | None = None,
     ) -> BatchRun:
         items = list(requests)
-        run = cls(AIMD(Concurrency.coerce(concurrency)), len(items), shared=dict(params or {}))
+        run = cls(
+            AIMD(Concurrency.coerce(concurrency)), len(items), shared=dict(params or {}),
+            on_result=on_result or _ignore, on_limit=on_limit or _ignore,
+        )  # fmt: skip
         jobs = [job for index, item in enumerate(items) if (job := run._read(item, index, system))]
         run._queue_jobs(jobs, _pack_size(pack), system)
         return run
@@ -342,6 +401,25 @@ class BatchRun:
 
     # ---- what the shells call ----------------------------------------------------------
 
+    def step(self, landing: Landing | None, now: float) -> list[Unit] | None:
+        """One turn of a shell's loop: take in what landed, report the results and limit
+        changes since the last turn, and start every unit that may start now (the shell
+        sends them). None: every unit is done."""
+        if landing is not None:
+            landing.land(self)
+        self._report()
+        if self.finished:
+            return None
+        units: list[Unit] = []
+        while self.ready():
+            units.append(self.start(now))
+        return units
+
+    def stop(self) -> None:
+        """The shell left its loop (done, Ctrl-C, a callback raised): nothing more is
+        reported, and workers still in flight leave at their next event."""
+        self.stopped = True
+
     @property
     def finished(self) -> bool:
         return not self.queue and self.in_flight == 0
@@ -353,17 +431,9 @@ class BatchRun:
     def start(self, now: float) -> Unit:
         unit = self.queue.popleft()
         unit.epoch, unit.started = self.controller.epoch, now
-        unit.first_output, unit.retried = None, False
+        unit.first_output, unit.retried, unit.told_output = None, False, False
         self.in_flight += 1
         return unit
-
-    @staticmethod
-    def telling(unit: Unit, event: StreamEvent) -> bool:
-        """Whether `observe` wants this event: a unit's first output, or a retry (the
-        rest of a stream's chunks say nothing to the controller: no lock, no clock)."""
-        return event.type == "retrying" or (
-            unit.first_output is None and event.type in FIRST_OUTPUT
-        )
 
     def observe(self, unit: Unit, event: StreamEvent, now: float) -> None:
         """A stream event of a unit in flight: its first output, or a retry (a 429/503 one
@@ -378,7 +448,10 @@ class BatchRun:
 
     def finish(self, unit: Unit, result: ChatResult | None, error: BaseException | None) -> None:
         """A unit's request ended with `result` or `error`: its results, or its questions
-        queued again one by one."""
+        queued again one by one. An error that is no request's failure (a worker's
+        SystemExit) ends the batch."""
+        if error is not None and not isinstance(error, Exception):
+            raise error
         self.in_flight -= 1
         self._signal(unit, error)
         if not unit.packed:
@@ -391,15 +464,21 @@ class BatchRun:
             return
         self._add_pack(unit, result, answers)
 
-    def drain(self) -> list[BatchResult]:
-        """The results finished since the last call, in the order they finished."""
-        fresh, self.fresh = self.fresh, []
-        return fresh
-
     def ordered(self) -> list[BatchResult]:
         return [self.results[i] for i in sorted(self.results)]
 
     # ---- inside ----------------------------------------------------------------------
+
+    def _report(self) -> None:
+        """The results finished since the last turn, in the order they finished, then the
+        limit's changes (the first turn tells its start)."""
+        fresh, self.fresh = self.fresh, []
+        for result in fresh:
+            self.on_result(result)
+        history = self.controller.history
+        told, self._limits_told = self._limits_told, len(history)
+        for change in history[told:]:
+            self.on_limit(change)
 
     def _signal(self, unit: Unit, error: BaseException | None) -> None:
         if isinstance(error, RateLimitError | ServiceUnavailableError):

@@ -16,7 +16,7 @@ from typing import Any, TypedDict, cast
 
 import orjson
 
-from dskit._models import DEFAULT_MODEL, ModelCache, migrate
+from dskit._models import DEFAULT_MODEL, migrate
 from dskit._validate import EFFORT_ALIASES, check_chat_request, check_fim_request, is_integer
 from dskit._version import __version__
 from dskit.client._accumulate import Seed
@@ -40,6 +40,7 @@ from dskit.client._errors import (
     remember_secret,
     status_error_class,
 )
+from dskit.client._models import ModelCache
 from dskit.client._types import Message
 
 logger = logging.getLogger("dskit.client")
@@ -348,16 +349,15 @@ def _seconds_until_http_date(value: str) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def error_from_status(
-    status: int, headers: Mapping[str, str], body: bytes, key: str | None = None
-) -> APIStatusError:
+def error_from_status(status: int, headers: Mapping[str, str], body: bytes) -> APIStatusError:
     """The typed exception for an error response, keeping the server's message (without
-    `key`, the key it was sent with, whatever its shape)."""
+    any client's key, whatever its shape: `ClientCore.create` remembers each for
+    `redact`)."""
     message, error_type, code, parsed = _error_details(body)
     if not message:
         message = f"HTTP {status} with an empty body"
     return status_error_class(status)(
-        redact(message, key),
+        redact(message),
         status_code=status,
         body=parsed,
         error_type=error_type,

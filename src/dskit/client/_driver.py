@@ -234,7 +234,7 @@ class StreamDriver:
         return status < 400
 
     def fail(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        raise error_from_status(status, headers, body, self.core.api_key)
+        raise error_from_status(status, headers, body)
 
     def feed(self, data: bytes) -> Iterator[StreamEvent]:
         """Decode bytes of the body into events (the hot path).
@@ -433,7 +433,7 @@ class CallDriver:
     def handle(self, status: int, headers: Mapping[str, str], body: bytes) -> Any:
         """The parsed JSON of a response, or the typed error for it."""
         if status >= 400:
-            raise error_from_status(status, headers, body, self.core.api_key)
+            raise error_from_status(status, headers, body)
         try:
             # the server may send blank lines while it queues a non-streamed request
             return orjson.loads(body.strip() or b"null")

@@ -5,14 +5,23 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
+from queue import SimpleQueue
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
-from dskit._models import DEFAULT_MODEL, ModelInfo, models_from_wire
+from dskit._models import DEFAULT_MODEL, ModelInfo
 from dskit.client._base import ClientBase, httpx_timeout
-from dskit.client._batch import BatchResult, BatchRun, Concurrency, Unit
+from dskit.client._batch import (
+    BatchResult,
+    BatchRun,
+    Concurrency,
+    Finished,
+    Landing,
+    LimitChange,
+    Observed,
+    Unit,
+)
 from dskit.client._core import (
     ChatParams,
     HTTPRequest,
@@ -21,10 +30,9 @@ from dskit.client._core import (
     continuation_seed,
     fim_request,
     get_request,
-    logger,
 )
 from dskit.client._driver import CallDriver, StreamDriver
-from dskit.client._errors import DSKitError, ValidationError
+from dskit.client._models import ModelCache
 from dskit.client._streams import EventStream
 from dskit.client._types import Balance, ChatResult, FimResult, StreamEvent
 
@@ -85,81 +93,79 @@ class DeepSeek(ClientBase["httpx2.Client", "httpx2.BaseTransport"]):
         pack: int | None = None,
         system: str | None = None,
         on_result: Callable[[BatchResult], object] | None = None,
+        on_limit: Callable[[LimitChange], object] | None = None,
         **params: Unpack[ChatParams],
     ) -> list[BatchResult]:
         """Answer many independent requests (question strings, `{"id", "question"}` or
         `{"messages": [...], ...params}`), one result per request in their order; a
         failed one has `error` and does not stop the rest. `concurrency`: a fixed int, or
         a `Concurrency` that adapts (AIMD; the default). `pack`: up to that many short
-        questions per JSON-mode request. `on_result` sees each result as it finishes (on
-        the calling thread). `params` go with every request."""
-        run = BatchRun.plan(
-            requests, concurrency=concurrency, pack=pack, system=system, params=params
-        )
-        report = on_result or (lambda result: None)
-        lock = threading.Lock()
-        with ThreadPoolExecutor(run.controller.config.maximum, "dskit-batch") as pool:
-            running: dict[Future[tuple[ChatResult | None, BaseException | None]], Unit] = {}
-            try:
-                while True:
-                    for result in run.drain():
-                        report(result)
-                    if run.finished:
-                        return run.ordered()
-                    with lock:
-                        while run.ready():
-                            unit = run.start(self._core.clock.now())
-                            running[pool.submit(self._batch_unit, run, unit, lock)] = unit
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    with lock:
-                        for future in done:
-                            run.finish(running.pop(future), *future.result())
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+        questions per JSON-mode request. `on_result` sees each result as it finishes, and
+        `on_limit` each change of the concurrency limit (both on the calling thread).
+        `params` go with every request.
 
-    def _batch_unit(
-        self, run: BatchRun, unit: Unit, lock: threading.Lock
-    ) -> tuple[ChatResult | None, BaseException | None]:
-        """One unit's request, on a worker thread: its events feed the controller."""
+        Ctrl-C (KeyboardInterrupt) ends it at once: the results reported so far are all
+        there is; requests still in flight are abandoned (each worker, a daemon thread,
+        closes its connection at its next event)."""
+        run = BatchRun.plan(
+            requests, concurrency=concurrency, pack=pack, system=system, params=params,
+            on_result=on_result, on_limit=on_limit,
+        )  # fmt: skip
+        inbox: SimpleQueue[Landing] = SimpleQueue()
+        landing: Landing | None = None
+        try:
+            while (units := run.step(landing, self._core.clock.now())) is not None:
+                for unit in units:
+                    worker = threading.Thread(
+                        target=self._batch_unit, args=(run, unit, inbox.put), daemon=True,
+                        name="dskit-batch",
+                    )  # fmt: skip
+                    worker.start()
+                landing = inbox.get()
+        finally:
+            run.stop()
+        return run.ordered()
+
+    def _batch_unit(self, run: BatchRun, unit: Unit, send: Callable[[Landing], None]) -> None:
+        """One unit's request, on a thread of its own: what the run wants to know goes to
+        `send` (the calling thread takes it); a stopped run's worker leaves."""
         try:
             with self.stream(unit.messages, **unit.chat_params) as stream:
                 for event in stream:
-                    if run.telling(unit, event):
-                        with lock:
-                            run.observe(unit, event, self._core.clock.now())
-                return stream.final(), None
-        except Exception as exc:  # a failed request is that request's result
-            return None, exc
+                    if run.stopped:
+                        return
+                    if unit.telling(event):
+                        send(Observed(unit, event, self._core.clock.now()))
+                result = stream.final()
+        except BaseException as exc:  # a request's failure, or the calling thread's to raise
+            send(Finished(unit, error=exc))
+        else:
+            send(Finished(unit, result))
 
     # ---- other endpoints -----------------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
         """`GET /models`: the models with their windows, output limits and effort levels
         (kept for `model_info`)."""
-        found = models_from_wire(self._call(get_request(self._core, "/models")))
-        self._core.models.store(found, self._core.clock.now())
-        return found
+        body = self._call(get_request(self._core, "/models"))
+        return self._core.models.store(body, self._core.clock.now())
 
     def model_info(self, model: str = DEFAULT_MODEL) -> ModelInfo:
         """What `GET /models` says of `model`, fetched once an hour; the figures of
         DeepSeek's docs when the server cannot be asked or does not list it."""
-        cache, now = self._core.models, self._core.clock.now()
-        if cache.stale(now):
-            try:
-                self.models()
-            except DSKitError as exc:
-                logger.info("GET /models failed (%s): using the documented figures", exc)
-                cache.failed(now)
-        return cache.info(model)
+        return self._known_models().info(model)
 
     def require_model(self, model: str) -> ModelInfo:
         """`model_info`, and a ValidationError when the server lists its models and
         `model` is not among them (retired names count as what they became)."""
-        info = self.model_info(model)
-        problem = self._core.models.unlisted(model)
-        if problem:
-            raise ValidationError(problem, param="model")
-        return info
+        return self._known_models().require(model)
+
+    def _known_models(self) -> ModelCache:
+        cache, now = self._core.models, self._core.clock.now()
+        if cache.stale(now):
+            with cache.fetching(now):
+                self.models()
+        return cache
 
     def balance(self) -> Balance:
         return Balance.from_dict(self._call(get_request(self._core, "/user/balance")))

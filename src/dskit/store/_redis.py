@@ -11,10 +11,11 @@ hide a live one. An optional TTL expires idle sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Callable, Collection, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable, Collection, Coroutine, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import orjson
 
@@ -217,6 +218,88 @@ class _Keys:
         return code
 
 
+# ---- reads, sans-I/O ------------------------------------------------------------------
+# A read is a generator of steps: it yields a pipeline (redis-py's sync and asyncio ones
+# queue commands alike) and is sent that pipeline's replies; `_run` and `_arun` are the
+# only places that execute one.
+
+Pipeline = Any  # redis.client.Pipeline or redis.asyncio.client.Pipeline
+Pipelines = Callable[..., Pipeline]  # `client.pipeline`: `transaction=` says MULTI/EXEC
+Steps = Generator[Pipeline, Any, T]  # sent each pipeline's replies
+
+
+def _loading(keys: _Keys, pipelines: Pipelines, session_id: str) -> Steps[SessionRecord]:
+    """One session: its header and messages read in one MULTI/EXEC."""
+    meta, messages = keys.session(session_id)
+    pipe = pipelines(transaction=True)
+    pipe.hgetall(meta)
+    pipe.lrange(messages, 0, -1)
+    head, items = yield pipe
+    return keys.record(session_id, head, items)
+
+
+def _listing(
+    keys: _Keys, pipelines: Pipelines, limit: int | None, only: Collection[str] | None
+) -> Steps[list[SessionRecord]]:
+    """The newest `limit` live sessions (all when None; of `only`, when given); drops
+    index entries of expired ones. Stops loading once it has enough: a listing reads what
+    it shows."""
+    ids = yield from _indexed(keys, pipelines, only)
+    records: list[SessionRecord] = []
+    for raw in ids:
+        if limit is not None and len(records) >= limit:
+            break
+        try:
+            records.append((yield from _loading(keys, pipelines, _text(raw))))
+        except SessionNotFoundError:
+            yield pipelines(transaction=False).zrem(keys.index, raw)
+    return records
+
+
+def _indexed(keys: _Keys, pipelines: Pipelines, only: Collection[str] | None) -> Steps[list[Any]]:
+    """The ids of the index, newest first (of `only`, when given: the indexed ones)."""
+    if only is None:
+        [ids] = yield pipelines(transaction=False).zrevrange(keys.index, 0, -1)
+        return list(ids)
+    chosen = list(only)
+    if not chosen:
+        return []
+    [scores] = yield pipelines(transaction=False).zmscore(keys.index, chosen)
+    return _newest(chosen, scores)
+
+
+class _Read(Generic[T]):
+    """A read's steps, driven: `next(replies)` gives the next pipeline to execute, or None
+    once the read is done and `result` set."""
+
+    def __init__(self, steps: Steps[T]) -> None:
+        self._steps = steps
+        self.result: T
+
+    def next(self, replies: list[Any] | None) -> Pipeline | None:
+        try:
+            return self._steps.send(replies)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+
+
+def _run(steps: Steps[T]) -> T:
+    """A read through the sync client."""
+    read, replies = _Read(steps), None
+    while (pipe := read.next(replies)) is not None:
+        replies = pipe.execute()
+    return read.result
+
+
+async def _arun(steps: Steps[T]) -> T:
+    """A read through the asyncio client."""
+    read, replies = _Read(steps), None
+    while (pipe := read.next(replies)) is not None:
+        replies = await pipe.execute()
+    return read.result
+
+
 def _unreachable(store: RedisStore, exc: Exception) -> StoreError:
     where = redact_url(store._url)
     if is_busy(exc):
@@ -224,19 +307,25 @@ def _unreachable(store: RedisStore, exc: Exception) -> StoreError:
     return StoreUnavailableError(f"cannot reach the session store {where}: {exc}")
 
 
+@contextlib.contextmanager
+def _translated(store: RedisStore) -> Iterator[None]:
+    """Redis' connection and timeout errors inside as one StoreUnavailableError (or
+    StoreBusyError): what both `_reachable` and `_areachable` do."""
+    try:
+        yield
+    except Exception as exc:
+        if not _cannot_reach(exc):
+            raise
+        raise _unreachable(store, exc) from None
+
+
 def _reachable(
     method: Callable[Concatenate[RedisStore, P], T],
 ) -> Callable[Concatenate[RedisStore, P], T]:
-    """Redis' connection and timeout errors as one StoreUnavailableError."""
-
     @functools.wraps(method)
     def call(store: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
+        with _translated(store):
             return method(store, *args, **kwargs)
-        except Exception as exc:
-            if not _cannot_reach(exc):
-                raise
-            raise _unreachable(store, exc) from None
 
     return call
 
@@ -244,16 +333,10 @@ def _reachable(
 def _areachable(
     method: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]]:
-    """`_reachable` for the async methods."""
-
     @functools.wraps(method)
     async def call(store: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
+        with _translated(store):
             return await method(store, *args, **kwargs)
-        except Exception as exc:
-            if not _cannot_reach(exc):
-                raise
-            raise _unreachable(store, exc) from None
 
     return call
 
@@ -299,12 +382,7 @@ class RedisStore(ExportMixin):
 
     @_reachable
     def load(self, session_id: str) -> SessionRecord:
-        meta, messages = self.keys.session(session_id)
-        with self._sync.pipeline(transaction=True) as pipe:
-            pipe.hgetall(meta)
-            pipe.lrange(messages, 0, -1)
-            head, items = pipe.execute()
-        return self.keys.record(session_id, head, items)
+        return _run(_loading(self.keys, self._sync.pipeline, session_id))
 
     @_reachable
     def _write(self, session_id: str, expected: int, args: list[Any]) -> int:
@@ -337,24 +415,7 @@ class RedisStore(ExportMixin):
     def _records(
         self, limit: int | None = None, only: Collection[str] | None = None
     ) -> list[SessionRecord]:
-        """The newest `limit` live sessions (all when None; of `only`, when given); drops
-        index entries of expired ones. Stops loading once it has enough: a listing reads
-        what it shows."""
-        records: list[SessionRecord] = []
-        if only is None:
-            ids: list[Any] = self._sync.zrevrange(self.keys.index, 0, -1)
-        else:
-            chosen = list(only)
-            scores = self._sync.zmscore(self.keys.index, chosen) if chosen else []
-            ids = _newest(chosen, scores)
-        for raw in ids:
-            if limit is not None and len(records) >= limit:
-                break
-            try:
-                records.append(self.load(_text(raw)))
-            except SessionNotFoundError:
-                self._sync.zrem(self.keys.index, raw)
-        return records
+        return _run(_listing(self.keys, self._sync.pipeline, limit, only))
 
     def list_sessions(
         self, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
@@ -397,12 +458,7 @@ class RedisStore(ExportMixin):
 
     @_areachable
     async def aload(self, session_id: str) -> SessionRecord:
-        meta, messages = self.keys.session(session_id)
-        async with self._aclient().pipeline(transaction=True) as pipe:
-            pipe.hgetall(meta)
-            pipe.lrange(messages, 0, -1)
-            head, items = await pipe.execute()
-        return self.keys.record(session_id, head, items)
+        return await _arun(_loading(self.keys, self._aclient().pipeline, session_id))
 
     @_areachable
     async def _awrite(self, session_id: str, expected: int, args: list[Any]) -> int:
@@ -439,22 +495,7 @@ class RedisStore(ExportMixin):
     async def _arecords(
         self, limit: int | None = None, only: Collection[str] | None = None
     ) -> list[SessionRecord]:
-        client = self._aclient()
-        records: list[SessionRecord] = []
-        if only is None:
-            ids: list[Any] = await client.zrevrange(self.keys.index, 0, -1)
-        else:
-            chosen = list(only)
-            scores = await client.zmscore(self.keys.index, chosen) if chosen else []
-            ids = _newest(chosen, scores)
-        for raw in ids:
-            if limit is not None and len(records) >= limit:
-                break
-            try:
-                records.append(await self.aload(_text(raw)))
-            except SessionNotFoundError:
-                await client.zrem(self.keys.index, raw)
-        return records
+        return await _arun(_listing(self.keys, self._aclient().pipeline, limit, only))
 
     async def alist_sessions(
         self, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
