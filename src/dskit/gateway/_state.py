@@ -40,6 +40,7 @@ from dskit.gateway._scale import (
 from dskit.gateway._settings import GatewaySettings
 from dskit.gateway._streamlog import MemoryStreamLog, StreamLog
 from dskit.gateway._takeover import TakeoverLoop
+from dskit.gateway._tool_results import ToolResults, make_tool_results
 from dskit.store import SessionStore, open_store
 from dskit.store._model import redact_url
 
@@ -97,6 +98,8 @@ class Gateway:
         self.cache = CacheFront(
             make_cache(self.redis), settings.cache_ttl_seconds, self.metrics, semantic
         )
+        # paused answers' mailboxes for client-side tool results (shared with --redis)
+        self.tool_results: ToolResults = make_tool_results(self.redis)
         self.pool: UpstreamPool | None = None
         self.takeover: TakeoverLoop | None = None
         self.runner = AnswerRunner(self)
