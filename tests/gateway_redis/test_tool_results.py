@@ -16,6 +16,7 @@ import redis
 from dskit.gateway._redis_log import RedisStreamLog
 from dskit.gateway._tool_results import Outcome, RedisToolResults
 from tests.conftest import wait_until
+from tests.gateway.conftest import RecordingUpstream
 from tests.gateway.test_tool_pause import (
     SUNNY,
     control_frame,
@@ -26,6 +27,7 @@ from tests.gateway.test_tool_pause import (
     tool_session,
     turns,
 )
+from tests.gateway.test_tool_race import race_tool_results
 from tests.gateway.test_ws import _connect, _logged, _recv
 
 pytestmark = pytest.mark.redis
@@ -176,3 +178,16 @@ def test_results_over_http_at_another_instance_and_a_timeout_in_a_fleet(
             with redis.Redis.from_url(redis_url) as client:  # the mailbox is gone
                 assert not client.keys(f"{redis_prefix}:answer:{{{answer_id}}}:*tool*")
                 assert not client.keys(f"{redis_prefix}:answer:{{{answer_id}}}:results")
+
+
+def test_racing_results_and_cancels_sent_to_another_instance(
+    gateway_factory: Any, recording_upstream: RecordingUpstream, redis_url: str,
+    redis_prefix: str,
+) -> None:  # fmt: skip
+    """test_tool_race's rounds in a fleet: the answers run on one instance, the results,
+    strays and cancels go to the other."""
+    shared = {"redis": redis_url, "store": redis_url, "redis_namespace": redis_prefix,
+              "tool_result_timeout_seconds": 1.0, "upstream": recording_upstream.url}  # fmt: skip
+    first, second = gateway_factory(**shared), gateway_factory(**shared)
+    ended = race_tool_results(first, second, recording_upstream, SEED, rounds=10)
+    assert "done" in ended, f"seed {SEED}: {ended}"

@@ -423,10 +423,14 @@ class Answer:
         await self.saver.pause(message, {"finish_reason": "tool_calls", "waiting": calls})
         gw.metrics.count_usage(result.usage)
         await gw.tool_results.open(self.answer_id, calls, seconds)
-        self._move(AnswerState.WAITING)
-        await gw.log.append(self.answer_id, "tool_wait", tool_wait_payload(result, seconds))
-        self.saver.logged()
-        stop_if_cancelled()
+        try:
+            self._move(AnswerState.WAITING)
+            await gw.log.append(self.answer_id, "tool_wait", tool_wait_payload(result, seconds))
+            self.saver.logged()
+            stop_if_cancelled()
+        except BaseException:  # it will not wait (`wait` closes it): nobody may put in it
+            await asyncio.shield(gw.tool_results.close(self.answer_id))
+            raise
 
     async def _wait(self, result: ChatResult) -> dict[str, str]:
         """Every call's result, or `tool_timeout` once the deadline passed."""
