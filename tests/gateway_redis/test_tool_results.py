@@ -8,8 +8,10 @@ import asyncio
 import os
 import random
 import uuid
+from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import redis
 
@@ -29,6 +31,7 @@ from tests.gateway.test_tool_pause import (
 )
 from tests.gateway.test_tool_race import race_tool_results
 from tests.gateway.test_ws import _connect, _logged, _recv
+from tests.gateway_redis._fleet import start_fleet
 
 pytestmark = pytest.mark.redis
 SEED = int(os.environ.get("DSKIT_RACE_SEED", "20251207"))
@@ -191,3 +194,35 @@ def test_racing_results_and_cancels_sent_to_another_instance(
     first, second = gateway_factory(**shared), gateway_factory(**shared)
     ended = race_tool_results(first, second, recording_upstream, SEED, rounds=10)
     assert "done" in ended, f"seed {SEED}: {ended}"
+
+
+@pytest.mark.slow
+def test_an_answer_whose_instance_died_while_it_waited_ends_with_tool_calls_lost(
+    redis_url: str, redis_prefix: str, sim: Any, tmp_path: Path
+) -> None:
+    """SIGKILL of the instance running a paused answer: another instance takes the answer
+    over and ends it with one clear error (before, it found the paused turn saved and
+    ended the answer `done`, its message empty); the session stays usable."""
+    fleet = start_fleet(2, redis_url, redis_prefix, sim.base_url, tmp_path)
+    try:
+        owner, other = fleet
+        with httpx2.Client(base_url=owner.url, timeout=30) as one:
+            sid = tool_session(one)
+            body = {"content": "What is the weather in Paris?", "background": True}
+            handle = one.post(f"/v1/sessions/{sid}/messages", json=body).json()
+            _tool_wait(one, handle)
+        owner.kill()
+        with httpx2.Client(base_url=other.url, timeout=30) as two:
+            outcome = _result(two, sid, handle["answer_id"])
+            assert outcome["status"] == "failed", outcome
+            assert outcome["error"]["code"] == "tool_calls_lost", outcome
+            kinds = [e["type"] for e in two.get(handle["events_url"]).json()["events"]]
+            assert kinds[-2:] == ["tool_wait", "error"], kinds
+            stored = turns(two, sid)
+            assert [t["role"] for t in stored] == ["user", "assistant"]
+            assert stored[1]["incomplete"] and stored[1]["tool_calls"]
+            again = two.post(f"/v1/sessions/{sid}/messages", json={"content": "Say hello."})
+            assert again.status_code == 200 and again.json()["status"] == "completed"
+    finally:
+        for gateway in fleet:
+            gateway.stop()
