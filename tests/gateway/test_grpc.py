@@ -24,6 +24,7 @@ from dskit.gateway._pb import gateway_pb2 as pb
 from dskit.gateway._pb import gateway_pb2_grpc as pb_grpc
 from tests.conftest import free_port
 from tests.gateway.conftest import GatewayServer, parse_sse
+from tests.gateway.test_tool_pause import SUNNY, tool_session
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = ROOT / "proto/dskit/v1/gateway.proto"
@@ -188,18 +189,78 @@ def test_converse_two_messages_and_a_cancel(grpc_gateway: GatewayServer) -> None
     assert stored[1]["content"] == _text(first) and stored[3]["incomplete"] is True
 
 
-def test_converse_resumes_and_refuses_tool_results(grpc_gateway: GatewayServer) -> None:
+def test_converse_resumes_an_answer_by_its_event_id(grpc_gateway: GatewayServer) -> None:
     with _stub(grpc_gateway) as stub:
         answer = list(stub.Ask(pb.AskRequest(content="hi", **PLAIN), timeout=DEADLINE))
         frames = Frames()
         events = stub.Converse(iter(frames), timeout=DEADLINE)
         frames.send(resume=pb.ClientFrame.Resume(after=answer[1].id))
         assert _until(events, "done") == answer[2:]
-        frames.send(tool_result=pb.ClientFrame.ToolResult(tool_call_id="call_1", content="{}"))
-        with pytest.raises(grpc.RpcError) as refused:
-            list(events)
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "tool results are not supported" in (refused.value.details() or "")
+        frames.close()
+        assert list(events) == []
+
+
+def _next_notice(events: Iterator[pb.Event]) -> pb.Event:
+    """The next `accepted` or `rejected` notice (no id: not an event of the answer)."""
+    event = next(events)
+    assert event.WhichOneof("event") in ("accepted", "rejected") and event.id == "", event
+    return event
+
+
+def test_converse_with_a_client_side_tool_pauses_and_goes_on(
+    grpc_gateway: GatewayServer,
+) -> None:
+    result = pb.ClientFrame.ToolResult
+    with grpc_gateway.client() as http, _stub(grpc_gateway) as stub:
+        sid = tool_session(http)
+        frames = Frames()
+        events = stub.Converse(iter(frames), timeout=DEADLINE)
+        frames.send(tool_result=result(tool_call_id="call_1", content="{}"))  # nothing waits
+        assert _next_notice(events).rejected.code == "not_waiting_for_tools"
+        ask = pb.ClientFrame.Message(content="What is the weather in Paris?", session_id=sid)
+        frames.send(message=ask)
+        before = _until(events, "tool_wait")
+        [call] = before[-1].tool_wait.tool_calls
+        assert call.name == "get_weather" and before[-1].tool_wait.timeout_seconds == 300
+        answer_id = before[0].answer_id
+        for frame, code in (
+            (result(tool_call_id="call_nope", content="?"), "unknown_tool_call"),
+            (result(tool_call_id=call.id, content=SUNNY, answer_id="nope"), "not_found"),
+            (result(tool_call_id="", content=SUNNY), "invalid_request"),
+        ):
+            frames.send(tool_result=frame)
+            rejected = _next_notice(events).rejected
+            assert rejected.code == code and rejected.status in (400, 404, 422), rejected
+        frames.send(tool_result=result(tool_call_id=call.id, content=SUNNY))
+        accepted = _next_notice(events)
+        assert accepted.answer_id == answer_id and accepted.accepted.tool_call_id == call.id
+        assert list(accepted.accepted.pending) == []
+        frames.send(tool_result=result(tool_call_id=call.id, content=SUNNY))  # once only
+        after = _until(events, "done")
+        late = [e for e in after if e.id == ""]
+        after = [e for e in after if e.id]
+        if not late:
+            late = [_next_notice(events)]
+        assert [e.rejected.code for e in late] in (
+            ["duplicate_tool_result"],
+            ["not_waiting_for_tools"],
+        )
+        assert {e.answer_id for e in before + after} == {answer_id}  # the same answer
+        assert _text(after).startswith(f"get_weather returned: {SUNNY}.")
+        _same_events(before + after, _sse(http, sid, answer_id))
+        frames.send(message=pb.ClientFrame.Message(content="And the weather in Rome?"))
+        paused = _until(events, "tool_wait")
+        frames.send(cancel=pb.ClientFrame.Cancel())  # a cancel while it waits
+        ended = _until(events, "error")
+        assert ended[-1].error.type == "cancelled" and len(ended) == 1
+        frames.close()
+        assert list(events) == []
+        stored = http.get(f"/v1/sessions/{sid}").json()
+    assert [m["role"] for m in stored["messages"]] == [
+        "user", "assistant", "tool", "assistant", "user", "assistant"
+    ]  # fmt: skip
+    assert stored["messages"][-1]["incomplete"] and stored["active_answer"] is None
+    assert paused[0].answer_id != answer_id
 
 
 def test_auth_by_gateway_keys_and_sessions_of_others_not_found(

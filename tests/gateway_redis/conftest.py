@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dskit.gateway.backends._redis_log import RedisLogSettings, RedisStreamLog, connect
-from tests.gateway.conftest import gateway_factory  # noqa: F401  (a fixture, shared)
+from tests.gateway.conftest import gateway_factory, recording_upstream  # noqa: F401  (fixtures, shared)
 
 pytestmark = pytest.mark.redis
 

@@ -34,6 +34,7 @@ from dskit.gateway.backends._log import MemoryStreamLog, StreamLog
 from dskit.gateway.backends._redis import RedisParts
 from dskit.gateway.backends._redis_keys import open_keys
 from dskit.gateway.backends._redis_limit import RedisRateLimiter
+from dskit.gateway.backends._tool_results import ToolResults, make_tool_results
 from dskit.gateway.upstreams._pool import UpstreamPool
 from dskit.gateway.upstreams._upstreams import UpstreamMode, Upstreams
 from dskit.store import SessionStore, open_store
@@ -65,6 +66,10 @@ class Gateway:
     takeover: TakeoverLoop | None
     redis: RedisParts | None
     watch: CredentialWatch  # open streams end when their key is revoked or token expires
+
+    @property
+    def tool_results(self) -> ToolResults:
+        return self.answers.tool_results
 
     @property
     def client(self) -> AsyncDeepSeek:
@@ -145,9 +150,11 @@ def compose(
     log = log if log is not None else fleet or MemoryStreamLog(ttl=settings.answer_ttl_seconds)
     upstreams = Upstreams(settings, metrics)
     cache = _cache_front(settings, redis, metrics)
+    token_limiter = _token_limiter(settings, redis)
     answers = AnswerContext(
-        settings, log, fleet, store, cache, upstreams, CallbackSender(settings.callbacks), metrics
-    )
+        settings, log, fleet, store, cache, upstreams, CallbackSender(settings.callbacks),
+        metrics, token_limiter, make_tool_results(redis),
+    )  # fmt: skip
     runner = AnswerRunner(answers)
     takeover = None
     if fleet is not None:
@@ -156,7 +163,7 @@ def compose(
     return Gateway(
         settings=settings, authority=authority, auth=auth, metrics=metrics,
         store=store, keys=keys, log=log, limiter=limiter or _limiter(settings, redis),
-        token_limiter=_token_limiter(settings, redis), cache=cache, upstreams=upstreams,
+        token_limiter=token_limiter, cache=cache, upstreams=upstreams,
         answers=answers, runner=runner, takeover=takeover, redis=redis,
         watch=_watch(settings, authority, auth, keys),
     )  # fmt: skip

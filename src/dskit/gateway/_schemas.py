@@ -14,6 +14,7 @@ from dskit._models import DEFAULT_MODEL
 from dskit.gateway.access._jwt import JWT_PATTERN
 
 MAX_CONTENT = 1_000_000
+MAX_CALL_ID = 200
 
 
 class ErrorDetail(BaseModel):
@@ -124,6 +125,23 @@ class MessageCreate(BaseModel):
     stream: bool = False
     background: bool = False
     callback_url: HttpUrl | None = None
+
+
+class ToolResultCreate(BaseModel):
+    """The result of one client-side tool call the answer is waiting for."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tool_call_id: str = Field(min_length=1, max_length=MAX_CALL_ID)
+    content: str = Field(max_length=MAX_CONTENT, description="What the tool returned")
+
+
+class ToolResultAccepted(BaseModel):
+    """A result the paused answer took: once `pending` is empty, the answer goes on."""
+
+    answer_id: str
+    tool_call_id: str
+    pending: list[str] = Field(description="The answer's tool calls still without a result")
 
 
 class SessionSummary(BaseModel):

@@ -95,6 +95,10 @@ class GatewaySettings:
     # `ChatSession` does), so a killed gateway leaves it there marked incomplete; 0: only
     # at its end. A fleet (a shared log) keeps it in the log, and another instance ends it.
     partial_save_seconds: float = 0.5
+    # An answer whose model output calls the session's client-side tools waits this long
+    # for their results (WebSocket, gRPC or `POST .../tool_results`), then ends with
+    # `tool_timeout`.
+    tool_result_timeout_seconds: float = 300.0
     upstream_max_retries: int = 3
     upstream_max_resumes: int = 3
     rate_limit: RateLimit | None = None
@@ -125,6 +129,8 @@ class GatewaySettings:
             raise ValueError("heartbeat_seconds and max_wait_seconds must be positive")
         if not 0 <= self.partial_save_seconds <= 1:
             raise ValueError("partial_save_seconds must be in [0, 1] (0: save at the end only)")
+        if not 0 < self.tool_result_timeout_seconds <= 86_400:
+            raise ValueError("tool_result_timeout_seconds must be in (0, 86400]")
         if self.lease_seconds < 0.1 or self.takeover_interval <= 0:
             raise ValueError("lease_seconds must be >= 0.1 and takeover_interval positive")
         parse_upstreams(self.upstream, self.fallbacks)  # a bad --fallback fails here, not later

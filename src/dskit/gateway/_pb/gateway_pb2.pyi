@@ -68,12 +68,14 @@ class ClientFrame(_message.Message):
         after: str
         def __init__(self, after: _Optional[str] = ...) -> None: ...
     class ToolResult(_message.Message):
-        __slots__ = ("tool_call_id", "content")
+        __slots__ = ("tool_call_id", "content", "answer_id")
         TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
         CONTENT_FIELD_NUMBER: _ClassVar[int]
+        ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
         tool_call_id: str
         content: str
-        def __init__(self, tool_call_id: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+        answer_id: str
+        def __init__(self, tool_call_id: _Optional[str] = ..., content: _Optional[str] = ..., answer_id: _Optional[str] = ...) -> None: ...
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +114,22 @@ class Usage(_message.Message):
     reasoning_tokens: int
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., prompt_cache_hit_tokens: _Optional[int] = ..., prompt_cache_miss_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
 
+class ToolWait(_message.Message):
+    __slots__ = ("tool_calls", "timeout_seconds")
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    timeout_seconds: float
+    def __init__(self, tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class ToolResultAccepted(_message.Message):
+    __slots__ = ("tool_call_id", "pending")
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    tool_call_id: str
+    pending: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tool_call_id: _Optional[str] = ..., pending: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Done(_message.Message):
     __slots__ = ("finish_reason", "usage")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -133,7 +151,7 @@ class Error(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., status: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("id", "session_id", "answer_id", "content", "reasoning", "tool_call", "usage", "done", "error")
+    __slots__ = ("id", "session_id", "answer_id", "content", "reasoning", "tool_call", "usage", "done", "error", "tool_wait", "accepted", "rejected")
     ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +161,9 @@ class Event(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOOL_WAIT_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     session_id: str
     answer_id: str
@@ -152,4 +173,7 @@ class Event(_message.Message):
     usage: Usage
     done: Done
     error: Error
-    def __init__(self, id: _Optional[str] = ..., session_id: _Optional[str] = ..., answer_id: _Optional[str] = ..., content: _Optional[str] = ..., reasoning: _Optional[str] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    tool_wait: ToolWait
+    accepted: ToolResultAccepted
+    rejected: Error
+    def __init__(self, id: _Optional[str] = ..., session_id: _Optional[str] = ..., answer_id: _Optional[str] = ..., content: _Optional[str] = ..., reasoning: _Optional[str] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., tool_wait: _Optional[_Union[ToolWait, _Mapping]] = ..., accepted: _Optional[_Union[ToolResultAccepted, _Mapping]] = ..., rejected: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

@@ -58,8 +58,9 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Converse(self, request_iterator, context):
-        """A conversation on one stream: messages, cancels and resumes in, events out. The
-        stream ends when the client has closed its side and the answers it follows ended.
+        """A conversation on one stream: messages, cancels, resumes and tool results in,
+        events out. The stream ends when the client has closed its side and the answers it
+        follows ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

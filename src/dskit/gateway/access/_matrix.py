@@ -62,6 +62,7 @@ ROUTE_PERMISSIONS: dict[str, Permission] = {
     _ANSWER: Permission.SESSIONS,
     _ANSWER + "/stream": Permission.SESSIONS,
     _ANSWER + "/events": Permission.SESSIONS,
+    _ANSWER + "/tool_results": Permission.SESSIONS,
     "/metrics": Permission.METRICS,
     "/healthz": Permission.PUBLIC,
     "/readyz": Permission.PUBLIC,

@@ -13,7 +13,9 @@ from dskit.gateway._settings import GatewaySettings
 from dskit.gateway.answers._cache import CacheFront
 from dskit.gateway.answers._callbacks import CallbackSender
 from dskit.gateway.answers._codec import answer_result
+from dskit.gateway.backends._limits import RateLimiter
 from dskit.gateway.backends._log import SharedLog, StreamLog
+from dskit.gateway.backends._tool_results import ToolResults
 from dskit.gateway.upstreams._pool import UpstreamPool
 from dskit.gateway.upstreams._upstreams import Upstreams
 from dskit.store import SessionStore
@@ -22,7 +24,8 @@ from dskit.store import SessionStore
 @dataclass(frozen=True, slots=True)
 class AnswerContext:
     """The answer log (`fleet`: the same log when a fleet shares it, else None), the
-    session store, the cache, the upstreams, callbacks and metrics."""
+    session store, the cache, the upstreams, callbacks, metrics, the tokens bucket and
+    the mailboxes of answers paused for client-side tool results."""
 
     settings: GatewaySettings
     log: StreamLog
@@ -32,6 +35,8 @@ class AnswerContext:
     upstreams: Upstreams
     callbacks: CallbackSender
     metrics: Metrics
+    token_limiter: RateLimiter | None  # a turn's later requests (after tool results) too
+    tool_results: ToolResults  # paused answers' mailboxes (shared with --redis)
 
     @property
     def client(self) -> AsyncDeepSeek:

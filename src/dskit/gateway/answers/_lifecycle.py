@@ -1,23 +1,33 @@
 """The life of one answer: a small state machine with one owner, `Answer`.
 
-    STARTING --> RUNNING --> ENDING --> FINISHED | CANCELLED | FAILED
-        \\           \\          ^
-         \\           v         |
-          `------> CANCELLING -'
+    STARTING --> RUNNING <--> WAITING           RUNNING, WAITING --> ENDING
+        \\           \\          /                    CANCELLING --> ENDING
+         `------------`--> CANCELLING        ENDING --> FINISHED | CANCELLED | FAILED
 
-Two tasks per answer. The *generation* (open the source, log its events) is the only
-part a cancel may interrupt, and it is interrupted once: the first `cancel()` of a
-RUNNING answer cancels it; every later one, and one of a STARTING answer (its task has
-not run yet), only records the request. The *life* task runs the generation, then ends
-the answer in a shielded `finally` nobody cancels: exactly one terminal event (`done` or
-`error`) logged, the answer saved once (whole, or cut off and marked incomplete), the
-answer finished (which clears the session's active answer) and its lease released,
-whatever arrived when. Two ends log nothing: a lost lease (another instance writes the
-answer now) and a hand-over at shutdown with a shared log (another instance continues).
+`TRANSITIONS` lists every move and `Answer._move` refuses any other. WAITING is an
+answer whose model output called the session's client-side tools: it logged the calls
+and `tool_wait`, and waits (up to `tool_result_timeout_seconds`) for their results in
+its mailbox (`_tool_results.py`); with all of them in, they are stored as tool turns and
+the same answer goes on RUNNING with a new upstream request, its seqs continuing. A
+timeout ends it with one `error` (`tool_timeout`), a cancel ends it cancelled.
+
+Two tasks per answer. The *generation* (open the source, log its events, pause for tool
+results and go on) is the only part a cancel may interrupt, and it is interrupted once:
+the first `cancel()` of a RUNNING or WAITING answer cancels it; every later one, and one
+of a STARTING answer (its task has not run yet), only records the request. The *life*
+task runs the generation, then ends the answer in a shielded `finally` nobody cancels:
+exactly one terminal event (`done` or `error`) logged, the answer saved once (whole, or
+cut off and marked incomplete), the answer finished (which clears the session's active
+answer) and its lease released, whatever arrived when. Two ends log nothing: a lost
+lease (another instance writes the answer now) and a hand-over at shutdown with a shared
+log (another instance continues).
 
 The answer is in its session once: an `AnswerSaver` appends it (at its first text when
 growing saves are on, else at its end) and replaces it in place from then on, so a
-killed single instance leaves what had come in the store, marked incomplete.
+killed single instance leaves what had come in the store, marked incomplete. A paused
+answer is there as its turn with the tool calls (incomplete while it waits: the next
+request never sends calls without results), then once resumed that turn whole, the tool
+turns, and the next turn, saved by the saver that follows (`AnswerSaver.following`).
 """
 
 from __future__ import annotations
@@ -40,6 +50,12 @@ from dskit.gateway.answers._cache import CacheRequest
 from dskit.gateway.answers._codec import ANSWER_KEY
 from dskit.gateway.answers._sources import AnswerSource
 from dskit.gateway.backends._redis_log import LeaseLostError, stop_if_cancelled
+from dskit.gateway.backends._tool_results import (
+    calls_tools,
+    tool_timeout,
+    tool_turns,
+    tool_wait_payload,
+)
 from dskit.session._core import (
     GROWING,
     MAX_REBASES,
@@ -49,6 +65,8 @@ from dskit.session._core import (
     worth_keeping,
 )
 from dskit.store import SessionConflictError, SessionRecord, SessionStore, StoredMessage
+
+Write = Callable[[], Awaitable[None]]
 
 if TYPE_CHECKING:
     from dskit.gateway.answers._context import AnswerContext
@@ -60,7 +78,8 @@ CANCELLED = orjson.dumps({"message": "the answer was cancelled", "type": "cancel
 
 class AnswerState(enum.Enum):
     STARTING = "starting"  # created and logged; its task has not run yet
-    RUNNING = "running"  # generating: the only state a cancel interrupts
+    RUNNING = "running"  # generating: a cancel interrupts it
+    WAITING = "waiting"  # paused for client-side tool results: a cancel interrupts it
     CANCELLING = "cancelling"  # a cancel was asked for; the answer ends cancelled
     ENDING = "ending"  # the generation is over; the answer is being saved and closed
     FINISHED = "finished"
@@ -69,10 +88,25 @@ class AnswerState(enum.Enum):
 
 
 TERMINAL = frozenset({AnswerState.FINISHED, AnswerState.CANCELLED, AnswerState.FAILED})
-
+_S = AnswerState
+# every move an answer may make (FAILED from anywhere alive: an end that itself failed)
+TRANSITIONS: dict[AnswerState, frozenset[AnswerState]] = {
+    _S.STARTING: frozenset({_S.RUNNING, _S.CANCELLING, _S.ENDING, _S.FAILED}),
+    _S.RUNNING: frozenset({_S.WAITING, _S.CANCELLING, _S.ENDING, _S.FAILED}),
+    _S.WAITING: frozenset({_S.RUNNING, _S.CANCELLING, _S.ENDING, _S.FAILED}),
+    _S.CANCELLING: frozenset({_S.ENDING, _S.FAILED}),
+    _S.ENDING: TERMINAL,
+    **{state: frozenset() for state in TERMINAL},
+}
 
 # the states a cancel still acts on (a caller's cancel of one shutdown is stopping counts)
-STOPPABLE = frozenset({AnswerState.STARTING, AnswerState.RUNNING, AnswerState.CANCELLING})
+STOPPABLE = frozenset({_S.STARTING, _S.RUNNING, _S.WAITING, _S.CANCELLING})
+# the states whose generation task a first cancel interrupts
+INTERRUPTIBLE = frozenset({_S.RUNNING, _S.WAITING})
+
+
+class TransitionError(RuntimeError):
+    """A move `TRANSITIONS` does not allow (a bug, never a caller's doing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,17 +201,29 @@ class AnswerSaver:
     def __init__(
         self, store: SessionStore, record: SessionRecord, answer_id: str, every: float | None
     ) -> None:
-        self.store, self.answer_id = store, answer_id
+        self.store, self.answer_id, self.every = store, answer_id, every
         self.record = dataclasses.replace(record, messages=list(record.messages))
         self.throttle = Throttle(every) if every else None
         self.index: int | None = None  # where the answer is, once it is in the store
         self.marks: list[int] = []  # each logged event's share of the text
         self.final = False  # the end was saved: nothing more to write
+        self.paused = False  # saved as a turn whose tool calls wait for results
         self._pending: asyncio.Future[None] | None = None
+
+    def following(self) -> AnswerSaver:
+        """The saver of the answer's next turn, after its tool turns: a new turn whose
+        events come after every event logged so far."""
+        saver = AnswerSaver(self.store, self.record, self.answer_id, self.every)
+        saver.marks = [0] * len(self.marks)
+        return saver
+
+    def logged(self, mark: int = 0) -> None:
+        """Note an event just logged that is no part of a growing save (`tool_wait`)."""
+        self.marks.append(mark)
 
     async def grow(self, event: StreamEvent, snapshot: Callable[[], ChatResult]) -> None:
         """Note an event just logged; save the answer so far when it is due."""
-        self.marks.append(text_mark(event))
+        self.logged(text_mark(event))
         if self.throttle is None or event.type not in GROWING or not self.throttle.due():
             return
         message = SessionCore.reply_message(snapshot(), incomplete=True)
@@ -203,23 +249,62 @@ class AnswerSaver:
         """Save the answer's end (once): it replaces what was kept as it grew."""
         await self.settle()
         await self.save(message, meta)
-        self.final = True
+        self.final, self.paused = True, False
+
+    async def pause(self, message: StoredMessage, meta: dict[str, Any]) -> None:
+        """Save the turn whose tool calls the answer now waits for: incomplete until
+        their results are in, so a request made meanwhile sends no call without its
+        result. Shielded (as growing saves are): a cancel never leaves it half known."""
+        await self.settle()
+
+        async def write() -> None:
+            await self.save(message, meta)
+            self.final = self.paused = True
+
+        await self._shielded(write)
+
+    async def resume(
+        self, message: StoredMessage, meta: dict[str, Any], turns: list[StoredMessage]
+    ) -> None:
+        """The results are in: the turn saved whole, then the tool turns after it, both
+        shielded from a cancel."""
+
+        async def writes() -> None:
+            await self.save(message, meta)
+            await self._rebased(lambda: self._append(turns))
+            self.paused = False  # in the shielded part: after a cancel, settle() tells
+
+        await self._shielded(writes)
+
+    async def _shielded(self, write: Write) -> None:
+        self._pending = asyncio.ensure_future(write())
+        await asyncio.shield(self._pending)
 
     async def save(self, message: StoredMessage, meta: dict[str, Any] | None = None) -> None:
         stamp = {"id": self.answer_id, "seq": len(self.marks), **(meta or {})}
         if message.incomplete:
             stamp["marks"] = list(self.marks)
         message = dataclasses.replace(message, message={**message.message, ANSWER_KEY: stamp})
+        await self._rebased(lambda: self._write(message))
+
+    async def _rebased(self, write: Write) -> None:
+        """`write`, rebased onto the fresh session after a conflict while what it relies
+        on is untouched (the session core's rule), else the conflict is raised."""
         for _ in range(MAX_REBASES):
             try:
-                await self._write(message)
+                await write()
                 return
             except SessionConflictError:
                 fresh = await self.store.aload(self.record.id)
                 if not rebases(self.record.messages, fresh.messages, self.index):
                     raise
                 self.record = fresh
-        await self._write(message)
+        await write()
+
+    async def _append(self, turns: list[StoredMessage]) -> None:
+        record = self.record
+        record.version = await self.store.aappend(record.id, turns, expected_version=record.version)
+        record.messages.extend(turns)
 
     async def _write(self, message: StoredMessage) -> None:
         record = self.record
@@ -244,10 +329,14 @@ class Answer:
         self, gw: AnswerContext, job: AnswerJob, worker: str,
         opener: Callable[[], Awaitable[Opened]],
         handing_over: Callable[[], bool], save_every: float | None = None,
+        continuer: Callable[[SessionRecord], Awaitable[Opened]] | None = None,
     ) -> None:  # fmt: skip
+        """`opener`: the answer's source; `continuer`: the source that goes on after tool
+        results, from the session as it stands then (None: the answer cannot pause, its
+        tool calls end it)."""
         self.gw, self.job, self.worker = gw, job, worker
         self.state = AnswerState.STARTING
-        self._opener, self._handing_over = opener, handing_over
+        self._opener, self._continuer, self._handing_over = opener, continuer, handing_over
         self._generation: asyncio.Task[None] | None = None
         self._opened: Opened | None = None
         self.saver = AnswerSaver(gw.store, job.record, job.answer_id, save_every)
@@ -268,11 +357,16 @@ class Answer:
         if by_caller and self.state in STOPPABLE:
             self._by_caller = True
         if self.state is AnswerState.STARTING:
-            self.state = AnswerState.CANCELLING
-        elif self.state is AnswerState.RUNNING:
-            self.state = AnswerState.CANCELLING
+            self._move(AnswerState.CANCELLING)
+        elif self.state in INTERRUPTIBLE:
+            self._move(AnswerState.CANCELLING)
             assert self._generation is not None
             self._generation.cancel()
+
+    def _move(self, to: AnswerState) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise TransitionError(f"answer {self.answer_id}: {self.state.value} -> {to.value}")
+        self.state = to
 
     async def ended(self) -> AnswerState:
         """Wait for the end; the terminal state."""
@@ -285,7 +379,7 @@ class Answer:
         self.gw.metrics.active_generations.inc()
         try:
             if self.state is AnswerState.STARTING:
-                self.state = AnswerState.RUNNING
+                self._move(AnswerState.RUNNING)
                 name = f"generate-{self.answer_id}"
                 self._generation = asyncio.create_task(self._generate(), name=name)
                 await asyncio.wait([self._generation])  # waiting is not cancelling it
@@ -293,10 +387,21 @@ class Answer:
             await asyncio.shield(asyncio.ensure_future(self._end()))
 
     async def _generate(self) -> None:
-        job, gw = self.job, self.gw
+        """Log the source's events; while its output calls client-side tools, pause for
+        their results and go on with the next source."""
         self._opened = await self._opener()
-        source = self._opened.source
-        first = True
+        while True:
+            source = self._opened.source
+            await self._log_events(source)
+            if self._continuer is None or not calls_tools(source.snapshot()):
+                return
+            result = await source.final()
+            await self._pause(result)
+            await self._resume(result, await self._wait(result))
+
+    async def _log_events(self, source: AnswerSource) -> None:
+        job, gw = self.job, self.gw
+        first = not self.saver.marks  # time to first token: of the answer's first source
         async for event in source.events():
             entry = event_payload(event)
             if entry is not None:
@@ -311,6 +416,48 @@ class Answer:
             elif event.type == "retrying":
                 gw.metrics.retries.inc()
 
+    # ---- the pause for client-side tool results ---------------------------------------
+
+    async def _pause(self, result: ChatResult) -> None:
+        """Save the turn that calls the tools, open the answer's mailbox, then log
+        `tool_wait` (so whoever sees it can load the turn and send results): WAITING."""
+        gw, calls = self.gw, [call.id for call in result.tool_calls]
+        seconds = gw.settings.tool_result_timeout_seconds
+        message = SessionCore.reply_message(result, incomplete=True)
+        await self.saver.pause(message, {"finish_reason": "tool_calls", "waiting": calls})
+        gw.metrics.count_usage(result.usage)
+        await gw.tool_results.open(self.answer_id, calls, seconds)
+        try:
+            self._move(AnswerState.WAITING)
+            await gw.log.append(self.answer_id, "tool_wait", tool_wait_payload(result, seconds))
+            self.saver.logged()
+            stop_if_cancelled()
+        except BaseException:  # it will not wait (`wait` closes it): nobody may put in it
+            await asyncio.shield(gw.tool_results.close(self.answer_id))
+            raise
+
+    async def _wait(self, result: ChatResult) -> dict[str, str]:
+        """Every call's result, or `tool_timeout` once the deadline passed."""
+        seconds = self.gw.settings.tool_result_timeout_seconds
+        results = await self.gw.tool_results.wait(self.answer_id, seconds)
+        if results is None:
+            raise tool_timeout([call.id for call in result.tool_calls], seconds)
+        return results
+
+    async def _resume(self, result: ChatResult, results: Mapping[str, str]) -> None:
+        """Store the turn whole and the results as tool turns (in the calls' order), then
+        go on RUNNING with a new upstream request from the session as it is now."""
+        turns = tool_turns([call.id for call in result.tool_calls], results)
+        whole = SessionCore.reply_message(result)
+        await self.saver.resume(whole, {"finish_reason": "tool_calls"}, turns)
+        if self.state is not AnswerState.WAITING:  # cancelled (redis-py may swallow it)
+            raise asyncio.CancelledError
+        self._move(AnswerState.RUNNING)
+        await self._close_source()
+        self._opened, self.saver = None, self.saver.following()
+        assert self._continuer is not None
+        self._opened = await self._continuer(self.saver.record)
+
     # ---- the end: runs once, never interrupted -------------------------------------------
 
     async def _end(self) -> None:
@@ -319,10 +466,11 @@ class Answer:
             if generation is not None and not generation.done():
                 generation.cancel()  # only when the life task itself was cancelled
                 await asyncio.wait([generation])
-            self.state = AnswerState.ENDING
-            self.state = await self._conclude(generation, cancelled_by_caller=self._by_caller)
+            self._move(AnswerState.ENDING)
+            self._move(await self._conclude(generation, cancelled_by_caller=self._by_caller))
         except BaseException:
-            self.state = AnswerState.FAILED
+            if self.state not in TERMINAL:
+                self._move(AnswerState.FAILED)
             raise
         finally:
             self.gw.metrics.active_generations.dec()
@@ -390,8 +538,10 @@ class Answer:
         payload = CANCELLED if cancelled else error_payload(self.gw, exc, self.answer_id)
         saver = self.saver
         await saver.settle()
-        # the session's rule for a cut-off: kept if it brought anything (or was kept already)
-        if not saver.final and (saver.index is not None or worth_keeping(message)):
+        # the session's rule for a cut-off: kept if it brought anything (or was kept
+        # already); a turn paused for tool results is kept, cut off, with how it ended
+        unsaved = saver.paused or not saver.final
+        if unsaved and (saver.index is not None or worth_keeping(message)):
             with contextlib.suppress(Exception):
                 await saver.end(message, {"error": orjson.loads(payload)})
         await self._log_end("error", payload)

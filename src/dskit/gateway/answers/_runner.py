@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dskit._models import ModelInfo
+from dskit.gateway._errors import GatewayError
+from dskit.gateway.answers._cache import CACHE_HEADER
 from dskit.gateway.answers._lifecycle import (
     Answer,
     AnswerJob,
@@ -30,6 +32,7 @@ from dskit.gateway.answers._lifecycle import (
     close_answer,
     error_payload,
 )
+from dskit.gateway.answers._quota import charge_tokens
 from dskit.gateway.answers._sources import ReplaySource, UpstreamSource
 from dskit.gateway.answers._takeover import (
     PrefixContinuation,
@@ -48,6 +51,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dskit.gateway")
 
 
+TOOL_CALLS_LOST = GatewayError(
+    503, "the instance running this answer stopped after the model called tools; it cannot "
+    "be continued elsewhere (send the question again)", "server_error", code="tool_calls_lost",
+)  # fmt: skip
 # what the session core needs of a gateway session's parameters to plan its messages
 PLANNING_PARAMS = frozenset({"max_tokens", "thinking", "effort"})
 
@@ -136,8 +143,9 @@ class AnswerRunner:
 
     def _begin(self, job: AnswerJob, opener: Callable[[], Awaitable[Opened]]) -> None:
         answer = Answer(
-            self.gw, job, self.worker, opener, lambda: self._handing_over, self._save_every
-        )
+            self.gw, job, self.worker, opener, lambda: self._handing_over, self._save_every,
+            continuer=lambda record: self._after_tools(job, record),
+        )  # fmt: skip
         self._answers[job.answer_id] = answer
         answer.start().add_done_callback(lambda _: self._forget(answer))
 
@@ -218,7 +226,7 @@ class AnswerRunner:
         if saved is not None:  # its instance saved it, then died before logging `done`
             return Opened(RemainderSource(saved, partial), None, None)
         if partial.has_tool_calls:
-            raise RuntimeError("the instance died inside a tool call; it cannot be continued")
+            raise TOOL_CALLS_LOST
         resumes = self.gw.settings.upstream_max_resumes
         return Opened(PrefixContinuation(self.gw.client, taken, partial, resumes), None, None)
 
@@ -226,3 +234,15 @@ class AnswerRunner:
         record = job.record
         call = {"model": record.model, **record.params, "extra_headers": dict(job.extra_headers)}
         return await open_answer(self.gw, job.messages, call, {}, job.principal)
+
+    async def _after_tools(self, job: AnswerJob, record: SessionRecord) -> Opened:
+        """The request that goes on after the tool results: the session as it is now
+        (the tool turns at its end), planned and charged as a turn's first request.
+        A taken-over answer (no principal) skips the cache and the token bucket."""
+        info = await self.gw.client.model_info(record.model)
+        messages = upstream_messages(record, info)
+        if job.principal:
+            await charge_tokens(self.gw.token_limiter, job.principal, messages)
+        call = {"model": record.model, **record.params, "extra_headers": dict(job.extra_headers)}
+        policy = {} if job.principal else {CACHE_HEADER.lower(): "off"}
+        return await open_answer(self.gw, messages, call, policy, job.principal)

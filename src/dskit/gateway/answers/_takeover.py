@@ -122,9 +122,11 @@ class RemainderSource(ReplaySource):
 
 def saved_answer(job: TakeoverJob, stored: list[Any], partial: PartialAnswer) -> ChatResult | None:
     """The answer as its instance saved it before dying, if it did (and it extends the log)."""
-    if len(stored) <= job.history or stored[-1].role != "assistant":
-        return None
+    if len(stored) <= job.history or stored[-1].role != "assistant" or stored[-1].incomplete:
+        return None  # (an incomplete turn: cut off, or paused for tool results)
     message = stored[-1].message
+    if message.get("tool_calls"):
+        return None
     content = message.get("content") or ""
     if not isinstance(content, str) or not content.startswith(partial.content):
         return None

@@ -1,16 +1,19 @@
-"""A session's turns, whoever asks (the HTTP routes, gRPC): create a session, send a
-user turn and start its answer, find an answer the caller may read. Errors are
-`GatewayError`s; each surface renders them its way."""
+"""A session's turns, whoever asks (the HTTP routes, the WebSocket, gRPC): create a
+session, send a user turn and start its answer, hand a paused answer a tool result, find
+an answer the caller may read. Errors are `GatewayError`s; each surface renders them its
+way."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
+
+import pydantic
 
 from dskit.client._async import AsyncDeepSeek
 from dskit.client._core import check_chat_params
-from dskit.gateway._errors import GatewayError, not_found
-from dskit.gateway._schemas import SessionCreate
+from dskit.gateway._errors import GatewayError, not_found, validation_error
+from dskit.gateway._schemas import SessionCreate, ToolResultCreate
 from dskit.gateway.access._owners import check_owner, owned_record
 from dskit.gateway.answers._codec import stored_answer
 from dskit.gateway.answers._quota import charge_tokens
@@ -18,6 +21,7 @@ from dskit.gateway.answers._runner import AnswerRunner, upstream_messages
 from dskit.gateway.backends._keys import KeyBackend
 from dskit.gateway.backends._limits import RateLimiter
 from dskit.gateway.backends._log import AnswerInfo, StreamLog
+from dskit.gateway.backends._tool_results import Outcome, ToolResults
 from dskit.gateway.wire._relay import check_encodable
 from dskit.store import SessionRecord, SessionStore, StoredMessage
 
@@ -37,6 +41,8 @@ class TurnParts(Protocol):
     def runner(self) -> AnswerRunner: ...
     @property
     def token_limiter(self) -> RateLimiter | None: ...
+    @property
+    def tool_results(self) -> ToolResults: ...
 
 
 async def new_session(gw: TurnParts, who: str, body: SessionCreate) -> SessionRecord:
@@ -66,34 +72,49 @@ async def start_turn(
     return await _start(gw, who, record, user, headers, callback)
 
 
-async def tool_result_turn(
-    gw: TurnParts, who: str, session_id: str, result: StoredMessage, headers: Mapping[str, str]
-) -> str | None:
-    """Store a client-side tool's result; once every call of the last answer has one, start
-    the answer that continues (its id; None while results are still missing)."""
-    record = await _idle_record(gw, who, session_id)
-    pending = _pending_calls(record.messages)
-    if result.message.get("tool_call_id") not in pending:
+async def tool_result(
+    gw: TurnParts, who: str, session_id: str, answer_id: str | None, call_id: str, content: str
+) -> tuple[str, tuple[str, ...]]:
+    """Hand a client-side tool's result to the answer that waits for it (the session's
+    answer in progress when `answer_id` is None), wherever that answer runs; the answer's
+    id and the calls still without a result. 404 for a session or answer `who` may not
+    use; a result no paused answer waits for is one typed error, and nothing is stored
+    (the answer stores the results itself, once each, when they are all in)."""
+    check_owner(gw, who, session_id)
+    if answer_id is None:
+        answer_id = await gw.log.active(session_id)
+        if answer_id is None:
+            raise not_waiting("no answer of this session is waiting for tool results")
+    else:
+        await answer_of(gw, who, session_id, answer_id)
+    delivery = await gw.tool_results.put(answer_id, call_id, content)
+    if delivery.outcome is Outcome.NOT_WAITING:
+        raise not_waiting(f"answer {answer_id} is not waiting for tool results")
+    if delivery.outcome is Outcome.UNKNOWN_CALL:
         raise GatewayError(
-            400, "no tool call of this session is waiting for that tool_call_id",
+            400, f"answer {answer_id} is not waiting for a result of tool call {call_id!r} "
+            f"(it waits for: {', '.join(delivery.pending) or 'none'})",
             param="tool_call_id", code="unknown_tool_call",
         )  # fmt: skip
-    if len(pending) > 1:
-        await gw.store.aappend(session_id, [result], expected_version=record.version)
-        return None
-    return await _start(gw, who, record, result, headers, None)
+    if delivery.outcome is Outcome.DUPLICATE:
+        raise GatewayError(
+            409, f"tool call {call_id!r} of answer {answer_id} has its result already",
+            "conflict_error", param="tool_call_id", code="duplicate_tool_result",
+        )  # fmt: skip
+    return answer_id, delivery.pending
 
 
-def _pending_calls(messages: list[StoredMessage]) -> set[str]:
-    """The ids of the last answer's tool calls that have no result yet."""
-    answered: set[str] = set()
-    for stored in reversed(messages):
-        if stored.role == "tool":
-            answered.add(str(stored.message.get("tool_call_id")))
-            continue
-        calls = stored.message.get("tool_calls") if stored.role == "assistant" else None
-        return {str(c.get("id")) for c in calls or []} - answered
-    return set()
+def checked_result(call_id: Any, content: Any) -> ToolResultCreate:
+    """A tool result's fields as the HTTP route's schema checks them (else a 422): the
+    WebSocket's and gRPC's results are checked here."""
+    try:
+        return ToolResultCreate.model_validate({"tool_call_id": call_id, "content": content})
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc.errors()) from None
+
+
+def not_waiting(message: str) -> GatewayError:
+    return GatewayError(409, message, "conflict_error", code="not_waiting_for_tools")
 
 
 async def _idle_record(gw: TurnParts, who: str, session_id: str) -> SessionRecord:

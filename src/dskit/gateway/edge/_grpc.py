@@ -7,7 +7,11 @@ answer asked over gRPC is the same answer, with the same event ids, as over SSE,
 either surface can resume the other's.
 
     Ask(AskRequest) -> stream Event           one turn, or (with `after`) a resume
-    Converse(stream ClientFrame) -> stream Event  messages, cancels, resumes on one stream
+    Converse(stream ClientFrame) -> stream Event  messages, cancels, resumes, tool results
+
+A `ToolResult` frame goes to the paused answer (`_turns.tool_result`, as the WebSocket's
+and the HTTP route's do): taken, the stream gets an `accepted` event; refused, a
+`rejected` one, and the stream goes on (other refused frames end it with their status).
 
 Errors are statuses (`grpc_status`): the HTTP status the sessions API would give, mapped;
 the error's type and code, and a rate limit's `retry-after`, are in trailing metadata.
@@ -27,14 +31,21 @@ import orjson
 import pydantic
 
 from dskit.gateway._compose import Gateway
-from dskit.gateway._errors import GatewayError, logged_error, validation_error
+from dskit.gateway._errors import GatewayError, logged_error, not_found, validation_error
 from dskit.gateway._pb import gateway_pb2 as pb
 from dskit.gateway._pb import gateway_pb2_grpc as pb_grpc
 from dskit.gateway._schemas import MessageCreate, SessionCreate
 from dskit.gateway.access._matrix import Permission
 from dskit.gateway.access._watch import KEY_REVOKED as REVOKED
 from dskit.gateway.answers._codec import event_id, parse_event_id
-from dskit.gateway.answers._turns import answer_of, new_session, start_turn
+from dskit.gateway.answers._turns import (
+    answer_of,
+    checked_result,
+    new_session,
+    not_waiting,
+    start_turn,
+    tool_result,
+)
 from dskit.gateway.backends._log import LogEntry
 from dskit.gateway.edge._deps import forwards_sim_headers, take_token
 from dskit.gateway.edge._guard import caller_for, check
@@ -51,10 +62,6 @@ STATUS = {
     502: grpc.StatusCode.UNAVAILABLE, 503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }  # fmt: skip
-NO_TOOL_RESULTS = GatewayError(
-    501, "client-side tool results are not supported by the gateway's answers yet",
-    code="tool_results_unsupported", param="tool_result",
-)  # fmt: skip
 
 
 def grpc_status(error: GatewayError) -> Any:
@@ -115,6 +122,24 @@ def usage_of(data: Any) -> pb.Usage | None:
     return pb.Usage(**counts, reasoning_tokens=int(details.get("reasoning_tokens") or 0))
 
 
+def error_message(data: dict[str, Any]) -> pb.Error:
+    return pb.Error(
+        type=str(data.get("type") or ""), message=str(data.get("message") or ""),
+        code=str(data.get("code") or ""), status=int(data.get("status") or 0),
+    )  # fmt: skip
+
+
+def tool_wait_of(data: dict[str, Any]) -> pb.ToolWait:
+    """`tool_wait`'s whole calls (API form) as `ToolCall`s, numbered in order."""
+    calls = [
+        pb.ToolCall(index=n, id=str(call.get("id") or ""),
+                    name=str((call.get("function") or {}).get("name") or ""),
+                    arguments=str((call.get("function") or {}).get("arguments") or ""))
+        for n, call in enumerate(data.get("tool_calls") or [])
+    ]  # fmt: skip
+    return pb.ToolWait(tool_calls=calls, timeout_seconds=float(data.get("timeout_seconds") or 0))
+
+
 def payload_of(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     """The `Event` oneof field for a logged event (its JSON payload as the SSE data)."""
     if kind in ("content", "reasoning"):
@@ -124,6 +149,8 @@ def payload_of(kind: str, data: dict[str, Any]) -> dict[str, Any]:
             index=int(data.get("index") or 0), id=str(data.get("id") or ""),
             name=str(data.get("name") or ""), arguments=str(data.get("arguments") or ""),
         )}  # fmt: skip
+    if kind == "tool_wait":
+        return {"tool_wait": tool_wait_of(data)}
     if kind == "usage":
         return {"usage": usage_of(data)}
     if kind == "done":
@@ -133,10 +160,7 @@ def payload_of(kind: str, data: dict[str, Any]) -> dict[str, Any]:
             done.usage.CopyFrom(usage)
         return {"done": done}
     if kind == "error":
-        return {"error": pb.Error(
-            type=str(data.get("type") or ""), message=str(data.get("message") or ""),
-            code=str(data.get("code") or ""), status=int(data.get("status") or 0),
-        )}  # fmt: skip
+        return {"error": error_message(data)}
     return {}
 
 
@@ -310,9 +334,11 @@ class Conversation:
         elif kind == "resume":
             self.follow(*await self.service.resume(self.who, frame.resume.after, None))
         elif kind == "tool_result":
-            raise NO_TOOL_RESULTS
+            await self.tool_result(frame.tool_result)
         else:
-            raise GatewayError(400, "a frame needs one of message, cancel, resume", param="frame")
+            raise GatewayError(
+                400, "a frame needs one of message, cancel, resume, tool_result", param="frame"
+            )
 
     async def message(self, message: pb.ClientFrame.Message) -> None:
         """A turn in the message's session, else the conversation's, else a new one."""
@@ -330,6 +356,40 @@ class Conversation:
         active = await gw.log.active(self.session_id) if self.session_id else None
         if active is not None:
             await gw.runner.cancel(active)
+
+    async def tool_result(self, frame: pb.ClientFrame.ToolResult) -> None:
+        """Hand the result to its paused answer: an `accepted` event, or a `rejected` one
+        (the stream goes on either way)."""
+        answer_id = frame.answer_id if frame.HasField("answer_id") else None
+        session_id = self.session_id or ""
+        try:
+            result = checked_result(frame.tool_call_id, frame.content)
+            session_id = await self.session_of(answer_id)
+            answer_id, pending = await tool_result(
+                self.service.gw, self.who, session_id, answer_id, result.tool_call_id,
+                result.content,
+            )  # fmt: skip
+        except GatewayError as error:
+            body = {**error.body()["error"], "status": error.status}
+            rejected = pb.Event(
+                session_id=session_id, answer_id=answer_id or "", rejected=error_message(body)
+            )
+            await self.out.put(rejected)
+            return
+        accepted = pb.ToolResultAccepted(tool_call_id=frame.tool_call_id, pending=pending)
+        await self.out.put(pb.Event(session_id=session_id, answer_id=answer_id, accepted=accepted))
+
+    async def session_of(self, answer_id: str | None) -> str:
+        """The session a tool result is for: the answer's (as the log knows it), else the
+        conversation's (none yet: no answer waits)."""
+        if answer_id is not None:
+            info = await self.service.gw.log.info(answer_id) if answer_id else None
+            if info is None:
+                raise not_found("answer")
+            return info.session_id
+        if self.session_id is None:
+            raise not_waiting("no answer of this conversation is waiting for tool results")
+        return self.session_id
 
     def follow(self, session_id: str, answer_id: str, after: int) -> None:
         """Send the answer's events after `after` (instead of any earlier follower's)."""

@@ -29,11 +29,19 @@ from dskit.gateway._schemas import (
     SessionCreate,
     SessionDetail,
     SessionList,
+    ToolResultAccepted,
+    ToolResultCreate,
 )
 from dskit.gateway.access._owners import check_owner, owned_record
 from dskit.gateway.answers._callbacks import check_callback_url
 from dskit.gateway.answers._codec import answer_result, parse_event_id, result_from, stored_entries
-from dskit.gateway.answers._turns import answer_of, find_answer, new_session, start_turn
+from dskit.gateway.answers._turns import (
+    answer_of,
+    find_answer,
+    new_session,
+    start_turn,
+    tool_result,
+)
 from dskit.gateway.edge._deps import (
     AnswerId,
     GatewayDep,
@@ -52,8 +60,8 @@ from dskit.store import StoredMessage
 router = APIRouter(tags=["sessions"])
 SSE_DOC: dict[int | str, Any] = {
     200: {
-        "description": "SSE: events reasoning, content, tool_call, usage, done, error; "
-        "every event has an id `<answer_id>:<seq>`.",
+        "description": "SSE: events reasoning, content, tool_call, tool_wait, usage, done, "
+        "error; every event has an id `<answer_id>:<seq>`.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
@@ -233,6 +241,25 @@ async def get_answer(
         raise GatewayError(409, "the answer is still being generated", "conflict_error",
                            code="answer_in_progress")  # fmt: skip
     return await answer_result(gw.log, answer_id, session_id)
+
+
+@router.post(
+    "/v1/sessions/{session_id}/answers/{answer_id}/tool_results", status_code=202,
+    response_model=ToolResultAccepted,
+)  # fmt: skip
+async def post_tool_result(
+    session_id: SessionId, answer_id: AnswerId, body: ToolResultCreate, gw: GatewayDep,
+    who: Principal,
+) -> ToolResultAccepted:  # fmt: skip
+    """A client-side tool's result for an answer paused on its tool calls (its `tool_wait`
+    event names them). Once every call has one, the same answer goes on; 409 when the
+    answer is not waiting (or has this result already), 400 for a call it did not make."""
+    answer_id, pending = await tool_result(
+        gw, who, session_id, answer_id, body.tool_call_id, body.content
+    )
+    return ToolResultAccepted(
+        answer_id=answer_id, tool_call_id=body.tool_call_id, pending=list(pending)
+    )
 
 
 async def _cancel(gw: Gateway, answer_id: str) -> dict[str, Any]:

@@ -11,18 +11,23 @@ Client frames (JSON text):
     {"type": "resume", "after": "<answer_id>:<seq>"}   stream that answer after that event
     {"type": "resume"}                            the answer in progress, from its start
     {"type": "ack", "id": "<answer_id>:<seq>"}    events up to this one were consumed
-    {"type": "tool_result", "tool_call_id": "...", "content": "..."}   (client-side tools)
+    {"type": "tool_result", "tool_call_id": "...", "content": "..."}   (client-side tools;
+                                  `answer_id` optional: the session's answer in progress)
 
 Server frames: the answer's numbered events, as the SSE stream has them, `{"id", "event",
 "data"}` (a coalesced one adds `from`, see `_flow.py`), and control frames with a `type`:
-`answer` (an answer began: `answer_id`), `cancelled` (`answer_id`, `cancelled`), `error`
-(`error`: the gateway's error object with `status`; the connection stays usable). A
-frame that is not text is answered with an error and a 1003 close.
+`answer` (an answer began: `answer_id`), `cancelled` (`answer_id`, `cancelled`),
+`tool_result_accepted` (`answer_id`, `tool_call_id`, `pending`: the calls still without
+a result), `error` (`error`: the gateway's error object with `status`; the connection
+stays usable). A frame that is not text is answered with an error and a 1003 close.
 
 Client-side tools: the session's `tools` are run by its client. An answer that calls
-them ends (`done`, finish reason `tool_calls`); each `tool_result` is stored as a tool
-turn and once every call of that answer has its result a new answer continues the
-conversation here (an `answer` frame names it).
+them pauses: after its `tool_call` events it logs `tool_wait` (the whole calls and the
+timeout) and waits. Each `tool_result` goes to it (on whichever instance runs it); once
+every call has its result they are stored as tool turns and the same answer goes on, its
+events continuing on this connection with the next seqs. A result nobody waits for (no
+paused answer, an unknown call id, a second result for a call) is one `error` frame,
+and nothing is stored. See `_lifecycle.py` for the pause and its timeout.
 """
 
 from __future__ import annotations
@@ -41,16 +46,15 @@ from dskit.gateway._errors import GatewayError, logged_error, not_found
 from dskit.gateway._schemas import MAX_CONTENT
 from dskit.gateway.access._owners import check_owner
 from dskit.gateway.answers._codec import parse_event_id
-from dskit.gateway.answers._turns import start_turn, tool_result_turn
+from dskit.gateway.answers._turns import checked_result, start_turn, tool_result
 from dskit.gateway.backends._log import UnknownAnswerError
 from dskit.gateway.edge._deps import authenticate, take_token, upstream_headers
 from dskit.gateway.edge._flow import AckWindow, ws_frame
 from dskit.gateway.edge._headers import deny
 from dskit.gateway.edge._keywatch import SCOPE_KEY
-from dskit.store import StoredMessage
 
 router = APIRouter(tags=["sessions"])
-SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SESSION_ID = ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def bad_frame(message: str, code: str = "bad_frame") -> GatewayError:
@@ -187,16 +191,16 @@ class Connection:
         await self.send({"type": "cancelled", "answer_id": active, "cancelled": cancelled})
 
     async def tool_result(self, frame: dict[str, Any]) -> None:
-        call_id, content = frame.get("tool_call_id"), frame.get("content")
-        if not isinstance(call_id, str) or not call_id or not isinstance(content, str):
-            raise GatewayError(
-                400, "a tool_result needs 'tool_call_id' and 'content' (strings)",
-                param="tool_call_id",
-            )  # fmt: skip
-        turn = StoredMessage({"role": "tool", "tool_call_id": call_id, "content": content})
-        answer_id = await tool_result_turn(self.gw, self.who, self.session_id, turn, self.headers)
-        if answer_id is not None:
-            await self.began(answer_id)
+        result = checked_result(frame.get("tool_call_id"), frame.get("content"))
+        answer_id = frame.get("answer_id")
+        if answer_id is not None and not (isinstance(answer_id, str) and ID.match(answer_id)):
+            raise GatewayError(400, "'answer_id' must be an answer id", param="answer_id")
+        answer_id, pending = await tool_result(
+            self.gw, self.who, self.session_id, answer_id, result.tool_call_id, result.content
+        )
+        call_id = result.tool_call_id
+        await self.send({"type": "tool_result_accepted", "answer_id": answer_id,
+                         "tool_call_id": call_id, "pending": list(pending)})  # fmt: skip
 
     # ---- the follower ----------------------------------------------------------------
 
