@@ -604,3 +604,22 @@ def test_a_stream_ends_when_its_token_expires(
     errors = [line for line in rest if "token_expired" in line]
     assert len(errors) == 1, rest[-5:]
     assert "[DONE]" not in "".join(rest) and "event: done" not in rest
+
+
+def test_a_websocket_closes_when_its_token_expires(
+    fast_watch_gateway: GatewayServer, signers: dict[str, Signer], clock: Clock
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.gateway.test_ws import _connect, _recv
+
+    token = signers["rsa"].token(sub="tess", roles=["user"], exp=clock.now + 60)
+    with fast_watch_gateway.client(token) as http:
+        sid = http.post("/v1/sessions", json={"parameters": {"thinking": False}}).json()["id"]
+    with _connect(fast_watch_gateway, sid, Authorization=f"Bearer {token}") as ws:
+        clock.now += 60 + LEEWAY
+        frame = _recv(ws, timeout=10)
+        with pytest.raises(ConnectionClosed) as closed:
+            _recv(ws, timeout=10)
+    assert frame["error"]["code"] == "token_expired"
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

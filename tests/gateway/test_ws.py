@@ -250,3 +250,34 @@ def test_without_adaptive_flow_acks_do_not_merge_events(gateway_factory: Any) ->
         events = [first, *_until_end(ws, ack=True)]  # it acks, but far behind
     assert not any("from" in e for e in events)
     assert len(events) == len(_logged(gateway, sid, answer_id))
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_revoking_a_key_closes_its_websocket(
+    gateway_factory: Any, tmp_path: Any, streaming: bool
+) -> None:
+    """A revoked key's WebSocket ends within the key check interval, while an answer
+    streams (that was never checked: only an idle follower looked) or while it waits."""
+    from dskit.gateway import KeyStore
+
+    db = tmp_path / "gateway.sqlite3"
+    key = _create_key(db, "mallory")
+    gateway: GatewayServer = gateway_factory(keys_path=str(db), key_check_seconds=0.1)
+    with gateway.client(key) as http:
+        sid = _session(http)
+    auth = {"Authorization": f"Bearer {key}", "X-Sim-Token-Ms": "40"}  # a long answer
+    with _connect(gateway, sid, **auth) as ws:
+        if streaming:
+            ws.send(orjson.dumps({"type": "message", "content": "a long story"}).decode())
+            assert "answer_id" in _recv(ws)
+            assert _recv(ws)["event"] in ("content", "reasoning")
+        with KeyStore(str(db)) as keys:
+            assert keys.revoke(keys.list_keys()[0].key_id)
+        frames = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                frames.append(_recv(ws, timeout=10))
+    errors = [f for f in frames if f.get("type") == "error"]
+    assert [e["error"]["code"] for e in errors] == ["key_revoked"], frames[-3:]
+    assert not any(f.get("event") == "done" for f in frames)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

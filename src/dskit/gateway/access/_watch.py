@@ -5,9 +5,11 @@ Every long-lived stream (SSE, WebSocket, gRPC) registers here while it is open
 (`watching()`). One loop per gateway, running while any stream is registered, checks
 every `interval` seconds each token's end (its `exp` plus its issuer's leeway, on the
 token clock) and each distinct gateway key (in a worker thread: a key backend's lookups
-block). The streams of a credential that no longer holds are ended: their task is
-cancelled and `Watched.ended` tells the stream's own code which error to send, in its
-own shape (an SSE `error` event, a WebSocket error frame, a gRPC status).
+block). The streams of a credential that no longer holds are ended:
+`Watched.ended` tells the stream's own code which error to send, in its own shape (an SSE
+`error` event, a WebSocket error frame, a gRPC status), and their task is cancelled,
+unless the stream looks at `ended` itself between its reads (`cancel=False`: a
+generator, whose task is its consumer's).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Watched:
     key: str | None
     until: float | None
     task: asyncio.Task[object]
+    cancel: bool = True
     ended: GatewayError | None = field(default=None)
 
 
@@ -54,7 +57,9 @@ class CredentialWatch:
         self._loop: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
-    def watching(self, key: str | None, until: float | None) -> Iterator[Watched | None]:
+    def watching(
+        self, key: str | None, until: float | None, *, cancel: bool = True
+    ) -> Iterator[Watched | None]:
         """Register the current task's stream while the block runs (None: nothing to
         watch, neither a key nor a token's end)."""
         if key is None and until is None:
@@ -62,7 +67,7 @@ class CredentialWatch:
             return
         task = asyncio.current_task()
         assert task is not None
-        entry = Watched(key, until, task)
+        entry = Watched(key, until, task, cancel)
         self.open.add(entry)
         if self._loop is None or self._loop.done():
             self._loop = asyncio.get_running_loop().create_task(self._check_loop())
@@ -92,4 +97,5 @@ class CredentialWatch:
 def _end(entry: Watched, error: GatewayError) -> None:
     if entry.ended is None:
         entry.ended = error
-        entry.task.cancel()
+        if entry.cancel:
+            entry.task.cancel()

@@ -15,8 +15,9 @@ from dskit.gateway.access._matrix import Caller, Permission
 COOKIE = "dskit_gateway_key"
 SCOPE_CALLER = "dskit.caller"
 bearer = HTTPBearer(auto_error=False, description="A gateway API key (`dskit keys create`)")
-SessionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A session id")]
-AnswerId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="An answer id")]
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # session and answer ids, wherever they arrive
+SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="A session id")]
+AnswerId = Annotated[str, Path(pattern=ID_PATTERN, description="An answer id")]
 
 
 def gateway(request: Request) -> Gateway:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -36,7 +35,6 @@ from dskit.gateway._pb import gateway_pb2 as pb
 from dskit.gateway._pb import gateway_pb2_grpc as pb_grpc
 from dskit.gateway._schemas import MessageCreate, SessionCreate
 from dskit.gateway.access._matrix import Permission
-from dskit.gateway.access._watch import KEY_REVOKED as REVOKED
 from dskit.gateway.answers._codec import event_id, parse_event_id
 from dskit.gateway.answers._turns import (
     answer_of,
@@ -185,30 +183,34 @@ def session_body(
     return SessionCreate.model_validate({**body, **({"model": model} if model else {})})
 
 
+# what a caller's streams end with: its gateway key (revoked), its token's end (expired)
+Credential = tuple[str | None, float | None]
+
+
 class GatewayService:
     """The `dskit.v1.Gateway` service on one gateway's parts."""
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
-    async def caller(self, credential: str) -> tuple[str, str | None]:
-        """The principal of the call's key or token, which must grant `sessions`, and the
-        gateway key to watch for revocation (None for a token: it has no key to revoke)."""
+    async def caller(self, credential: str) -> tuple[str, Credential]:
+        """The principal of the call's key or token, which must grant `sessions`, and what
+        its streams end with: the gateway key (revoked) or the token's end (expired)."""
         found = await caller_for(self.gw, credential)
         check(found, Permission.SESSIONS)
-        return found.principal, credential if found.by_key else None
+        return found.principal, (credential if found.by_key else None, found.valid_until)
 
     async def Ask(self, request: pb.AskRequest, context: Any) -> AsyncIterator[pb.Event]:
         """One turn's answer, or with `after` the rest of an answer, as events."""
         try:
-            who, key = await self.caller(metadata_key(context))
+            who, credential = await self.caller(metadata_key(context))
             if request.HasField("after"):
                 if request.content:
                     raise GatewayError(400, "a resume (after) sends no content", param="content")
                 where = await self.resume(who, request.after, request.session_id or None)
             else:
                 where = await self.ask(who, request, sim_headers(self.gw, context))
-            async for event in self.events(*where, key):
+            async for event in self.events(*where, credential):
                 yield event
         except Exception as exc:
             await abort(context, exc, "grpc Ask")
@@ -251,22 +253,20 @@ class GatewayService:
         return session_id, answer_id, seq
 
     async def events(
-        self, session_id: str, answer_id: str, after: int, key: str | None
+        self, session_id: str, answer_id: str, after: int, credential: Credential
     ) -> AsyncIterator[pb.Event]:
-        """The answer's events after `after`, live, until it ends; a 401 once `key` is
-        revoked (checked as often as `KeyWatch` checks the keys of SSE streams)."""
+        """The answer's events after `after`, live, until it ends; a 401 once the
+        credential ends (`CredentialWatch`: a revoked key, an expired token)."""
         gw = self.gw
-        every = gw.settings.key_check_seconds
-        wait, checked = min(every, gw.settings.heartbeat_seconds), time.monotonic()
+        wait = min(gw.settings.key_check_seconds, gw.settings.heartbeat_seconds)
         gw.metrics.active_streams.inc()
         try:
-            async for entries in follow(gw.log, answer_id, after, wait):
-                if key is not None and time.monotonic() - checked >= every:
-                    checked = time.monotonic()
-                    if gw.principal_for(key) is None:
-                        raise REVOKED
-                for entry in entries:
-                    yield event_of(session_id, answer_id, entry)
+            with gw.watch.watching(*credential, cancel=False) as watched:
+                async for entries in follow(gw.log, answer_id, after, wait):
+                    if watched is not None and watched.ended is not None:
+                        raise watched.ended
+                    for entry in entries:
+                        yield event_of(session_id, answer_id, entry)
         finally:
             gw.metrics.active_streams.dec()
 
@@ -275,10 +275,10 @@ class GatewayService:
     ) -> AsyncIterator[pb.Event]:
         """Frames in, the events of the answers they start or resume out."""
         try:
-            who, key = await self.caller(metadata_key(context))
+            who, credential = await self.caller(metadata_key(context))
         except Exception as exc:
             await abort(context, exc, "grpc Converse")
-        conversation = Conversation(self, who, key, sim_headers(self.gw, context))
+        conversation = Conversation(self, who, credential, sim_headers(self.gw, context))
         try:
             async for event in conversation.run(frames):
                 yield event
@@ -291,11 +291,12 @@ class Conversation:
     one queue of what to send. A refused frame ends the stream with its status."""
 
     def __init__(
-        self, service: GatewayService, who: str, key: str | None, headers: dict[str, str]
-    ) -> None:
+        self, service: GatewayService, who: str, credential: Credential,
+        headers: dict[str, str],
+    ) -> None:  # fmt: skip
         self.service = service
         self.who = who
-        self.key = key
+        self.credential = credential
         self.headers = headers
         self.session_id: str | None = None
         self.out: asyncio.Queue[pb.Event | Exception | None] = asyncio.Queue()
@@ -402,7 +403,7 @@ class Conversation:
 
     async def relay(self, session_id: str, answer_id: str, after: int) -> None:
         try:
-            async for event in self.service.events(session_id, answer_id, after, self.key):
+            async for event in self.service.events(session_id, answer_id, after, self.credential):
                 await self.out.put(event)
         except Exception as exc:
             await self.out.put(exc)

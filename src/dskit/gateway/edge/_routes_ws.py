@@ -48,13 +48,19 @@ from dskit.gateway.access._owners import check_owner
 from dskit.gateway.answers._codec import parse_event_id
 from dskit.gateway.answers._turns import checked_result, start_turn, tool_result
 from dskit.gateway.backends._log import UnknownAnswerError
-from dskit.gateway.edge._deps import authenticate, take_token, upstream_headers
+from dskit.gateway.edge._deps import (
+    ID_PATTERN,
+    authenticate,
+    caller_of,
+    take_token,
+    upstream_headers,
+)
 from dskit.gateway.edge._flow import AckWindow, ws_frame
 from dskit.gateway.edge._headers import deny
 from dskit.gateway.edge._keywatch import SCOPE_KEY
 
 router = APIRouter(tags=["sessions"])
-SESSION_ID = ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ID = re.compile(ID_PATTERN)
 
 
 def bad_frame(message: str, code: str = "bad_frame") -> GatewayError:
@@ -66,7 +72,7 @@ async def session_socket(websocket: WebSocket, session_id: str) -> None:
     """The session's answers, both ways (see the module docstring for the frames)."""
     gw: Gateway = websocket.app.state.gateway
     try:
-        if not SESSION_ID.match(session_id):
+        if not ID.match(session_id):
             raise not_found()
         # authenticate and upstream_headers read only headers, cookies and the scope
         who = authenticate(gw, cast(Request, websocket))
@@ -75,22 +81,26 @@ async def session_socket(websocket: WebSocket, session_id: str) -> None:
         await deny(websocket.scope, websocket.send, error)
         return
     await websocket.accept()
-    key = websocket.scope.get(SCOPE_KEY)  # a gateway key's (a token has none to revoke)
-    connection = Connection(gw, websocket, who, session_id, key)
-    await connection.run(upstream_headers(cast(Request, websocket), gw))
+    connection = Connection(gw, websocket, who, session_id)
+    credential = websocket.scope.get(SCOPE_KEY), caller_of(websocket).valid_until
+    with gw.watch.watching(*credential) as watched:  # a revoked key, an expired token
+        try:
+            await connection.run(upstream_headers(cast(Request, websocket), gw))
+        except asyncio.CancelledError:
+            if watched is None or watched.ended is None:
+                raise
+            watched.task.uncancel()
+            await connection.ended(watched.ended)
 
 
 class Connection:
     """One WebSocket: a reader of client frames and at most one follower of an answer."""
 
-    def __init__(
-        self, gw: Gateway, websocket: WebSocket, who: str, session_id: str, key: str | None
-    ) -> None:
+    def __init__(self, gw: Gateway, websocket: WebSocket, who: str, session_id: str) -> None:
         self.gw = gw
         self.ws = websocket
         self.who = who
         self.session_id = session_id
-        self.key = key
         self.flow = AckWindow()
         self.answer_id: str | None = None
         self.follower: asyncio.Task[None] | None = None
@@ -230,20 +240,16 @@ class Connection:
                     await self.flow.room()
                 elif page.finished:
                     return
-                elif self.key is not None and self.gw.principal_for(self.key) is None:
-                    await self.revoked()
-                    return
         except UnknownAnswerError:
             await self.error(not_found("answer"))
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the client left; the answer runs on
 
-    async def revoked(self) -> None:
-        error = GatewayError(401, "the gateway API key of this connection was revoked",
-                             "authentication_error", code="key_revoked")  # fmt: skip
+    async def ended(self, error: GatewayError) -> None:
+        """The connection's credential ended (a revoked key, an expired token)."""
         await self.error(error)
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await self.ws.close(1008, "key revoked")
+            await self.ws.close(1008, error.code or "credential ended")
 
     # ---- sending -----------------------------------------------------------------------
 
