@@ -25,12 +25,6 @@ def gateway(request: Request) -> Gateway:
     return gw
 
 
-def authenticate(gw: Gateway, request: Request, *, x_api_key: bool = False) -> str:
-    """The caller's principal, as `AccessGuard` (`_guard.py`) identified it before the
-    route ran: a key's, a token's, or `local` when auth is off."""
-    return caller_of(request).principal
-
-
 def caller_of(request: HTTPConnection) -> Caller:
     """The caller `AccessGuard` left in the scope (401 if none: an unguarded route)."""
     caller: Caller | None = request.scope.get(SCOPE_CALLER)
@@ -66,7 +60,7 @@ async def principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> str:
     """The caller (the security scheme parameter documents bearer auth in OpenAPI)."""
-    return authenticate(gateway(request), request)
+    return caller_of(request).principal
 
 
 Principal = Annotated[str, Depends(principal)]

@@ -30,7 +30,7 @@ from dskit.client._async import RawResponse
 from dskit.gateway._compose import Gateway
 from dskit.gateway._errors import GatewayError, from_exception, logged_error, malformed_json
 from dskit.gateway.answers._quota import charge_tokens
-from dskit.gateway.edge._deps import authenticate, take_token, upstream_headers
+from dskit.gateway.edge._deps import caller_of, take_token, upstream_headers
 from dskit.gateway.edge._middleware import BodyTooLarge
 from dskit.gateway.edge._response import EventStreamResponse, body_message
 
@@ -94,7 +94,7 @@ async def _open(
     fmt: Format, gw: Gateway, request: Request, path: str, stack: AsyncExitStack
 ) -> RawResponse:
     """Authorised, charged and sent: the upstream's successful response, head arrived."""
-    who = authenticate(gw, request, x_api_key=fmt.x_api_key)
+    who = caller_of(request).principal
     await take_token(gw, who)
     content = await request.body()
     await charge_tokens(gw.token_limiter, who, fmt.prompt(parse_object(content)))

@@ -31,7 +31,7 @@ from dskit.gateway.edge._deps import (
     GatewayDep,
     Limited,
     Principal,
-    authenticate,
+    caller_of,
     take_token,
     upstream_headers,
 )
@@ -129,7 +129,7 @@ class FastChatCompletions:
 
     async def _handle(self, request: Request) -> Response:
         gw = self.gw
-        who = authenticate(gw, request)
+        who = caller_of(request).principal
         await take_token(gw, who)
         try:
             body = ChatCompletionRequest.model_validate_json(await request.body())

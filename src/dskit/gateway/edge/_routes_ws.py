@@ -50,7 +50,6 @@ from dskit.gateway.answers._turns import checked_result, start_turn, tool_result
 from dskit.gateway.backends._log import UnknownAnswerError
 from dskit.gateway.edge._deps import (
     ID_PATTERN,
-    authenticate,
     caller_of,
     take_token,
     upstream_headers,
@@ -74,8 +73,8 @@ async def session_socket(websocket: WebSocket, session_id: str) -> None:
     try:
         if not ID.match(session_id):
             raise not_found()
-        # authenticate and upstream_headers read only headers, cookies and the scope
-        who = authenticate(gw, cast(Request, websocket))
+        # the caller (found by the guard) and upstream_headers read only the scope
+        who = caller_of(websocket).principal
         check_owner(gw, who, session_id)
     except GatewayError as error:
         await deny(websocket.scope, websocket.send, error)
