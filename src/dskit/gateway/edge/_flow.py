@@ -86,16 +86,21 @@ def ws_frame(answer_id: str, span: Span) -> str:
     return head + '"data":' + entry.data.decode() + "}"
 
 
+def sse_frame(answer_id: str, entry: LogEntry) -> bytes:
+    """One logged event as an SSE frame (`id: <answer_id>:<seq>`)."""
+    return (
+        b"id: " + f"{answer_id}:{entry.seq}".encode() + b"\nevent: " + entry.kind.encode()
+        + b"\ndata: " + entry.data + b"\n\n"
+    )  # fmt: skip
+
+
 def sse_span_frame(answer_id: str, span: Span) -> bytes:
     """The SSE frame of a span (a coalesced one adds `from` to its JSON data)."""
     entry = span.entry
-    data = entry.data
-    if span.coalesced:
-        data = data[:-1] + f',"from":"{answer_id}:{span.first}"}}'.encode()
-    return (
-        b"id: " + f"{answer_id}:{entry.seq}".encode() + b"\nevent: " + entry.kind.encode()
-        + b"\ndata: " + data + b"\n\n"
-    )  # fmt: skip
+    if not span.coalesced:
+        return sse_frame(answer_id, entry)
+    data = entry.data[:-1] + f',"from":"{answer_id}:{span.first}"}}'.encode()
+    return sse_frame(answer_id, LogEntry(entry.seq, entry.kind, data))
 
 
 class AckWindow:

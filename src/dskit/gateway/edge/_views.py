@@ -17,7 +17,7 @@ from dskit.gateway._schemas import (
 )
 from dskit.gateway.answers._codec import answer_of, event_id
 from dskit.gateway.backends._log import LogEntry, StreamLog, UnknownAnswerError
-from dskit.gateway.edge._flow import WriteMeter, sse_span_frame
+from dskit.gateway.edge._flow import WriteMeter, sse_frame, sse_span_frame
 from dskit.store import SessionInfo, SessionRecord, StoredMessage
 
 HEARTBEAT = b": heartbeat\n\n"
@@ -45,13 +45,6 @@ def detail(record: SessionRecord, active: str | None) -> SessionDetail:
     return SessionDetail(
         **summary(record.info(), active).model_dump(), system=record.system,
         parameters=record.params, messages=[turn(m) for m in record.messages],
-    )  # fmt: skip
-
-
-def sse_frame(answer_id: str, entry: LogEntry) -> bytes:
-    return (
-        b"id: " + f"{answer_id}:{entry.seq}".encode() + b"\nevent: " + entry.kind.encode()
-        + b"\ndata: " + entry.data + b"\n\n"
     )  # fmt: skip
 
 
