@@ -25,12 +25,27 @@ class AnswerSource(Protocol):
     async def aclose(self) -> None: ...
 
 
-class UpstreamSource:
-    """A live upstream stream (its first event already read by `UpstreamPool.open`);
-    tells the upstream's breaker how the stream ended."""
+class StreamSource:
+    """A source reading a client stream (`self.stream`): its final and partial result,
+    and closing it."""
 
     cached = False
     saved = False
+    stream: AsyncStream
+
+    async def final(self) -> ChatResult:
+        return await self.stream.final()
+
+    def snapshot(self) -> ChatResult:
+        return self.stream.snapshot()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class UpstreamSource(StreamSource):
+    """A live upstream stream (its first event already read by `UpstreamPool.open`);
+    tells the upstream's breaker how the stream ended."""
 
     def __init__(
         self, pool: UpstreamPool, upstream: Upstream, stream: AsyncStream, first: StreamEvent | None
@@ -54,15 +69,6 @@ class UpstreamSource:
         For readers that take `stream` directly rather than `events()`."""
         if exc is None or is_upstream_failure(exc):
             self.pool.report(self.upstream, exc)
-
-    async def final(self) -> ChatResult:
-        return await self.stream.final()
-
-    def snapshot(self) -> ChatResult:
-        return self.stream.snapshot()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 class ReplaySource:

@@ -30,7 +30,7 @@ from dskit.client._types import (
     Usage,
     UsageEvent,
 )
-from dskit.gateway.answers._sources import ReplaySource
+from dskit.gateway.answers._sources import ReplaySource, StreamSource
 from dskit.gateway.backends._log import PartialAnswer, SharedLog
 from dskit.gateway.backends._redis_log import stop_if_cancelled
 
@@ -67,13 +67,10 @@ class TakeoverJob:
         )  # fmt: skip
 
 
-class PrefixContinuation:
+class PrefixContinuation(StreamSource):
     """The rest of an answer as stream events, continued from `partial` by the client's
     `continue_stream` (its own breaks resumed the same way, up to `max_resumes` times);
     `final()` is the whole answer, the logged start included."""
-
-    cached = False
-    saved = False
 
     def __init__(
         self, client: AsyncDeepSeek, job: TakeoverJob, partial: PartialAnswer, max_resumes: int = 3
@@ -87,15 +84,6 @@ class PrefixContinuation:
 
     def events(self) -> AsyncIterator[StreamEvent]:
         return self.stream
-
-    async def final(self) -> ChatResult:
-        return await self.stream.final()
-
-    def snapshot(self) -> ChatResult:
-        return self.stream.snapshot()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 class RemainderSource(ReplaySource):

@@ -188,6 +188,14 @@ async def stream_answer(
     after: Annotated[int | None, Query(ge=0, le=10**9)] = None,
 ) -> EventStreamResponse:  # fmt: skip
     """An answer as SSE from the start, from `after`, or after `Last-Event-ID`."""
+    return await _answer_sse(gw, request, who, session_id, answer_id, last_event_id, after)
+
+
+async def _answer_sse(
+    gw: Gateway, request: Request, who: str, session_id: str, answer_id: str,
+    last_event_id: str | None, after: int | None,
+) -> EventStreamResponse:  # fmt: skip
+    """An answer's SSE from the cursor on: live from the log, or what the store saved."""
     found = await find_answer(gw, who, session_id, answer_id)
     cursor = _cursor(gw, answer_id, last_event_id, after)
     if isinstance(found, StoredMessage):
@@ -208,11 +216,7 @@ async def stream_session(
     answer_id = parsed[0] if parsed else await gw.log.active(session_id)
     if answer_id is None:
         raise not_found("answer in progress")
-    found = await find_answer(gw, who, session_id, answer_id)
-    cursor = _cursor(gw, answer_id, last_event_id, 0)
-    if isinstance(found, StoredMessage):
-        return _stored_sse(gw, answer_id, found, cursor)
-    return _sse(gw, request, answer_id, cursor)
+    return await _answer_sse(gw, request, who, session_id, answer_id, last_event_id, 0)
 
 
 @router.get("/v1/sessions/{session_id}/answers/{answer_id}/events", response_model=EventPage)
