@@ -52,7 +52,7 @@ from tests.gateway._race import (
 )
 from tests.gateway.conftest import GatewayServer
 
-ROUNDS = {"memory": 24, "sqlite": 24, "redis": 24}
+ROUNDS = {"memory": 20, "sqlite": 20, "redis": 20}
 QUESTION = "Tell me a long story about rivers"
 # what a dying connection looks like to a client while its gateway shuts down
 GONE = (httpx2.TransportError, OSError, HTTPException)
