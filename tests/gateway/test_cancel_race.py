@@ -12,7 +12,6 @@ replays a run; the seed and round are in every assertion message.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import threading
 from collections.abc import Callable
@@ -22,18 +21,10 @@ import httpx2
 
 from dskit.gateway.answers._runner import upstream_messages
 from dskit.store import StoredMessage
-from tests.conftest import wait_until
+from tests.gateway._race import SEED, check_ended_once, new_session, on_loop
 from tests.gateway.conftest import GatewayServer
 
-SEED = int(os.environ.get("DSKIT_RACE_SEED", "20251203"))
 ROUNDS = 30
-TERMINAL = ("done", "error")
-
-
-def _session(http: httpx2.Client) -> str:
-    body = {"model": "deepseek-flash", "parameters": {"thinking": False}}
-    sid: str = http.post("/v1/sessions", json=body).json()["id"]
-    return sid
 
 
 def _cancel_at(
@@ -77,38 +68,6 @@ def _fire(gateway: GatewayServer, handle: dict[str, Any], rng: random.Random) ->
     return count
 
 
-def _until(predicate: Callable[[], Any], where: str, what: str) -> None:
-    try:
-        wait_until(predicate, timeout=10)
-    except TimeoutError:
-        raise AssertionError(f"{where}: {what} within 10 s") from None
-
-
-def check_ended_once(http: httpx2.Client, handle: dict[str, Any], where: str) -> None:
-    """The answer ended for good: one terminal event, one saved turn, the session free."""
-    sid = handle["session_id"]
-    active = lambda: http.get(f"/v1/sessions/{sid}").json()["active_answer"]  # noqa: E731
-    _until(lambda: active() is None, where, "active_answer did not clear")
-    page = http.get(handle["events_url"], params={"wait": 5}).json()
-    kinds = [e["type"] for e in page["events"]]
-    ends = [k for k in kinds if k in TERMINAL]
-    assert page["finished"], f"{where}: the answer never finished: {kinds[-3:]}"
-    assert len(ends) == 1 and kinds[-1] in TERMINAL, f"{where}: terminal events {ends}"
-    turns = http.get(f"/v1/sessions/{sid}").json()["messages"]
-    assert turns[0]["role"] == "user", where
-    replies = [t for t in turns[1:] if t["role"] == "assistant"]
-    texted = any(k in ("content", "reasoning") for k in kinds)
-    assert len(replies) == (1 if texted or kinds[-1] == "done" else 0), f"{where}: {turns}"
-    if replies:
-        assert replies[0]["incomplete"] is (kinds[-1] != "done"), f"{where}: {replies}"
-    again = http.post(f"/v1/sessions/{sid}/messages", json={"content": "next", "background": True})
-    assert again.status_code == 202, f"{where}: the next message got {again.status_code}"
-    next_handle = again.json()
-    http.post(f"/v1/sessions/{sid}/cancel")
-    finished = lambda: http.get(next_handle["events_url"]).json()["finished"]  # noqa: E731
-    _until(finished, where, "the next answer did not end after its cancel")
-
-
 def race_cancels(
     gateway: GatewayServer, seed: int, rounds: int = ROUNDS,
     also: Callable[[dict[str, Any], str], None] | None = None,
@@ -122,7 +81,7 @@ def race_cancels(
             where = f"seed {seed} round {index}"
             slow = {"X-Sim-Token-Ms": str(rng.choice([1, 2, 4])),
                     "X-Sim-TTFT-Ms": str(rng.choice([0, 0, 20, 150]))}  # fmt: skip
-            sid = _session(http)
+            sid = new_session(http)
             posted = http.post(
                 f"/v1/sessions/{sid}/messages", headers=slow,
                 json={"content": "Tell me a long story about rivers", "background": True},
@@ -163,19 +122,13 @@ def _start_and_cancel_at_once(
         first = await gw.runner.cancel(answer_id)
         return answer_id, [first, *await asyncio.gather(*others)]
 
-    return _on_loop(gateway, go)
-
-
-def _on_loop(gateway: GatewayServer, make: Callable[[], Any]) -> Any:
-    """Run a coroutine on the gateway's own event loop (in its server thread)."""
-    loop = gateway.server.servers[0].get_loop()
-    return asyncio.run_coroutine_threadsafe(make(), loop).result(15)
+    return on_loop(gateway, go)
 
 
 def test_a_cancel_before_the_task_starts_still_ends_the_answer(gateway: GatewayServer) -> None:
     with gateway.client() as http:
         for cancels in (1, 3):
-            sid = _session(http)
+            sid = new_session(http)
             answer_id, results = _start_and_cancel_at_once(gateway, sid, cancels)
             assert results == [True] * cancels
             base = f"/v1/sessions/{sid}/answers/{answer_id}"

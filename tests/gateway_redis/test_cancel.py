@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from tests.conftest import wait_until
-from tests.gateway.test_cancel_race import SEED, race_cancels
+from tests.gateway._race import SEED
+from tests.gateway.test_cancel_race import race_cancels
 
 pytestmark = pytest.mark.redis
 
@@ -76,7 +77,7 @@ def test_a_cancel_just_before_shutdown_ends_the_answer_and_hands_nothing_over(
 
     from dskit.gateway.answers._runner import upstream_messages
     from dskit.store import StoredMessage
-    from tests.gateway.test_cancel_race import _on_loop
+    from tests.gateway._race import on_loop
 
     gateway = gateway_factory(redis=redis_url, redis_namespace=redis_prefix + "sd")
     gw = gateway.gw
@@ -97,6 +98,6 @@ def test_a_cancel_just_before_shutdown_ends_the_answer_and_hands_nothing_over(
         await cancelling
         return list((await gw.log.read(answer_id, 0)).entries)
 
-    entries = _on_loop(gateway, go)
+    entries = on_loop(gateway, go)
     assert entries and entries[-1].kind == "error", [e.kind for e in entries]
     assert orjson.loads(entries[-1].data)["type"] == "cancelled"

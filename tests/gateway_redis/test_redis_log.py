@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from dskit.gateway.backends._log import StreamLog, UnknownAnswerError
+from dskit.gateway.backends._log import MemoryStreamLog, StreamLog, UnknownAnswerError
 from dskit.gateway.backends._redis_log import (
     LeaseLostError,
     RedisLogSettings,
@@ -99,6 +99,34 @@ async def test_waiting_reader_wakes_on_append_and_on_finish(
     assert await other_log.active("s1") is None
     info = await other_log.info(answer_id)
     assert info is not None and info.finished
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_cursor_past_the_end_still_sees_the_answer_finish(
+    log: RedisStreamLog, other_log: RedisStreamLog, backend: str
+) -> None:
+    """A long poll whose `after` is past the answer's last event (a client that asked for
+    "after 40" of an answer that ended at 2) is told the answer finished, as the memory log
+    tells it: at once once it has, and as it does while the poll waits. The Redis log
+    only looked for its end marker after the cursor, so it answered "not finished" after
+    the whole wait, every time."""
+    writer: StreamLog = MemoryStreamLog() if backend == "memory" else log
+    reader: StreamLog = writer if backend == "memory" else other_log
+    answer_id = uuid.uuid4().hex
+    await writer.create(answer_id, "s1", "w1")
+    for piece in "ab":
+        await writer.append(answer_id, "content", text(piece))
+    waiting = asyncio.create_task(reader.read(answer_id, after=40, wait=10.0))
+    if backend == "redis":
+        await blocked_reader(log)
+    began = time.monotonic()
+    await writer.finish(answer_id)
+    piece = await asyncio.wait_for(waiting, 5)
+    assert piece.entries == [] and piece.finished
+    assert time.monotonic() - began < 2.0
+    began = time.monotonic()
+    again = await reader.read(answer_id, after=40, wait=10.0)
+    assert again.entries == [] and again.finished and time.monotonic() - began < 2.0
 
 
 async def test_unfinished_and_finished_answers_expire(log: RedisStreamLog) -> None:

@@ -91,10 +91,14 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: log, meta. ARGV: after (exclusive), count. Returns {exists, entries}.
+# KEYS: log, meta. ARGV: after (exclusive), count.
+# Returns {exists, entries, finished, seq}: the meta's flag and last seq, for a cursor
+# past the end (the end marker `<seq>-1` is not after it).
 READ_SCRIPT = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return {0, {}} end
-return {1, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])}
+if redis.call('EXISTS', KEYS[2]) == 0 then return {0, {}, 0, 0} end
+local state = redis.call('HMGET', KEYS[2], 'finished', 'seq')
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+return {1, entries, state[1] == '1' and 1 or 0, tonumber(state[2] or '0')}
 """
 
 # KEYS: log, meta. Returns {exists, the newest two entries}: the end marker and the last
@@ -303,18 +307,27 @@ class RedisStreamLog:
 
     async def read(self, answer_id: str, after: int = 0, wait: float = 0.0) -> LogSlice:
         """Entries after `after`; with `wait`, waits for news through the instance's
-        shared reader (no connection of its own), then reads them on the pool."""
+        shared reader (no connection of its own), then reads them on the pool. A cursor
+        past the log's end waits from the log's last entry, so the answer's end (its
+        marker is not after the cursor) still ends the wait."""
         after = max(int(after), 0)
         log = self._keys(answer_id)[0]
+        deadline = time.monotonic() + wait
+        since = after
         if wait <= 0 or not self.reader.idle(log, after):
-            piece = await self._read_through_load(answer_id, after)
+            piece, last = await self._read_through_load(answer_id, after)
             if piece.entries or piece.finished or wait <= 0:
                 return piece
-        await self.reader.wait(log, after, wait)
-        stop_if_cancelled()
-        return await self._read_through_load(answer_id, after)
+            since = min(after, last)
+        while True:
+            await self.reader.wait(log, since, deadline - time.monotonic())
+            stop_if_cancelled()
+            piece, last = await self._read_through_load(answer_id, after)
+            if piece.entries or piece.finished or time.monotonic() >= deadline:
+                return piece
+            since = min(after, last)  # the log grew, not yet past the cursor: wait on
 
-    async def _read_through_load(self, answer_id: str, after: int) -> LogSlice:
+    async def _read_through_load(self, answer_id: str, after: int) -> tuple[LogSlice, int]:
         """`_read_now`, retried while Redis is only busy (a pool wait that ran out): a
         reader may wait longer, and must not be cut off as if Redis were down. An
         unreachable Redis still fails at once."""
@@ -329,16 +342,18 @@ class RedisStreamLog:
                     raise
                 await asyncio.sleep(0.05)
 
-    async def _read_now(self, answer_id: str, after: int) -> LogSlice:
+    async def _read_now(self, answer_id: str, after: int) -> tuple[LogSlice, int]:
+        """The entries after `after`, and the log's last seq."""
         keys = self._keys(answer_id)[:2]
         args = [after, self.settings.read_batch]
-        exists, raw = await self._scripts["read"](keys=keys, args=args)
+        exists, raw, ended, last = await self._scripts["read"](keys=keys, args=args)
         stop_if_cancelled()
         if not int(exists):
             raise UnknownAnswerError(answer_id)
         entries = [_entry(entry_id, fields) for entry_id, fields in raw]
-        finished = len(entries) > 0 and entries[-1] is None  # the end marker comes last
-        return LogSlice([e for e in entries if e is not None], finished)
+        # the end marker comes last; a cursor at or past it reads nothing of a finished log
+        finished = entries[-1] is None if entries else int(ended) == 1
+        return LogSlice([e for e in entries if e is not None], finished), int(last)
 
     async def last(self, answer_id: str) -> LogEntry | None:
         """The latest event (a finished answer's `done` or `error`): one XREVRANGE."""
@@ -491,7 +506,7 @@ class RedisStreamLog:
         reasoning: list[str] = []
         seq, tools, finished, last, pieces = 0, False, False, None, 0
         while True:
-            piece = await self._read_now(answer_id, seq)
+            piece, _ = await self._read_now(answer_id, seq)
             for entry in piece.entries:
                 seq, last = entry.seq, entry.kind
                 if entry.kind in ("content", "reasoning"):

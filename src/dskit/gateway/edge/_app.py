@@ -22,6 +22,7 @@ from dskit.gateway._errors import (
     GatewayError,
     error_response,
     logged_error,
+    malformed_json,
     outage_errors,
     validation_error,
 )
@@ -57,6 +58,7 @@ def create_app(
     log: StreamLog | None = None,
     limiter: RateLimiter | None = None,
     store: SessionStore | None = None,
+    fast_chat: bool = True,
 ) -> FastAPI:
     """The gateway app; its resources start and stop with the app's lifespan.
 
@@ -64,6 +66,9 @@ def create_app(
     rate limiter, the store named by `settings.store`): the seams for shared backends (a `log`
     given here is this instance's own: only `settings.redis` makes a fleet that takes over).
     `clock` (epoch seconds) is what tokens' exp/nbf and JWKS cache times are read from.
+    `fast_chat=False` serves `POST /v1/chat/completions` by its documented FastAPI route
+    instead of `FastChatCompletions` (the same answers, slower): the seam for the test
+    that the two answer alike.
     """
     settings = settings or GatewaySettings()
     gw = compose(settings, store=store, log=log, limiter=limiter, clock=clock)
@@ -86,6 +91,7 @@ def create_app(
         description="Chat for front ends over SSE, with resume; OpenAI-compatible relay.",
     )  # fmt: skip
     app.state.gateway = gw
+    app.fast_chat = fast_chat
     _install_handlers(app, gw)
     app.include_router(openai_router)
     app.include_router(sessions_router)
@@ -104,10 +110,14 @@ class GatewayApp(FastAPI):
     /v1/chat/completions` served right under it. Every chunk of a relayed stream would
     otherwise pass through each of Starlette's middlewares on its way out."""
 
+    fast_chat = True  # False: the documented route serves it (see `create_app`)
+
     def build_middleware_stack(self) -> ASGIApp:
         gw: Gateway = self.state.gateway
         settings = gw.settings
-        lane = FastLane(FastChatCompletions(gw), super().build_middleware_stack())
+        lane = inner = super().build_middleware_stack()
+        if self.fast_chat:
+            lane = FastLane(FastChatCompletions(gw, inner), inner)
 
         guard = AccessGuard(lane, gw, self.routes)  # every route's permission, checked once
         watch = StreamWatch(guard, gw.watch)
@@ -137,7 +147,11 @@ def _install_handlers(app: FastAPI, gw: Gateway) -> None:
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         gw.metrics.errors.labels("validation").inc()
-        return error_response(validation_error(exc.errors()))
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # not JSON at all: a 400
+            reason = errors[0].get("ctx", {}).get("error") or errors[0].get("msg")
+            return error_response(malformed_json(ValueError(reason)))
+        return error_response(validation_error(errors))
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

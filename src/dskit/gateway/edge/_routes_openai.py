@@ -10,7 +10,7 @@ import orjson
 import pydantic
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dskit.client._types import ChatResult
 from dskit.gateway._compose import Gateway
@@ -19,8 +19,6 @@ from dskit.gateway._errors import (
     error_response,
     from_exception,
     logged_error,
-    malformed_json,
-    validation_error,
 )
 from dskit.gateway._schemas import ChatCompletionRequest, ModelCard, ModelList
 from dskit.gateway.answers._cache import CACHE_HEADER, CacheRequest
@@ -108,13 +106,16 @@ def _on_done(gw: Gateway, key: CacheRequest | None) -> Callable[[ChatResult], Aw
 
 class FastChatCompletions:
     """`POST /v1/chat/completions` as a plain ASGI app: the documented route's behaviour
-    (auth, rate limit, pydantic validation, the same errors) without FastAPI's
-    per-request dependency solving, which costs more than the relay itself."""
+    (auth, rate limit, pydantic validation) without FastAPI's per-request dependency
+    solving, which costs more than the relay itself. A body it cannot take is handed, as
+    it came, to the documented route (`documented`, the FastAPI app), so a bad request's
+    answer is that route's: one place for the errors, and the fast path stays fast."""
 
     path = "/v1/chat/completions"
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, documented: ASGIApp) -> None:
         self.gw = gw
+        self.documented = documented
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self  # what the metrics middleware labels requests with
@@ -125,21 +126,35 @@ class FastChatCompletions:
             raise
         except Exception as exc:  # every failure answers in the one error shape
             response = error_response(logged_error(exc, self.path))
-        await response(scope, receive, send)
+        if response is None:
+            await self.documented(scope, _replaying(await request.body(), receive), send)
+        else:
+            await response(scope, receive, send)
 
-    async def _handle(self, request: Request) -> Response:
+    async def _handle(self, request: Request) -> Response | None:
+        """The relay's response; None for a body the documented route must answer."""
         gw = self.gw
         who = caller_of(request).principal
-        await take_token(gw, who)
         try:
             body = ChatCompletionRequest.model_validate_json(await request.body())
-        except pydantic.ValidationError as exc:
-            gw.metrics.errors.labels("validation").inc()
-            errors = exc.errors(include_url=False)
-            if errors and errors[0]["type"] == "json_invalid":
-                raise malformed_json(ValueError(errors[0]["msg"])) from None
-            raise validation_error(errors) from None
+        except pydantic.ValidationError:
+            return None
+        await take_token(gw, who)
         return await relay_response(gw, body, request, who)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` that first hands out again the body already read."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 async def _complete(

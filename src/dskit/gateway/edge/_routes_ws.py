@@ -48,12 +48,7 @@ from dskit.gateway.access._owners import check_owner
 from dskit.gateway.answers._codec import parse_event_id
 from dskit.gateway.answers._turns import checked_result, start_turn, tool_result
 from dskit.gateway.backends._log import UnknownAnswerError
-from dskit.gateway.edge._deps import (
-    ID_PATTERN,
-    caller_of,
-    take_token,
-    upstream_headers,
-)
+from dskit.gateway.edge._deps import ID_PATTERN, caller_of, take_token, upstream_headers
 from dskit.gateway.edge._flow import AckWindow, ws_frame
 from dskit.gateway.edge._headers import deny
 from dskit.gateway.edge._keywatch import SCOPE_KEY
