@@ -24,6 +24,12 @@ def gateway(request: Request) -> Gateway:
     return gw
 
 
+async def _gateway(request: Request) -> Gateway:
+    """`gateway` as a dependency: async, so FastAPI calls it on the loop (a plain `def`
+    dependency runs in a worker thread: a thread hop on every request)."""
+    return gateway(request)
+
+
 def authenticate(gw: Gateway, request: Request, *, x_api_key: bool = False) -> str:
     """The caller's principal, as `AccessGuard` (`_guard.py`) identified it before the
     route ran: a key's, a token's, or `local` when auth is off."""
@@ -69,7 +75,7 @@ async def principal(
 
 
 Principal = Annotated[str, Depends(principal)]
-GatewayDep = Annotated[Gateway, Depends(gateway)]
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
 async def rate_limited(gw: GatewayDep, who: Principal) -> str:
