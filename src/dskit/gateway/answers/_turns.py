@@ -4,7 +4,6 @@ user turn and start its answer, find an answer the caller may read. Errors are
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -51,7 +50,7 @@ async def new_session(gw: TurnParts, who: str, body: SessionCreate) -> SessionRe
         title=body.title or "", model=body.model, system=body.system, params=params
     )
     record = await gw.store.acreate(record)
-    await asyncio.to_thread(gw.keys.own, record.id, who)  # a durable write: off the loop
+    gw.keys.own(record.id, who)
     return record
 
 

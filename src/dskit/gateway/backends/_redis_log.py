@@ -17,7 +17,9 @@ takeover looks for answers whose lease expired, because their instance died).
 
 Readers that wait for news do not block a connection each: the instance's
 `SharedReader` (`_redis_reader.py`) blocks for all of them on a few connections of its
-own and tells each when its log moved on.
+own and tells each when its log moved on. Readers of an answer this instance generates
+need not reach Redis at all: they read the writer's copy of what Redis acknowledged
+(`LocalTails`, `_redis_tail.py`).
 
 Appends are fenced: the script only writes while the lease is this instance's (or free,
 which it re-takes). So an instance that lost its lease (paused, partitioned) cannot
@@ -44,7 +46,9 @@ from dskit.gateway.backends._log import (
     PartialAnswer,
     UnknownAnswerError,
 )
+from dskit.gateway.backends._redis_batch import ScriptBatcher
 from dskit.gateway.backends._redis_reader import SharedReader
+from dskit.gateway.backends._redis_tail import LocalTails
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -222,12 +226,15 @@ class RedisStreamLog:
         self.settings = settings or RedisLogSettings()
         self._ns = self.settings.namespace
         self.reader = SharedReader(client, self._ns)
+        self.tails = LocalTails()  # the answers this instance writes, for its own readers
+        # every generation's appends, each loop iteration's in one pipeline
+        self._appends = ScriptBatcher(client, APPEND_SCRIPT, self._patiently)
         self._held: dict[str, str] = {}
         self._renewers: dict[str, asyncio.Task[None]] = {}
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
-                ("append", APPEND_SCRIPT), ("finish", FINISH_SCRIPT), ("read", READ_SCRIPT),
+                ("finish", FINISH_SCRIPT), ("read", READ_SCRIPT),
                 ("last", LAST_SCRIPT), ("lease", LEASE_SCRIPT), ("renew", RENEW_SCRIPT),
                 ("cad", COMPARE_DELETE_SCRIPT),
             )
@@ -284,21 +291,26 @@ class RedisStreamLog:
         except BaseException:
             self._forget(answer_id)  # the answer will not run: stop renewing its lease
             raise
+        if owner is not None:
+            self.tails.open(answer_id)
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
         worker = self._held.get(answer_id)
         if worker is None:
+            self.tails.close(answer_id)
             raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
         args: list[str | int | bytes] = [worker, self._lease_ms, kind, data, uuid.uuid4().hex]
         keys = self._keys(answer_id)
-        seq = int(await self._patiently(lambda: self._scripts["append"](keys=keys, args=args)))
+        seq = int(await self._appends(keys, args))
         if seq == -1:
             raise UnknownAnswerError(answer_id)
         if seq == -2:
             self._forget(answer_id)
             raise LeaseLostError(f"answer {answer_id} is being written by another instance")
         if seq == -3:
+            self.tails.close(answer_id)
             raise LeaseLostError(f"answer {answer_id} is already finished")
+        self.tails.add(answer_id, seq, kind, data)
         return seq
 
     async def read(self, answer_id: str, after: int = 0, wait: float = 0.0) -> LogSlice:
@@ -306,6 +318,9 @@ class RedisStreamLog:
         shared reader (no connection of its own), then reads them on the pool."""
         after = max(int(after), 0)
         log = self._keys(answer_id)[0]
+        local = await self.tails.read(answer_id, after, wait)
+        if local is not None:  # written here: what Redis acknowledged, no round trip
+            return local
         if wait <= 0 or not self.reader.idle(log, after):
             piece = await self._read_through_load(answer_id, after)
             if piece.entries or piece.finished or wait <= 0:
@@ -358,7 +373,10 @@ class RedisStreamLog:
             raise UnknownAnswerError(answer_id)
         active = self._active_key(_text(session))
         await self._patiently(lambda: self._scripts["cad"](keys=[active], args=[answer_id]))
-        await self._patiently(lambda: self._scripts["finish"](keys=[log, meta, lease], args=args))
+        script = self._scripts["finish"]
+        done = int(await self._patiently(lambda: script(keys=[log, meta, lease], args=args)))
+        if done >= 0:  # the end marker is in the log (now or already)
+            self.tails.finish(answer_id)
         self._forget(answer_id)
         await self._patiently(lambda: self.redis.zrem(self._running, answer_id))
 
@@ -443,11 +461,13 @@ class RedisStreamLog:
                 if not int(kept) and self._held.get(answer_id) == worker:
                     logger.warning("lease of answer %s lost to another instance", answer_id)
                     self._held.pop(answer_id, None)
+                    self.tails.close(answer_id)  # its readers go to Redis
         finally:
             self._renewers.pop(answer_id, None)
 
     def _forget(self, answer_id: str) -> None:
         self._held.pop(answer_id, None)
+        self.tails.close(answer_id)  # unless finished: another instance may go on with it
         task = self._renewers.pop(answer_id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -509,5 +529,6 @@ class RedisStreamLog:
     async def aclose(self) -> None:
         for answer_id in list(self._renewers):
             self._forget(answer_id)
+        self.tails.clear()
         await self.reader.aclose()
         await self.redis.aclose()
