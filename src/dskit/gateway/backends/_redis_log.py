@@ -1,7 +1,7 @@
 """`RedisStreamLog`: the stream log in Redis Streams, shared by every gateway instance.
 
 Keys of one answer carry its id as a hash tag, so they sit in one Redis Cluster slot and
-each write is one Lua script:
+each write is one Lua script (appends: one script per batch of them, `_redis_batch.py`):
 
     <ns>:answer:{<id>}:log     a stream; entry ids are `<seq>-0`, so XREAD from
                                `<after>-0` is exactly "everything after event <after>"
@@ -59,27 +59,39 @@ DEFAULT_NAMESPACE = "dskit:gw"
 DEFAULT_LEASE = 10.0  # seconds a writer's lease lasts unless renewed
 T = TypeVar("T")
 
-# KEYS: log, meta, lease. ARGV: worker, lease ms, kind, data, op id.
-# Returns the new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
+# Appends to any number of answers, in order: per answer three KEYS (log, meta, lease)
+# and five ARGV (worker, lease ms, kind, data, op id). Returns one reply per answer: the
+# new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
 # The op id makes a retried append (its reply lost to a dropped connection) a no-op.
 # The first append gives the log the meta's expiry: an answer nobody finishes goes whole.
+# Each answer's keys share its hash tag, but one batch spans answers: a single Redis,
+# not a Cluster (as for the shared reader; docs/scaling.md).
 APPEND_SCRIPT = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-if redis.call('HGET', KEYS[2], 'lastop') == ARGV[5] then
-  return tonumber(redis.call('HGET', KEYS[2], 'seq'))
+local function append(log, meta, lease, worker, ms, kind, data, op)
+  if redis.call('EXISTS', meta) == 0 then return -1 end
+  if redis.call('HGET', meta, 'lastop') == op then
+    return tonumber(redis.call('HGET', meta, 'seq'))
+  end
+  if redis.call('HGET', meta, 'finished') == '1' then return -3 end
+  local holder = redis.call('GET', lease)
+  if holder and holder ~= worker then return -2 end
+  if not holder then redis.call('SET', lease, worker, 'PX', ms) end
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  redis.call('XADD', log, seq .. '-0', 'k', kind, 'd', data)
+  redis.call('HSET', meta, 'lastop', op)
+  if seq == 1 then
+    local ttl = redis.call('PTTL', meta)
+    if ttl > 0 then redis.call('PEXPIRE', log, ttl) end
+  end
+  return seq
 end
-if redis.call('HGET', KEYS[2], 'finished') == '1' then return -3 end
-local holder = redis.call('GET', KEYS[3])
-if holder and holder ~= ARGV[1] then return -2 end
-if not holder then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('XADD', KEYS[1], seq .. '-0', 'k', ARGV[3], 'd', ARGV[4])
-redis.call('HSET', KEYS[2], 'lastop', ARGV[5])
-if seq == 1 then
-  local ttl = redis.call('PTTL', KEYS[2])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = 3 * i, 5 * i
+  out[i + 1] = append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2],
+                      ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
 end
-return seq
+return out
 """
 
 # KEYS: log, meta, lease. ARGV: ttl seconds for the finished answer.
@@ -228,7 +240,7 @@ class RedisStreamLog:
         self.reader = SharedReader(client, self._ns)
         self.tails = LocalTails()  # the answers this instance writes, for its own readers
         # every generation's appends, each loop iteration's in one pipeline
-        self._appends = ScriptBatcher(client, APPEND_SCRIPT, self._patiently)
+        self._appends = ScriptBatcher(client, APPEND_SCRIPT, 3, self._patiently)
         self._held: dict[str, str] = {}
         self._renewers: dict[str, asyncio.Task[None]] = {}
         self._scripts = {
