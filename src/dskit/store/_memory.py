@@ -42,10 +42,17 @@ def _copy_value(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+# every field `_copy_message` copies: a field added to StoredMessage must be added there
+_MESSAGE_FIELDS = ("message", "incomplete", "summary", "covers", "usage", "tokens", "created")
+assert tuple(f.name for f in dataclasses.fields(StoredMessage)) == _MESSAGE_FIELDS
+
+
 def _copy_message(stored: StoredMessage) -> StoredMessage:
-    return dataclasses.replace(
-        stored, message=_copy_value(stored.message), usage=_copy_value(stored.usage)
-    )
+    """`stored`, copied (the constructor: `dataclasses.replace` is several times slower)."""
+    return StoredMessage(
+        _copy_value(stored.message), stored.incomplete, stored.summary, stored.covers,
+        _copy_value(stored.usage), stored.tokens, stored.created,
+    )  # fmt: skip
 
 
 def _copy_record(record: SessionRecord) -> SessionRecord:
