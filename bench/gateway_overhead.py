@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/gateway_overhead.py            # both regimes, three tables (~5 min)
     .venv/bin/python bench/gateway_overhead.py --quick    # fewer rounds, for a smoke run
+    .venv/bin/python bench/gateway_overhead.py --only a --no-litellm --sessions \
+        --targets direct,gateway --levels 64,256 --no-burst --redis-burst 1000
 
 Every server runs in its own process on loopback: the simulator (`dskit sim`), the gateway
 (`dskit serve --upstream <sim> --store memory`) and LiteLLM's proxy (`litellm[proxy]==1.90.0`
@@ -30,6 +32,16 @@ as raw bytes up to its end) so that it costs the same, and little, on every path
     working off its previous row does not slow the next one.
 (b) saturation: a zero-latency simulator, 64 clients in a closed loop for a fixed time:
     streams and chunks relayed per second.
+
+`--sessions` adds to regime (a) the gateway's session answers (`POST
+/v1/sessions/{id}/messages`, streamed) on the memory store, on SQLite and on Redis (`--redis`:
+the answer log and the store in a redis-server the script starts), each its own `dskit
+serve --cache-ttl 0`; a worker asks in its own session and takes a new one every 10
+answers, so prompts stay alike. A last table puts them beside the relay (the `gateway`
+row, `/v1/chat/completions`): CPU per answer (the gateway's process, plus redis-server's
+on Redis) and its ratio to the relay's, and the time to first token each adds to direct,
+with the issue's targets (`--sessions memory,redis`: only those stores). `--redis-burst N`
+then starts N session answers at once on Redis and counts those that complete.
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import math
 import os
 import resource
 import shutil
@@ -45,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,17 +112,24 @@ def wait_http(port: int, path: str, timeout: float = 90.0, expect: bytes = b"HTT
 
 @dataclass
 class Services:
-    """The three targets of one regime; stopped together."""
+    """The targets of one regime; stopped together."""
 
     workdir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # by name
-    ports: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # the targets, in table order
+    sessions: set[str] = field(default_factory=set)  # targets serving session answers
+    helpers: dict[str, list[str]] = field(default_factory=dict)  # whose CPU a target adds
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
         )
+
+    def cpu_pids(self, name: str) -> list[int]:
+        """The processes a target's CPU is counted over (direct: none)."""
+        names = [name, *self.helpers.get(name, [])] if name in self.procs else []
+        return [self.procs[n].pid for n in names]
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -121,33 +142,88 @@ class Services:
 
 
 @contextlib.contextmanager
-def services(ttft_ms: int, token_ms: int, litellm: Path | None) -> Iterator[Services]:
+def services(
+    ttft_ms: int, token_ms: int, litellm: Path | None, targets: frozenset[str] | None = None,
+    sessions: tuple[str, ...] = (),
+) -> Iterator[Services]:  # fmt: skip
+    """The simulator and every target in front of it (`targets`: only these, else all)."""
     workdir = Path(tempfile.mkdtemp(prefix="dskit-bench-"))
     env = {**os.environ, "DSKIT_HOME": str(workdir)}
     env.pop("DEEPSEEK_API_KEY", None)
     env.pop("DEEPSEEK_BASE_URL", None)
     svc = Services(workdir)
+    wanted = targets.__contains__ if targets else (lambda _: True)
     try:
-        sim, floor, asgi, gw = free_port(), free_port(), free_port(), free_port()
-        svc.ports.update({"direct": sim, "tcp-floor": floor, "asgi-floor": asgi, "gateway": gw})
+        sim = free_port()
+        svc.ports["direct"] = sim
         svc.spawn("sim", [str(DSKIT), "sim", "--port", str(sim), "--ttft-ms", str(ttft_ms),
                           "--token-ms", str(token_ms)], env)  # fmt: skip
         wait_http(sim, "/models", expect=b"HTTP/1.1 ")
-        svc.spawn("tcp-floor", [sys.executable, str(FLOOR), str(floor), str(sim)], env)
-        wait_http(floor, "/models", expect=b"HTTP/1.1 ")
-        svc.spawn("asgi-floor", [sys.executable, str(ASGI_FLOOR), str(asgi),
-                                 f"http://127.0.0.1:{sim}"], env)  # fmt: skip
-        wait_http(asgi, "/readyz")
-        svc.spawn("gateway", [str(DSKIT), "serve", "--port", str(gw), "--upstream",
-                              f"http://127.0.0.1:{sim}", "--store", "memory",
-                              "--log-level", "warning"], env)  # fmt: skip
-        wait_http(gw, "/readyz")
-        if litellm is not None:
+        if wanted("tcp-floor"):
+            svc.ports["tcp-floor"] = port = free_port()
+            svc.spawn("tcp-floor", [sys.executable, str(FLOOR), str(port), str(sim)], env)
+            wait_http(port, "/models", expect=b"HTTP/1.1 ")
+        if wanted("asgi-floor"):
+            svc.ports["asgi-floor"] = port = free_port()
+            svc.spawn("asgi-floor", [sys.executable, str(ASGI_FLOOR), str(port),
+                                     f"http://127.0.0.1:{sim}"], env)  # fmt: skip
+            wait_http(port, "/readyz")
+        if wanted("gateway"):
+            svc.ports["gateway"] = serve(svc, "gateway", sim, ["--store", "memory"], env)
+        if litellm is not None and wanted("litellm"):
             svc.ports["litellm"] = start_litellm(svc, litellm, sim)
+        if sessions:
+            start_sessions(svc, sim, env, sessions)
         yield svc
     finally:
         svc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def serve(svc: Services, name: str, sim: int, extra: list[str], env: dict[str, str]) -> int:
+    """A `dskit serve` in front of the simulator, as target `name` (its port)."""
+    port = free_port()
+    svc.spawn(name, [str(DSKIT), "serve", "--port", str(port), "--upstream",
+                     f"http://127.0.0.1:{sim}", "--log-level", "warning", *extra], env)  # fmt: skip
+    wait_http(port, "/readyz")
+    return port
+
+
+STORES = ("memory", "sqlite", "redis")
+
+
+def start_sessions(svc: Services, sim: int, env: dict[str, str], stores: tuple[str, ...]) -> None:
+    """The session targets, one `dskit serve` per store: memory, SQLite, and Redis (with
+    a redis-server of its own)."""
+    options = {"memory": ["--store", "memory"],
+               "sqlite": ["--store", str(svc.workdir / "sessions.sqlite3")]}  # fmt: skip
+    if "redis" in stores:
+        redis_bin = shutil.which("redis-server")
+        if redis_bin is None:
+            raise SystemExit("the Redis sessions need redis-server")
+        redis_port = free_port()
+        svc.spawn("redis-server", [redis_bin, "--port", str(redis_port), "--save", "",
+                                   "--appendonly", "no", "--dir", str(svc.workdir)])  # fmt: skip
+        wait_redis(redis_port)
+        url = f"redis://127.0.0.1:{redis_port}/0"
+        options["redis"] = ["--store", url, "--redis", url]
+        svc.helpers["sessions redis"] = ["redis-server"]
+    for store in stores:
+        name = f"sessions {store}"
+        keys = ["--keys-db", str(svc.workdir / f"keys-{store}.sqlite3"), "--cache-ttl", "0"]
+        svc.ports[name] = serve(svc, name, sim, [*options[store], *keys], env)
+        svc.sessions.add(name)
+
+
+def wait_redis(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"redis-server on port {port} did not answer within {timeout}s")
 
 
 def start_litellm(svc: Services, binary: Path, sim_port: int) -> int:
@@ -252,19 +328,130 @@ async def one_stream(port: int, request: bytes, count: bool = True) -> Sample:
             await writer.wait_closed()
 
 
-async def drain(reader: asyncio.StreamReader, chunked: bool, seen: bytes) -> None:
-    """Read to the end of the body: the last chunk (`0` CRLF CRLF) or EOF; it must carry
-    `[DONE]`. (A content chunk ends with `}` and a blank line, never with `0`.)"""
-    tail = seen[-64:]
+async def drain(
+    reader: asyncio.StreamReader, chunked: bool, seen: bytes, end: bytes = b"[DONE]",
+    keep: int = 64,
+) -> None:  # fmt: skip
+    """Read to the end of the body: the last chunk (`0` CRLF CRLF) or EOF; its last `keep`
+    bytes must carry `end`. (A content chunk ends with `}` and a blank line, never with
+    `0`.)"""
+    tail = seen[-keep:]
     while True:
         if chunked and tail.endswith(b"\r\n0\r\n\r\n"):
             break
         data = await reader.read(65536)
         if not data:
             break
-        tail = tail[-64:] + data[-64:] if len(data) < 64 else data[-64:]
-    if b"[DONE]" not in tail:
-        raise RuntimeError("stream ended without [DONE]")
+        tail = (tail + data[-keep:])[-keep:]
+    if end not in tail:
+        raise RuntimeError(f"stream ended without {end.decode()}")
+
+
+# ---- session answers ------------------------------------------------------------------
+
+Asker = Callable[[], Awaitable[Sample]]  # one stream, timed
+SESSION_TURNS = 10  # answers a worker asks in one session before it takes a new one
+SESSION_PARAMS = {"parameters": {"thinking": False, "max_tokens": TOKENS}}
+
+
+def post_bytes(port: int, path: str, body: bytes, stream: bool = False) -> bytes:
+    accept = "text/event-stream" if stream else "application/json"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Authorization: Bearer sk-bench\r\nContent-Type: application/json\r\n"
+        f"Accept: {accept}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def post_json(port: int, path: str, body: dict[str, Any]) -> Any:
+    """One POST on a connection of its own; its JSON answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(post_bytes(port, path, orjson.dumps(body)))
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 2"):
+            raise RuntimeError(head[:200].decode(errors="replace"))
+        length = head.lower().split(b"content-length:")[1].split(b"\r\n")[0]
+        return orjson.loads(await reader.readexactly(int(length)))
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def session_stream(port: int, request: bytes) -> Sample:
+    """One streamed session answer: timed to its first `content` event, then read as raw
+    bytes to the end of the body, which must end with its `done` event."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head[:200].decode(errors="replace"))
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        buffer = bytearray()
+        while (data := await read_parts(reader, chunked)) is not None:
+            buffer += data
+            if b"\nevent: content\n" in buffer:
+                ttft = time.perf_counter() - started
+                await drain(reader, chunked, bytes(buffer), b"\nevent: done\n", 4096)
+                return Sample(ttft, time.perf_counter() - started, -1)
+            if b"\nevent: error\n" in buffer:
+                raise RuntimeError(bytes(buffer[-300:]).decode(errors="replace"))
+        raise RuntimeError("the answer ended before its first content event")
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+@dataclass
+class SessionAsker:
+    """One worker's session answers, a new session every SESSION_TURNS answers."""
+
+    port: int
+    prompt: str
+    session: str | None = None
+    asked: int = 0
+
+    async def open(self) -> None:
+        created = await post_json(self.port, "/v1/sessions", SESSION_PARAMS)
+        self.session, self.asked = str(created["id"]), 0
+
+    async def __call__(self) -> Sample:
+        if self.session is None or self.asked >= SESSION_TURNS:
+            await self.open()
+        self.asked += 1
+        path = f"/v1/sessions/{self.session}/messages"
+        body = orjson.dumps({"content": self.prompt, "stream": True})
+        try:
+            return await session_stream(self.port, post_bytes(self.port, path, body, True))
+        except Exception:
+            self.session = None  # a failed answer may leave it busy: start afresh
+            raise
+
+
+def askers(svc: Services, prompt: str) -> dict[str, Callable[[], Asker]]:
+    """For every target, how a worker gets its asker: chat targets repeat one request;
+    session targets ask in sessions of their own."""
+    made: dict[str, Callable[[], Asker]] = {}
+    for name, port in svc.ports.items():
+        if name in svc.sessions:
+            made[name] = functools.partial(SessionAsker, port, prompt)
+        else:
+            ask = functools.partial(one_stream, port, request_bytes(port, prompt), count=False)
+            made[name] = _repeat(ask)
+    return made
+
+
+def _repeat(ask: Asker) -> Callable[[], Asker]:
+    return lambda: ask
+
+
+async def warm_up(make: Callable[[], Asker], count: int = 16) -> None:
+    await asyncio.gather(*(make()() for _ in range(count)))
 
 
 async def level(port: int, request: bytes, concurrency: int, rounds: int) -> list[Sample]:
@@ -308,36 +495,113 @@ def find_prompt(port: int) -> str:
     raise RuntimeError("no prompt gave a long enough answer")
 
 
-def realistic(
-    svc: Services, quick: bool, window: float, levels: tuple[int, ...], repeat: int
-) -> None:
+def realistic(svc: Services, args: argparse.Namespace) -> None:
+    quick, levels, repeat = args.quick, args.levels, args.repeat
+    window = 1.0 if quick else args.window
     prompt = find_prompt(svc.ports["direct"])
-    requests = {name: request_bytes(port, prompt) for name, port in svc.ports.items()}
-    for name, port in svc.ports.items():
-        asyncio.run(level(port, requests[name], 16, 1))  # warm up every target once
+    makers = askers(svc, prompt)
+    for make in makers.values():
+        asyncio.run(warm_up(make))  # every target once
     print("\n(a) realistic upstream: TTFT 100 ms, 50 tokens x 10 ms; times in ms")
     print(f"\nsteady state: N streams kept in flight (closed loop), {window:g} s window"
           f" (longer at low N), load average {_load()}")  # fmt: skip
     _header()
+    steady: dict[tuple[int, str], dict[str, float]] = {}
     for concurrency in (n for n in levels for _ in range(repeat)):
         base: dict[str, float] = {}
-        for name, port in svc.ports.items():
+        for name, make in makers.items():
             # at least ~20 streams measured at low N
             span = max(window, 20 * LIFETIME / concurrency)
             settle(svc)
-            loop = ClosedLoop(port, requests[name], concurrency, span)
-            row = measured_cpu(svc, name, loop.run())
+            loop = ClosedLoop(make, concurrency, span)
+            row = steady[concurrency, name] = measured_cpu(svc, name, loop.run())
             print(_row(concurrency, name, row, base), flush=True)
+            row.update({f"direct_{k}": v for k, v in base.items() if k.startswith("ttft")})
+    if svc.sessions:
+        session_table(steady, levels)
+    if not args.no_burst:
+        bursts(svc, makers, levels, quick)
+    if args.redis_burst and "sessions redis" in makers:
+        redis_burst(svc, prompt, args.redis_burst)
+
+
+def bursts(
+    svc: Services, makers: dict[str, Callable[[], Asker]], levels: tuple[int, ...], quick: bool
+) -> None:
     print(f"\nburst: all N started at once (worst case), load average {_load()}")
     _header()
     for concurrency in levels:
         rounds = 1 if quick else {1: 10, 64: 3, 256: 2}.get(concurrency, 1)
-        base = {}
-        for name, port in svc.ports.items():
+        base: dict[str, float] = {}
+        for name, make in makers.items():
             settle(svc)
-            burst = _burst(port, requests[name], concurrency, rounds)
+            burst = _burst(make, concurrency, rounds)
             row = measured_cpu(svc, name, burst)
             print(_row(concurrency, name, row, base), flush=True)
+
+
+# what the issue asks of session answers against the relay: CPU per answer at most this
+# many times the relay's, and at 64 in flight at most this much added p99 TTFT (ms)
+SESSION_TARGETS = {"sessions memory": (1.5, 10.0), "sessions sqlite": (2.0, 10.0),
+                   "sessions redis": (2.5, 20.0)}  # fmt: skip
+P99_LEVEL = 64
+
+
+def session_table(steady: dict[tuple[int, str], dict[str, float]], levels: tuple[int, ...]) -> None:
+    print(f"\nsession answers against the relay (`gateway`), steady state above, load average"
+          f" {_load()}")  # fmt: skip
+    print("| in flight | target | answers | failed | CPU ms/answer | x relay | CPU target"
+          " | added TTFT p50 / p99 | p99 target |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for concurrency in levels:
+        relay = steady.get((concurrency, "gateway"), {})
+        for name in ("gateway", *SESSION_TARGETS):
+            row = steady.get((concurrency, name))
+            if row is not None:
+                print(_session_row(concurrency, name, row, relay.get("cpu")))
+
+
+def _session_row(concurrency: int, name: str, row: dict[str, float], relay: float | None) -> str:
+    label = "relay `/v1/chat/completions`" if name == "gateway" else name
+    if not row.get("n"):
+        return f"| {concurrency} | {label} | 0 | {int(row.get('failed', 0))} | | | | | |"
+    cpu, most, p99_most = row.get("cpu"), *SESSION_TARGETS.get(name, (None, None))
+    ratio = cpu / relay if cpu and relay else None
+    added = (row["ttft50"] - row.get("direct_ttft50", math.nan),
+             row["ttft99"] - row.get("direct_ttft99", math.nan))  # fmt: skip
+    cpu_goal = p99_goal = ""
+    if most is not None and ratio is not None:
+        cpu_goal = f"<= {most:g}x: {'met' if ratio <= most else 'not met'}"
+    if p99_most is not None and concurrency == P99_LEVEL:
+        p99_goal = f"<= {p99_most:g} ms: {'met' if added[1] <= p99_most else 'not met'}"
+    return (
+        f"| {concurrency} | {label} | {int(row['n'])} | {int(row['failed'])} "
+        f"| {'-' if cpu is None else f'{cpu:.2f}'} | {'-' if ratio is None else f'{ratio:.2f}'}"
+        f" | {cpu_goal} | {added[0]:+.1f} / {added[1]:+.1f} | {p99_goal} |"
+    )
+
+
+def redis_burst(svc: Services, prompt: str, count: int) -> None:
+    """`count` session answers started at once on Redis, each in a new session."""
+    settle(svc)
+    port = svc.ports["sessions redis"]
+    started = [SessionAsker(port, prompt) for _ in range(count)]
+
+    async def run() -> dict[str, float]:
+        gate = asyncio.Semaphore(64)
+
+        async def open_one(asker: SessionAsker) -> None:
+            async with gate:
+                await asker.open()
+
+        await asyncio.gather(*(open_one(a) for a in started))
+        return await _burst(started.pop, count, 1)
+
+    row = measured_cpu(svc, "sessions redis", run())
+    print(f"\n{count} session answers started at once on Redis (a new session each), load"
+          f" average {_load()}: {int(row['completed'])} completed, {int(row['failed'])} failed;"
+          f" TTFT p50 {row['ttft50']:.0f} ms, p99 {row['ttft99']:.0f} ms; total p99"
+          f" {row['total99']:.0f} ms")  # fmt: skip
 
 
 # /proc counts CPU in 10 ms ticks, and an idle server still does some work: over fewer
@@ -349,13 +613,14 @@ def measured_cpu(
     svc: Services, name: str, run: Coroutine[Any, Any, dict[str, float]]
 ) -> dict[str, float]:
     """A row, with the CPU its proxy process used per completed stream (ms) added (a
-    target's proxy is the process of the same name; direct has none)."""
-    proxy = svc.procs.get(name)
-    before = 0.0 if proxy is None else _cpu_seconds(proxy.pid)
+    target's proxy is the process of the same name, with redis-server for the Redis
+    sessions; direct has none)."""
+    pids = svc.cpu_pids(name)
+    before = sum(map(_cpu_seconds, pids))
     row = asyncio.run(run)
     completed = row.get("completed", 0)
-    if proxy is not None and completed >= CPU_MIN_STREAMS:
-        row["cpu"] = (_cpu_seconds(proxy.pid) - before) * 1000 / completed
+    if pids and completed >= CPU_MIN_STREAMS:
+        row["cpu"] = (sum(map(_cpu_seconds, pids)) - before) * 1000 / completed
     return row
 
 
@@ -423,8 +688,7 @@ class ClosedLoop:
     started inside the window are measured. Nothing runs past BUDGET seconds: streams
     measured but unfinished by then are reported as cut off."""
 
-    port: int
-    request: bytes
+    make: Callable[[], Asker]  # each worker's asker
     concurrency: int
     window: float
     samples: list[Sample] = field(default_factory=list)
@@ -456,11 +720,12 @@ class ClosedLoop:
 
     async def worker(self, index: int) -> None:
         await asyncio.sleep(LIFETIME * index / self.concurrency)
+        ask = self.make()
         first = True
         while (now := time.perf_counter()) < self.end:
             measured = now >= self.start
             try:
-                sample = await one_stream(self.port, self.request, count=False)
+                sample = await ask()
             except asyncio.CancelledError:  # cut off by the budget
                 self.cut += measured
                 raise
@@ -484,14 +749,12 @@ def summary(samples: list[Sample], failed: int) -> dict[str, float]:
             "total99": pct(total, 0.99), "failed": failed, "n": len(samples)}  # fmt: skip
 
 
-async def _burst(port: int, request: bytes, concurrency: int, rounds: int) -> dict[str, float]:
+async def _burst(make: Callable[[], Asker], concurrency: int, rounds: int) -> dict[str, float]:
     samples: list[Sample] = []
     failed = 0
     for _ in range(rounds):
-        results = await asyncio.gather(
-            *(one_stream(port, request, count=False) for _ in range(concurrency)),
-            return_exceptions=True,
-        )
+        ask = [make() for _ in range(concurrency)]
+        results = await asyncio.gather(*(a() for a in ask), return_exceptions=True)
         samples += [r for r in results if isinstance(r, Sample)]
         failed += sum(1 for r in results if not isinstance(r, Sample))
     return {**summary(samples, failed), "completed": len(samples)}
@@ -554,6 +817,21 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _stores(text: str) -> tuple[str, ...]:
+    stores = tuple(part.strip() for part in text.split(","))
+    if not stores or set(stores) - set(STORES):
+        raise argparse.ArgumentTypeError(f"stores are among {', '.join(STORES)}: {text}")
+    return stores
+
+
+def _names(text: str) -> frozenset[str]:
+    names = frozenset(part.strip() for part in text.split(","))
+    unknown = names - {"direct", "tcp-floor", "asgi-floor", "gateway", "litellm"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown targets: {', '.join(sorted(unknown))}")
+    return names
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
@@ -567,6 +845,21 @@ def main() -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="steady-state rows per level (its spread)"
     )
+    parser.add_argument(
+        "--sessions",
+        nargs="?",
+        const=",".join(STORES),
+        type=_stores,
+        default=(),
+        help="(a) also: session answers on these stores (default: memory,sqlite,redis)",
+    )
+    parser.add_argument(
+        "--targets", type=_names, help="only these chat targets, e.g. direct,gateway"
+    )
+    parser.add_argument("--no-burst", action="store_true", help="(a): no burst table")
+    parser.add_argument(
+        "--redis-burst", type=int, default=0, help="with --sessions: N answers at once on Redis"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
@@ -578,11 +871,10 @@ def main() -> int:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d')},"
           f" core speed: {core_speed():.0f} M loop steps/s")  # fmt: skip
     if args.only != "b":
-        with services(100, 10, litellm) as svc:
-            window = 1.0 if args.quick else args.window
-            realistic(svc, args.quick, window, args.levels, args.repeat)
+        with services(100, 10, litellm, args.targets, args.sessions) as svc:
+            realistic(svc, args)
     if args.only != "a":
-        with services(0, 0, litellm) as svc:
+        with services(0, 0, litellm, args.targets) as svc:
             saturation(svc, 2.0 if args.quick else args.seconds)
     return 0
 

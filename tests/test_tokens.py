@@ -220,3 +220,15 @@ def test_long_texts_are_counted_once_and_the_memo_stays_bounded() -> None:
         counter.text(f"{n} " + "x" * MEMO_MIN_CHARS)
     assert len(counter._memo) == MEMO_SIZE  # the oldest were forgotten
     assert counter.text(text) == first  # counted again, the same
+
+
+def test_short_texts_are_remembered_too() -> None:
+    """A session's short turns are counted again at every turn, and tokenizing even a
+    short text costs far more than hashing it."""
+    from dskit._tokens import TextCounter
+
+    counter = TextCounter()
+    question = "Tell me about rivers"
+    first = counter.text(question)
+    assert counter.text(question) == first > 0
+    assert len(counter._memo) == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +95,30 @@ def test_the_composed_gateway_cannot_be_changed(tmp_path: Path) -> None:
         assert gateway.answers.fleet is None and gateway.takeover is None
     finally:
         gateway.keys.close()
+
+
+def test_every_route_dependency_runs_on_the_loop(tmp_path: Path) -> None:
+    """FastAPI runs a plain `def` dependency in a worker thread: a thread hop (and GIL
+    hand-off) on every request that uses it. Every dependency of every route is async."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from dskit.gateway import GatewaySettings, create_app
+
+    settings = GatewaySettings(store="memory", keys_path=str(tmp_path / "keys.sqlite3"))
+    app = create_app(settings)
+    sync: set[str] = set()
+
+    def visit(dependant: Any) -> None:
+        for dep in dependant.dependencies:
+            call = dep.call
+            target = call if inspect.isroutine(call) else type(call).__call__
+            if not inspect.iscoroutinefunction(target):
+                sync.add(getattr(call, "__name__", repr(call)))
+            visit(dep)
+
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            visit(route.dependant)
+    assert sync == set()

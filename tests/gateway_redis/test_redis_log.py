@@ -325,3 +325,79 @@ async def test_a_cancelled_reader_always_stops(log: RedisStreamLog) -> None:
     finally:
         done.set()
         await writing
+
+
+async def test_readers_where_the_answer_is_written_read_the_writers_copy(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    """A reader on the instance that writes the answer gets what Redis acknowledged
+    without a round trip of its own (the shared reader is never used), exactly what a
+    reader on another instance gets from Redis."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    waiting = asyncio.create_task(log.read(answer_id, 0, wait=10))
+    await log.append(answer_id, "content", text("a"))
+    assert [e.seq for e in (await asyncio.wait_for(waiting, 5)).entries] == [1]
+    for piece in ("b", "c"):
+        await log.append(answer_id, "content", text(piece))
+    await log.append(answer_id, "done", b"{}")
+    last = asyncio.create_task(log.read(answer_id, 4, wait=10))
+    await log.finish(answer_id)
+    assert (await asyncio.wait_for(last, 5)).finished
+    here, there = await log.read(answer_id, 1), await other_log.read(answer_id, 1)
+    assert here == there and [e.seq for e in here.entries] == [2, 3, 4] and here.finished
+    assert log.reader.connections == 0
+
+
+async def test_a_reader_on_a_fenced_instance_goes_on_from_redis(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    """The writing instance froze and another took its answer over: the reader that
+    waited on the first instance's copy gets the new writer's events from Redis, in
+    order, once (the copy stops serving the moment the old writer is fenced off)."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    await log.append(answer_id, "content", text("Hel"))
+    log._renewers[answer_id].cancel()  # the instance freezes: its lease lapses
+    await eventually(other_log.orphans)
+    assert await other_log.lease(answer_id, "w2", 30.0)
+    reader = asyncio.create_task(log.read(answer_id, 1, wait=10))
+    assert await other_log.append(answer_id, "content", text("lo")) == 2
+    with pytest.raises(LeaseLostError):  # the frozen instance wakes up: fenced off
+        await log.append(answer_id, "content", text("zombie"))
+    piece = await asyncio.wait_for(reader, 5)
+    assert [(e.seq, e.data) for e in piece.entries] == [(2, text("lo"))]
+    await other_log.finish(answer_id)
+    assert (await log.read(answer_id, 2, wait=10)).finished
+
+
+async def test_appends_of_many_answers_share_pipelines(log: RedisStreamLog) -> None:
+    """Appends made in the same loop iteration go out together: 40 answers appending at
+    once take a few pipelines, not 40 round trips, and each gets its own seq, in order."""
+    answers = [uuid.uuid4().hex for _ in range(40)]
+    for answer_id in answers:
+        await log.create(answer_id, f"s-{answer_id}", owner="w1")
+    before = log._appends.batches
+    for round_ in (1, 2):
+        seqs = await asyncio.gather(*(log.append(a, "content", text(f"{round_}")) for a in answers))
+        assert seqs == [round_] * len(answers)
+    assert log._appends.batches - before <= 4
+    for answer_id in answers:
+        piece = await log.read(answer_id)
+        assert [(e.seq, e.data) for e in piece.entries] == [(1, text("1")), (2, text("2"))]
+
+
+async def test_appends_go_on_after_redis_forgets_the_script(log: RedisStreamLog) -> None:
+    """A restarted (or flushed) Redis has no scripts: the batch loads the append script
+    again and the appends that met NOSCRIPT are sent once more, none lost or doubled."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    assert await log.append(answer_id, "content", text("a")) == 1
+    await log.redis.script_flush()
+    assert await log.append(answer_id, "content", text("b")) == 2
+    assert [e.seq for e in (await other_entries(log, answer_id))] == [1, 2]
+
+
+async def other_entries(log: RedisStreamLog, answer_id: str) -> list[Any]:
+    piece, _ = await log._read_now(answer_id, 0)  # straight from Redis
+    return piece.entries

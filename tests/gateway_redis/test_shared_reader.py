@@ -44,16 +44,16 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 async def test_many_waiting_readers_use_a_bounded_number_of_connections(
-    log: RedisStreamLog,
+    log: RedisStreamLog, other_log: RedisStreamLog
 ) -> None:
-    """600 readers wait on 300 running answers (two each, at different cursors): the
-    instance holds a handful of connections, not one per reader, and every reader gets
-    exactly the entries after its cursor, in order, once."""
+    """600 readers wait on 300 running answers another instance writes (two each, at
+    different cursors): the instance holds a handful of connections, not one per reader,
+    and every reader gets exactly the entries after its cursor, in order, once."""
     answers = [f"a{n}" for n in range(300)]
     for answer_id in answers:
-        await log.create(answer_id, f"s-{answer_id}", owner="w1")
-        await log.append(answer_id, "content", b'{"text":"0"}')
-    before = await _clients(log)
+        await other_log.create(answer_id, f"s-{answer_id}", owner="w1")
+        await other_log.append(answer_id, "content", b'{"text":"0"}')
+    before = await _clients(log) - _pooled(other_log)  # this instance's connections
 
     async def follow(answer_id: str, after: int) -> list[int]:
         seen: list[int] = []
@@ -70,13 +70,13 @@ async def test_many_waiting_readers_use_a_bounded_number_of_connections(
     in_use = len(pool._in_use_connections)  # lease renewals (every 0.2 s here) come and go
     assert in_use <= 16, f"{in_use} pooled connections in use: waiting readers hold none"
     assert log.reader.connections <= log.reader.max_readers
-    opened = await _clients(log) - before  # the pool grew for the readers' first reads
+    opened = await _clients(log) - _pooled(other_log) - before  # grown for first reads
     assert opened <= POOL_SIZE + log.reader.max_readers + 1 < len(readers)
     for round_ in range(3):
         for answer_id in answers:
-            await log.append(answer_id, "content", orjson.dumps({"text": str(round_)}))
+            await other_log.append(answer_id, "content", orjson.dumps({"text": str(round_)}))
     for answer_id in answers:
-        await log.finish(answer_id)
+        await other_log.finish(answer_id)
     seen = await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
     for n, got in enumerate(seen):
         assert got == ([1, 2, 3, 4] if n % 2 == 0 else [2, 3, 4])
@@ -84,39 +84,43 @@ async def test_many_waiting_readers_use_a_bounded_number_of_connections(
 
 
 async def test_a_reader_added_while_the_shard_blocks_is_woken_at_once(
-    log: RedisStreamLog,
+    log: RedisStreamLog, other_log: RedisStreamLog
 ) -> None:
-    """A second answer's reader joins while the shared XREAD blocks on the first: its
-    event arrives in milliseconds, not after the block timeout."""
+    """A second answer's reader joins while the shared XREAD blocks on the first (both
+    written by another instance): its event arrives in milliseconds, not after the block
+    timeout."""
     for answer_id in ("first", "second"):
-        await log.create(answer_id, f"s-{answer_id}", owner="w1")
+        await other_log.create(answer_id, f"s-{answer_id}", owner="w1")
     first = asyncio.create_task(log.read("first", 0, wait=10))
     await until(lambda: waiting(log.reader) == 1 and all(s.blocked for s in log.reader._shards))
     second = asyncio.create_task(log.read("second", 0, wait=10))
     await until(lambda: waiting(log.reader) == 2)
     began = time.monotonic()
-    await log.append("second", "content", b'{"text":"x"}')
+    await other_log.append("second", "content", b'{"text":"x"}')
     piece = await asyncio.wait_for(second, timeout=3)
     assert [e.seq for e in piece.entries] == [1]
     assert time.monotonic() - began < 1.0
-    await log.finish("first")
+    await other_log.finish("first")
     assert (await first).finished
 
 
-async def test_shards_split_logs_and_stay_bounded(log: RedisStreamLog) -> None:
-    """With 4 logs per XREAD and at most 3 connections, 40 waiting answers spread over
-    three shards (past the bound they share the least loaded), and all are woken."""
+async def test_shards_split_logs_and_stay_bounded(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    """With 4 logs per XREAD and at most 3 connections, 40 waiting answers (another
+    instance writes them) spread over three shards (past the bound they share the least
+    loaded), and all are woken."""
     reader = SharedReader(log.redis, f"{log.settings.namespace}-t", keys_per_read=4, max_readers=3)
     log.reader, old = reader, log.reader
     try:
         answers = [f"b{n}" for n in range(40)]
         for answer_id in answers:
-            await log.create(answer_id, f"s-{answer_id}", owner="w1")
+            await other_log.create(answer_id, f"s-{answer_id}", owner="w1")
         tasks = [asyncio.create_task(log.read(a, 0, wait=10)) for a in answers]
         await until(lambda: waiting(reader) == len(tasks))
         assert reader.connections == 3
         for answer_id in answers:
-            await log.append(answer_id, "content", b'{"text":"y"}')
+            await other_log.append(answer_id, "content", b'{"text":"y"}')
         pieces = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
         assert all([e.seq for e in p.entries] == [1] for p in pieces)
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -241,3 +243,48 @@ async def test_async_twins_behave_like_sync(store: SessionStore) -> None:
     with pytest.raises(SessionNotFoundError):
         await store.aload(record.id)
     await store.aclose()
+
+
+def test_what_a_caller_holds_is_its_own_copy(store: SessionStore) -> None:
+    """Changing a record or message after a call never changes what the store keeps."""
+    params = {"max_tokens": 50, "stop": ["x"]}
+    created = store.create(SessionRecord(params=params))
+    params["stop"].append("y")
+    created.params["stop"].append("z")
+    message = assistant("a", usage={"total_tokens": 3})
+    v = store.append(created.id, [message], expected_version=0)
+    message.message["content"] = "changed"
+    assert message.usage is not None
+    message.usage["total_tokens"] = 99
+    replacement = StoredMessage({"role": "assistant", "content": "b", "tool_calls": [{"id": "1"}]})
+    store.replace(created.id, 0, replacement, expected_version=v)
+    replacement.message["tool_calls"][0]["id"] = "2"
+    loaded = store.load(created.id)
+    loaded.messages[0].message["content"] = "mutated"
+    again = store.load(created.id)
+    assert again.params == {"max_tokens": 50, "stop": ["x"]}
+    assert again.messages[0].message == {"role": "assistant", "content": "b",
+                                         "tool_calls": [{"id": "1"}]}  # fmt: skip
+
+
+async def test_the_memory_store_never_leaves_the_loop() -> None:
+    """Its calls never block, so its async twins run on the loop: a thread hop would cost
+    more than the call (and hand the GIL back and forth under load)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dskit.store import MemoryStore
+
+    class NoThreads(ThreadPoolExecutor):
+        def submit(self, *args: object, **kwargs: object) -> Any:
+            raise AssertionError("a worker thread was used")
+
+    asyncio.get_running_loop().set_default_executor(NoThreads())
+    store = MemoryStore()
+    record = await store.acreate(SessionRecord())
+    v = await store.aappend(record.id, [user("hi")], expected_version=0)
+    v = await store.areplace(record.id, 0, user("hello"), expected_version=v)
+    v = await store.aupdate(record.id, title="t", expected_version=v)
+    assert [m.content for m in (await store.aload(record.id)).messages] == ["hello"]
+    assert [i.id for i in await store.alist_sessions()] == [record.id]
+    assert await store.adelete(record.id)

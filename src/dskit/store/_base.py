@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
@@ -32,6 +32,7 @@ from dskit.store._model import (
 )
 
 DEFAULT_LIMIT = 50
+R = TypeVar("R")
 
 
 def default_store_path() -> Path:
@@ -156,60 +157,82 @@ class ExportMixin:
         return self.create(record)
 
 
+class _Offloading(SessionStore, Protocol):
+    """A store whose async twins run its sync methods through `_offload`."""
+
+    async def _offload(self, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R: ...
+
+
 class ThreadedAsyncMixin(ExportMixin):
-    """Async twins that run the blocking sync methods in a worker thread."""
+    """Async twins that run the blocking sync methods in a worker thread (`_offload`)."""
 
-    async def acreate(self: SessionStore, record: SessionRecord) -> SessionRecord:
-        return await asyncio.to_thread(self.create, record)
+    async def _offload(self, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        return await asyncio.to_thread(call, *args, **kwargs)
 
-    async def aload(self: SessionStore, session_id: str) -> SessionRecord:
-        return await asyncio.to_thread(self.load, session_id)
+    async def _aupdate(
+        self, session_id: str, changes: dict[str, Any], expected_version: int
+    ) -> int:
+        return await self._offload(self._update, session_id, changes, expected_version)
+
+    async def acreate(self: _Offloading, record: SessionRecord) -> SessionRecord:
+        return await self._offload(self.create, record)
+
+    async def aload(self: _Offloading, session_id: str) -> SessionRecord:
+        return await self._offload(self.load, session_id)
 
     async def aappend(
-        self: SessionStore,
+        self: _Offloading,
         session_id: str,
         messages: Sequence[StoredMessage],
         *,
         expected_version: int,
     ) -> int:
-        return await asyncio.to_thread(
+        return await self._offload(
             self.append, session_id, messages, expected_version=expected_version
         )
 
     async def areplace(
-        self: SessionStore,
+        self: _Offloading,
         session_id: str,
         index: int,
         message: StoredMessage,
         *,
         expected_version: int,
     ) -> int:
-        return await asyncio.to_thread(
+        return await self._offload(
             self.replace, session_id, index, message, expected_version=expected_version
         )
 
     async def atruncate(
-        self: SessionStore, session_id: str, length: int, *, expected_version: int
+        self: _Offloading, session_id: str, length: int, *, expected_version: int
     ) -> int:
-        return await asyncio.to_thread(
+        return await self._offload(
             self.truncate, session_id, length, expected_version=expected_version
         )
 
     async def alist_sessions(
-        self: SessionStore, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
+        self: _Offloading, limit: int = DEFAULT_LIMIT, ids: Collection[str] | None = None
     ) -> list[SessionInfo]:
-        return await asyncio.to_thread(self.list_sessions, limit, ids)
+        return await self._offload(self.list_sessions, limit, ids)
 
     async def asearch(
-        self: SessionStore, text: str, limit: int = DEFAULT_LIMIT
+        self: _Offloading, text: str, limit: int = DEFAULT_LIMIT
     ) -> list[SessionInfo]:
-        return await asyncio.to_thread(self.search, text, limit)
+        return await self._offload(self.search, text, limit)
 
-    async def adelete(self: SessionStore, session_id: str) -> bool:
-        return await asyncio.to_thread(self.delete, session_id)
+    async def adelete(self: _Offloading, session_id: str) -> bool:
+        return await self._offload(self.delete, session_id)
 
-    async def aclose(self: SessionStore) -> None:
-        await asyncio.to_thread(self.close)
+    async def aclose(self: _Offloading) -> None:
+        await self._offload(self.close)
+
+
+class InlineAsyncMixin(ThreadedAsyncMixin):
+    """Async twins that call the sync methods on the loop: for a store whose calls never
+    block (memory), where a thread hop would cost more than the call itself."""
+
+    async def _offload(self, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        return call(*args, **kwargs)
 
 
 def check_limit(limit: int) -> int:

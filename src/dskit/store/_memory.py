@@ -7,12 +7,13 @@ behaves the same whichever store it has; only durability differs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from dskit.store._base import DEFAULT_LIMIT, ThreadedAsyncMixin, check_limit
+from dskit.store._base import DEFAULT_LIMIT, InlineAsyncMixin, check_limit
 from dskit.store._model import (
     SessionConflictError,
     SessionInfo,
@@ -24,9 +25,46 @@ from dskit.store._model import (
     title_from,
 )
 
+_ATOMS = frozenset({str, int, float, bool, type(None)})
 
-class MemoryStore(ThreadedAsyncMixin):
-    """Sessions in a dict; nothing survives the process."""
+
+def _copy_value(value: Any) -> Any:
+    """A deep copy of a JSON-like value; anything else goes through `copy.deepcopy`.
+    Eight times faster than `deepcopy` on a stored conversation (no memo, no dispatch
+    table), which a session loads at every turn."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copy_value(item) for key, item in value.items()}
+    if kind is list:
+        return [_copy_value(item) for item in value]
+    if kind in _ATOMS:
+        return value
+    return copy.deepcopy(value)
+
+
+# every field `_copy_message` copies: a field added to StoredMessage must be added there
+_MESSAGE_FIELDS = ("message", "incomplete", "summary", "covers", "usage", "tokens", "created")
+assert tuple(f.name for f in dataclasses.fields(StoredMessage)) == _MESSAGE_FIELDS
+
+
+def _copy_message(stored: StoredMessage) -> StoredMessage:
+    """`stored`, copied (the constructor: `dataclasses.replace` is several times slower)."""
+    return StoredMessage(
+        _copy_value(stored.message), stored.incomplete, stored.summary, stored.covers,
+        _copy_value(stored.usage), stored.tokens, stored.created,
+    )  # fmt: skip
+
+
+def _copy_record(record: SessionRecord) -> SessionRecord:
+    return dataclasses.replace(
+        record, params=_copy_value(record.params),
+        messages=[_copy_message(m) for m in record.messages],
+    )  # fmt: skip
+
+
+class MemoryStore(InlineAsyncMixin):
+    """Sessions in a dict; nothing survives the process. Its async twins run on the
+    loop: nothing here blocks."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, SessionRecord] = {}
@@ -39,14 +77,14 @@ class MemoryStore(ThreadedAsyncMixin):
         with self._lock:
             if record.id in self._sessions:
                 raise SessionConflictError(record.id, record.version, None)
-            stored = copy.deepcopy(record)
+            stored = _copy_record(record)
             stored.title = stored.title or title_from(stored.messages)
             self._sessions[record.id] = stored
-            return copy.deepcopy(stored)
+            return _copy_record(stored)
 
     def load(self, session_id: str) -> SessionRecord:
         with self._lock:
-            return copy.deepcopy(self._get(session_id))
+            return _copy_record(self._get(session_id))
 
     def _get(self, session_id: str) -> SessionRecord:
         record = self._sessions.get(session_id)
@@ -67,7 +105,7 @@ class MemoryStore(ThreadedAsyncMixin):
     ) -> int:
         with self._lock:
             record = self._checked(session_id, expected_version)
-            record.messages.extend(copy.deepcopy(list(messages)))
+            record.messages.extend(_copy_message(m) for m in messages)
             record.title = record.title or title_from(record.messages)
             return record.version
 
@@ -79,7 +117,7 @@ class MemoryStore(ThreadedAsyncMixin):
             if not 0 <= index < len(record.messages):
                 raise StoreError(f"no message at index {index} in session {session_id!r}")
             record = self._checked(session_id, expected_version)
-            record.messages[index] = copy.deepcopy(message)
+            record.messages[index] = _copy_message(message)
             return record.version
 
     def truncate(self, session_id: str, length: int, *, expected_version: int) -> int:

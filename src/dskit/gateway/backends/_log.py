@@ -159,7 +159,8 @@ class MemoryStreamLog:
         if len(answer.entries) <= after and not answer.finished and wait > 0:
             changed = answer.changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), wait)
+                async with asyncio.timeout(wait):  # no task per wait, as wait_for makes
+                    await changed.wait()
         return LogSlice(answer.entries[max(after, 0) :], answer.finished)
 
     async def last(self, answer_id: str) -> LogEntry | None:

@@ -1,7 +1,7 @@
 """`RedisStreamLog`: the stream log in Redis Streams, shared by every gateway instance.
 
 Keys of one answer carry its id as a hash tag, so they sit in one Redis Cluster slot and
-each write is one Lua script:
+each write is one Lua script (appends: one script per batch of them, `_redis_batch.py`):
 
     <ns>:answer:{<id>}:log     a stream; entry ids are `<seq>-0`, so XREAD from
                                `<after>-0` is exactly "everything after event <after>"
@@ -17,7 +17,9 @@ takeover looks for answers whose lease expired, because their instance died).
 
 Readers that wait for news do not block a connection each: the instance's
 `SharedReader` (`_redis_reader.py`) blocks for all of them on a few connections of its
-own and tells each when its log moved on.
+own and tells each when its log moved on. Readers of an answer this instance generates
+need not reach Redis at all: they read the writer's copy of what Redis acknowledged
+(`LocalTails`, `_redis_tail.py`).
 
 Appends are fenced: the script only writes while the lease is this instance's (or free,
 which it re-takes). So an instance that lost its lease (paused, partitioned) cannot
@@ -44,7 +46,9 @@ from dskit.gateway.backends._log import (
     PartialAnswer,
     UnknownAnswerError,
 )
+from dskit.gateway.backends._redis_batch import ScriptBatcher
 from dskit.gateway.backends._redis_reader import SharedReader
+from dskit.gateway.backends._redis_tail import LocalTails
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -55,27 +59,39 @@ DEFAULT_NAMESPACE = "dskit:gw"
 DEFAULT_LEASE = 10.0  # seconds a writer's lease lasts unless renewed
 T = TypeVar("T")
 
-# KEYS: log, meta, lease. ARGV: worker, lease ms, kind, data, op id.
-# Returns the new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
+# Appends to any number of answers, in order: per answer three KEYS (log, meta, lease)
+# and five ARGV (worker, lease ms, kind, data, op id). Returns one reply per answer: the
+# new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
 # The op id makes a retried append (its reply lost to a dropped connection) a no-op.
 # The first append gives the log the meta's expiry: an answer nobody finishes goes whole.
+# Each answer's keys share its hash tag, but one batch spans answers: a single Redis,
+# not a Cluster (as for the shared reader; docs/scaling.md).
 APPEND_SCRIPT = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-if redis.call('HGET', KEYS[2], 'lastop') == ARGV[5] then
-  return tonumber(redis.call('HGET', KEYS[2], 'seq'))
+local function append(log, meta, lease, worker, ms, kind, data, op)
+  if redis.call('EXISTS', meta) == 0 then return -1 end
+  if redis.call('HGET', meta, 'lastop') == op then
+    return tonumber(redis.call('HGET', meta, 'seq'))
+  end
+  if redis.call('HGET', meta, 'finished') == '1' then return -3 end
+  local holder = redis.call('GET', lease)
+  if holder and holder ~= worker then return -2 end
+  if not holder then redis.call('SET', lease, worker, 'PX', ms) end
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  redis.call('XADD', log, seq .. '-0', 'k', kind, 'd', data)
+  redis.call('HSET', meta, 'lastop', op)
+  if seq == 1 then
+    local ttl = redis.call('PTTL', meta)
+    if ttl > 0 then redis.call('PEXPIRE', log, ttl) end
+  end
+  return seq
 end
-if redis.call('HGET', KEYS[2], 'finished') == '1' then return -3 end
-local holder = redis.call('GET', KEYS[3])
-if holder and holder ~= ARGV[1] then return -2 end
-if not holder then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('XADD', KEYS[1], seq .. '-0', 'k', ARGV[3], 'd', ARGV[4])
-redis.call('HSET', KEYS[2], 'lastop', ARGV[5])
-if seq == 1 then
-  local ttl = redis.call('PTTL', KEYS[2])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = 3 * i, 5 * i
+  out[i + 1] = append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2],
+                      ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
 end
-return seq
+return out
 """
 
 # KEYS: log, meta, lease. ARGV: ttl seconds for the finished answer.
@@ -226,12 +242,15 @@ class RedisStreamLog:
         self.settings = settings or RedisLogSettings()
         self._ns = self.settings.namespace
         self.reader = SharedReader(client, self._ns)
+        self.tails = LocalTails()  # the answers this instance writes, for its own readers
+        # every generation's appends, each loop iteration's in one pipeline
+        self._appends = ScriptBatcher(client, APPEND_SCRIPT, 3, self._patiently)
         self._held: dict[str, str] = {}
         self._renewers: dict[str, asyncio.Task[None]] = {}
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
-                ("append", APPEND_SCRIPT), ("finish", FINISH_SCRIPT), ("read", READ_SCRIPT),
+                ("finish", FINISH_SCRIPT), ("read", READ_SCRIPT),
                 ("last", LAST_SCRIPT), ("lease", LEASE_SCRIPT), ("renew", RENEW_SCRIPT),
                 ("cad", COMPARE_DELETE_SCRIPT),
             )
@@ -288,21 +307,26 @@ class RedisStreamLog:
         except BaseException:
             self._forget(answer_id)  # the answer will not run: stop renewing its lease
             raise
+        if owner is not None:
+            self.tails.open(answer_id)
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
         worker = self._held.get(answer_id)
         if worker is None:
+            self.tails.close(answer_id)
             raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
         args: list[str | int | bytes] = [worker, self._lease_ms, kind, data, uuid.uuid4().hex]
         keys = self._keys(answer_id)
-        seq = int(await self._patiently(lambda: self._scripts["append"](keys=keys, args=args)))
+        seq = int(await self._appends(keys, args))
         if seq == -1:
             raise UnknownAnswerError(answer_id)
         if seq == -2:
             self._forget(answer_id)
             raise LeaseLostError(f"answer {answer_id} is being written by another instance")
         if seq == -3:
+            self.tails.close(answer_id)
             raise LeaseLostError(f"answer {answer_id} is already finished")
+        self.tails.add(answer_id, seq, kind, data)
         return seq
 
     async def read(self, answer_id: str, after: int = 0, wait: float = 0.0) -> LogSlice:
@@ -312,6 +336,9 @@ class RedisStreamLog:
         marker is not after the cursor) still ends the wait."""
         after = max(int(after), 0)
         log = self._keys(answer_id)[0]
+        local = await self.tails.read(answer_id, after, wait)
+        if local is not None:  # written here: what Redis acknowledged, no round trip
+            return local
         deadline = time.monotonic() + wait
         since = after
         if wait <= 0 or not self.reader.idle(log, after):
@@ -373,7 +400,10 @@ class RedisStreamLog:
             raise UnknownAnswerError(answer_id)
         active = self._active_key(_text(session))
         await self._patiently(lambda: self._scripts["cad"](keys=[active], args=[answer_id]))
-        await self._patiently(lambda: self._scripts["finish"](keys=[log, meta, lease], args=args))
+        script = self._scripts["finish"]
+        done = int(await self._patiently(lambda: script(keys=[log, meta, lease], args=args)))
+        if done >= 0:  # the end marker is in the log (now or already)
+            self.tails.finish(answer_id)
         self._forget(answer_id)
         await self._patiently(lambda: self.redis.zrem(self._running, answer_id))
 
@@ -458,11 +488,13 @@ class RedisStreamLog:
                 if not int(kept) and self._held.get(answer_id) == worker:
                     logger.warning("lease of answer %s lost to another instance", answer_id)
                     self._held.pop(answer_id, None)
+                    self.tails.close(answer_id)  # its readers go to Redis
         finally:
             self._renewers.pop(answer_id, None)
 
     def _forget(self, answer_id: str) -> None:
         self._held.pop(answer_id, None)
+        self.tails.close(answer_id)  # unless finished: another instance may go on with it
         task = self._renewers.pop(answer_id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -524,5 +556,6 @@ class RedisStreamLog:
     async def aclose(self) -> None:
         for answer_id in list(self._renewers):
             self._forget(answer_id)
+        self.tails.clear()
         await self.reader.aclose()
         await self.redis.aclose()

@@ -25,6 +25,12 @@ def gateway(request: Request) -> Gateway:
     return gw
 
 
+async def _gateway(request: Request) -> Gateway:
+    """`gateway` as a dependency: async, so FastAPI calls it on the loop (a plain `def`
+    dependency runs in a worker thread: a thread hop on every request)."""
+    return gateway(request)
+
+
 def caller_of(request: HTTPConnection) -> Caller:
     """The caller `AccessGuard` left in the scope (401 if none: an unguarded route)."""
     caller: Caller | None = request.scope.get(SCOPE_CALLER)
@@ -64,7 +70,7 @@ async def principal(
 
 
 Principal = Annotated[str, Depends(principal)]
-GatewayDep = Annotated[Gateway, Depends(gateway)]
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
 async def rate_limited(gw: GatewayDep, who: Principal) -> str:

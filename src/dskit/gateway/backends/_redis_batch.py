@@ -1,0 +1,106 @@
+"""`ScriptBatcher`: one Lua script's calls from every task of an instance, sent together.
+
+Each generation appends its events one at a time (it waits for each seq), but an
+instance runs many generations: at 64 answers of a token every 10 ms that is thousands
+of appends a second, and redis-py spends far more on each command (taking a pooled
+connection, packing it, a timeout and a parse per reply, a wake-up) than Redis spends
+running the script. So the calls made while the loop runs one iteration go out as one
+EVALSHA of a script that takes the calls one after another (`keys_per_call` KEYS and
+the same number of ARGV each) and replies with a list, one reply per call:
+
+    append() ... append()  --one loop iteration-->  EVALSHA sha n k1 k2 k3 ... a1 a2 ...
+                                                     one batch in flight at a time
+
+While a batch is in flight the next calls gather, so the batches grow with the load and
+nothing waits on a timer. A call whose task is cancelled before its batch goes out is
+left out; once sent, it runs (as a standalone command would). A batch is retried through
+an outage by the caller's `patiently` (the script must be idempotent: the log's appends
+carry an op id), and sent again once loaded when Redis has forgotten the script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+MAX_BATCH = 256  # calls per script run: Redis runs a script whole, blocking the rest
+Patience = Callable[[Callable[[], Awaitable[list[Any]]]], Awaitable[list[Any]]]
+
+
+@dataclass(slots=True)
+class _Call:
+    keys: Sequence[str]
+    args: Sequence[Any]
+    reply: asyncio.Future[Any]
+
+
+class ScriptBatcher:
+    """Runs `source` for many callers, each loop iteration's calls in one EVALSHA."""
+
+    def __init__(
+        self, client: redis.asyncio.Redis, source: str, keys_per_call: int, patiently: Patience
+    ) -> None:
+        self.client, self.source, self.patiently = client, source, patiently
+        self.keys_per_call = keys_per_call
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._pending: list[_Call] = []
+        self._sender: asyncio.Task[None] | None = None
+        self.batches = 0  # batches sent (for tests and benchmarks)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """The script's reply to this call (a batch's error raised)."""
+        if len(keys) != self.keys_per_call:
+            raise ValueError(f"each call takes {self.keys_per_call} keys")
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Call(keys, args, reply))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_all(), name="redis-script-batch")
+        return await reply
+
+    async def _send_all(self) -> None:
+        try:
+            while self._pending:
+                batch = [call for call in self._pending[:MAX_BATCH] if not call.reply.done()]
+                del self._pending[:MAX_BATCH]
+                if batch:
+                    await self._send(batch)
+        finally:
+            self._sender = None
+            for call in self._pending:  # only when cancelled itself (the loop closing)
+                if not call.reply.done():
+                    call.reply.cancel()
+            self._pending = []
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            replies = await self.patiently(lambda: self._run(batch))
+        except BaseException as exc:
+            for call in batch:
+                if not call.reply.done():
+                    call.reply.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for call, reply in zip(batch, replies, strict=True):
+            if not call.reply.done():
+                call.reply.set_result(reply)
+
+    async def _run(self, batch: list[_Call]) -> list[Any]:
+        """One EVALSHA for the batch; NOSCRIPT (a restarted or flushed Redis): load the
+        script and send the batch again."""
+        from redis.exceptions import NoScriptError
+
+        keys = [key for call in batch for key in call.keys]
+        args = [arg for call in batch for arg in call.args]
+        self.batches += 1
+        try:
+            return list(await self.client.evalsha(self.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            self.sha = await self.client.script_load(self.source)
+            return list(await self.client.evalsha(self.sha, len(keys), *keys, *args))
