@@ -20,6 +20,7 @@ from dskit.gateway.edge._flow import WriteMeter
 from dskit.gateway.edge._unsent import unsent_probe
 from tests.conftest import wait_until
 from tests.gateway.conftest import GatewayServer, parse_sse
+from tests.gateway.test_ws import _contiguous, _seq
 
 LONG = {"thinking": True, "effort": "max"}  # 120-300 reasoning words, then the answer
 PROMPT = "Tell me a very long story"
@@ -113,21 +114,8 @@ def _finished(gateway: GatewayServer, sid: str, answer_id: str) -> bool:
     return bool(_page(gateway, sid, answer_id)["finished"])
 
 
-def _seq(event_id: str) -> int:
-    return int(event_id.rpartition(":")[2])
-
-
 def _ranges(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return [(_seq(e["data"].get("from", e["id"])), _seq(e["id"])) for e in events]
-
-
-def _contiguous(ranges: list[tuple[int, int]], start: int = 1) -> bool:
-    expected = start
-    for first, last in ranges:
-        if first != expected or last < first:
-            return False
-        expected = last + 1
-    return True
 
 
 def _text(events: list[dict[str, Any]], kind: str) -> str:

@@ -62,19 +62,26 @@ class CredentialWatch:
     ) -> Iterator[Watched | None]:
         """Register the current task's stream while the block runs (None: nothing to
         watch, neither a key nor a token's end)."""
+        entry = self.register(key, until, cancel=cancel)
+        try:
+            yield entry
+        finally:
+            if entry is not None:
+                self.open.discard(entry)
+
+    def register(
+        self, key: str | None, until: float | None, *, cancel: bool = True
+    ) -> Watched | None:
+        """`watching()` without the block: the caller discards the entry from `open`."""
         if key is None and until is None:
-            yield None
-            return
+            return None
         task = asyncio.current_task()
         assert task is not None
         entry = Watched(key, until, task, cancel)
         self.open.add(entry)
         if self._loop is None or self._loop.done():
             self._loop = asyncio.get_running_loop().create_task(self._check_loop())
-        try:
-            yield entry
-        finally:
-            self.open.discard(entry)
+        return entry
 
     async def _check_loop(self) -> None:
         while self.open:

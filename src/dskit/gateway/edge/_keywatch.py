@@ -44,24 +44,34 @@ class StreamWatch:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        async with contextlib.AsyncExitStack() as stack:
-            watched: list[Watched] = []
+        watched: list[Watched] = []
 
-            async def watch_send(message: Message) -> None:
-                if message["type"] == "http.response.start" and _is_stream(message):
-                    entry = stack.enter_context(self.watch.watching(*_credential(scope)))
-                    if entry is not None:
-                        watched.append(entry)
-                await send(message)
+        async def watch_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                entry = self._register(scope, message)
+                if entry is not None:
+                    watched.append(entry)
+            await send(message)
 
-            try:
-                await self.app(scope, receive, watch_send)
-            except asyncio.CancelledError:
-                ended = watched[0].ended if watched else None
-                if ended is None:
-                    raise
-                watched[0].task.uncancel()
-                await _end_stream(send, scope["path"], ended)
+        try:
+            await self.app(scope, receive, watch_send)
+        except asyncio.CancelledError:
+            ended = watched[0].ended if watched else None
+            if ended is None:
+                raise
+            watched[0].task.uncancel()
+            await _end_stream(send, scope["path"], ended)
+        finally:
+            for entry in watched:
+                self.watch.open.discard(entry)
+
+    def _register(self, scope: Scope, start: Message) -> Watched | None:
+        """Watch a response that is an event stream of a key or a token (a request with
+        neither, as every request when auth is off, costs one dict lookup or two)."""
+        key, until = _credential(scope)
+        if (key is None and until is None) or not _is_stream(start):
+            return None
+        return self.watch.register(key, until)
 
 
 def _credential(scope: Scope) -> tuple[str | None, float | None]:

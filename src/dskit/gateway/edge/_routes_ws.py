@@ -69,14 +69,15 @@ async def session_socket(websocket: WebSocket, session_id: str) -> None:
         if not ID.match(session_id):
             raise not_found()
         # the caller (found by the guard) and upstream_headers read only the scope
-        who = caller_of(websocket).principal
+        caller = caller_of(websocket)
+        who = caller.principal
         check_owner(gw, who, session_id)
     except GatewayError as error:
         await deny(websocket.scope, websocket.send, error)
         return
     await websocket.accept()
     connection = Connection(gw, websocket, who, session_id)
-    credential = websocket.scope.get(SCOPE_KEY), caller_of(websocket).valid_until
+    credential = websocket.scope.get(SCOPE_KEY), caller.valid_until
     with gw.watch.watching(*credential) as watched:  # a revoked key, an expired token
         try:
             await connection.run(upstream_headers(cast(Request, websocket), gw))
