@@ -469,3 +469,22 @@ def _answers(port: int) -> bool:
         return httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except httpx2.HTTPError:
         return False
+
+
+def test_an_idle_kept_alive_connection_outlives_a_clients_idle_expiry(
+    gateway: GatewayServer,
+) -> None:
+    """A connection left idle for httpx's keep-alive expiry (5 s, uvicorn's default
+    timeout too) still serves the next request: the server does not close it under a
+    client that is about to reuse it (1,000 answers at once met that reset)."""
+    import time
+
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(request)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        idle_until = time.monotonic() + 5.5  # the idle time is what is under test
+        while time.monotonic() < idle_until:
+            time.sleep(idle_until - time.monotonic())
+        sock.sendall(request)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")

@@ -110,10 +110,16 @@ def head_limited_protocol(max_head_bytes: int, head_timeout: float) -> type[Head
     )  # fmt: skip
 
 
+KEEP_ALIVE_SECONDS = 20.0
+
+
 def server_options(settings: GatewaySettings) -> dict[str, Any]:
     """uvicorn options every gateway server runs with (`uvicorn.run(app, **these)`)."""
     return {
         "http": head_limited_protocol(settings.max_head_bytes, settings.head_timeout_seconds),
         "ws": "websockets-sansio",
         "ws_max_size": settings.max_body_bytes,
+        # longer than clients keep an idle connection (httpx and the openai SDK: 5 s, as
+        # uvicorn's default): else a client reusing one as the server closes it is reset
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
     }
