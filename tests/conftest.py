@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 DSKIT = str(Path(sys.executable).parent / "dskit")
+LISTENING = re.compile(r"running on http://127\.0\.0\.1:(\d+)")
 
 
 def free_port() -> int:
@@ -36,6 +38,12 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def logged_port(log: Path) -> int:
+    """The port a `dskit serve --port 0` says it listens on in `log`; 0 until it does."""
+    found = LISTENING.search(log.read_text(errors="replace")) if log.exists() else None
+    return int(found.group(1)) if found else 0
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
@@ -126,8 +134,10 @@ class LocalHTTPServer:
 
 
 class GatewayProcess:
-    """One `dskit serve ARGS` process on a free port (a test can SIGKILL it and `start()`
-    it again), its output in `logs/<name>-<port>.log`."""
+    """One `dskit serve ARGS` process (a test can SIGKILL it and `start()` it again), its
+    output in `logs/<name>-<n>.log`. It binds port 0 itself and the port is read from its
+    log: a port picked here and bound later by the child could be taken meanwhile by
+    another worker's server, whose answers the test would then read as ours."""
 
     def __init__(self, name: str, args: list[str], env: Mapping[str, str], logs: Path) -> None:
         self.name = name
@@ -135,6 +145,8 @@ class GatewayProcess:
         self.env = {**os.environ, **env}
         self.logs = logs
         self.port = 0
+        self.launches = 0
+        self.log_path = logs / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -142,9 +154,10 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def launch(self) -> None:
-        self.port = free_port()
-        log = open(self.logs / f"{self.name}-{self.port}.log", "wb")  # noqa: SIM115
-        command = [DSKIT, "serve", "--port", str(self.port), *self.args]
+        self.port, self.launches = 0, self.launches + 1
+        self.log_path = self.logs / f"{self.name}-{self.launches}.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115
+        command = [DSKIT, "serve", "--port", "0", *self.args]
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
         log.close()
 
@@ -159,7 +172,10 @@ class GatewayProcess:
     def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError(f"gateway {self.name} exited: see {self.logs}")
+            raise RuntimeError(f"gateway {self.name} exited: see {self.log_path}")
+        self.port = self.port or logged_port(self.log_path)
+        if not self.port:
+            return False
         try:
             return httpx2.get(self.url + "/readyz", timeout=1).status_code == 200
         except httpx2.HTTPError:

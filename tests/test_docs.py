@@ -44,7 +44,7 @@ import httpx2
 import pytest
 
 from dskit.sim import SimServer
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, logged_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -138,22 +138,22 @@ def _env(tmp: Path) -> dict[str, str]:
 def _gateway(
     env: dict[str, str], tmp: Path, grpc_port: int = 0
 ) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    command = [shutil.which("dskit", path=env["PATH"]) or "dskit", "serve", "--port", str(port)]
+    command = [shutil.which("dskit", path=env["PATH"]) or "dskit", "serve", "--port", "0"]
     command += ["--grpc-port", str(grpc_port)] if grpc_port else []
     with (tmp / "gateway.log").open("wb") as log:
         server = subprocess.Popen(command, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
 
-    def ready() -> bool:
+    def ready() -> int:
         if server.poll() is not None:
             raise RuntimeError((tmp / "gateway.log").read_text())
+        port = logged_port(tmp / "gateway.log")
         try:
-            return httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            answered = port and httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            return port if answered and answered.status_code == 200 else 0
         except httpx2.HTTPError:
-            return False
+            return 0
 
-    wait_until(ready, timeout=20, interval=0.05)
-    return server, port
+    return server, int(wait_until(ready, timeout=20, interval=0.05))
 
 
 def _run(block: Block, env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:

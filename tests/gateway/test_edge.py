@@ -20,7 +20,7 @@ import httpx2
 import orjson
 import pytest
 
-from tests.conftest import LocalHTTPServer, QuietHandler, free_port, wait_until
+from tests.conftest import LocalHTTPServer, QuietHandler, logged_port, wait_until
 from tests.gateway.conftest import GatewayServer, parse_sse
 
 CHAT = {
@@ -440,16 +440,18 @@ def test_a_dripped_callback_answer_ends_by_the_attempt_deadline() -> None:
 
 def test_dskit_serve_bounds_request_heads(tmp_path: Path) -> None:
     """The limits as `dskit serve` runs them (head timeout from the environment)."""
-    port = free_port()
     env = {**os.environ, "DSKIT_HOME": str(tmp_path), "DSKIT_CONFIG": str(tmp_path / "c.toml"),
            "PYTHONPATH": os.pathsep.join(sys.path)}  # fmt: skip
     env["DSKIT_GATEWAY_HEAD_TIMEOUT_SECONDS"] = "1"
     for name in ("DEEPSEEK_API_KEY", "DEEPSEEK_BASE_URL", "DSKIT_GATEWAY_REDIS"):
         env.pop(name, None)
     command = [sys.executable, "-c", "from dskit.cli import main; main()", "serve",
-               "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+               "--port", "0"]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
+        port = wait_until(lambda: logged_port(log), timeout=30, interval=0.05)
         wait_until(lambda: _answers(port), timeout=30, interval=0.2)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000)

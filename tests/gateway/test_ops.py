@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from dskit.gateway._logging import JsonFormatter, RequestIdFilter
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, logged_port, wait_until
 from tests.gateway.conftest import GatewayServer
 
 CHAT = {
@@ -107,19 +107,18 @@ def test_json_logs_carry_request_ids_and_never_keys(
 
 
 def test_dskit_serve_runs_the_simulator_and_says_so(tmp_path: Path) -> None:
-    port = free_port()
     env = {**os.environ, "DSKIT_HOME": str(tmp_path)}
     env.pop("DEEPSEEK_API_KEY", None)
     env.pop("DEEPSEEK_BASE_URL", None)
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dskit"), "serve", "--port", str(port),
+            [str(Path(sys.executable).parent / "dskit"), "serve", "--port", "0",
              "--log-format", "json"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{wait_until(lambda: logged_port(log), timeout=30)}"
 
         def ready() -> Any:
             try:

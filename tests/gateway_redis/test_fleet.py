@@ -94,16 +94,17 @@ def test_sigkill_mid_answer_resumes_exactly_through_another_instance(
 ) -> None:
     expected, count = pieces(sim, QUESTION)
     rng = random.Random(7)
-    restarts: list[threading.Thread] = []
+    restarts: dict[int, threading.Thread] = {}
     for round_ in range(3):
         streaming, other = fleet[round_], fleet[(round_ + 1) % 3]
+        if (restarting := restarts.pop((round_ + 1) % 3, None)) is not None:
+            restarting.join(30)  # the last round resumes on the first round's killed one
         session = new_session(streaming)
         kill_at = rng.randint(1, count - 1)  # strictly mid-answer
         before = stream_until_killed(streaming, session, kill_at)
         assert streaming.process is None, "the answer ended before the kill point"
-        restart = threading.Thread(target=streaming.start)
-        restart.start()
-        restarts.append(restart)
+        restarts[round_] = threading.Thread(target=streaming.start)
+        restarts[round_].start()
         after = resume(other, session, str(before[-1]["id"]))
         events = before + after
         assert events[-1]["event"] == "done", events[-1]
@@ -114,7 +115,7 @@ def test_sigkill_mid_answer_resumes_exactly_through_another_instance(
         stored = httpx2.get(f"{other.url}/v1/sessions/{session}", timeout=10).json()
         assert stored["messages"][-1]["content"] == expected
         assert not stored["messages"][-1]["incomplete"]
-    for restart in restarts:
+    for restart in restarts.values():
         restart.join(30)
 
 
