@@ -401,3 +401,35 @@ async def test_appends_go_on_after_redis_forgets_the_script(log: RedisStreamLog)
 async def other_entries(log: RedisStreamLog, answer_id: str) -> list[Any]:
     piece, _ = await log._read_now(answer_id, 0)  # straight from Redis
     return piece.entries
+
+
+@pytest.mark.parametrize("moment", ["queued", "sent"])
+async def test_an_append_whose_caller_is_cancelled_still_lands_whole(
+    log: RedisStreamLog, moment: str
+) -> None:
+    """A cancel that comes while an append waits, before its batch goes out or while it is
+    in flight, is raised once the append ran: the event is in the log and in the writer's
+    copy, so the text a cancelled answer saves is the text its log holds (a queued call
+    was left out, and the answer saved text no reader of the log ever saw)."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    assert await log.append(answer_id, "content", text("a")) == 1
+    sent = log._appends.batches
+    if moment == "sent":  # Redis holds the batch's script until unpaused
+        await log.redis.client_pause(10_000, all=False)
+    appending = asyncio.ensure_future(log.append(answer_id, "content", text("b")))
+    await asyncio.sleep(0)  # the call is queued; its batch is not sent yet
+    if moment == "sent":
+        await eventually(lambda: _batches_past(log, sent))
+    appending.cancel()
+    if moment == "sent":
+        await log.redis.client_unpause()
+    with pytest.raises(asyncio.CancelledError):
+        await appending
+    assert [e.data for e in await other_entries(log, answer_id)] == [text("a"), text("b")]
+    assert [e.seq for e in (await log.read(answer_id)).entries] == [1, 2]  # the writer's copy
+    assert await log.append(answer_id, "content", text("c")) == 3
+
+
+async def _batches_past(log: RedisStreamLog, sent: int) -> bool:
+    return log._appends.batches > sent

@@ -12,8 +12,9 @@ the same number of ARGV each) and replies with a list, one reply per call:
                                                      one batch in flight at a time
 
 While a batch is in flight the next calls gather, so the batches grow with the load and
-nothing waits on a timer. A call whose task is cancelled before its batch goes out is
-left out; once sent, it runs (as a standalone command would). A batch is retried through
+nothing waits on a timer. A call awaited with `batcher(...)` whose task is cancelled
+before its batch goes out is left out; once sent, it runs (as a standalone command
+would). A call `queue()`d goes out whatever becomes of its caller. A batch is retried through
 an outage by the caller's `patiently` (the script must be idempotent: the log's appends
 carry an op id), and sent again once loaded when Redis has forgotten the script.
 """
@@ -55,13 +56,18 @@ class ScriptBatcher:
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's reply to this call (a batch's error raised)."""
+        return await self.queue(keys, args)
+
+    def queue(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue a call for the next batch: the future of its reply. The call goes out
+        unless the future itself is cancelled (shield it to let the caller be)."""
         if len(keys) != self.keys_per_call:
             raise ValueError(f"each call takes {self.keys_per_call} keys")
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(_Call(keys, args, reply))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_all(), name="redis-script-batch")
-        return await reply
+        return reply
 
     async def _send_all(self) -> None:
         try:

@@ -316,8 +316,26 @@ class RedisStreamLog:
             self.tails.close(answer_id)
             raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
         args: list[str | int | bytes] = [worker, self._lease_ms, kind, data, uuid.uuid4().hex]
-        keys = self._keys(answer_id)
-        seq = int(await self._appends(keys, args))
+        reply = self._appends.queue(self._keys(answer_id), args)
+        try:
+            seq = await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            await self._land(answer_id, kind, data, reply)
+            raise
+        return self._appended(answer_id, kind, data, int(seq))
+
+    async def _land(
+        self, answer_id: str, kind: str, data: bytes, reply: asyncio.Future[Any]
+    ) -> None:
+        """An append whose caller was cancelled runs all the same: wait for it and note it
+        in the writer's copy, so the log holds every event its generation took (the text a
+        cancelled answer saves), then let the cancel go on."""
+        await asyncio.wait([reply])
+        if not reply.cancelled() and reply.exception() is None:
+            with contextlib.suppress(LeaseLostError, UnknownAnswerError):
+                self._appended(answer_id, kind, data, int(reply.result()))
+
+    def _appended(self, answer_id: str, kind: str, data: bytes, seq: int) -> int:
         if seq == -1:
             raise UnknownAnswerError(answer_id)
         if seq == -2:
