@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from dskit._version import __version__
 from dskit.client._errors import DSKitError
@@ -33,6 +33,7 @@ from dskit.gateway.backends._limits import RateLimiter
 from dskit.gateway.backends._log import StreamLog
 from dskit.gateway.backends._redis import redis_answers
 from dskit.gateway.edge._deps import COOKIE, GatewayDep
+from dskit.gateway.edge._fast import FastLane
 from dskit.gateway.edge._guard import AccessGuard, token_login
 from dskit.gateway.edge._headers import EdgeMiddleware
 from dskit.gateway.edge._keywatch import StreamWatch
@@ -40,6 +41,7 @@ from dskit.gateway.edge._middleware import GatewayMiddleware
 from dskit.gateway.edge._routes_formats import router as formats_router
 from dskit.gateway.edge._routes_openai import FastChatCompletions
 from dskit.gateway.edge._routes_openai import router as openai_router
+from dskit.gateway.edge._routes_sessions import FastSessionMessages
 from dskit.gateway.edge._routes_sessions import router as sessions_router
 from dskit.gateway.edge._routes_ws import router as ws_router
 from dskit.store import SessionStore
@@ -66,9 +68,10 @@ def create_app(
     rate limiter, the store named by `settings.store`): the seams for shared backends (a `log`
     given here is this instance's own: only `settings.redis` makes a fleet that takes over).
     `clock` (epoch seconds) is what tokens' exp/nbf and JWKS cache times are read from.
-    `fast_chat=False` serves `POST /v1/chat/completions` by its documented FastAPI route
-    instead of `FastChatCompletions` (the same answers, slower): the seam for the test
-    that the two answer alike.
+    `fast_chat=False` serves `POST /v1/chat/completions` and the streamed `POST
+    /v1/sessions/{id}/messages` by their documented FastAPI routes instead of their fast
+    lanes (`_fast.py`; the same answers, slower): the seam for the test that both
+    answer alike.
     """
     settings = settings or GatewaySettings()
     gw = compose(settings, store=store, log=log, limiter=limiter, clock=clock)
@@ -106,9 +109,10 @@ class GatewayApp(FastAPI):
     """FastAPI with the gateway's own outer layers: `GatewayMiddleware` (request ids, the
     body limit, metrics, the access log) around everything, `EdgeMiddleware` (Host,
     content-type and origin checks, the page's headers) inside it, then `StreamWatch` (the
-    streams of revoked keys and expired tokens end), and `POST
-    /v1/chat/completions` served right under it. Every chunk of a relayed stream would
-    otherwise pass through each of Starlette's middlewares on its way out."""
+    streams of revoked keys and expired tokens end), and the fast lanes (`POST
+    /v1/chat/completions`, the streamed session turn; `_fast.py`) right under it. Every
+    chunk of a relayed stream would otherwise pass through each of Starlette's middlewares
+    on its way out."""
 
     fast_chat = True  # False: the documented route serves it (see `create_app`)
 
@@ -117,27 +121,13 @@ class GatewayApp(FastAPI):
         settings = gw.settings
         lane = inner = super().build_middleware_stack()
         if self.fast_chat:
-            lane = FastLane(FastChatCompletions(gw, inner), inner)
+            fast = [FastChatCompletions(gw, inner), FastSessionMessages(gw, inner)]
+            lane = FastLane(fast, inner)
 
         guard = AccessGuard(lane, gw, self.routes)  # every route's permission, checked once
         watch = StreamWatch(guard, gw.watch)
         edge = EdgeMiddleware(watch, settings.host, settings.allowed_hosts)
         return GatewayMiddleware(edge, gw.metrics, settings.max_body_bytes)
-
-
-class FastLane:
-    """`POST /v1/chat/completions` to its plain ASGI handler; the rest to FastAPI."""
-
-    def __init__(self, fast: FastChatCompletions, app: ASGIApp) -> None:
-        self.fast = fast
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        fast = scope["type"] == "http" and scope["path"] == self.fast.path
-        if fast and scope["method"] == "POST":
-            await self.fast(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
 
 
 def _install_handlers(app: FastAPI, gw: Gateway) -> None:

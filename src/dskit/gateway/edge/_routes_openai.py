@@ -10,15 +10,12 @@ import orjson
 import pydantic
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dskit.client._types import ChatResult
 from dskit.gateway._compose import Gateway
 from dskit.gateway._errors import (
     GatewayError,
-    error_response,
     from_exception,
-    logged_error,
 )
 from dskit.gateway._schemas import ChatCompletionRequest, ModelCard, ModelList
 from dskit.gateway.answers._cache import CACHE_HEADER, CacheRequest
@@ -33,7 +30,7 @@ from dskit.gateway.edge._deps import (
     take_token,
     upstream_headers,
 )
-from dskit.gateway.edge._middleware import BodyTooLarge
+from dskit.gateway.edge._fast import FastRoute
 from dskit.gateway.edge._response import EventStreamResponse, pieces
 from dskit.gateway.wire._cached import cached_body, cached_chunks
 from dskit.gateway.wire._relay import Relay, client_params, completion_body
@@ -104,34 +101,14 @@ def _on_done(gw: Gateway, key: CacheRequest | None) -> Callable[[ChatResult], Aw
     return done
 
 
-class FastChatCompletions:
+class FastChatCompletions(FastRoute):
     """`POST /v1/chat/completions` as a plain ASGI app: the documented route's behaviour
     (auth, rate limit, pydantic validation) without FastAPI's per-request dependency
-    solving, which costs more than the relay itself. A body it cannot take is handed, as
-    it came, to the documented route (`documented`, the FastAPI app), so a bad request's
-    answer is that route's: one place for the errors, and the fast path stays fast."""
+    solving, which costs more than the relay itself (see `_fast.py`)."""
 
     path = "/v1/chat/completions"
 
-    def __init__(self, gw: Gateway, documented: ASGIApp) -> None:
-        self.gw = gw
-        self.documented = documented
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["route"] = self  # what the metrics middleware labels requests with
-        request = Request(scope, receive)
-        try:
-            response = await self._handle(request)
-        except BodyTooLarge:
-            raise
-        except Exception as exc:  # every failure answers in the one error shape
-            response = error_response(logged_error(exc, self.path))
-        if response is None:
-            await self.documented(scope, _replaying(await request.body(), receive), send)
-        else:
-            await response(scope, receive, send)
-
-    async def _handle(self, request: Request) -> Response | None:
+    async def handle(self, request: Request) -> Response | None:
         """The relay's response; None for a body the documented route must answer."""
         gw = self.gw
         who = caller_of(request).principal
@@ -141,20 +118,6 @@ class FastChatCompletions:
             return None
         await take_token(gw, who)
         return await relay_response(gw, body, request, who)
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """`receive` that first hands out again the body already read."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 async def _complete(

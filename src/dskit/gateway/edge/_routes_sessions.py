@@ -13,9 +13,11 @@ give the events a client has not seen and a terminal one (`done`, or an `error` 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import orjson
+import pydantic
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
@@ -43,14 +45,18 @@ from dskit.gateway.answers._turns import (
     tool_result,
 )
 from dskit.gateway.edge._deps import (
+    ID_PATTERN,
     AnswerId,
     GatewayDep,
     Limited,
     Principal,
     SessionId,
     SessionReader,
+    caller_of,
+    take_token,
     upstream_headers,
 )
+from dskit.gateway.edge._fast import FastRoute
 from dskit.gateway.edge._flow import WriteMeter
 from dskit.gateway.edge._response import EventStreamResponse, pieces
 from dskit.gateway.edge._unsent import scope_probe
@@ -125,6 +131,33 @@ async def post_message(
             media_type="application/json",
         )  # fmt: skip
     return await _wait_result(gw, session_id, answer_id)
+
+
+class FastSessionMessages(FastRoute):
+    """`POST /v1/sessions/{id}/messages` with `stream`: the chat page's and every
+    streaming client's turn, taken without FastAPI's dependency solving (see `_fast.py`).
+    It runs `post_message` itself; a body that does not validate, and the background
+    and blocking modes, go to the documented route."""
+
+    path = "/v1/sessions/{session_id}/messages"
+    _served = re.compile(rf"/v1/sessions/({ID_PATTERN.strip('^$')})/messages")
+
+    def matches(self, path: str) -> bool:
+        return self._served.fullmatch(path) is not None
+
+    async def handle(self, request: Request) -> Response | None:
+        found = self._served.fullmatch(request.scope["path"])
+        assert found is not None  # `matches` let it in
+        try:
+            body = MessageCreate.model_validate_json(await request.body())
+        except pydantic.ValidationError:
+            return None
+        if not body.stream:
+            return None
+        who = caller_of(request).principal
+        await take_token(self.gw, who)
+        response: Response = await post_message(found.group(1), body, request, self.gw, who)
+        return response
 
 
 def _handle(session_id: str, answer_id: str) -> AnswerHandle:
