@@ -89,7 +89,9 @@ def batch(
         _run(run, journal, items, tally, controls, pack, params)
     except DSKitError as exc:
         raise fail(exc, run.settings) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # it may land between a result's journal line and its count
+        journal.close()
+        tally.catch_up(journal.answered())
         click.echo(f"interrupted: {tally.line()}; run again to resume", err=True)
         raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     finally:
@@ -164,6 +166,12 @@ class Tally:
     saved: int = 0
     started: float = field(default_factory=time.monotonic)
     this_run: int = 0  # lines finished by this run (the rate is of these)
+
+    def catch_up(self, kept: dict[int, BatchResult]) -> None:
+        """Count what the journal kept and the tally did not (an interrupt between)."""
+        for index, result in kept.items():
+            if index not in self.answered:
+                self.add(result)
 
     def add(self, result: BatchResult) -> None:
         self.this_run += 1
