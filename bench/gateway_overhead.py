@@ -59,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,13 +302,7 @@ async def one_stream(port: int, request: bytes, count: bool = True) -> Sample:
     """One stream. With `count=False` only the first content chunk is parsed; the rest is
     read as raw bytes until the end of the body, so the load generator stays cheap."""
     started = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-    try:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(head[:200].decode(errors="replace"))
-        chunked = b"transfer-encoding: chunked" in head.lower()
+    async with _answered(port, request) as (reader, chunked):
         buffer, ttft, chunks = bytearray(), 0.0, 0
         while (data := await read_parts(reader, chunked)) is not None:
             buffer += data.replace(b"\r\n", b"\n")
@@ -322,6 +316,19 @@ async def one_stream(port: int, request: bytes, count: bool = True) -> Sample:
                 await drain(reader, chunked, bytes(buffer))
                 return Sample(ttft, time.perf_counter() - started, -1)
         raise RuntimeError("stream ended without [DONE]")
+
+
+@contextlib.asynccontextmanager
+async def _answered(port: int, request: bytes) -> AsyncIterator[tuple[asyncio.StreamReader, bool]]:
+    """A connection that sent `request` and read a 200 head: its reader and whether the
+    body is chunked; closed after."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head[:200].decode(errors="replace"))
+        yield reader, b"transfer-encoding: chunked" in head.lower()
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -384,13 +391,7 @@ async def session_stream(port: int, request: bytes) -> Sample:
     """One streamed session answer: timed to its first `content` event, then read as raw
     bytes to the end of the body, which must end with its `done` event."""
     started = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-    try:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(head[:200].decode(errors="replace"))
-        chunked = b"transfer-encoding: chunked" in head.lower()
+    async with _answered(port, request) as (reader, chunked):
         buffer = bytearray()
         while (data := await read_parts(reader, chunked)) is not None:
             buffer += data
@@ -401,10 +402,6 @@ async def session_stream(port: int, request: bytes) -> Sample:
             if b"\nevent: error\n" in buffer:
                 raise RuntimeError(bytes(buffer[-300:]).decode(errors="replace"))
         raise RuntimeError("the answer ended before its first content event")
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
 
 
 @dataclass
