@@ -302,7 +302,8 @@ async def one_stream(port: int, request: bytes, count: bool = True) -> Sample:
     """One stream. With `count=False` only the first content chunk is parsed; the rest is
     read as raw bytes until the end of the body, so the load generator stays cheap."""
     started = time.perf_counter()
-    async with _answered(port, request) as (reader, chunked):
+    async with _answered(port, request) as (reader, head):
+        chunked = b"transfer-encoding: chunked" in head
         buffer, ttft, chunks = bytearray(), 0.0, 0
         while (data := await read_parts(reader, chunked)) is not None:
             buffer += data.replace(b"\r\n", b"\n")
@@ -319,16 +320,18 @@ async def one_stream(port: int, request: bytes, count: bool = True) -> Sample:
 
 
 @contextlib.asynccontextmanager
-async def _answered(port: int, request: bytes) -> AsyncIterator[tuple[asyncio.StreamReader, bool]]:
-    """A connection that sent `request` and read a 200 head: its reader and whether the
-    body is chunked; closed after."""
+async def _answered(
+    port: int, request: bytes, ok: bytes = b"HTTP/1.1 200"
+) -> AsyncIterator[tuple[asyncio.StreamReader, bytes]]:
+    """A connection that sent `request` and read a head starting with `ok`: its reader and
+    the head (lower case); closed after."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     try:
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
+        if not head.startswith(ok):
             raise RuntimeError(head[:200].decode(errors="replace"))
-        yield reader, b"transfer-encoding: chunked" in head.lower()
+        yield reader, head.lower()
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -373,25 +376,18 @@ def post_bytes(port: int, path: str, body: bytes, stream: bool = False) -> bytes
 
 async def post_json(port: int, path: str, body: dict[str, Any]) -> Any:
     """One POST on a connection of its own; its JSON answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(post_bytes(port, path, orjson.dumps(body)))
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 2"):
-            raise RuntimeError(head[:200].decode(errors="replace"))
-        length = head.lower().split(b"content-length:")[1].split(b"\r\n")[0]
+    request = post_bytes(port, path, orjson.dumps(body))
+    async with _answered(port, request, ok=b"HTTP/1.1 2") as (reader, head):
+        length = head.split(b"content-length:")[1].split(b"\r\n")[0]
         return orjson.loads(await reader.readexactly(int(length)))
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
 
 
 async def session_stream(port: int, request: bytes) -> Sample:
     """One streamed session answer: timed to its first `content` event, then read as raw
     bytes to the end of the body, which must end with its `done` event."""
     started = time.perf_counter()
-    async with _answered(port, request) as (reader, chunked):
+    async with _answered(port, request) as (reader, head):
+        chunked = b"transfer-encoding: chunked" in head
         buffer = bytearray()
         while (data := await read_parts(reader, chunked)) is not None:
             buffer += data
