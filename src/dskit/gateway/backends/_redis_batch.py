@@ -12,9 +12,9 @@ the same number of ARGV each) and replies with a list, one reply per call:
                                                      one batch in flight at a time
 
 While a batch is in flight the next calls gather, so the batches grow with the load and
-nothing waits on a timer. A call awaited with `batcher(...)` whose task is cancelled
-before its batch goes out is left out; once sent, it runs (as a standalone command
-would). A call `queue()`d goes out whatever becomes of its caller. A batch is retried through
+nothing waits on a timer. A call `queue()`d goes out unless its reply future is itself
+cancelled before its batch is sent (a caller that must not lose it shields the future);
+once sent, it runs, as a standalone command would. A batch is retried through
 an outage by the caller's `patiently` (the script must be idempotent: the log's appends
 carry an op id), and sent again once loaded when Redis has forgotten the script.
 """
@@ -42,7 +42,8 @@ class _Call:
 
 
 class ScriptBatcher:
-    """Runs `source` for many callers, each loop iteration's calls in one EVALSHA."""
+    """Runs `source` for many callers, each loop iteration's calls in one EVALSHA (a
+    batch's error is raised to each of its calls)."""
 
     def __init__(
         self, client: redis.asyncio.Redis, source: str, keys_per_call: int, patiently: Patience
@@ -53,10 +54,6 @@ class ScriptBatcher:
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self.batches = 0  # batches sent (for tests and benchmarks)
-
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """The script's reply to this call (a batch's error raised)."""
-        return await self.queue(keys, args)
 
     def queue(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue a call for the next batch: the future of its reply. The call goes out
