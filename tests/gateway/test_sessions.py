@@ -278,6 +278,45 @@ async def test_memory_log_expires_finished_answers_and_keeps_its_cap() -> None:
     assert await ttl_log.info("x") is None and len(ttl_log) == 1
 
 
+async def _keep_tokens_in_memory_log(payloads: list[bytes]) -> list[Any]:
+    from dskit.gateway import MemoryStreamLog
+
+    log = MemoryStreamLog()
+    await log.create("a", "s")
+    for data in payloads:
+        await log.append("a", "content", data)
+    return [log]
+
+
+async def _keep_tokens_in_local_tails(payloads: list[bytes]) -> list[Any]:
+    from dskit.gateway.backends._redis_tail import LocalTails
+
+    tails = LocalTails()
+    tails.open("a")
+    for seq, data in enumerate(payloads, 1):
+        tails.add("a", seq, "content", data)
+    return [tails]
+
+
+@pytest.mark.parametrize("keep", [_keep_tokens_in_memory_log, _keep_tokens_in_local_tails])
+async def test_a_kept_log_entry_costs_its_own_size_not_the_json_encoders_buffer(keep: Any) -> None:
+    """The lifecycle logs each token as `orjson.dumps` made it; orjson 3.12 and later
+    returns JSON inside its 4 KiB working buffer, and a log that kept those held 4 KiB a
+    token (200 KB an answer, up to 2 GB at the memory log's 10,000 answers)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        payloads = [orjson.dumps({"text": f" token {i}"}) for i in range(500)]
+        held = await keep(payloads)
+        del payloads  # what is left is what the log holds
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held and grown < 500 * 400, f"{grown / 500:.0f} bytes held per token"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from dskit.gateway.backends._log import LogEntry, LogSlice
+from dskit.gateway.backends._log import LogEntry, LogSlice, kept
 
 LINGER = 5.0  # seconds a finished answer's tail stays, for readers still on their way
 
@@ -62,7 +62,7 @@ class LocalTails:
         if seq != len(tail.entries) + 1:
             self.close(answer_id)
             return
-        tail.entries.append(LogEntry(seq, kind, data))
+        tail.entries.append(LogEntry(seq, kind, kept(data)))
         tail.notify()
 
     def finish(self, answer_id: str) -> None:
