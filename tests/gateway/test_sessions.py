@@ -278,6 +278,28 @@ async def test_memory_log_expires_finished_answers_and_keeps_its_cap() -> None:
     assert await ttl_log.info("x") is None and len(ttl_log) == 1
 
 
+async def test_log_changes_wake_every_waiting_reader_time_out_and_forget_cancelled_ones() -> None:
+    import asyncio
+
+    from dskit.gateway.backends._log import Changes
+
+    changes = Changes()
+    readers = [asyncio.ensure_future(changes.wait(30.0)) for _ in range(3)]
+    cancelled = asyncio.ensure_future(changes.wait(30.0))
+    await asyncio.sleep(0)  # every reader is waiting now
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert len(changes._waiters) == 3  # the cancelled reader left nothing behind
+    changes.notify()
+    await asyncio.wait_for(asyncio.gather(*readers), 5.0)
+    late = asyncio.ensure_future(changes.wait(0.05))  # a later reader waits for the next
+    await asyncio.sleep(0)
+    assert not late.done()
+    await asyncio.wait_for(late, 5.0)  # its time ran out
+    assert changes._waiters == []
+
+
 async def _keep_tokens_in_memory_log(payloads: list[bytes]) -> list[Any]:
     from dskit.gateway import MemoryStreamLog
 

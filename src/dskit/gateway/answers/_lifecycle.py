@@ -402,6 +402,7 @@ class Answer:
     async def _log_events(self, source: AnswerSource) -> None:
         job, gw = self.job, self.gw
         first = not self.saver.marks  # time to first token: of the answer's first source
+        task = asyncio.current_task()
         async for event in source.events():
             entry = event_payload(event)
             if entry is not None:
@@ -410,7 +411,7 @@ class Answer:
                     gw.metrics.ttft.labels("sessions").observe(time.monotonic() - job.started)
                 await gw.log.append(job.answer_id, *entry)
                 await self.saver.grow(event, source.snapshot)  # the store never leads the log
-                stop_if_cancelled()
+                stop_if_cancelled(task)
             elif event.type == "resumed":
                 gw.metrics.resumes.inc()
             elif event.type == "retrying":

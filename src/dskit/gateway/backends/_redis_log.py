@@ -203,14 +203,15 @@ def connect(url: str) -> redis.asyncio.Redis:
     return async_client(url)
 
 
-def stop_if_cancelled() -> None:
+def stop_if_cancelled(task: asyncio.Task[Any] | None = None) -> None:
     """Raise CancelledError if this task was asked to stop. redis-py can swallow a
     cancellation that lands in a command's last moments (redis/redis-py#2028 and kin):
     an SSE reader whose client had gone then read on until the answer ended, and a
     cancelled generation went on. Readers call this after each command, a generation
     after each append; the log's write calls do not, as a cancelled generation still
-    logs its end on purpose."""
-    task = asyncio.current_task()
+    logs its end on purpose. `task`: the current task, for a caller that asks often
+    (on Python 3.11 each lookup of it is a getpid() system call)."""
+    task = task or asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
 

@@ -20,10 +20,10 @@ Redis. A finished tail is kept a moment (`LINGER`) for the readers reading its e
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from dataclasses import dataclass, field
 
-from dskit.gateway.backends._log import LogEntry, LogSlice, kept
+from dskit.gateway.backends._log import Changes, LogEntry, LogSlice, kept
 
 LINGER = 5.0  # seconds a finished answer's tail stays, for readers still on their way
 
@@ -33,11 +33,7 @@ class _Tail:
     entries: list[LogEntry] = field(default_factory=list)
     finished: bool = False
     closed: bool = False  # no longer a faithful copy: its readers go to Redis
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+    changes: Changes = field(default_factory=Changes)
 
 
 class LocalTails:
@@ -63,7 +59,7 @@ class LocalTails:
             self.close(answer_id)
             return
         tail.entries.append(LogEntry(seq, kind, kept(data)))
-        tail.notify()
+        tail.changes.notify()
 
     def finish(self, answer_id: str) -> None:
         """Redis has the answer finished: readers see the end; the tail goes after LINGER."""
@@ -71,7 +67,7 @@ class LocalTails:
         if tail is None or tail.closed:
             return
         tail.finished = True
-        tail.notify()
+        tail.changes.notify()
         asyncio.get_running_loop().call_later(LINGER, self._drop, answer_id, tail)
 
     def close(self, answer_id: str) -> None:
@@ -81,7 +77,7 @@ class LocalTails:
             return
         del self._tails[answer_id]
         tail.closed = True
-        tail.notify()
+        tail.changes.notify()
 
     def _drop(self, answer_id: str, tail: _Tail) -> None:
         if self._tails.get(answer_id) is tail:
@@ -94,10 +90,12 @@ class LocalTails:
         if tail is None:
             return None
         if len(tail.entries) <= after and not tail.finished and wait > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):  # as the shared reader: news past `after`
-                    while len(tail.entries) <= after and not (tail.finished or tail.closed):
-                        await tail.changed.wait()
+            deadline = time.monotonic() + wait  # as the shared reader: news past `after`
+            while len(tail.entries) <= after and not (tail.finished or tail.closed):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await tail.changes.wait(left)
         if tail.closed:
             return None
         return LogSlice(tail.entries[max(after, 0) :], tail.finished)
