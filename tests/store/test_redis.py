@@ -83,6 +83,41 @@ def test_async_access_works_from_successive_event_loops(redis_url: str, redis_pr
     store.close()
 
 
+def test_the_async_client_packs_commands_in_c_as_redis_py_would(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The asyncio pool's connections pack with hiredis (redis-py packs them in Python):
+    the same bytes, and what hiredis does not take goes the Python way, its errors as
+    redis-py's own."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    from dskit.store._redis import async_client
+
+    client = async_client(redis_url)
+    packed = client.connection_pool.connection_class(host="127.0.0.1")
+    python = Connection()
+    for args in [
+        ("EVALSHA", "f" * 40, 2, "k1", "k2", b'{"text":" \xc3\xa9"}', 30000, 1.5, -2**70),
+        ("SCRIPT LOAD", "return 1"), ("SET", "k", bytearray(b"raw")), ("GET", "caf\u00e9"),
+    ]:  # fmt: skip
+        assert b"".join(packed.pack_command(*args)) == b"".join(python.pack_command(*args))
+    assert type(packed).__name__ == "CPackedConnection"
+    with pytest.raises(DataError):
+        packed.pack_command("SET", "k", True)
+
+    async def round_trip() -> list[object]:
+        key = f"{redis_prefix}:packed"
+        try:
+            await client.set(key, bytearray(b"v\xc3\xa9"))
+            sha = await client.script_load("return ARGV[1]")
+            return [await client.get(key), await client.evalsha(sha, 0, "caf\u00e9")]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(round_trip()) == [b"v\xc3\xa9", "café".encode()]
+
+
 def test_a_limited_listing_skips_expired_sessions_and_stops_at_the_limit(
     redis_url: str, redis_prefix: str
 ) -> None:

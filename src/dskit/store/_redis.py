@@ -72,9 +72,33 @@ def async_client(url: str, *, max_connections: int = POOL_SIZE) -> redis.asyncio
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=POOL_WAIT, **client_options(is_async=True)
     )
+    pool.connection_class = packing_in_c(pool.connection_class)  # before any connection
     client = redis.asyncio.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True  # its pool is its own: `aclose` closes it
     return client
+
+
+def packing_in_c(cls: type[Any]) -> type[Any]:
+    """The asyncio connection class `cls`, packing its commands with hiredis (where it is
+    installed: the `redis` extra has it). redis-py's sync connections pack with hiredis,
+    its asyncio ones in Python, joining a growing buffer once per argument: a batch of
+    64 log appends took 290 us to pack, 37 us in C. An argument hiredis does not take
+    (a bytearray; a bool or None, which redis-py refuses) goes the Python way."""
+    try:
+        from hiredis import pack_command
+    except ImportError:
+        return cls
+
+    def pack(self: Any, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str) and " " in name:  # "SCRIPT LOAD": its words apart
+            args = (*name.split(), *args[1:])
+        try:
+            return [pack_command(args)]
+        except TypeError:
+            return cls.pack_command(self, *args)  # type: ignore[no-any-return]
+
+    return type(f"CPacked{cls.__name__}", (cls,), {"pack_command": pack})
 
 
 def is_busy(exc: BaseException) -> bool:

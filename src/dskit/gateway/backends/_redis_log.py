@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -247,6 +248,10 @@ class RedisStreamLog:
         # every generation's appends, each loop iteration's in one pipeline
         self._appends = ScriptBatcher(client, APPEND_SCRIPT, 3, self._patiently)
         self._held: dict[str, str] = {}
+        # an append's op id (a retried batch is run once): this log's own prefix and a
+        # count, not a uuid4 each (a getrandom() system call per token)
+        prefix = uuid.uuid4().hex
+        self._ops = (f"{prefix}.{n:x}" for n in itertools.count())
         self._renewers: dict[str, asyncio.Task[None]] = {}
         self._scripts = {
             name: client.register_script(source)
@@ -316,7 +321,7 @@ class RedisStreamLog:
         if worker is None:
             self.tails.close(answer_id)
             raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
-        args: list[str | int | bytes] = [worker, self._lease_ms, kind, data, uuid.uuid4().hex]
+        args: list[str | int | bytes] = [worker, self._lease_ms, kind, data, next(self._ops)]
         reply = self._appends.queue(self._keys(answer_id), args)
         try:
             seq = await asyncio.shield(reply)
