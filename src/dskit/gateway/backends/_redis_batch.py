@@ -53,6 +53,7 @@ class ScriptBatcher:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the sender's, while it runs
         self.batches = 0  # batches sent (for tests and benchmarks)
 
     def queue(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
@@ -60,10 +61,12 @@ class ScriptBatcher:
         unless the future itself is cancelled (shield it to let the caller be)."""
         if len(keys) != self.keys_per_call:
             raise ValueError(f"each call takes {self.keys_per_call} keys")
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if self._sender is None or loop is None:  # a batch's first call: the loop looked up
+            loop = self._loop = asyncio.get_running_loop()  # (on Python 3.11 a getpid())
+            self._sender = loop.create_task(self._send_all(), name="redis-script-batch")
+        reply: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Call(keys, args, reply))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send_all(), name="redis-script-batch")
         return reply
 
     async def _send_all(self) -> None:
