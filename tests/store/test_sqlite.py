@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,83 @@ def test_writers_on_one_file_never_lose_a_message(tmp_path: Path) -> None:
     contents = [m.content for m in final.messages]
     assert sorted(contents) == sorted(f"{n}{i}" for n in "AB" for i in range(25))
     assert final.version == 50
+
+
+async def _queued(store: SQLiteStore, count: int, within: float = 10.0) -> None:
+    """Poll (with a deadline) until `count` writes wait in the queue: the writer holds the
+    first one, blocked on the file's lock that the test holds."""
+    deadline = time.monotonic() + within
+    while store._group._queue.qsize() != count:
+        assert time.monotonic() < deadline, f"{store._group._queue.qsize()} writes queued"
+        await asyncio.sleep(0.005)
+
+
+def _count(path: Path, session_id: str) -> int:
+    """What another connection (another process) sees of a session: committed rows."""
+    with sqlite3.connect(path) as other:
+        row = other.execute("SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,))
+        return int(row.fetchone()[0])
+
+
+def test_async_writes_queued_together_commit_together_and_each_returns_once_durable(
+    tmp_path: Path,
+) -> None:
+    """64 async writers at once: the writes queued while one group commits go out as the
+    next group, one transaction; a write's call returns only once its group committed."""
+    path = tmp_path / "group.sqlite3"
+    store = SQLiteStore(path)
+    ids = [store.create(SessionRecord()).id for _ in range(64)]
+
+    async def write(session_id: str) -> int:
+        message = StoredMessage({"role": "user", "content": f"q {session_id}"})
+        version = await store.aappend(session_id, [message], expected_version=0)
+        assert _count(path, session_id) == 1  # committed before the call returned
+        return version
+
+    async def run() -> list[int]:
+        with store._lock:  # the writer takes the first write, then waits on the file
+            tasks = [asyncio.ensure_future(write(session_id)) for session_id in ids]
+            await _queued(store, 63)
+        return await asyncio.gather(*tasks)
+
+    before = store._group.groups
+    assert asyncio.run(run()) == [1] * 64
+    assert store._group.groups - before == 2  # the first write, then the 63 behind it
+    assert all(len(store.load(session_id).messages) == 1 for session_id in ids)
+    store.close()
+
+
+def test_a_stale_write_in_a_group_fails_alone(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sqlite3"
+    store = SQLiteStore(path)
+    session_id = store.create(SessionRecord()).id
+    message = StoredMessage({"role": "user", "content": "q"})
+
+    async def run() -> list[object]:
+        with store._lock:
+            tasks = [
+                asyncio.ensure_future(store.aappend(session_id, [message], expected_version=v))
+                for v in (0, 0, 1)  # the second one is stale once the first has landed
+            ]
+            await _queued(store, 2)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    first, stale, third = asyncio.run(run())
+    assert (first, third) == (1, 2)
+    assert isinstance(stale, SessionConflictError)
+    assert _count(path, session_id) == 2 and store.load(session_id).version == 2
+    store.close()
+
+
+def test_closing_commits_the_queued_writes_first(tmp_path: Path) -> None:
+    path = tmp_path / "close.sqlite3"
+    store = SQLiteStore(path)
+    ids = [store.create(SessionRecord()).id for _ in range(8)]
+    message = StoredMessage({"role": "user", "content": "q"})
+
+    async def run() -> None:
+        writes = [store.aappend(i, [message], expected_version=0) for i in ids]
+        await asyncio.gather(*writes, store.aclose())
+
+    asyncio.run(run())
+    assert [_count(path, i) for i in ids] == [1] * 8

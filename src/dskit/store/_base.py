@@ -161,21 +161,26 @@ class _Offloading(SessionStore, Protocol):
     """A store whose async twins run its sync methods through `_offload`."""
 
     async def _offload(self, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R: ...
+    async def _offload_write(self, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R: ...
 
 
 class ThreadedAsyncMixin(ExportMixin):
-    """Async twins that run the blocking sync methods in a worker thread (`_offload`)."""
+    """Async twins that run the blocking sync methods in a worker thread (`_offload`;
+    writes through `_offload_write`, which a store may commit in groups)."""
 
     async def _offload(self, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         return await asyncio.to_thread(call, *args, **kwargs)
 
+    async def _offload_write(self, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        return await self._offload(call, *args, **kwargs)
+
     async def _aupdate(
         self, session_id: str, changes: dict[str, Any], expected_version: int
     ) -> int:
-        return await self._offload(self._update, session_id, changes, expected_version)
+        return await self._offload_write(self._update, session_id, changes, expected_version)
 
     async def acreate(self: _Offloading, record: SessionRecord) -> SessionRecord:
-        return await self._offload(self.create, record)
+        return await self._offload_write(self.create, record)
 
     async def aload(self: _Offloading, session_id: str) -> SessionRecord:
         return await self._offload(self.load, session_id)
@@ -187,7 +192,7 @@ class ThreadedAsyncMixin(ExportMixin):
         *,
         expected_version: int,
     ) -> int:
-        return await self._offload(
+        return await self._offload_write(
             self.append, session_id, messages, expected_version=expected_version
         )
 
@@ -199,14 +204,14 @@ class ThreadedAsyncMixin(ExportMixin):
         *,
         expected_version: int,
     ) -> int:
-        return await self._offload(
+        return await self._offload_write(
             self.replace, session_id, index, message, expected_version=expected_version
         )
 
     async def atruncate(
         self: _Offloading, session_id: str, length: int, *, expected_version: int
     ) -> int:
-        return await self._offload(
+        return await self._offload_write(
             self.truncate, session_id, length, expected_version=expected_version
         )
 
@@ -221,7 +226,7 @@ class ThreadedAsyncMixin(ExportMixin):
         return await self._offload(self.search, text, limit)
 
     async def adelete(self: _Offloading, session_id: str) -> bool:
-        return await self._offload(self.delete, session_id)
+        return await self._offload_write(self.delete, session_id)
 
     async def aclose(self: _Offloading) -> None:
         await self._offload(self.close)

@@ -10,13 +10,14 @@ processes on one file cannot both win.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -27,6 +28,7 @@ from dskit.store._base import (
     check_limit,
     default_store_path,
 )
+from dskit.store._commit import GroupCommit, Outcome, failure, result
 from dskit.store._model import (
     SessionConflictError,
     SessionFormatError,
@@ -38,6 +40,7 @@ from dskit.store._model import (
     title_from,
 )
 
+R = TypeVar("R")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -75,6 +78,13 @@ def _decode(data: str) -> StoredMessage:
         raise SessionFormatError(f"a stored message is not valid JSON: {exc}") from None
 
 
+def _outcome(call: Callable[[], Any]) -> Outcome:
+    try:
+        return result(call())
+    except Exception as exc:  # this write alone is undone (its savepoint)
+        return failure(exc)
+
+
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -90,6 +100,7 @@ class SQLiteStore(ThreadedAsyncMixin):
         self._damaged: str | None = None  # set once corruption is seen: no more writes
         self._lock = threading.RLock()
         self._conn = self._connect(timeout)
+        self._group = GroupCommit(self._commit_together, "dskit-sqlite-writes")
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -134,9 +145,27 @@ class SQLiteStore(ThreadedAsyncMixin):
             yield self._conn
 
     @contextmanager
+    def _snapshot(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Reads that see one state of the file (a group's writes so far, within one)."""
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("COMMIT")
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction holding the database's write lock from the start."""
+        """One write transaction holding the database's write lock from the start; in a
+        group's transaction (`_commit_together`), a savepoint of its own."""
         with self._guard(), self._lock:
+            if self._conn.in_transaction:
+                with self._savepoint():
+                    yield self._conn
+                return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -145,6 +174,40 @@ class SQLiteStore(ThreadedAsyncMixin):
                     self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        self._conn.execute("SAVEPOINT write")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK TO write")
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("RELEASE write")
+            raise
+        self._conn.execute("RELEASE write")
+
+    async def _offload_write(self, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        result: R = await self._group.run(functools.partial(call, *args, **kwargs))
+        return result
+
+    def _commit_together(self, calls: Sequence[Callable[[], Any]]) -> list[Outcome]:
+        """`calls` (writes) in one transaction, each in its savepoint: their outcomes once
+        committed; when the commit fails, that failure for every one of them."""
+        try:
+            with self._guard(), self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    outcomes = [_outcome(call) for call in calls]
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+        except Exception as exc:  # nothing of the group was written
+            return [failure(exc)] * len(calls)
+        return outcomes
 
     def _bump(self, conn: sqlite3.Connection, session_id: str, expected: int) -> int:
         row = conn.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
@@ -191,20 +254,15 @@ class SQLiteStore(ThreadedAsyncMixin):
         return self.load(record.id)
 
     def load(self, session_id: str) -> SessionRecord:
-        with self._read() as conn:
-            conn.execute("BEGIN")
-            try:
-                head = conn.execute(
-                    "SELECT id, title, model, system, params, created, updated, version "
-                    "FROM sessions WHERE id = ?",
-                    (session_id,),
-                ).fetchone()
-                rows = conn.execute(
-                    "SELECT data FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
-                ).fetchall()
-            finally:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("COMMIT")
+        with self._read() as conn, self._snapshot(conn):
+            head = conn.execute(
+                "SELECT id, title, model, system, params, created, updated, version "
+                "FROM sessions WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT data FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+            ).fetchall()
         if head is None:
             raise SessionNotFoundError(session_id)
         return SessionRecord(
@@ -287,5 +345,6 @@ class SQLiteStore(ThreadedAsyncMixin):
             return cursor.rowcount > 0
 
     def close(self) -> None:
+        self._group.close()  # what was queued is committed first
         with self._lock:
             self._conn.close()
