@@ -95,9 +95,13 @@ end
 return out
 """
 
-# KEYS: log, meta, lease. ARGV: ttl seconds for the finished answer.
+# KEYS: log, meta, lease, the session's active mark, the running set. ARGV: ttl seconds
+# for the finished answer, the answer id. The active mark goes with the end marker: whoever
+# sees the end may post the next question at once and must not get a 409.
 FINISH_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
+redis.call('ZREM', KEYS[5], ARGV[2])
 if redis.call('HGET', KEYS[2], 'finished') == '1' then return 0 end
 redis.call('HSET', KEYS[2], 'finished', '1')
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
@@ -248,6 +252,8 @@ class RedisStreamLog:
         # every generation's appends, each loop iteration's in one pipeline
         self._appends = ScriptBatcher(client, APPEND_SCRIPT, 3, self._patiently)
         self._held: dict[str, str] = {}
+        self._sessions: dict[str, str] = {}  # the session of each answer created here
+        self._ended: set[str] = set()  # finished here, not yet released
         # an append's op id (a retried batch is run once): this log's own prefix and a
         # count, not a uuid4 each (a getrandom() system call per token)
         prefix = uuid.uuid4().hex
@@ -298,22 +304,18 @@ class RedisStreamLog:
         fields: dict[Any, Any] = {
             "session": session_id, "seq": 0, "finished": 0, "created": time.time(), "job": job
         }  # fmt: skip
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=True) as pipe:  # one round trip
             pipe.delete(log)
             pipe.hset(meta, mapping=fields)
             pipe.expire(meta, ttl)
             if owner is not None:
                 pipe.set(lease, owner, px=self._lease_ms)
+            pipe.set(self._active_key(session_id), answer_id, ex=ttl)
+            pipe.zadd(self._running, {answer_id: time.time()})
             await pipe.execute()
+        self._sessions[answer_id] = session_id
         if owner is not None:
             self._hold(answer_id, owner)
-        try:
-            await self.redis.set(self._active_key(session_id), answer_id, ex=ttl)
-            await self.redis.zadd(self._running, {answer_id: time.time()})
-        except BaseException:
-            self._forget(answer_id)  # the answer will not run: stop renewing its lease
-            raise
-        if owner is not None:
             self.tails.open(answer_id)
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
@@ -418,18 +420,22 @@ class RedisStreamLog:
         """End the answer. The session's active mark goes first: whoever sees the end
         marker may post the next question at once and must not get a 409."""
         log, meta, lease = self._keys(answer_id)
-        args = [int(self.settings.answer_ttl)]
-        session = await self._patiently(lambda: self.redis.hget(meta, "session"))
+        session = self._sessions.pop(answer_id, None)  # known for the answers made here
         if session is None:
-            raise UnknownAnswerError(answer_id)
-        active = self._active_key(_text(session))
-        await self._patiently(lambda: self._scripts["cad"](keys=[active], args=[answer_id]))
+            found = await self._patiently(lambda: self.redis.hget(meta, "session"))
+            if found is None:
+                raise UnknownAnswerError(answer_id)
+            session = _text(found)
+        keys = [log, meta, lease, self._active_key(session), self._running]
+        args: list[str | int] = [int(self.settings.answer_ttl), answer_id]
         script = self._scripts["finish"]
-        done = int(await self._patiently(lambda: script(keys=[log, meta, lease], args=args)))
-        if done >= 0:  # the end marker is in the log (now or already)
-            self.tails.finish(answer_id)
+        done = int(await self._patiently(lambda: script(keys=keys, args=args)))
+        if done == -1:
+            self._forget(answer_id)
+            raise UnknownAnswerError(answer_id)
+        self.tails.finish(answer_id)  # the end marker is in the log (now or already)
         self._forget(answer_id)
-        await self._patiently(lambda: self.redis.zrem(self._running, answer_id))
+        self._ended.add(answer_id)  # its lease went with it: `release` has nothing to do
 
     async def info(self, answer_id: str) -> AnswerInfo | None:
         try:
@@ -468,6 +474,10 @@ class RedisStreamLog:
 
     async def release(self, answer_id: str, worker: str) -> None:
         self._forget(answer_id)
+        self._sessions.pop(answer_id, None)
+        if answer_id in self._ended:  # `finish` deleted the lease
+            self._ended.discard(answer_id)
+            return
         with contextlib.suppress(UnknownAnswerError):
             lease = self._keys(answer_id)[2]
             await self._patiently(lambda: self._scripts["cad"](keys=[lease], args=[worker]))
