@@ -265,7 +265,7 @@ async def test_a_meter_waits_for_a_behind_client_and_catches_up_only_after_a_whi
     a slow write; `room()` returns once nothing is unsent (or after `hold`); caught up
     only after `catch_up` seconds of writes that left nothing."""
     unsent = [0]
-    meter = WriteMeter(lambda: unsent[0], behind_bytes=100, hold=0.05, catch_up=3600)
+    meter = WriteMeter(lambda: unsent[0], behind_bytes=100, hold=0.05, catch_up=3600, probe_every=0)
     meter.wrote(0.0)
     assert not meter.behind
     unsent[0] = 100
@@ -283,3 +283,25 @@ async def test_a_meter_waits_for_a_behind_client_and_catches_up_only_after_a_whi
     assert not meter.behind
     meter.wrote(meter.slow)  # without a probe's news, a write that waited says it
     assert meter.behind
+
+
+def test_a_meter_asks_its_probe_at_most_every_probe_every_while_the_client_keeps_up() -> None:
+    """The probe is a system call: a client keeping up is looked at once per
+    `probe_every`, not per token; a write that waited, or a client behind, at once."""
+    asked: list[int] = []
+    unsent = [0]
+
+    def probe() -> int:
+        asked.append(unsent[0])
+        return unsent[0]
+
+    meter = WriteMeter(probe, behind_bytes=100, probe_every=3600)
+    for _ in range(50):
+        meter.wrote(0.0)
+    assert len(asked) == 1 and not meter.behind
+    meter.wrote(meter.slow)  # a write that waited is news: behind, whatever the probe
+    assert meter.behind and len(asked) == 2
+    unsent[0] = 100
+    meter.wrote(0.0)
+    meter.wrote(0.0)
+    assert len(asked) == 4  # behind: every write looks

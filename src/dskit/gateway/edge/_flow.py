@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ SLOW_WRITE_SECONDS = 0.05  # an SSE write that waited this long: the client is b
 BEHIND_BYTES = 2048  # what an SSE write left unsent: the client (or its link) is behind
 CATCH_UP_SECONDS = 1.0  # an SSE client that took every write at once this long: caught up
 POLL_SECONDS = 0.01  # how often a behind SSE stream looks whether its client took it all
+PROBE_SECONDS = 0.02  # a client keeping up: its unsent bytes looked at once this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,7 @@ class WriteMeter:
         self, unsent: Probe | None = None, *, behind_bytes: int = BEHIND_BYTES,
         slow: float = SLOW_WRITE_SECONDS, catch_up: float = CATCH_UP_SECONDS,
         hold: float = HOLD_SECONDS, poll: float = POLL_SECONDS,
+        probe_every: float = PROBE_SECONDS,
     ) -> None:  # fmt: skip
         self.unsent = unsent
         self.behind_bytes = behind_bytes
@@ -170,8 +173,10 @@ class WriteMeter:
         self.catch_up = catch_up
         self.hold = hold
         self.poll = poll
+        self.probe_every = probe_every
         self.behind = False
         self._seen_behind = 0.0  # when a write last showed the client behind
+        self._probed = -math.inf  # when the probe was last asked
 
     def metered(self, produce: Producer) -> Producer:
         """`produce`, each of its writes timed and measured."""
@@ -187,9 +192,15 @@ class WriteMeter:
         return run
 
     def wrote(self, seconds: float) -> None:
-        """A write took `seconds`; what it left unsent tells the client's pace."""
-        unsent = self.unsent() if self.unsent is not None else 0
+        """A write took `seconds`; what it left unsent tells the client's pace. While
+        the client keeps up, the probe (a system call) is asked at most every
+        `probe_every` seconds: a queue that grows takes many writes to reach
+        `behind_bytes`, and a token a write would cost one call each."""
         now = time.monotonic()
+        if not self.behind and seconds < self.slow and now - self._probed < self.probe_every:
+            return
+        self._probed = now
+        unsent = self.unsent() if self.unsent is not None else 0
         if seconds >= self.slow or unsent >= self.behind_bytes:
             self.behind, self._seen_behind = True, now
         elif unsent == 0 and seconds < self.slow / 10 and now - self._seen_behind >= self.catch_up:
