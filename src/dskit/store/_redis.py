@@ -78,6 +78,26 @@ def async_client(url: str, *, max_connections: int = POOL_SIZE) -> redis.asyncio
     return client
 
 
+def dedicated_client(
+    client: redis.asyncio.Redis, *, socket_timeout: float | None = None
+) -> redis.asyncio.Redis:
+    """A client with one connection of its own, made as `client`'s are (its retries, its
+    packing), for a caller that keeps one command in flight at a time: no wait for the
+    shared pool and no timeout on taking a connection from it."""
+    import redis.asyncio
+
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    if socket_timeout is not None:
+        kwargs["socket_timeout"] = socket_timeout
+    single = redis.asyncio.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=1, **kwargs
+    )
+    dedicated = redis.asyncio.Redis(connection_pool=single)
+    dedicated.auto_close_connection_pool = True
+    return dedicated
+
+
 def packing_in_c(cls: type[Any]) -> type[Any]:
     """The asyncio connection class `cls`, packing its commands with hiredis (where it is
     installed: the `redis` extra has it). redis-py's sync connections pack with hiredis,

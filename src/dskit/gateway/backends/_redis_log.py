@@ -249,8 +249,11 @@ class RedisStreamLog:
         self._ns = self.settings.namespace
         self.reader = SharedReader(client, self._ns)
         self.tails = LocalTails()  # the answers this instance writes, for its own readers
-        # every generation's appends, each loop iteration's in one pipeline
-        self._appends = ScriptBatcher(client, APPEND_SCRIPT, 3, self._patiently)
+        # every generation's appends, each loop iteration's in one script run, on a
+        # connection of their own (one batch is in flight at a time)
+        from dskit.store._redis import dedicated_client
+
+        self._appends = ScriptBatcher(dedicated_client(client), APPEND_SCRIPT, 3, self._patiently)
         self._held: dict[str, str] = {}
         self._sessions: dict[str, str] = {}  # the session of each answer created here
         self._ended: set[str] = set()  # finished here, not yet released
@@ -592,4 +595,5 @@ class RedisStreamLog:
             self._forget(answer_id)
         self.tails.clear()
         await self.reader.aclose()
+        await self._appends.client.aclose()
         await self.redis.aclose()

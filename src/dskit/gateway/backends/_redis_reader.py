@@ -235,17 +235,9 @@ class SharedReader:
         return len(self._shards)
 
     def dedicated_client(self) -> redis.asyncio.Redis:
-        import redis.asyncio
+        from dskit.store._redis import dedicated_client
 
-        pool = self.client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        kwargs["socket_timeout"] = BLOCK + 10.0
-        single = redis.asyncio.ConnectionPool(
-            connection_class=pool.connection_class, max_connections=1, **kwargs
-        )
-        client = redis.asyncio.Redis(connection_pool=single)
-        client.auto_close_connection_pool = True
-        return client
+        return dedicated_client(self.client, socket_timeout=BLOCK + 10.0)
 
     def idle(self, key: str, after: int) -> bool:
         """Whether this reader already knows the log has nothing after `after` (so a
