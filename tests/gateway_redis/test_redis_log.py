@@ -208,6 +208,25 @@ async def test_an_answer_is_born_leased_so_no_scan_sees_it_unowned(
     assert await log.lease(answer_id, "w1", 30.0), "the owner's own lease call renews it"
 
 
+async def test_finish_and_release_leave_no_lease_and_no_active_mark_behind(
+    log: RedisStreamLog,
+) -> None:
+    """An answer ended here (finish deletes the lease) and one some other writer had
+    already marked finished (finish leaves the lease: release must delete it): neither
+    leaves a lease, an active mark or a running-set entry."""
+    for already_finished in (False, True):
+        answer_id = uuid.uuid4().hex
+        await log.create(answer_id, "s-lease", job=b"{}", owner="w1")
+        _, meta, lease = log._keys(answer_id)
+        if already_finished:
+            await log.redis.hset(meta, "finished", "1")
+        await log.finish(answer_id)
+        await log.release(answer_id, "w1")
+        assert await log.redis.exists(lease) == 0, f"already finished: {already_finished}"
+        assert await log.active("s-lease") is None
+        assert await log.redis.zscore(log._running, answer_id) is None
+
+
 async def test_released_unfinished_answer_is_an_orphan(
     log: RedisStreamLog, other_log: RedisStreamLog
 ) -> None:

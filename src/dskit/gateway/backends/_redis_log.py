@@ -438,7 +438,8 @@ class RedisStreamLog:
             raise UnknownAnswerError(answer_id)
         self.tails.finish(answer_id)  # the end marker is in the log (now or already)
         self._forget(answer_id)
-        self._ended.add(answer_id)  # its lease went with it: `release` has nothing to do
+        if done == 1:  # ended by this call, which deleted the lease: `release` need not
+            self._ended.add(answer_id)
 
     async def info(self, answer_id: str) -> AnswerInfo | None:
         try:
@@ -477,7 +478,6 @@ class RedisStreamLog:
 
     async def release(self, answer_id: str, worker: str) -> None:
         self._forget(answer_id)
-        self._sessions.pop(answer_id, None)
         if answer_id in self._ended:  # `finish` deleted the lease
             self._ended.discard(answer_id)
             return
@@ -531,6 +531,7 @@ class RedisStreamLog:
 
     def _forget(self, answer_id: str) -> None:
         self._held.pop(answer_id, None)
+        self._sessions.pop(answer_id, None)  # `finish` reads it back from Redis if need be
         self.tails.close(answer_id)  # unless finished: another instance may go on with it
         task = self._renewers.pop(answer_id, None)
         if task is not None and task is not asyncio.current_task():
