@@ -167,3 +167,35 @@ def test_closing_commits_the_queued_writes_first(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert [_count(path, i) for i in ids] == [1] * 8
+
+
+def test_a_write_that_fills_the_disk_fails_its_whole_group_and_none_is_saved(
+    tmp_path: Path,
+) -> None:
+    """SQLite rolls the whole transaction back on a full disk (here a page limit on the
+    file): the writes after it in the group must not run on their own, committed alone
+    and reported failed all the same (a retry would then save them twice)."""
+    path = tmp_path / "full.sqlite3"
+    store = SQLiteStore(path)
+    ids = [store.create(SessionRecord()).id for _ in range(4)]
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages + 8}")
+    small = StoredMessage({"role": "user", "content": "q"})
+    huge = StoredMessage({"role": "user", "content": "x" * 200_000})
+
+    async def run() -> list[object]:
+        with store._lock:
+            tasks = [
+                asyncio.ensure_future(store.aappend(i, [m], expected_version=0))
+                for i, m in zip(ids, (small, small, huge, small), strict=True)
+            ]  # the writer holds the first alone; the other three make the next group
+            await _queued(store, 3)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    first, *group = asyncio.run(run())
+    assert first == 1
+    assert all(isinstance(outcome, StoreError) for outcome in group), group
+    assert [_count(path, i) for i in ids] == [1, 0, 0, 0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages + 1000}")
+    assert asyncio.run(store.aappend(ids[3], [small], expected_version=0)) == 1  # not stale
+    store.close()

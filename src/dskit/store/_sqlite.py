@@ -199,7 +199,7 @@ class SQLiteStore(ThreadedAsyncMixin):
             with self._guard(), self._lock:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    outcomes = [_outcome(call) for call in calls]
+                    outcomes = [self._within_group(call) for call in calls]
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
                         self._conn.execute("ROLLBACK")
@@ -208,6 +208,18 @@ class SQLiteStore(ThreadedAsyncMixin):
         except Exception as exc:  # nothing of the group was written
             return [failure(exc)] * len(calls)
         return outcomes
+
+    def _within_group(self, call: Callable[[], Any]) -> Outcome:
+        """One write of a group; when SQLite rolled the whole transaction back under it
+        (disk full, I/O error), the group fails whole: a later write would otherwise
+        commit alone and be reported failed although it was saved."""
+        outcome = _outcome(call)
+        if not self._conn.in_transaction:
+            raise StoreError(
+                f"session store {str(self.path)!r}: the transaction of a group of writes "
+                "was rolled back; none of them was saved"
+            )
+        return outcome
 
     def _bump(self, conn: sqlite3.Connection, session_id: str, expected: int) -> int:
         row = conn.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
