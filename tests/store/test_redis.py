@@ -99,7 +99,8 @@ def test_the_async_client_packs_commands_in_c_as_redis_py_would(
     python = Connection()
     for args in [
         ("EVALSHA", "f" * 40, 2, "k1", "k2", b'{"text":" \xc3\xa9"}', 30000, 1.5, -2**70),
-        ("SCRIPT LOAD", "return 1"), ("SET", "k", bytearray(b"raw")), ("GET", "caf\u00e9"),
+        ("SCRIPT LOAD", "return 1"), (b"SCRIPT LOAD", "return 1"),
+        ("SET", "k", bytearray(b"raw")), ("GET", "caf\u00e9"),
     ]:  # fmt: skip
         assert b"".join(packed.pack_command(*args)) == b"".join(python.pack_command(*args))
     assert type(packed).__name__ == "CPackedConnection"

@@ -98,6 +98,9 @@ def dedicated_client(
     return dedicated
 
 
+_SPACE: dict[type[Any], Any] = {str: " ", bytes: b" "}
+
+
 def packing_in_c(cls: type[Any]) -> type[Any]:
     """The asyncio connection class `cls`, packing its commands with hiredis (where it is
     installed: the `redis` extra has it). redis-py's sync connections pack with hiredis,
@@ -111,8 +114,8 @@ def packing_in_c(cls: type[Any]) -> type[Any]:
 
     def pack(self: Any, *args: Any) -> list[bytes]:
         name = args[0]
-        if isinstance(name, str) and " " in name:  # "SCRIPT LOAD": its words apart
-            args = (*name.split(), *args[1:])
+        if isinstance(name, str | bytes) and _SPACE[type(name)] in name:  # "SCRIPT LOAD"
+            args = (*name.split(), *args[1:])  # its words apart, as redis-py does
         try:
             return [pack_command(args)]
         except TypeError:
