@@ -11,18 +11,26 @@ the same number of ARGV each) and replies with a list, one reply per call:
     append() ... append()  --one loop iteration-->  EVALSHA sha n k1 k2 k3 ... a1 a2 ...
                                                      one batch in flight at a time
 
-While a batch is in flight the next calls gather, so the batches grow with the load and
-nothing waits on a timer. A call `queue()`d goes out unless its reply future is itself
-cancelled before its batch is sent (a caller that must not lose it shields the future);
-once sent, it runs, as a standalone command would. A batch is retried through
-an outage by the caller's `patiently` (the script must be idempotent: the log's appends
-carry an op id), and sent again once loaded when Redis has forgotten the script.
+While a batch is in flight the next calls gather, so the batches grow with the load.
+A busy batcher also spaces its batches: the next one goes out `spacing` (2 ms) after the
+previous one did, unless it is full. Each batch costs the instance about 80 us of
+redis-py and Redis a script run, whatever its size: at 64 answers in flight a batch went
+out every half millisecond with three answers' appends in it, 12 batches an answer;
+spaced, 5. A call made when the last batch went out longer ago than that goes at once,
+so a quiet instance adds no wait, and a busy one at most `spacing` to an event.
+
+A call `queue()`d goes out unless its reply future is itself cancelled before its batch
+is sent (a caller that must not lose it shields the future); once sent, it runs, as a
+standalone command would. A batch is retried through an outage by the caller's
+`patiently` (the script must be idempotent: the log's appends carry an op id), and sent
+again once loaded when Redis has forgotten the script.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +39,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 MAX_BATCH = 256  # calls per script run: Redis runs a script whole, blocking the rest
+SPACING = 0.002  # seconds from one batch to the next while calls keep coming
 Patience = Callable[[Callable[[], Awaitable[list[Any]]]], Awaitable[list[Any]]]
 
 
@@ -46,14 +55,16 @@ class ScriptBatcher:
     batch's error is raised to each of its calls)."""
 
     def __init__(
-        self, client: redis.asyncio.Redis, source: str, keys_per_call: int, patiently: Patience
-    ) -> None:
+        self, client: redis.asyncio.Redis, source: str, keys_per_call: int,
+        patiently: Patience, spacing: float = SPACING,
+    ) -> None:  # fmt: skip
         self.client, self.source, self.patiently = client, source, patiently
-        self.keys_per_call = keys_per_call
+        self.keys_per_call, self.spacing = keys_per_call, spacing
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the sender's, while it runs
+        self._sent_at = -math.inf  # when the last batch went out (the loop's clock)
         self.batches = 0  # batches sent (for tests and benchmarks)
 
     def queue(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
@@ -72,6 +83,7 @@ class ScriptBatcher:
     async def _send_all(self) -> None:
         try:
             while self._pending:
+                await self._spaced()
                 batch = [call for call in self._pending[:MAX_BATCH] if not call.reply.done()]
                 del self._pending[:MAX_BATCH]
                 if batch:
@@ -82,6 +94,15 @@ class ScriptBatcher:
                 if not call.reply.done():
                     call.reply.cancel()
             self._pending = []
+
+    async def _spaced(self) -> None:
+        """Wait until `spacing` after the last batch went out, unless a batch is full."""
+        loop = self._loop
+        assert loop is not None
+        wait = self._sent_at + self.spacing - loop.time()
+        if wait > 0 and len(self._pending) < MAX_BATCH:
+            await asyncio.sleep(wait)  # the calls made meanwhile join this batch
+        self._sent_at = loop.time()
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
