@@ -64,22 +64,22 @@ T = TypeVar("T")
 # and five ARGV (worker, lease ms, kind, data, op id). Returns one reply per answer: the
 # new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
 # The op id makes a retried append (its reply lost to a dropped connection) a no-op.
+# Four commands an append (the meta read once, written once): Redis' share of a token.
 # The first append gives the log the meta's expiry: an answer nobody finishes goes whole.
 # Each answer's keys share its hash tag, but one batch spans answers: a single Redis,
 # not a Cluster (as for the shared reader; docs/scaling.md).
 APPEND_SCRIPT = """
 local function append(log, meta, lease, worker, ms, kind, data, op)
-  if redis.call('EXISTS', meta) == 0 then return -1 end
-  if redis.call('HGET', meta, 'lastop') == op then
-    return tonumber(redis.call('HGET', meta, 'seq'))
-  end
-  if redis.call('HGET', meta, 'finished') == '1' then return -3 end
+  local state = redis.call('HMGET', meta, 'seq', 'lastop', 'finished')
+  if not state[1] then return -1 end
+  if state[2] == op then return tonumber(state[1]) end
+  if state[3] == '1' then return -3 end
   local holder = redis.call('GET', lease)
   if holder and holder ~= worker then return -2 end
   if not holder then redis.call('SET', lease, worker, 'PX', ms) end
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local seq = tonumber(state[1]) + 1
   redis.call('XADD', log, seq .. '-0', 'k', kind, 'd', data)
-  redis.call('HSET', meta, 'lastop', op)
+  redis.call('HSET', meta, 'seq', seq, 'lastop', op)
   if seq == 1 then
     local ttl = redis.call('PTTL', meta)
     if ttl > 0 then redis.call('PEXPIRE', log, ttl) end
