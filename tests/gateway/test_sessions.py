@@ -300,6 +300,36 @@ async def test_log_changes_wake_every_waiting_reader_time_out_and_forget_cancell
     assert changes._waiters == []
 
 
+async def test_log_changes_arm_one_timer_for_a_readers_waits_and_wake_each_at_its_deadline() -> (
+    None
+):
+    """A reader waits once per token with the same heartbeat: one timer serves all those
+    waits (a timer each cost a heap push and a cancel per token); readers with shorter
+    waits re-arm it and are each woken at their own deadline, never before."""
+    import asyncio
+
+    from dskit.gateway.backends._log import Changes
+
+    changes, loop = Changes(), asyncio.get_running_loop()
+    reader = asyncio.ensure_future(changes.wait(30.0))
+    await asyncio.sleep(0)
+    timer = changes._timer
+    for _ in range(100):  # a token each: notified, then waiting again
+        changes.notify()
+        await reader
+        reader = asyncio.ensure_future(changes.wait(30.0))
+        await asyncio.sleep(0)
+    assert timer is not None and changes._timer is timer  # armed once
+    started = loop.time()
+    short, middle = (asyncio.ensure_future(changes.wait(s)) for s in (0.05, 0.2))
+    await asyncio.wait_for(short, 5.0)
+    assert loop.time() - started >= 0.05 and not middle.done() and not reader.done()
+    await asyncio.wait_for(middle, 5.0)
+    assert loop.time() - started >= 0.2 and not reader.done()
+    changes.notify()
+    await asyncio.wait_for(reader, 5.0)
+
+
 async def _keep_tokens_in_memory_log(payloads: list[bytes]) -> list[Any]:
     from dskit.gateway import MemoryStreamLog
 

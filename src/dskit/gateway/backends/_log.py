@@ -113,20 +113,27 @@ class UnknownAnswerError(LookupError):
 
 class Changes:
     """Wakes the readers waiting for an answer's next event: one future per waiting
-    reader, on the loop the first one waited on. No `asyncio.Event`, timeout context or
-    running-loop lookup per wait: on Python 3.11 each lookup of the running loop is a
-    getpid() system call, and an Event and a timeout cost a reader four per token."""
+    reader, on the loop the first one waited on, and one timer for all of them (at the
+    earliest deadline). No `asyncio.Event`, timeout context or running-loop lookup per
+    wait: on Python 3.11 each lookup of the running loop is a getpid() system call, and
+    an Event and a timeout cost a reader four per token. Nor a timer per wait: a reader
+    waits once per token with the same heartbeat, so its deadline only moves later, and
+    the one timer, armed once, fires at the first deadline, wakes whoever's has passed,
+    and is armed again for the next (once a heartbeat, not once a token)."""
 
-    __slots__ = ("_loop", "_waiters")
+    __slots__ = ("_loop", "_timer", "_timer_at", "_waiters")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[tuple[asyncio.Future[None], float]] = []  # (waiter, deadline)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     def notify(self) -> None:
-        """Wake every reader waiting now; later readers wait for the next notify."""
+        """Wake every reader waiting now; later readers wait for the next notify. (The
+        timer stays armed: firing with nobody waiting, it is not armed again.)"""
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        for waiter, _ in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -135,20 +142,36 @@ class Changes:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(seconds, _wake, waiter)
+        deadline = loop.time() + seconds
+        entry = (loop.create_future(), deadline)
+        self._waiters.append(entry)
+        if deadline < self._timer_at:
+            self._arm(loop, deadline)
         try:
-            await waiter
+            await entry[0]
         finally:
-            timer.cancel()
-            if waiter in self._waiters:  # timed out or cancelled: not notified
-                self._waiters.remove(waiter)
+            if entry[0].cancelled() and entry in self._waiters:  # not woken: cancelled
+                self._waiters.remove(entry)
 
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, math.inf
+        if when < math.inf:
+            self._timer, self._timer_at = loop.call_at(when, self._expire, loop), when
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer fired: wake the readers whose deadline passed, arm it for the rest."""
+        self._timer, self._timer_at = None, math.inf
+        now, waiting = loop.time(), []
+        for waiter, deadline in self._waiters:
+            if deadline > now:
+                waiting.append((waiter, deadline))
+            elif not waiter.done():
+                waiter.set_result(None)
+        self._waiters = waiting
+        if waiting:
+            self._arm(loop, min(deadline for _, deadline in waiting))
 
 
 @dataclass(slots=True)
