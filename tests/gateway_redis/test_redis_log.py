@@ -452,3 +452,55 @@ async def test_an_append_whose_caller_is_cancelled_still_lands_whole(
 
 async def _batches_past(log: RedisStreamLog, sent: int) -> bool:
     return log._appends.batches > sent
+
+
+async def test_posts_land_in_order_without_the_writer_waiting(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    """A post returns at once; a flush waits until every post landed; an append after
+    them takes the next seq. Another instance reads them all, in order."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    sent = log._appends.batches
+    for n in range(20):
+        log.post(answer_id, "content", text(str(n)))
+    assert log._appends.batches == sent  # nothing has gone out yet: the writer read on
+    await log.flush(answer_id)
+    assert await log.append(answer_id, "done", b"{}") == 21
+    piece = await other_log.read(answer_id)
+    assert [e.data for e in piece.entries] == [*(text(str(n)) for n in range(20)), b"{}"]
+
+
+async def test_an_append_after_one_that_did_not_land_is_refused(log: RedisStreamLog) -> None:
+    """The writer does not wait for its posts, so one queued behind a post that failed
+    (its batch lost to a dropped connection, no patience left) would land after it: text
+    with a gap. Each append names the one before it, and Redis refuses it unless that
+    one is the log's last; the first after a takeover (`*`) follows whatever is there."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    log.post(answer_id, "content", text("a"))
+    await log.flush(answer_id)
+    keys, ms = log._keys(answer_id), log._lease_ms
+    lost = ["w1", ms, "content", text("c"), "op-c", "op-b-that-never-landed"]
+    assert await log._appends.queue(keys, lost) == -4
+    after_takeover = ["w1", ms, "content", text("c"), "op-c", "*"]
+    assert await log._appends.queue(keys, after_takeover) == 2
+    assert [e.data for e in await other_entries(log, answer_id)] == [text("a"), text("c")]
+
+
+async def test_a_failed_post_is_raised_by_the_next_post_and_by_flush(
+    log: RedisStreamLog,
+) -> None:
+    """A post whose append Redis refused (here: another instance holds the lease now)
+    fails the answer's next post and its flush with that error; nothing after it lands."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    log.post(answer_id, "content", text("a"))
+    await log.flush(answer_id)
+    await log.redis.set(log._keys(answer_id)[2], "w2", px=30_000)  # taken over meanwhile
+    log.post(answer_id, "content", text("b"))
+    with pytest.raises(LeaseLostError):
+        await log.flush(answer_id)
+    with pytest.raises(LeaseLostError):
+        log.post(answer_id, "content", text("c"))
+    assert [e.data for e in await other_entries(log, answer_id)] == [text("a")]

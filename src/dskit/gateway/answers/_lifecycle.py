@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -199,9 +200,12 @@ class AnswerSaver:
     else it is raised."""
 
     def __init__(
-        self, store: SessionStore, record: SessionRecord, answer_id: str, every: float | None
-    ) -> None:
-        self.store, self.answer_id, self.every = store, answer_id, every
+        self, store: SessionStore, record: SessionRecord, answer_id: str, every: float | None,
+        landed: Callable[[], Awaitable[None]],
+    ) -> None:  # fmt: skip
+        """`landed`: waits until every event posted to the answer's log has landed (the
+        store never leads the log), raising what failed."""
+        self.store, self.answer_id, self.every, self.landed = store, answer_id, every, landed
         self.record = dataclasses.replace(record, messages=list(record.messages))
         self.throttle = Throttle(every) if every else None
         self.index: int | None = None  # where the answer is, once it is in the store
@@ -213,7 +217,7 @@ class AnswerSaver:
     def following(self) -> AnswerSaver:
         """The saver of the answer's next turn, after its tool turns: a new turn whose
         events come after every event logged so far."""
-        saver = AnswerSaver(self.store, self.record, self.answer_id, self.every)
+        saver = AnswerSaver(self.store, self.record, self.answer_id, self.every, self.landed)
         saver.marks = [0] * len(self.marks)
         return saver
 
@@ -281,6 +285,7 @@ class AnswerSaver:
         await asyncio.shield(self._pending)
 
     async def save(self, message: StoredMessage, meta: dict[str, Any] | None = None) -> None:
+        await self.landed()  # what is saved is in the log first
         stamp = {"id": self.answer_id, "seq": len(self.marks), **(meta or {})}
         if message.incomplete:
             stamp["marks"] = list(self.marks)
@@ -339,7 +344,8 @@ class Answer:
         self._opener, self._continuer, self._handing_over = opener, continuer, handing_over
         self._generation: asyncio.Task[None] | None = None
         self._opened: Opened | None = None
-        self.saver = AnswerSaver(gw.store, job.record, job.answer_id, save_every)
+        landed = functools.partial(gw.log.flush, job.answer_id)
+        self.saver = AnswerSaver(gw.store, job.record, job.answer_id, save_every, landed)
         self._ended = asyncio.Event()
         self._by_caller = False  # a caller cancelled it: it ends cancelled, never handed over
 
@@ -409,8 +415,8 @@ class Answer:
                 if first and entry[0] != "usage":
                     first = False
                     gw.metrics.ttft.labels("sessions").observe(time.monotonic() - job.started)
-                await gw.log.append(job.answer_id, *entry)
-                await self.saver.grow(event, source.snapshot)  # the store never leads the log
+                gw.log.post(job.answer_id, *entry)  # it lands in order; the generation reads on
+                await self.saver.grow(event, source.snapshot)  # it waits for the posts
                 stop_if_cancelled(task)
             elif event.type == "resumed":
                 gw.metrics.resumes.inc()

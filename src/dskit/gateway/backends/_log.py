@@ -80,6 +80,14 @@ class StreamLog(Protocol):
         """A new answer; with `owner` it is born leased to that worker."""
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int: ...
+    def post(self, answer_id: str, kind: str, data: bytes) -> None:
+        """Append without waiting for the event to land: the answer's events land in the
+        order they were posted or appended. When one fails, none posted after it lands,
+        and the next post, append or flush of the answer raises its error."""
+
+    async def flush(self, answer_id: str) -> None:
+        """Wait until every event posted to the answer has landed; raise what failed."""
+
     async def read(self, answer_id: str, after: int = 0, wait: float = 0.0) -> LogSlice: ...
     async def last(self, answer_id: str) -> LogEntry | None: ...
     async def finish(self, answer_id: str) -> None: ...
@@ -212,6 +220,15 @@ class MemoryStreamLog:
         self._active[session_id] = answer_id
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
+        return self._add(answer_id, kind, data)
+
+    def post(self, answer_id: str, kind: str, data: bytes) -> None:
+        self._add(answer_id, kind, data)  # landed at once
+
+    async def flush(self, answer_id: str) -> None:
+        return None  # every post landed as it was made
+
+    def _add(self, answer_id: str, kind: str, data: bytes) -> int:
         answer = self._get(answer_id)
         seq = len(answer.entries) + 1
         answer.entries.append(LogEntry(seq, kind, kept(data)))

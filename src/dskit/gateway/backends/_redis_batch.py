@@ -29,6 +29,7 @@ again once loaded when Redis has forgotten the script.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,13 +42,32 @@ if TYPE_CHECKING:
 MAX_BATCH = 256  # calls per script run: Redis runs a script whole, blocking the rest
 SPACING = 0.002  # seconds from one batch to the next while calls keep coming
 Patience = Callable[[Callable[[], Awaitable[list[Any]]]], Awaitable[list[Any]]]
+# a call's outcome: (its reply, None), or (None, the batch's error); CancelledError when
+# the batcher stopped before sending it (the loop closing)
+Landed = Callable[[Any, BaseException | None], None]
+
+
+def _always() -> bool:
+    return True
 
 
 @dataclass(slots=True)
 class _Call:
     keys: Sequence[str]
     args: Sequence[Any]
-    reply: asyncio.Future[Any]
+    landed: Landed
+    wanted: Callable[[], bool] = _always  # False: dropped before its batch is sent
+
+
+def _settle(reply: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if reply.done():
+        return
+    if exc is None:
+        reply.set_result(value)
+    elif isinstance(exc, asyncio.CancelledError):
+        reply.cancel()
+    else:
+        reply.set_exception(exc)
 
 
 class ScriptBatcher:
@@ -70,30 +90,43 @@ class ScriptBatcher:
     def queue(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue a call for the next batch: the future of its reply. The call goes out
         unless the future itself is cancelled (shield it to let the caller be)."""
-        if len(keys) != self.keys_per_call:
-            raise ValueError(f"each call takes {self.keys_per_call} keys")
+        reply: asyncio.Future[Any] = self._sending().create_future()
+        wanted = lambda: not reply.done()  # noqa: E731
+        self._add(_Call(keys, args, functools.partial(_settle, reply), wanted))
+        return reply
+
+    def post(self, keys: Sequence[str], args: Sequence[Any], landed: Landed) -> None:
+        """Queue a call that always goes out, nobody waiting for it: its outcome is
+        handed to `landed` (which must not raise), in the order the calls were made."""
+        self._sending()
+        self._add(_Call(keys, args, landed))
+
+    def _sending(self) -> asyncio.AbstractEventLoop:
+        """The loop, with a sender task running on it for the calls about to be queued."""
         loop = self._loop
         if self._sender is None or loop is None:  # a batch's first call: the loop looked up
             loop = self._loop = asyncio.get_running_loop()  # (on Python 3.11 a getpid())
             self._sender = loop.create_task(self._send_all(), name="redis-script-batch")
-        reply: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Call(keys, args, reply))
-        return reply
+        return loop
+
+    def _add(self, call: _Call) -> None:
+        if len(call.keys) != self.keys_per_call:
+            raise ValueError(f"each call takes {self.keys_per_call} keys")
+        self._pending.append(call)
 
     async def _send_all(self) -> None:
         try:
             while self._pending:
                 await self._spaced()
-                batch = [call for call in self._pending[:MAX_BATCH] if not call.reply.done()]
+                batch = [call for call in self._pending[:MAX_BATCH] if call.wanted()]
                 del self._pending[:MAX_BATCH]
                 if batch:
                     await self._send(batch)
         finally:
             self._sender = None
-            for call in self._pending:  # only when cancelled itself (the loop closing)
-                if not call.reply.done():
-                    call.reply.cancel()
-            self._pending = []
+            pending, self._pending = self._pending, []
+            for call in pending:  # only when cancelled itself (the loop closing)
+                call.landed(None, asyncio.CancelledError())
 
     async def _spaced(self) -> None:
         """Wait until `spacing` after the last batch went out, unless a batch is full."""
@@ -109,14 +142,12 @@ class ScriptBatcher:
             replies = await self.patiently(lambda: self._run(batch))
         except BaseException as exc:
             for call in batch:
-                if not call.reply.done():
-                    call.reply.set_exception(exc)
+                call.landed(None, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for call, reply in zip(batch, replies, strict=True):
-            if not call.reply.done():
-                call.reply.set_result(reply)
+            call.landed(reply, None)
 
     async def _run(self, batch: list[_Call]) -> list[Any]:
         """One EVALSHA for the batch; NOSCRIPT (a restarted or flushed Redis): load the

@@ -24,12 +24,18 @@ need not reach Redis at all: they read the writer's copy of what Redis acknowled
 Appends are fenced: the script only writes while the lease is this instance's (or free,
 which it re-takes). So an instance that lost its lease (paused, partitioned) cannot
 interleave text with the instance that took the answer over.
+
+A generation posts its tokens (`post`) rather than waiting for each one to land: they
+go out in the instance's next batch while it reads on. Each append names the one before
+it, so none lands after one that failed; the next post raises that failure, and a
+`flush` waits for every post (the session store never gets text the log has not).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -61,21 +67,26 @@ DEFAULT_LEASE = 10.0  # seconds a writer's lease lasts unless renewed
 T = TypeVar("T")
 
 # Appends to any number of answers, in order: per answer three KEYS (log, meta, lease)
-# and five ARGV (worker, lease ms, kind, data, op id). Returns one reply per answer: the
-# new seq, -1 (no such answer), -2 (lease held by another), -3 (finished).
-# The op id makes a retried append (its reply lost to a dropped connection) a no-op.
+# and six ARGV (worker, lease ms, kind, data, op id, the op id of the append before it).
+# Returns one reply per answer: the new seq, -1 (no such answer), -2 (lease held by
+# another), -3 (finished), -4 (the append before it did not land).
+# The op id makes a retried append (its reply lost to a dropped connection) a no-op; the
+# one before it chains an answer's appends, so none lands after one that failed (a gap
+# in the text): the writer does not wait for each one (`post`). `*`: not chained (the
+# first append after a takeover).
 # Four commands an append (the meta read once, written once): Redis' share of a token.
 # The first append gives the log the meta's expiry: an answer nobody finishes goes whole.
 # Each answer's keys share its hash tag, but one batch spans answers: a single Redis,
 # not a Cluster (as for the shared reader; docs/scaling.md).
 APPEND_SCRIPT = """
-local function append(log, meta, lease, worker, ms, kind, data, op)
+local function append(log, meta, lease, worker, ms, kind, data, op, prev)
   local state = redis.call('HMGET', meta, 'seq', 'lastop', 'finished')
   if not state[1] then return -1 end
   if state[2] == op then return tonumber(state[1]) end
   if state[3] == '1' then return -3 end
   local holder = redis.call('GET', lease)
   if holder and holder ~= worker then return -2 end
+  if prev ~= '*' and (state[2] or '') ~= prev then return -4 end
   if not holder then redis.call('SET', lease, worker, 'PX', ms) end
   local seq = tonumber(state[1]) + 1
   redis.call('XADD', log, seq .. '-0', 'k', kind, 'd', data)
@@ -88,9 +99,9 @@ local function append(log, meta, lease, worker, ms, kind, data, op)
 end
 local out = {}
 for i = 0, #KEYS / 3 - 1 do
-  local k, a = 3 * i, 5 * i
+  local k, a = 3 * i, 6 * i
   out[i + 1] = append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2],
-                      ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+                      ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
 end
 return out
 """
@@ -156,6 +167,36 @@ return 0
 
 class LeaseLostError(RuntimeError):
     """Another instance holds this answer's lease: this one must stop writing to it."""
+
+
+@dataclass(slots=True)
+class _Posts:
+    """An answer's appends on their way: the chain's last op id ("": none yet, "*": not
+    known, after a takeover), how many posts have not landed, the first failure, and the
+    future that flushes wait on."""
+
+    prev: str = ""
+    pending: int = 0
+    failure: BaseException | None = None
+    drained: asyncio.Future[None] | None = None
+
+    def landed(self, failure: BaseException | None) -> None:
+        self.pending -= 1
+        if isinstance(failure, asyncio.CancelledError):  # its batch never went out
+            failure = LeaseLostError("the log closed before an append of the answer went out")
+        if failure is not None and self.failure is None:
+            self.failure = failure
+        if self.pending == 0 and self.drained is not None:
+            if not self.drained.done():
+                self.drained.set_result(None)
+            self.drained = None
+
+    async def settled(self) -> None:
+        """Until nothing posted is on its way (a cancelled wait leaves it be)."""
+        if self.pending:
+            if self.drained is None:
+                self.drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self.drained)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +296,7 @@ class RedisStreamLog:
 
         self._appends = ScriptBatcher(dedicated_client(client), APPEND_SCRIPT, 3, self._patiently)
         self._held: dict[str, str] = {}
+        self._posts: dict[str, _Posts] = {}  # the appends of each answer held here
         self._sessions: dict[str, str] = {}  # the session of each answer created here
         self._ended: set[str] = set()  # finished here, not yet released
         # an append's op id (a retried batch is run once): this log's own prefix and a
@@ -308,7 +350,7 @@ class RedisStreamLog:
             "session": session_id, "seq": 0, "finished": 0, "created": time.time(), "job": job
         }  # fmt: skip
         async with self.redis.pipeline(transaction=True) as pipe:  # one round trip
-            pipe.delete(log)
+            pipe.delete(log, meta)
             pipe.hset(meta, mapping=fields)
             pipe.expire(meta, ttl)
             if owner is not None:
@@ -318,35 +360,100 @@ class RedisStreamLog:
             await pipe.execute()
         self._sessions[answer_id] = session_id
         if owner is not None:
-            self._hold(answer_id, owner)
+            self._hold(answer_id, owner, _Posts())
             self.tails.open(answer_id)
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
-        worker = self._held.get(answer_id)
-        if worker is None:
-            self.tails.close(answer_id)
-            raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
-        args: list[str | int | bytes] = [worker, self._lease_ms, kind, data, next(self._ops)]
+        """Append and wait for the event's seq. It goes out once the answer's posts have
+        landed; after one failed, it goes all the same, after what the log holds (an
+        answer whose text broke off still logs its end)."""
+        posts = self._posts.get(answer_id)
+        if posts is not None:
+            await posts.settled()
+        posts, args = self._chained(answer_id, kind, data, rechain=True)
+        posts.pending += 1
         reply = self._appends.queue(self._keys(answer_id), args)
         try:
             seq = await asyncio.shield(reply)
         except asyncio.CancelledError:
-            await self._land(answer_id, kind, data, reply)
+            await self._land(answer_id, kind, data, reply, posts)
             raise
-        return self._appended(answer_id, kind, data, int(seq))
+        except BaseException as exc:
+            posts.landed(exc)
+            raise
+        try:
+            appended = self._appended(answer_id, kind, data, int(seq), posts)
+        except BaseException as exc:
+            posts.landed(exc)
+            raise
+        posts.landed(None)
+        return appended
+
+    def post(self, answer_id: str, kind: str, data: bytes) -> None:
+        """Append without waiting: the generation reads on while its events go out in
+        the instance's next batch (a writer waiting for each of them cost a wake-up, a
+        shield and a future per token). They land in order, chained (APPEND_SCRIPT)."""
+        posts, args = self._chained(answer_id, kind, data)
+        posts.pending += 1
+        landed = functools.partial(self._posted, answer_id, kind, data, posts)
+        self._appends.post(self._keys(answer_id), args, landed)
+
+    def _posted(
+        self, answer_id: str, kind: str, data: bytes, posts: _Posts,
+        reply: Any, exc: BaseException | None,
+    ) -> None:  # fmt: skip
+        if exc is None:
+            try:
+                self._appended(answer_id, kind, data, int(reply), posts)
+            except Exception as failed:  # lease lost, finished, unknown, after a failure
+                exc = failed
+        posts.landed(exc)
+
+    async def flush(self, answer_id: str) -> None:
+        posts = self._posts.get(answer_id)
+        if posts is None:
+            return
+        await posts.settled()
+        if posts.failure is not None:
+            raise posts.failure
+
+    def _chained(
+        self, answer_id: str, kind: str, data: bytes, *, rechain: bool = False
+    ) -> tuple[_Posts, list[Any]]:
+        """The next append's arguments, chained to the one before it; after a failure, a
+        post is refused, and an append (`rechain`) follows whatever the log holds."""
+        worker = self._held.get(answer_id)
+        posts = self._posts.get(answer_id)
+        if worker is None or posts is None:
+            self.tails.close(answer_id)
+            raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
+        if posts.failure is not None:
+            if not rechain:
+                raise posts.failure
+            posts.prev = "*"
+        op = next(self._ops)
+        args: list[Any] = [worker, self._lease_ms, kind, data, op, posts.prev]
+        posts.prev = op
+        return posts, args
 
     async def _land(
-        self, answer_id: str, kind: str, data: bytes, reply: asyncio.Future[Any]
+        self, answer_id: str, kind: str, data: bytes, reply: asyncio.Future[Any], posts: _Posts
     ) -> None:
         """An append whose caller was cancelled runs all the same: wait for it and note it
         in the writer's copy, so the log holds every event its generation took (the text a
         cancelled answer saves), then let the cancel go on."""
         await asyncio.wait([reply])
-        if not reply.cancelled() and reply.exception() is None:
-            with contextlib.suppress(LeaseLostError, UnknownAnswerError):
-                self._appended(answer_id, kind, data, int(reply.result()))
+        failure: BaseException | None = asyncio.CancelledError()
+        if not reply.cancelled():
+            failure = reply.exception()
+        if failure is None:
+            try:
+                self._appended(answer_id, kind, data, int(reply.result()), posts)
+            except Exception as exc:  # lease lost, finished, unknown, after a failure
+                failure = exc
+        posts.landed(failure)
 
-    def _appended(self, answer_id: str, kind: str, data: bytes, seq: int) -> int:
+    def _appended(self, answer_id: str, kind: str, data: bytes, seq: int, posts: _Posts) -> int:
         if seq == -1:
             raise UnknownAnswerError(answer_id)
         if seq == -2:
@@ -355,6 +462,8 @@ class RedisStreamLog:
         if seq == -3:
             self.tails.close(answer_id)
             raise LeaseLostError(f"answer {answer_id} is already finished")
+        if seq == -4:  # an append before it failed: that one's error is the answer's
+            raise posts.failure or LeaseLostError(f"an append to answer {answer_id} was lost")
         self.tails.add(answer_id, seq, kind, data)
         return seq
 
@@ -423,6 +532,9 @@ class RedisStreamLog:
         """End the answer. The session's active mark goes first: whoever sees the end
         marker may post the next question at once and must not get a 409."""
         log, meta, lease = self._keys(answer_id)
+        posts = self._posts.get(answer_id)
+        if posts is not None:  # its end marker comes after every event posted
+            await posts.settled()
         session = self._sessions.pop(answer_id, None)  # known for the answers made here
         if session is None:
             found = await self._patiently(lambda: self.redis.hget(meta, "session"))
@@ -466,12 +578,13 @@ class RedisStreamLog:
             raise UnknownAnswerError(answer_id)
         if taken != 1:
             return False
-        self._hold(answer_id, worker)
+        self._hold(answer_id, worker, self._posts.get(answer_id) or _Posts(prev="*"))
         return True
 
-    def _hold(self, answer_id: str, worker: str) -> None:
+    def _hold(self, answer_id: str, worker: str, posts: _Posts) -> None:
         """Note the lease as ours and keep it renewed in the background."""
         self._held[answer_id] = worker
+        self._posts[answer_id] = posts
         if answer_id not in self._renewers:
             task = asyncio.create_task(self._renew(answer_id, worker), name=f"lease-{answer_id}")
             self._renewers[answer_id] = task
@@ -531,6 +644,7 @@ class RedisStreamLog:
 
     def _forget(self, answer_id: str) -> None:
         self._held.pop(answer_id, None)
+        self._posts.pop(answer_id, None)  # posts on their way still land (or fail)
         self._sessions.pop(answer_id, None)  # `finish` reads it back from Redis if need be
         self.tails.close(answer_id)  # unless finished: another instance may go on with it
         task = self._renewers.pop(answer_id, None)
