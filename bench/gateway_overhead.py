@@ -55,6 +55,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -499,7 +500,7 @@ def realistic(svc: Services, args: argparse.Namespace) -> None:
     print(f"\nsteady state: N streams kept in flight (closed loop), {window:g} s window"
           f" (longer at low N), load average {_load()}")  # fmt: skip
     _header()
-    steady: dict[tuple[int, str], dict[str, float]] = {}
+    steady: dict[tuple[int, str], list[dict[str, float]]] = {}
     for concurrency in (n for n in levels for _ in range(repeat)):
         base: dict[str, float] = {}
         for name, make in makers.items():
@@ -507,7 +508,8 @@ def realistic(svc: Services, args: argparse.Namespace) -> None:
             span = max(window, 20 * LIFETIME / concurrency)
             settle(svc)
             loop = ClosedLoop(make, concurrency, span)
-            row = steady[concurrency, name] = measured_cpu(svc, name, loop.run())
+            row = measured_cpu(svc, name, loop.run())
+            steady.setdefault((concurrency, name), []).append(row)
             print(_row(concurrency, name, row, base), flush=True)
             row.update({f"direct_{k}": v for k, v in base.items() if k.startswith("ttft")})
     if svc.sessions:
@@ -540,22 +542,51 @@ SESSION_TARGETS = {"sessions memory": (1.5, 10.0), "sessions sqlite": (2.0, 10.0
 P99_LEVEL = 64
 
 
-def session_table(steady: dict[tuple[int, str], dict[str, float]], levels: tuple[int, ...]) -> None:
+def session_table(
+    steady: dict[tuple[int, str], list[dict[str, float]]], levels: tuple[int, ...]
+) -> None:
+    """One row per target and steady-state run (each against the relay's row of the same
+    run); with `--repeat`, a median row after them: this machine's speed drifts by a
+    third within minutes, so one run's ratio is one draw."""
     print(f"\nsession answers against the relay (`gateway`), steady state above, load average"
           f" {_load()}")  # fmt: skip
     print("| in flight | target | answers | failed | CPU ms/answer | x relay | CPU target"
           " | added TTFT p50 / p99 | p99 target |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for concurrency in levels:
-        relay = steady.get((concurrency, "gateway"), {})
+        relays = steady.get((concurrency, "gateway"), [])
         for name in ("gateway", *SESSION_TARGETS):
-            row = steady.get((concurrency, name))
-            if row is not None:
-                print(_session_row(concurrency, name, row, relay.get("cpu")))
+            rows = steady.get((concurrency, name), [])
+            for run, row in enumerate(rows):
+                relay = relays[run].get("cpu") if run < len(relays) else None
+                print(_session_row(concurrency, name, row, relay))
+            if len(rows) > 1:
+                print(_session_row(concurrency, name, *_medians(rows, relays)))
+
+
+def _medians(
+    rows: list[dict[str, float]], relays: list[dict[str, float]]
+) -> tuple[dict[str, float], float | None]:
+    """A target's runs as one row of medians (the CPU ratio: the median of each run's own
+    ratio), and the relay's CPU that gives that ratio."""
+    shared = set.intersection(*(set(r) for r in rows)) - {"cpu", "warm"}
+    merged = {key: statistics.median(r[key] for r in rows) for key in shared}
+    merged["n"] = sum(r.get("n", 0) for r in rows)
+    merged["failed"] = sum(r.get("failed", 0) for r in rows)
+    merged["median_of"] = len(rows)
+    pairs = [(r["cpu"], relay["cpu"]) for r, relay in zip(rows, relays, strict=False)
+             if r.get("cpu") and relay.get("cpu")]  # fmt: skip
+    if not pairs:
+        return merged, None
+    merged["cpu"] = statistics.median(cpu for cpu, _ in pairs)
+    ratio = statistics.median(cpu / relay for cpu, relay in pairs)
+    return merged, merged["cpu"] / ratio
 
 
 def _session_row(concurrency: int, name: str, row: dict[str, float], relay: float | None) -> str:
     label = "relay `/v1/chat/completions`" if name == "gateway" else name
+    if row.get("median_of"):
+        label = f"**median of {int(row['median_of'])}**: {label}"
     if not row.get("n"):
         return f"| {concurrency} | {label} | 0 | {int(row.get('failed', 0))} | | | | | |"
     cpu, most, p99_most = row.get("cpu"), *SESSION_TARGETS.get(name, (None, None))

@@ -38,6 +38,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -175,6 +176,7 @@ class _Posts:
     known, after a takeover), how many posts have not landed, the first failure, and the
     future that flushes wait on."""
 
+    keys: tuple[str, str, str]  # the answer's log, meta and lease
     prev: str = ""
     pending: int = 0
     failure: BaseException | None = None
@@ -275,8 +277,11 @@ def _entry(entry_id: Any, fields: Any) -> LogEntry | None:
     return LogEntry(int(seq), kind, bytes(fields[3]))
 
 
+_NOT_IN_IDS = re.compile(r"[{} ]")  # an id sits inside a key's hash tag
+
+
 def _check_id(value: str, what: str) -> str:
-    if not value or any(c in value for c in "{} "):
+    if not value or _NOT_IN_IDS.search(value):
         raise UnknownAnswerError(f"invalid {what} {value!r}")
     return value
 
@@ -360,7 +365,7 @@ class RedisStreamLog:
             await pipe.execute()
         self._sessions[answer_id] = session_id
         if owner is not None:
-            self._hold(answer_id, owner, _Posts())
+            self._hold(answer_id, owner, _Posts((log, meta, lease)))
             self.tails.open(answer_id)
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
@@ -372,7 +377,7 @@ class RedisStreamLog:
             await posts.settled()
         posts, args = self._chained(answer_id, kind, data, rechain=True)
         posts.pending += 1
-        reply = self._appends.queue(self._keys(answer_id), args)
+        reply = self._appends.queue(posts.keys, args)
         try:
             seq = await asyncio.shield(reply)
         except asyncio.CancelledError:
@@ -396,7 +401,7 @@ class RedisStreamLog:
         posts, args = self._chained(answer_id, kind, data)
         posts.pending += 1
         landed = functools.partial(self._posted, answer_id, kind, data, posts)
-        self._appends.post(self._keys(answer_id), args, landed)
+        self._appends.post(posts.keys, args, landed)
 
     def _posted(
         self, answer_id: str, kind: str, data: bytes, posts: _Posts,
@@ -473,10 +478,10 @@ class RedisStreamLog:
         past the log's end waits from the log's last entry, so the answer's end (its
         marker is not after the cursor) still ends the wait."""
         after = max(int(after), 0)
-        log = self._keys(answer_id)[0]
         local = await self.tails.read(answer_id, after, wait)
         if local is not None:  # written here: what Redis acknowledged, no round trip
             return local
+        log = self._keys(answer_id)[0]
         deadline = time.monotonic() + wait
         since = after
         if wait <= 0 or not self.reader.idle(log, after):
@@ -572,13 +577,14 @@ class RedisStreamLog:
 
     async def lease(self, answer_id: str, worker: str, ttl: float) -> bool:
         """Take (or renew) the right to write this answer; renewed in the background."""
-        _, meta, lease = self._keys(answer_id)
+        log, meta, lease = self._keys(answer_id)
         taken = int(await self._scripts["lease"](keys=[lease, meta], args=[worker, self._lease_ms]))
         if taken == -1:
             raise UnknownAnswerError(answer_id)
         if taken != 1:
             return False
-        self._hold(answer_id, worker, self._posts.get(answer_id) or _Posts(prev="*"))
+        posts = self._posts.get(answer_id) or _Posts((log, meta, lease), prev="*")
+        self._hold(answer_id, worker, posts)
         return True
 
     def _hold(self, answer_id: str, worker: str, posts: _Posts) -> None:
