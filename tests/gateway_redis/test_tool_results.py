@@ -46,7 +46,9 @@ async def test_one_result_per_call_whoever_puts_it_and_the_owner_takes_them_all(
 ) -> None:
     """Seeded rounds: the calls' results, each put 1-3 times at once from both
     instances' views, while the owner waits. Exactly one put per call is accepted; the
-    owner gets every result once; afterwards every put is refused as not waiting."""
+    owner gets every result once; afterwards every put is refused as not waiting. (A
+    busy machine found the race: the owner closed the mailbox before the last duplicate
+    put ran, and the test had wanted `duplicate` from it.)"""
     owner, others = _mailbox(log), [_mailbox(log), _mailbox(other_log)]
     for index in range(12):
         rng = random.Random(f"{SEED}-{index}")
@@ -61,7 +63,11 @@ async def test_one_result_per_call_whoever_puts_it_and_the_owner_takes_them_all(
             c for (c, _), d in zip(puts, done, strict=True) if d.outcome is Outcome.ACCEPTED
         )
         assert accepted == sorted(calls), where
-        assert {d.outcome for d in done} <= {Outcome.ACCEPTED, Outcome.DUPLICATE}, where
+        # a second put of a call is a duplicate, or, once the owner has taken every
+        # result and closed the mailbox (it may, while the last puts are on their way),
+        # not waiting; never a second acceptance (above)
+        again = {Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.NOT_WAITING}
+        assert {d.outcome for d in done} <= again, where
         assert await asyncio.wait_for(waiting, 10) == {c: f"r-{c}" for c in calls}, where
         late = await others[1].put(answer_id, calls[0], "late")
         assert late.outcome is Outcome.NOT_WAITING, where

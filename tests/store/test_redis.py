@@ -9,7 +9,13 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from dskit.store import RedisStore, SessionRecord, StoredMessage, StoreError
+from dskit.store import (
+    RedisStore,
+    SessionNotFoundError,
+    SessionRecord,
+    StoredMessage,
+    StoreError,
+)
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -167,3 +173,34 @@ def test_every_pooled_connection_survives_a_redis_restart(tmp_path: Path) -> Non
     finally:
         store.close()
         server.stop()
+
+
+def test_a_write_goes_on_after_redis_forgets_its_script_and_moves_the_session_up(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A write is its script and the index's bump in one round trip: a restarted or
+    flushed Redis has the script loaded again (sync and async alike), a written session
+    comes first in the listing, and a write that fails does not index a deleted one."""
+    store = RedisStore(redis_url, namespace=redis_prefix)
+    old, new = store.create(SessionRecord(updated=1.0)), store.create(SessionRecord(updated=2.0))
+    message = StoredMessage({"role": "user", "content": "x"})
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()
+    assert store.append(old.id, [message], expected_version=0) == 1
+    assert [i.id for i in store.list_sessions()] == [old.id, new.id]
+    client.script_flush()
+
+    async def written_async() -> int:
+        try:
+            return await store.aappend(new.id, [message], expected_version=0)
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(written_async()) == 1
+    assert [i.id for i in store.list_sessions()] == [new.id, old.id]
+    assert store.delete(old.id)
+    with pytest.raises(SessionNotFoundError):
+        store.append(old.id, [message], expected_version=1)
+    assert client.zscore(store.keys.index, old.id) is None
+    client.close()
+    store.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import time
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -169,6 +170,8 @@ end
 return {new, 0}
 """
 
+WRITE_SHA = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
+
 # KEYS: meta, messages. ARGV: ttl, then the header fields as pairs, '--', the messages.
 CREATE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -285,6 +288,27 @@ def _loading(keys: _Keys, pipelines: Pipelines, session_id: str) -> Steps[Sessio
     return keys.record(session_id, head, items)
 
 
+def _writing(
+    keys: _Keys, pipelines: Pipelines, session_id: str, expected: int, args: list[Any]
+) -> Steps[int]:
+    """A write: its script and the index's bump in one round trip (`XX`: a session no
+    longer indexed, deleted or expired, is not put back); the new version. A Redis that
+    has forgotten the script (restarted, flushed) has it loaded, and the write goes again."""
+    from redis.exceptions import NoScriptError
+
+    session = keys.session(session_id)
+    while True:
+        pipe = pipelines(transaction=False)
+        pipe.evalsha(WRITE_SHA, len(session), *session, *args)
+        pipe.zadd(keys.index, {session_id: time.time()}, xx=True)
+        try:
+            reply, _ = yield pipe
+        except NoScriptError:
+            yield pipelines(transaction=False).script_load(WRITE_SCRIPT)
+            continue
+        return keys.outcome(session_id, expected, reply, args)
+
+
 def _listing(
     keys: _Keys, pipelines: Pipelines, limit: int | None, only: Collection[str] | None
 ) -> Steps[list[SessionRecord]]:
@@ -324,7 +348,14 @@ class _Read(Generic[T]):
         self.result: T
 
     def next(self, replies: list[Any] | None) -> Pipeline | None:
+        """The next pipeline, given the last one's replies; a command's error is thrown
+        into the steps (which may handle it, as `_writing` does NOSCRIPT)."""
+        from redis.exceptions import ResponseError
+
+        failed = next((r for r in replies or () if isinstance(r, ResponseError)), None)
         try:
+            if failed is not None:
+                return self._steps.throw(failed)
             return self._steps.send(replies)
         except StopIteration as done:
             self.result = done.value
@@ -332,18 +363,18 @@ class _Read(Generic[T]):
 
 
 def _run(steps: Steps[T]) -> T:
-    """A read through the sync client."""
+    """Steps through the sync client."""
     read, replies = _Read(steps), None
     while (pipe := read.next(replies)) is not None:
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
     return read.result
 
 
 async def _arun(steps: Steps[T]) -> T:
-    """A read through the asyncio client."""
+    """Steps through the asyncio client."""
     read, replies = _Read(steps), None
     while (pipe := read.next(replies)) is not None:
-        replies = await pipe.execute()
+        replies = await pipe.execute(raise_on_error=False)
     return read.result
 
 
@@ -411,7 +442,6 @@ class RedisStore(ExportMixin):
         self._sync: redis.Redis = redis.Redis.from_url(url, **client_options(is_async=False))
         self._async: redis.asyncio.Redis | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
-        self._write_sync = self._sync.register_script(WRITE_SCRIPT)
         self._create_sync = self._sync.register_script(CREATE_SCRIPT)
 
     def __repr__(self) -> str:
@@ -433,10 +463,7 @@ class RedisStore(ExportMixin):
 
     @_reachable
     def _write(self, session_id: str, expected: int, args: list[Any]) -> int:
-        reply = self._write_sync(keys=self.keys.session(session_id), args=args)
-        version = self.keys.outcome(session_id, expected, reply, args)
-        self._sync.zadd(self.keys.index, {session_id: time.time()})
-        return version
+        return _run(_writing(self.keys, self._sync.pipeline, session_id, expected, args))
 
     def append(
         self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
@@ -509,12 +536,8 @@ class RedisStore(ExportMixin):
 
     @_areachable
     async def _awrite(self, session_id: str, expected: int, args: list[Any]) -> int:
-        client = self._aclient()
-        script = client.register_script(WRITE_SCRIPT)
-        reply = await script(keys=self.keys.session(session_id), args=args)
-        version = self.keys.outcome(session_id, expected, reply, args)
-        await client.zadd(self.keys.index, {session_id: time.time()})
-        return version
+        pipelines = self._aclient().pipeline
+        return await _arun(_writing(self.keys, pipelines, session_id, expected, args))
 
     async def aappend(
         self, session_id: str, messages: Sequence[StoredMessage], *, expected_version: int
