@@ -107,6 +107,21 @@ end
 return out
 """
 
+# KEYS: log, meta, lease, the session's active mark, the running set. ARGV: the session
+# id, the time, the job, the unfinished answer's ttl (s), the owner ('': none), the lease
+# (ms), the answer id. A new answer in one step: its meta, its lease, the active mark and
+# the running set.
+CREATE_SCRIPT = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[2], 'session', ARGV[1], 'seq', 0, 'finished', 0, 'created', ARGV[2],
+           'job', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6]) end
+redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[4])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[7])
+return 1
+"""
+
 # KEYS: log, meta, lease, the session's active mark, the running set. ARGV: ttl seconds
 # for the finished answer, the answer id. The active mark goes with the end marker: whoever
 # sees the end may post the next question at once and must not get a 409.
@@ -312,7 +327,7 @@ class RedisStreamLog:
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
-                ("finish", FINISH_SCRIPT), ("read", READ_SCRIPT),
+                ("create", CREATE_SCRIPT), ("finish", FINISH_SCRIPT), ("read", READ_SCRIPT),
                 ("last", LAST_SCRIPT), ("lease", LEASE_SCRIPT), ("renew", RENEW_SCRIPT),
                 ("cad", COMPARE_DELETE_SCRIPT),
             )
@@ -345,24 +360,17 @@ class RedisStreamLog:
     ) -> None:
         """A new answer; `job` is what a takeover needs to continue it (opaque bytes).
 
-        With `owner` the answer is born leased to it, in the same transaction: an answer
+        With `owner` the answer is born leased to it, in the same script: an answer
         in the running set without a lease is an orphan to every other instance's scan,
         so leasing it in a second step would let another instance take it over first.
         """
         log, meta, lease = self._keys(answer_id)
-        ttl = int(self.settings.unfinished_ttl)
-        fields: dict[Any, Any] = {
-            "session": session_id, "seq": 0, "finished": 0, "created": time.time(), "job": job
-        }  # fmt: skip
-        async with self.redis.pipeline(transaction=True) as pipe:  # one round trip
-            pipe.delete(log, meta)
-            pipe.hset(meta, mapping=fields)
-            pipe.expire(meta, ttl)
-            if owner is not None:
-                pipe.set(lease, owner, px=self._lease_ms)
-            pipe.set(self._active_key(session_id), answer_id, ex=ttl)
-            pipe.zadd(self._running, {answer_id: time.time()})
-            await pipe.execute()
+        keys = [log, meta, lease, self._active_key(session_id), self._running]
+        args: list[Any] = [
+            session_id, time.time(), job, int(self.settings.unfinished_ttl), owner or "",
+            self._lease_ms, answer_id,
+        ]  # fmt: skip
+        await self._scripts["create"](keys=keys, args=args)  # one round trip
         self._sessions[answer_id] = session_id
         if owner is not None:
             self._hold(answer_id, owner, _Posts((log, meta, lease)))
