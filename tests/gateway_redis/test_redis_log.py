@@ -503,4 +503,77 @@ async def test_a_failed_post_is_raised_by_the_next_post_and_by_flush(
         await log.flush(answer_id)
     with pytest.raises(LeaseLostError):
         log.post(answer_id, "content", text("c"))
+    with pytest.raises(LeaseLostError):  # and so does every later flush
+        await log.flush(answer_id)
     assert [e.data for e in await other_entries(log, answer_id)] == [text("a")]
+
+
+async def test_a_batch_sent_again_runs_each_append_of_an_answer_once(log: RedisStreamLog) -> None:
+    """A batch whose reply was lost is sent again whole; with an answer's tokens posted
+    together, it holds several appends of one answer, the first of which is no longer
+    the log's last op: each is recognised by its chain and answers its own seq again."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    keys, ms = log._keys(answer_id), log._lease_ms
+    steps = ((1, "a", ""), (2, "b", "chain.1"), (3, "c", "chain.2"))
+    calls = [["w1", ms, "content", text(t), f"chain.{n}", prev] for n, t, prev in steps]
+    first = await asyncio.gather(*(log._appends.queue(keys, call) for call in calls))
+    again = await asyncio.gather(*(log._appends.queue(keys, call) for call in calls))
+    assert first == again == [1, 2, 3]
+    assert [e.data for e in await other_entries(log, answer_id)] == [text(t) for t in "abc"]
+
+
+async def test_an_append_cancelled_twice_still_settles_its_answer(log: RedisStreamLog) -> None:
+    """An append whose caller is cancelled, then cancelled again while it waits for the
+    append to land, still lands and is counted: a flush (and so the answer's end) does
+    not wait for it forever."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    sent = log._appends.batches
+    await log.redis.client_pause(10_000, all=False)  # the append's batch waits in Redis
+    try:
+        appending = asyncio.ensure_future(log.append(answer_id, "content", text("a")))
+        await eventually(lambda: _batches_past(log, sent))
+        appending.cancel()
+        await asyncio.sleep(0)  # it waits for the append to land now
+        appending.cancel()
+    finally:
+        await log.redis.client_unpause()
+    with pytest.raises(asyncio.CancelledError):
+        await appending
+    await asyncio.wait_for(log.flush(answer_id), 5)
+    assert [e.data for e in await other_entries(log, answer_id)] == [text("a")]
+
+
+async def test_a_release_waits_for_the_posts_on_their_way(log: RedisStreamLog) -> None:
+    """A post still on its way when the answer's lease is released would land after the
+    release and take the lease again (the append script re-takes a free lease): another
+    instance's scan would skip the answer until that lease ran out."""
+    warm = uuid.uuid4().hex  # the release script loaded: a release takes one round trip
+    await log.create(warm, "s0", owner="w1")
+    await log.release(warm, "w1")
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    assert await log.append(answer_id, "content", text("a")) == 1  # a batch just went out
+    log.post(answer_id, "content", text("b"))  # its batch waits for the spacing
+    await log.release(answer_id, "w1")
+    print("LEASE", await log.redis.get(log._keys(answer_id)[2]), log._appends.batches)
+    assert not await log.redis.exists(log._keys(answer_id)[2])
+    assert [e.data for e in await other_entries(log, answer_id)] == [text("a"), text("b")]
+
+
+async def test_an_answer_leased_again_after_another_wrote_it_starts_a_new_chain(
+    log: RedisStreamLog, other_log: RedisStreamLog
+) -> None:
+    """This instance lost the lease, another wrote to the answer and let it go, and this
+    one takes it again: its appends follow what the log holds now, not its old chain."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    assert await log.append(answer_id, "content", text("a")) == 1
+    log._renewers[answer_id].cancel()  # the instance freezes: its lease lapses
+    await eventually(other_log.orphans)
+    assert await other_log.lease(answer_id, "w2", 30.0)
+    assert await other_log.append(answer_id, "content", text("b")) == 2
+    await other_log.release(answer_id, "w2")
+    assert await log.lease(answer_id, "w1", 30.0)
+    assert await log.append(answer_id, "content", text("c")) == 3

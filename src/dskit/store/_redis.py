@@ -292,21 +292,25 @@ def _writing(
     keys: _Keys, pipelines: Pipelines, session_id: str, expected: int, args: list[Any]
 ) -> Steps[int]:
     """A write: its script and the index's bump in one round trip (`XX`: a session no
-    longer indexed, deleted or expired, is not put back); the new version. A Redis that
-    has forgotten the script (restarted, flushed) has it loaded, and the write goes again."""
+    longer indexed, deleted or expired, is not put back; nor is one whose `create` failed
+    between its script and its ZADD, which an unconditional bump used to heal); the new
+    version. A Redis that has forgotten the script (restarted, flushed) has it loaded,
+    and the write goes once more."""
     from redis.exceptions import NoScriptError
 
-    session = keys.session(session_id)
-    while True:
+    def write() -> Pipeline:
         pipe = pipelines(transaction=False)
         pipe.evalsha(WRITE_SHA, len(session), *session, *args)
         pipe.zadd(keys.index, {session_id: time.time()}, xx=True)
-        try:
-            reply, _ = yield pipe
-        except NoScriptError:
-            yield pipelines(transaction=False).script_load(WRITE_SCRIPT)
-            continue
-        return keys.outcome(session_id, expected, reply, args)
+        return pipe
+
+    session = keys.session(session_id)
+    try:
+        reply, _ = yield write()
+    except NoScriptError:
+        yield pipelines(transaction=False).script_load(WRITE_SCRIPT)
+        reply, _ = yield write()
+    return keys.outcome(session_id, expected, reply, args)
 
 
 def _listing(

@@ -519,6 +519,7 @@ class Answer:
         assert opened is not None
         try:
             result = await opened.source.final()
+            await self.saver.landed()  # no `done` after a gap, saved or not
             if not opened.source.saved:
                 meta = {"finish_reason": result.finish_reason}
                 await self.saver.end(SessionCore.reply_message(result), meta)

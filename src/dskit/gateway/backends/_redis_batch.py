@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import redis.asyncio
 
+logger = logging.getLogger("dskit.gateway")
 MAX_BATCH = 256  # calls per script run: Redis runs a script whole, blocking the rest
 SPACING = 0.002  # seconds from one batch to the next while calls keep coming
 Patience = Callable[[Callable[[], Awaitable[list[Any]]]], Awaitable[list[Any]]]
@@ -57,6 +59,15 @@ class _Call:
     args: Sequence[Any]
     landed: Landed
     wanted: Callable[[], bool] = _always  # False: dropped before its batch is sent
+
+
+def _hand(call: _Call, reply: Any, exc: BaseException | None) -> None:
+    """A call's outcome to its caller; a caller's callback that fails is logged, and the
+    rest of the batch is handed theirs all the same."""
+    try:
+        call.landed(reply, exc)
+    except Exception:
+        logger.exception("a Redis script call's outcome could not be handed back")
 
 
 def _settle(reply: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
@@ -126,7 +137,7 @@ class ScriptBatcher:
             self._sender = None
             pending, self._pending = self._pending, []
             for call in pending:  # only when cancelled itself (the loop closing)
-                call.landed(None, asyncio.CancelledError())
+                _hand(call, None, asyncio.CancelledError())
 
     async def _spaced(self) -> None:
         """Wait until `spacing` after the last batch went out, unless a batch is full."""
@@ -142,12 +153,12 @@ class ScriptBatcher:
             replies = await self.patiently(lambda: self._run(batch))
         except BaseException as exc:
             for call in batch:
-                call.landed(None, exc)
+                _hand(call, None, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for call, reply in zip(batch, replies, strict=True):
-            call.landed(reply, None)
+            _hand(call, reply, None)
 
     async def _run(self, batch: list[_Call]) -> list[Any]:
         """One EVALSHA for the batch; NOSCRIPT (a restarted or flushed Redis): load the

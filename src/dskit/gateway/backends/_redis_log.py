@@ -71,19 +71,30 @@ T = TypeVar("T")
 # and six ARGV (worker, lease ms, kind, data, op id, the op id of the append before it).
 # Returns one reply per answer: the new seq, -1 (no such answer), -2 (lease held by
 # another), -3 (finished), -4 (the append before it did not land).
-# The op id makes a retried append (its reply lost to a dropped connection) a no-op; the
-# one before it chains an answer's appends, so none lands after one that failed (a gap
-# in the text): the writer does not wait for each one (`post`). `*`: not chained (the
-# first append after a takeover).
+# Op ids are `<chain>.<n>`: a writer's chain of appends to one answer, numbered from 1.
+# A retried batch (its reply lost to a dropped connection) may hold appends that landed:
+# one of the last landed op's chain numbered at or before it is a no-op that returns its
+# seq (each op of a chain lands right after the one before it). The one before it chains
+# an answer's appends, so none lands after one that failed (a gap in the text): the
+# writer does not wait for each one (`post`). `*`: not chained (the first append after
+# a takeover, or after a failure: whatever the log holds).
 # Four commands an append (the meta read once, written once): Redis' share of a token.
 # The first append gives the log the meta's expiry: an answer nobody finishes goes whole.
 # Each answer's keys share its hash tag, but one batch spans answers: a single Redis,
 # not a Cluster (as for the shared reader; docs/scaling.md).
 APPEND_SCRIPT = """
+local function landed(op, last, seq)
+  if not last then return nil end
+  local chain, n = string.match(op, '^(.+)%.(%d+)$')
+  local last_chain, last_n = string.match(last, '^(.+)%.(%d+)$')
+  if chain == nil or chain ~= last_chain or tonumber(n) > tonumber(last_n) then return nil end
+  return seq - (tonumber(last_n) - tonumber(n))
+end
 local function append(log, meta, lease, worker, ms, kind, data, op, prev)
   local state = redis.call('HMGET', meta, 'seq', 'lastop', 'finished')
   if not state[1] then return -1 end
-  if state[2] == op then return tonumber(state[1]) end
+  local again = landed(op, state[2], tonumber(state[1]))
+  if again then return again end
   if state[3] == '1' then return -3 end
   local holder = redis.call('GET', lease)
   if holder and holder ~= worker then return -2 end
@@ -156,7 +167,8 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return {0, {}} end
 return {1, redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 2)}
 """
 
-# KEYS: lease, meta. ARGV: worker, ms. Take a free lease or renew our own.
+# KEYS: lease, meta. ARGV: worker, ms. Renew our own lease (1) or take a free one (2:
+# another writer may have written meanwhile, so this one starts a new chain of appends).
 LEASE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 local holder = redis.call('GET', KEYS[1])
@@ -164,7 +176,7 @@ if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if holder then return 0 end
 if redis.call('HGET', KEYS[2], 'finished') == '1' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return 2
 """
 
 # KEYS: lease. ARGV: worker, ms. Renew ours; re-take it if it lapsed and nobody took it.
@@ -185,19 +197,26 @@ class LeaseLostError(RuntimeError):
     """Another instance holds this answer's lease: this one must stop writing to it."""
 
 
+class AppendLostError(RuntimeError):
+    """An earlier append of this answer did not land: this one would leave a gap."""
+
+
 @dataclass(slots=True)
 class _Posts:
     """An answer's appends on their way: the chain's last op id ("": none yet, "*": not
-    known, after a takeover), how many posts have not landed, the first failure, and the
+    known, after a takeover), how many have not landed, the first failure, and the
     future that flushes wait on."""
 
     keys: tuple[str, str, str]  # the answer's log, meta and lease
+    chain: str  # this writer's chain of appends to the answer: its op ids' prefix
     prev: str = ""
+    count: int = 0  # appends made in the chain
     pending: int = 0
     failure: BaseException | None = None
     drained: asyncio.Future[None] | None = None
 
-    def landed(self, failure: BaseException | None) -> None:
+    def landed(self, failure: BaseException | None) -> BaseException | None:
+        """One append's outcome (None: it landed); the failure as the answer keeps it."""
         self.pending -= 1
         if isinstance(failure, asyncio.CancelledError):  # its batch never went out
             failure = LeaseLostError("the log closed before an append of the answer went out")
@@ -207,6 +226,7 @@ class _Posts:
             if not self.drained.done():
                 self.drained.set_result(None)
             self.drained = None
+        return failure
 
     async def settled(self) -> None:
         """Until nothing posted is on its way (a cancelled wait leaves it be)."""
@@ -319,10 +339,10 @@ class RedisStreamLog:
         self._posts: dict[str, _Posts] = {}  # the appends of each answer held here
         self._sessions: dict[str, str] = {}  # the session of each answer created here
         self._ended: set[str] = set()  # finished here, not yet released
-        # an append's op id (a retried batch is run once): this log's own prefix and a
-        # count, not a uuid4 each (a getrandom() system call per token)
+        # the chains of appends (op ids `<chain>.<n>`: a retried batch runs once): this
+        # log's own prefix and a count, not a uuid4 each (a getrandom() system call)
         prefix = uuid.uuid4().hex
-        self._ops = (f"{prefix}.{n:x}" for n in itertools.count())
+        self._chains = (f"{prefix}-{n:x}" for n in itertools.count())
         self._renewers: dict[str, asyncio.Task[None]] = {}
         self._scripts = {
             name: client.register_script(source)
@@ -373,59 +393,65 @@ class RedisStreamLog:
         await self._scripts["create"](keys=keys, args=args)  # one round trip
         self._sessions[answer_id] = session_id
         if owner is not None:
-            self._hold(answer_id, owner, _Posts((log, meta, lease)))
+            self._hold(answer_id, owner, _Posts((log, meta, lease), next(self._chains)))
             self.tails.open(answer_id)
 
     async def append(self, answer_id: str, kind: str, data: bytes) -> int:
         """Append and wait for the event's seq. It goes out once the answer's posts have
         landed; after one failed, it goes all the same, after what the log holds (an
-        answer whose text broke off still logs its end)."""
+        answer whose text broke off still logs its end). A caller cancelled meanwhile
+        is cancelled once it has landed (the log holds every event its generation took:
+        the text a cancelled answer saves); it lands whoever waits."""
         posts = self._posts.get(answer_id)
         if posts is not None:
             await posts.settled()
-        posts, args = self._chained(answer_id, kind, data, rechain=True)
-        posts.pending += 1
-        reply = self._appends.queue(posts.keys, args)
+        seq: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._send(answer_id, kind, data, rechain=True, seq=seq)
         try:
-            seq = await asyncio.shield(reply)
+            return await asyncio.shield(seq)
         except asyncio.CancelledError:
-            await self._land(answer_id, kind, data, reply, posts)
+            await asyncio.wait([seq])
             raise
-        except BaseException as exc:
-            posts.landed(exc)
-            raise
-        try:
-            appended = self._appended(answer_id, kind, data, int(seq), posts)
-        except BaseException as exc:
-            posts.landed(exc)
-            raise
-        posts.landed(None)
-        return appended
 
     def post(self, answer_id: str, kind: str, data: bytes) -> None:
         """Append without waiting: the generation reads on while its events go out in
         the instance's next batch (a writer waiting for each of them cost a wake-up, a
         shield and a future per token). They land in order, chained (APPEND_SCRIPT)."""
-        posts, args = self._chained(answer_id, kind, data)
+        self._send(answer_id, kind, data)
+
+    def _send(
+        self, answer_id: str, kind: str, data: bytes, *, rechain: bool = False,
+        seq: asyncio.Future[int] | None = None,
+    ) -> None:  # fmt: skip
+        posts, args = self._chained(answer_id, kind, data, rechain=rechain)
         posts.pending += 1
-        landed = functools.partial(self._posted, answer_id, kind, data, posts)
+        landed = functools.partial(self._landed, answer_id, kind, data, posts, seq)
         self._appends.post(posts.keys, args, landed)
 
-    def _posted(
+    def _landed(
         self, answer_id: str, kind: str, data: bytes, posts: _Posts,
-        reply: Any, exc: BaseException | None,
+        seq: asyncio.Future[int] | None, reply: Any, exc: BaseException | None,
     ) -> None:  # fmt: skip
+        """An append's outcome, noted once whoever waits: the writer's copy, the answer's
+        chain, and the waiting caller's `seq` (None: a post)."""
+        appended = 0
         if exc is None:
             try:
-                self._appended(answer_id, kind, data, int(reply), posts)
+                appended = self._appended(answer_id, kind, data, int(reply), posts)
             except Exception as failed:  # lease lost, finished, unknown, after a failure
                 exc = failed
-        posts.landed(exc)
+        exc = posts.landed(exc)
+        if seq is None or seq.done():
+            return
+        if exc is None:
+            seq.set_result(appended)
+        else:
+            seq.set_exception(exc)
 
     async def flush(self, answer_id: str) -> None:
         posts = self._posts.get(answer_id)
-        if posts is None:
-            return
+        if posts is None:  # never held here, or forgotten (its lease lost): nothing landed
+            raise LeaseLostError(f"this instance holds no lease on answer {answer_id}")
         await posts.settled()
         if posts.failure is not None:
             raise posts.failure
@@ -444,27 +470,11 @@ class RedisStreamLog:
             if not rechain:
                 raise posts.failure
             posts.prev = "*"
-        op = next(self._ops)
+        posts.count += 1
+        op = f"{posts.chain}.{posts.count}"
         args: list[Any] = [worker, self._lease_ms, kind, data, op, posts.prev]
         posts.prev = op
         return posts, args
-
-    async def _land(
-        self, answer_id: str, kind: str, data: bytes, reply: asyncio.Future[Any], posts: _Posts
-    ) -> None:
-        """An append whose caller was cancelled runs all the same: wait for it and note it
-        in the writer's copy, so the log holds every event its generation took (the text a
-        cancelled answer saves), then let the cancel go on."""
-        await asyncio.wait([reply])
-        failure: BaseException | None = asyncio.CancelledError()
-        if not reply.cancelled():
-            failure = reply.exception()
-        if failure is None:
-            try:
-                self._appended(answer_id, kind, data, int(reply.result()), posts)
-            except Exception as exc:  # lease lost, finished, unknown, after a failure
-                failure = exc
-        posts.landed(failure)
 
     def _appended(self, answer_id: str, kind: str, data: bytes, seq: int, posts: _Posts) -> int:
         if seq == -1:
@@ -476,7 +486,7 @@ class RedisStreamLog:
             self.tails.close(answer_id)
             raise LeaseLostError(f"answer {answer_id} is already finished")
         if seq == -4:  # an append before it failed: that one's error is the answer's
-            raise posts.failure or LeaseLostError(f"an append to answer {answer_id} was lost")
+            raise posts.failure or AppendLostError(f"an append to answer {answer_id} was lost")
         self.tails.add(answer_id, seq, kind, data)
         return seq
 
@@ -589,9 +599,11 @@ class RedisStreamLog:
         taken = int(await self._scripts["lease"](keys=[lease, meta], args=[worker, self._lease_ms]))
         if taken == -1:
             raise UnknownAnswerError(answer_id)
-        if taken != 1:
+        if taken not in (1, 2):
             return False
-        posts = self._posts.get(answer_id) or _Posts((log, meta, lease), prev="*")
+        posts = self._posts.get(answer_id)
+        if posts is None or taken == 2:  # taken afresh: a new chain, after what the log holds
+            posts = _Posts((log, meta, lease), next(self._chains), prev="*")
         self._hold(answer_id, worker, posts)
         return True
 
@@ -604,6 +616,9 @@ class RedisStreamLog:
             self._renewers[answer_id] = task
 
     async def release(self, answer_id: str, worker: str) -> None:
+        posts = self._posts.get(answer_id)
+        if posts is not None:  # a post landing after the release would take the lease again
+            await posts.settled()
         self._forget(answer_id)
         if answer_id in self._ended:  # `finish` deleted the lease
             self._ended.discard(answer_id)
