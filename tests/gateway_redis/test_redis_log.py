@@ -557,7 +557,6 @@ async def test_a_release_waits_for_the_posts_on_their_way(log: RedisStreamLog) -
     assert await log.append(answer_id, "content", text("a")) == 1  # a batch just went out
     log.post(answer_id, "content", text("b"))  # its batch waits for the spacing
     await log.release(answer_id, "w1")
-    print("LEASE", await log.redis.get(log._keys(answer_id)[2]), log._appends.batches)
     assert not await log.redis.exists(log._keys(answer_id)[2])
     assert [e.data for e in await other_entries(log, answer_id)] == [text("a"), text("b")]
 
@@ -577,3 +576,55 @@ async def test_an_answer_leased_again_after_another_wrote_it_starts_a_new_chain(
     await other_log.release(answer_id, "w2")
     assert await log.lease(answer_id, "w1", 30.0)
     assert await log.append(answer_id, "content", text("c")) == 3
+
+
+async def test_posts_queued_behind_one_that_failed_are_dropped_unsent(
+    log: RedisStreamLog,
+) -> None:
+    """Each post names the one before it, so once one failed the posts queued after it
+    could only be refused: they are handed that failure, not sent (through an outage each
+    further batch would wait out the writer's patience again, and the answer's end with
+    it)."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    assert await log.append(answer_id, "content", text("a")) == 1
+    await log.redis.set(log._keys(answer_id)[2], "w2", px=30_000)  # taken over meanwhile
+    sent = log._appends.batches
+    await log.redis.client_pause(10_000, all=False)  # the next batch waits in Redis
+    try:
+        log.post(answer_id, "content", text("b"))
+        await eventually(lambda: _batches_past(log, sent))
+        log.post(answer_id, "content", text("c"))  # queued while b's batch is out
+    finally:
+        await log.redis.client_unpause()
+    with pytest.raises(LeaseLostError):
+        await asyncio.wait_for(log.flush(answer_id), 5)
+    assert log._appends.batches == sent + 1  # c never went out
+
+
+async def test_a_release_cancelled_while_it_waits_for_posts_still_lets_the_answer_go(
+    log: RedisStreamLog,
+) -> None:
+    """A release waits for the posts on their way; cancelled meanwhile (shutdown), the
+    instance lets go of the answer all the same: no renewal keeps its lease alive, so
+    another instance can take it over once it lapses."""
+    answer_id = uuid.uuid4().hex
+    await log.create(answer_id, "s1", owner="w1")
+    sent = log._appends.batches
+    await log.redis.client_pause(10_000, all=False)
+    try:
+        log.post(answer_id, "content", text("a"))
+        await eventually(lambda: _batches_past(log, sent))
+        releasing = asyncio.ensure_future(log.release(answer_id, "w1"))
+        await eventually(lambda: _waits_for_posts(log, answer_id))
+        releasing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await releasing
+    finally:
+        await log.redis.client_unpause()
+    assert not log.holds(answer_id) and answer_id not in log._renewers
+
+
+async def _waits_for_posts(log: RedisStreamLog, answer_id: str) -> bool:
+    posts = log._posts.get(answer_id)
+    return posts is not None and posts.drained is not None

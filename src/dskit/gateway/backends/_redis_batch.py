@@ -49,8 +49,12 @@ Patience = Callable[[Callable[[], Awaitable[list[Any]]]], Awaitable[list[Any]]]
 Landed = Callable[[Any, BaseException | None], None]
 
 
-def _always() -> bool:
-    return True
+# why a call is dropped before its batch is sent (handed to it as its outcome), or None
+Dropped = Callable[[], BaseException | None]
+
+
+def _never() -> BaseException | None:
+    return None
 
 
 @dataclass(slots=True)
@@ -58,7 +62,19 @@ class _Call:
     keys: Sequence[str]
     args: Sequence[Any]
     landed: Landed
-    wanted: Callable[[], bool] = _always  # False: dropped before its batch is sent
+    dropped: Dropped = _never
+
+
+def _sendable(calls: list[_Call]) -> list[_Call]:
+    """The calls to send; each dropped one is handed the reason now."""
+    batch = []
+    for call in calls:
+        reason = call.dropped()
+        if reason is None:
+            batch.append(call)
+        else:
+            _hand(call, None, reason)
+    return batch
 
 
 def _hand(call: _Call, reply: Any, exc: BaseException | None) -> None:
@@ -102,15 +118,19 @@ class ScriptBatcher:
         """Queue a call for the next batch: the future of its reply. The call goes out
         unless the future itself is cancelled (shield it to let the caller be)."""
         reply: asyncio.Future[Any] = self._sending().create_future()
-        wanted = lambda: not reply.done()  # noqa: E731
-        self._add(_Call(keys, args, functools.partial(_settle, reply), wanted))
+        gone = lambda: asyncio.CancelledError() if reply.done() else None  # noqa: E731
+        self._add(_Call(keys, args, functools.partial(_settle, reply), gone))
         return reply
 
-    def post(self, keys: Sequence[str], args: Sequence[Any], landed: Landed) -> None:
-        """Queue a call that always goes out, nobody waiting for it: its outcome is
-        handed to `landed` (which must not raise), in the order the calls were made."""
+    def post(
+        self, keys: Sequence[str], args: Sequence[Any], landed: Landed,
+        dropped: Dropped | None = None,
+    ) -> None:  # fmt: skip
+        """Queue a call nobody waits for: its outcome is handed to `landed` (which must
+        not raise), in the order the calls were made. It goes out unless `dropped` gives
+        a reason not to when its batch is made (that reason is then its outcome)."""
         self._sending()
-        self._add(_Call(keys, args, landed))
+        self._add(_Call(keys, args, landed, dropped or _never))
 
     def _sending(self) -> asyncio.AbstractEventLoop:
         """The loop, with a sender task running on it for the calls about to be queued."""
@@ -129,7 +149,7 @@ class ScriptBatcher:
         try:
             while self._pending:
                 await self._spaced()
-                batch = [call for call in self._pending[:MAX_BATCH] if call.wanted()]
+                batch = _sendable(self._pending[:MAX_BATCH])
                 del self._pending[:MAX_BATCH]
                 if batch:
                     await self._send(batch)

@@ -215,6 +215,9 @@ class _Posts:
     failure: BaseException | None = None
     drained: asyncio.Future[None] | None = None
 
+    def failed(self) -> BaseException | None:
+        return self.failure
+
     def landed(self, failure: BaseException | None) -> BaseException | None:
         """One append's outcome (None: it landed); the failure as the answer keeps it."""
         self.pending -= 1
@@ -426,7 +429,10 @@ class RedisStreamLog:
         posts, args = self._chained(answer_id, kind, data, rechain=rechain)
         posts.pending += 1
         landed = functools.partial(self._landed, answer_id, kind, data, posts, seq)
-        self._appends.post(posts.keys, args, landed)
+        # once one of the chain failed, the posts queued after it could only be refused
+        # (each names the one before it): they are dropped with that failure, not sent
+        # (through an outage, each batch would wait out the writer's patience again)
+        self._appends.post(posts.keys, args, landed, None if rechain else posts.failed)
 
     def _landed(
         self, answer_id: str, kind: str, data: bytes, posts: _Posts,
@@ -469,7 +475,9 @@ class RedisStreamLog:
         if posts.failure is not None:
             if not rechain:
                 raise posts.failure
-            posts.prev = "*"
+            # a new chain after what the log holds: an op of the old one run late (a stale
+            # batch) is then no replay of this chain
+            posts.chain, posts.count, posts.prev = next(self._chains), 0, "*"
         posts.count += 1
         op = f"{posts.chain}.{posts.count}"
         args: list[Any] = [worker, self._lease_ms, kind, data, op, posts.prev]
@@ -617,9 +625,12 @@ class RedisStreamLog:
 
     async def release(self, answer_id: str, worker: str) -> None:
         posts = self._posts.get(answer_id)
-        if posts is not None:  # a post landing after the release would take the lease again
-            await posts.settled()
-        self._forget(answer_id)
+        try:
+            if posts is not None:  # a post landing after the release would take the lease
+                with contextlib.suppress(TimeoutError):  # again; but not past the patience
+                    await asyncio.wait_for(posts.settled(), self.settings.write_patience)
+        finally:  # cancelled meanwhile: forgotten all the same (no renewal keeps it alive)
+            self._forget(answer_id)
         if answer_id in self._ended:  # `finish` deleted the lease
             self._ended.discard(answer_id)
             return
