@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
+from dskit.gateway.backends._redis_batch import ScriptBatcher
 from dskit.gateway.backends._redis_log import RedisLogSettings, RedisStreamLog, connect
 from tests.gateway.conftest import gateway_factory, recording_upstream  # noqa: F401  (fixtures, shared)
 
@@ -23,3 +26,19 @@ async def _instance_log(redis_url: str, redis_prefix: str) -> AsyncIterator[Redi
 
 log = pytest.fixture(_instance_log, name="log")
 other_log = pytest.fixture(_instance_log, name="other_log")  # a second instance, same log
+
+
+def replied(
+    batcher: ScriptBatcher, keys: Sequence[str], args: Sequence[Any]
+) -> asyncio.Future[Any]:
+    """A call posted to `batcher`, as the future of its reply (or of its batch's error)."""
+    reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def landed(value: Any, exc: BaseException | None) -> None:
+        if exc is None:
+            reply.set_result(value)
+        else:
+            reply.set_exception(exc)
+
+    batcher.post(keys, args, landed)
+    return reply

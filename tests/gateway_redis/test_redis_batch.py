@@ -11,6 +11,7 @@ import pytest
 
 from dskit.gateway.backends._redis_batch import MAX_BATCH, ScriptBatcher
 from dskit.gateway.backends._redis_log import connect
+from tests.gateway_redis.conftest import replied
 
 pytestmark = pytest.mark.redis
 
@@ -35,12 +36,12 @@ async def test_calls_that_keep_coming_wait_for_one_spaced_batch(spaced: ScriptBa
     has just gone out gather into the next one, sent `spacing` after it (unspaced, each
     went out alone as soon as the previous batch returned)."""
     started = time.monotonic()
-    assert await spaced.queue(["k"], ["lone"]) == b"lone"
+    assert await replied(spaced, ["k"], ["lone"]) == b"lone"
     assert time.monotonic() - started < spaced.spacing / 2  # it did not wait the spacing
     before = spaced.batches
     replies = []
     for n in range(10):
-        replies.append(spaced.queue(["k"], [f"call {n}"]))
+        replies.append(replied(spaced, ["k"], [f"call {n}"]))
         await asyncio.sleep(0)  # each call in a loop iteration of its own
     assert await asyncio.gather(*replies) == [f"call {n}".encode() for n in range(10)]
     assert spaced.batches - before == 1
@@ -49,8 +50,8 @@ async def test_calls_that_keep_coming_wait_for_one_spaced_batch(spaced: ScriptBa
 
 async def test_a_full_batch_goes_out_without_waiting(spaced: ScriptBatcher) -> None:
     """Calls beyond a whole batch do not wait for the spacing: a full batch cannot grow."""
-    await spaced.queue(["k"], ["first"])  # a batch just went out: the next one would wait
+    await replied(spaced, ["k"], ["first"])  # a batch just went out: the next one would wait
     started = time.monotonic()
-    replies = [spaced.queue(["k"], [str(n)]) for n in range(2 * MAX_BATCH)]
+    replies = [replied(spaced, ["k"], [str(n)]) for n in range(2 * MAX_BATCH)]
     assert await asyncio.gather(*replies) == [str(n).encode() for n in range(2 * MAX_BATCH)]
     assert time.monotonic() - started < spaced.spacing / 2

@@ -22,6 +22,7 @@ from dskit.gateway.backends._redis_log import (
     connect,
 )
 from tests.conftest import RedisServer
+from tests.gateway_redis.conftest import replied
 
 pytestmark = pytest.mark.redis
 
@@ -482,9 +483,9 @@ async def test_an_append_after_one_that_did_not_land_is_refused(log: RedisStream
     await log.flush(answer_id)
     keys, ms = log._keys(answer_id), log._lease_ms
     lost = ["w1", ms, "content", text("c"), "op-c", "op-b-that-never-landed"]
-    assert await log._appends.queue(keys, lost) == -4
+    assert await replied(log._appends, keys, lost) == -4
     after_takeover = ["w1", ms, "content", text("c"), "op-c", "*"]
-    assert await log._appends.queue(keys, after_takeover) == 2
+    assert await replied(log._appends, keys, after_takeover) == 2
     assert [e.data for e in await other_entries(log, answer_id)] == [text("a"), text("c")]
 
 
@@ -517,8 +518,8 @@ async def test_a_batch_sent_again_runs_each_append_of_an_answer_once(log: RedisS
     keys, ms = log._keys(answer_id), log._lease_ms
     steps = ((1, "a", ""), (2, "b", "chain.1"), (3, "c", "chain.2"))
     calls = [["w1", ms, "content", text(t), f"chain.{n}", prev] for n, t, prev in steps]
-    first = await asyncio.gather(*(log._appends.queue(keys, call) for call in calls))
-    again = await asyncio.gather(*(log._appends.queue(keys, call) for call in calls))
+    first = await asyncio.gather(*(replied(log._appends, keys, call) for call in calls))
+    again = await asyncio.gather(*(replied(log._appends, keys, call) for call in calls))
     assert first == again == [1, 2, 3]
     assert [e.data for e in await other_entries(log, answer_id)] == [text(t) for t in "abc"]
 

@@ -19,17 +19,17 @@ out every half millisecond with three answers' appends in it, 12 batches an answ
 spaced, 5. A call made when the last batch went out longer ago than that goes at once,
 so a quiet instance adds no wait, and a busy one at most `spacing` to an event.
 
-A call `queue()`d goes out unless its reply future is itself cancelled before its batch
-is sent (a caller that must not lose it shields the future); once sent, it runs, as a
-standalone command would. A batch is retried through an outage by the caller's
-`patiently` (the script must be idempotent: the log's appends carry an op id), and sent
-again once loaded when Redis has forgotten the script.
+A `post()`ed call's outcome is handed to its callback, in the order the calls were made;
+it goes out unless its `dropped` says why not when its batch is made (the log drops the
+appends queued behind one that failed). Once sent, it runs, as a standalone command
+would. A batch is retried through an outage by the caller's `patiently` (the script must
+be idempotent: the log's appends carry an op id), and sent again once loaded when Redis
+has forgotten the script.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import math
@@ -86,17 +86,6 @@ def _hand(call: _Call, reply: Any, exc: BaseException | None) -> None:
         logger.exception("a Redis script call's outcome could not be handed back")
 
 
-def _settle(reply: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    if reply.done():
-        return
-    if exc is None:
-        reply.set_result(value)
-    elif isinstance(exc, asyncio.CancelledError):
-        reply.cancel()
-    else:
-        reply.set_exception(exc)
-
-
 class ScriptBatcher:
     """Runs `source` for many callers, each loop iteration's calls in one EVALSHA (a
     batch's error is raised to each of its calls)."""
@@ -114,14 +103,6 @@ class ScriptBatcher:
         self._sent_at = -math.inf  # when the last batch went out (the loop's clock)
         self.batches = 0  # batches sent (for tests and benchmarks)
 
-    def queue(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
-        """Queue a call for the next batch: the future of its reply. The call goes out
-        unless the future itself is cancelled (shield it to let the caller be)."""
-        reply: asyncio.Future[Any] = self._sending().create_future()
-        gone = lambda: asyncio.CancelledError() if reply.done() else None  # noqa: E731
-        self._add(_Call(keys, args, functools.partial(_settle, reply), gone))
-        return reply
-
     def post(
         self, keys: Sequence[str], args: Sequence[Any], landed: Landed,
         dropped: Dropped | None = None,
@@ -132,13 +113,11 @@ class ScriptBatcher:
         self._sending()
         self._add(_Call(keys, args, landed, dropped or _never))
 
-    def _sending(self) -> asyncio.AbstractEventLoop:
-        """The loop, with a sender task running on it for the calls about to be queued."""
-        loop = self._loop
-        if self._sender is None or loop is None:  # a batch's first call: the loop looked up
+    def _sending(self) -> None:
+        """A sender task running for the calls about to be queued."""
+        if self._sender is None or self._loop is None:  # a batch's first call: the loop
             loop = self._loop = asyncio.get_running_loop()  # (on Python 3.11 a getpid())
             self._sender = loop.create_task(self._send_all(), name="redis-script-batch")
-        return loop
 
     def _add(self, call: _Call) -> None:
         if len(call.keys) != self.keys_per_call:
