@@ -1,14 +1,14 @@
 """`ScriptBatcher`: one Lua script's calls from every task of an instance, sent together.
 
-Each generation appends its events one at a time (it waits for each seq), but an
-instance runs many generations: at 64 answers of a token every 10 ms that is thousands
-of appends a second, and redis-py spends far more on each command (taking a pooled
-connection, packing it, a timeout and a parse per reply, a wake-up) than Redis spends
-running the script. So the calls made while the loop runs one iteration go out as one
-EVALSHA of a script that takes the calls one after another (`keys_per_call` KEYS and
-the same number of ARGV each) and replies with a list, one reply per call:
+Each generation posts its events one at a time, and an instance runs many generations:
+at 64 answers of a token every 10 ms that is thousands of appends a second, and
+redis-py spends far more on each command (taking a pooled connection, packing it, a
+timeout and a parse per reply, a wake-up) than Redis spends running the script. So
+the calls made while the loop runs one iteration go out as one EVALSHA of a script that
+takes the calls one after another (`keys_per_call` KEYS and the same number of ARGV
+each) and replies with a list, one reply per call:
 
-    append() ... append()  --one loop iteration-->  EVALSHA sha n k1 k2 k3 ... a1 a2 ...
+    post() ... post()      --one loop iteration-->  EVALSHA sha n k1 k2 k3 ... a1 a2 ...
                                                      one batch in flight at a time
 
 While a batch is in flight the next calls gather, so the batches grow with the load.

@@ -563,9 +563,7 @@ class RedisStreamLog:
         """End the answer. The session's active mark goes first: whoever sees the end
         marker may post the next question at once and must not get a 409."""
         log, meta, lease = self._keys(answer_id)
-        posts = self._posts.get(answer_id)
-        if posts is not None:  # its end marker comes after every event posted
-            await posts.settled()
+        await self._posts_settled(answer_id)  # its end marker comes after every post
         session = self._sessions.pop(answer_id, None)  # known for the answers made here
         if session is None:
             found = await self._patiently(lambda: self.redis.hget(meta, "session"))
@@ -624,11 +622,8 @@ class RedisStreamLog:
             self._renewers[answer_id] = task
 
     async def release(self, answer_id: str, worker: str) -> None:
-        posts = self._posts.get(answer_id)
-        try:
-            if posts is not None:  # a post landing after the release would take the lease
-                with contextlib.suppress(TimeoutError):  # again; but not past the patience
-                    await asyncio.wait_for(posts.settled(), self.settings.write_patience)
+        try:  # a post landing after the release would take the lease again
+            await self._posts_settled(answer_id)
         finally:  # cancelled meanwhile: forgotten all the same (no renewal keeps it alive)
             self._forget(answer_id)
         if answer_id in self._ended:  # `finish` deleted the lease
@@ -637,6 +632,15 @@ class RedisStreamLog:
         with contextlib.suppress(UnknownAnswerError):
             lease = self._keys(answer_id)[2]
             await self._patiently(lambda: self._scripts["cad"](keys=[lease], args=[worker]))
+
+    async def _posts_settled(self, answer_id: str) -> None:
+        """Until the answer's posts on their way have landed or failed, at most the
+        writer's patience (each is retried that long, and those behind a failed one are
+        dropped, so this bound only matters if that breaks)."""
+        posts = self._posts.get(answer_id)
+        if posts is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(posts.settled(), self.settings.write_patience)
 
     async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retry a writer's call through a Redis outage (restart, failover), up to the
