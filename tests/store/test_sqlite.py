@@ -195,6 +195,7 @@ def test_a_write_that_fills_the_disk_fails_its_whole_group_and_none_is_saved(
     first, *group = asyncio.run(run())
     assert first == 1
     assert all(isinstance(outcome, StoreError) for outcome in group), group
+    assert all("full" in str(outcome) for outcome in group), group  # the cause, told
     assert [_count(path, i) for i in ids] == [1, 0, 0, 0]
     store._conn.execute(f"PRAGMA max_page_count = {pages + 1000}")
     assert asyncio.run(store.aappend(ids[3], [small], expected_version=0)) == 1  # not stale

@@ -78,13 +78,6 @@ def _decode(data: str) -> StoredMessage:
         raise SessionFormatError(f"a stored message is not valid JSON: {exc}") from None
 
 
-def _outcome(call: Callable[[], Any]) -> Outcome:
-    try:
-        return result(call())
-    except Exception as exc:  # this write alone is undone (its savepoint)
-        return failure(exc)
-
-
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -213,13 +206,16 @@ class SQLiteStore(ThreadedAsyncMixin):
         """One write of a group; when SQLite rolled the whole transaction back under it
         (disk full, I/O error), the group fails whole: a later write would otherwise
         commit alone and be reported failed although it was saved."""
-        outcome = _outcome(call)
-        if not self._conn.in_transaction:
-            raise StoreError(
-                f"session store {str(self.path)!r}: the transaction of a group of writes "
-                "was rolled back; none of them was saved"
-            )
-        return outcome
+        try:
+            value = call()
+        except Exception as exc:  # this write alone is undone (its savepoint)
+            if not self._conn.in_transaction:
+                raise StoreError(
+                    f"session store {str(self.path)!r}: the transaction of a group of "
+                    f"writes was rolled back ({exc}); none of them was saved"
+                ) from exc
+            return failure(exc)
+        return result(value)
 
     def _bump(self, conn: sqlite3.Connection, session_id: str, expected: int) -> int:
         row = conn.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
