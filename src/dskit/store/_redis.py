@@ -99,9 +99,6 @@ def dedicated_client(
     return dedicated
 
 
-_SPACE: dict[type[Any], Any] = {str: " ", bytes: b" "}
-
-
 def packing_in_c(cls: type[Any]) -> type[Any]:
     """The asyncio connection class `cls`, packing its commands with hiredis (where it is
     installed: the `redis` extra has it). redis-py's sync connections pack with hiredis,
@@ -114,9 +111,8 @@ def packing_in_c(cls: type[Any]) -> type[Any]:
         return cls
 
     def pack(self: Any, *args: Any) -> list[bytes]:
-        name = args[0]
-        if isinstance(name, str | bytes) and _SPACE[type(name)] in name:  # "SCRIPT LOAD"
-            args = (*name.split(), *args[1:])  # its words apart, as redis-py does
+        if isinstance(args[0], str | bytes):  # "SCRIPT LOAD": its words apart, as
+            args = (*args[0].split(), *args[1:])  # redis-py does
         try:
             return [pack_command(args)]
         except TypeError:
@@ -344,8 +340,8 @@ def _indexed(keys: _Keys, pipelines: Pipelines, only: Collection[str] | None) ->
 
 
 class _Read(Generic[T]):
-    """A read's steps, driven: `next(replies)` gives the next pipeline to execute, or None
-    once the read is done and `result` set."""
+    """Steps (a read, or `_writing`), driven: `next(replies)` gives the next pipeline to
+    execute, or None once the steps are done and `result` set."""
 
     def __init__(self, steps: Steps[T]) -> None:
         self._steps = steps
