@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -38,21 +35,11 @@ from dskit.gateway.backends._redis_log import RedisLogSettings, RedisStreamLog, 
 from dskit.gateway.edge._flow import WriteMeter
 from dskit.gateway.edge._response import pieces
 from dskit.gateway.edge._views import sse_stream
+from gateway_overhead import cpu_seconds, free_port, wait_redis  # this script's neighbour
 
 TOKENS = 50
 TOKEN_SECONDS = 0.01
 TURNS = 3  # each log measured this many times, in turns
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def one_answer(log: StreamLog, metrics: Metrics, answer_id: str, delay: float) -> None:
@@ -147,15 +134,7 @@ def main() -> int:
     command = [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), 1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.05)
+        wait_redis(port)
         asyncio.run(run(args, f"redis://127.0.0.1:{port}/0", server.pid))
     finally:
         server.terminate()

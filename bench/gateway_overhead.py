@@ -640,15 +640,15 @@ def measured_cpu(
     target's proxy is the process of the same name, with redis-server for the Redis
     sessions; direct has none)."""
     pids = svc.cpu_pids(name)
-    before = sum(map(_cpu_seconds, pids))
+    before = sum(map(cpu_seconds, pids))
     row = asyncio.run(run)
     completed = row.get("completed", 0)
     if pids and completed >= CPU_MIN_STREAMS:
-        row["cpu"] = (sum(map(_cpu_seconds, pids)) - before) * 1000 / completed
+        row["cpu"] = (sum(map(cpu_seconds, pids)) - before) * 1000 / completed
     return row
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far, from /proc (Linux)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -665,10 +665,10 @@ def settle(svc: Services, busy: float = 0.05, timeout: float = 90.0) -> None:
         return
     pids = [proc.pid for proc in svc.procs.values()]
     deadline = time.monotonic() + timeout
-    before = sum(map(_cpu_seconds, pids))
+    before = sum(map(cpu_seconds, pids))
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = sum(map(_cpu_seconds, pids))
+        now = sum(map(cpu_seconds, pids))
         if now - before < busy * 0.5:
             return
         before = now
