@@ -416,7 +416,7 @@ class Answer:
                     first = False
                     gw.metrics.ttft.labels("sessions").observe(time.monotonic() - job.started)
                 gw.log.post(job.answer_id, *entry)  # it lands in order; the generation reads on
-                await self.saver.grow(event, source.snapshot)  # it waits for the posts
+                await self.saver.grow(event, source.snapshot)  # a due save: after the posts
                 stop_if_cancelled(task)
             elif event.type == "resumed":
                 gw.metrics.resumes.inc()
@@ -519,10 +519,11 @@ class Answer:
         assert opened is not None
         try:
             result = await opened.source.final()
-            await self.saver.landed()  # no `done` after a gap, saved or not
-            if not opened.source.saved:
+            if not opened.source.saved:  # the save waits for the posts to land
                 meta = {"finish_reason": result.finish_reason}
                 await self.saver.end(SessionCore.reply_message(result), meta)
+            else:  # nothing to save: no `done` after a gap all the same
+                await self.saver.landed()
             await gw.cache.store(opened.key, result)
         except LeaseLostError:
             raise
